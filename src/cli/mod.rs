@@ -1,0 +1,149 @@
+//! The `weir` command line: `serve`, `validate`, `explain`.
+//!
+//! Each subcommand is a thin edge over the library; errors become a message on stderr and a
+//! non-zero exit status here, and nowhere else.
+
+mod explain;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigErrors, Flow, load_flow};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir",
+    version,
+    about = "Server-side event router: walkerOS-compatible ingest, mapping and delivery"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a flow: HTTP ingest into its destinations. With no --config, runs the embedded
+    /// default: HTTP on 127.0.0.1:8080 into weir-data/events.jsonl.
+    Serve {
+        /// Flow file (TOML, YAML or JSON).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Which flow of a walkerOS file with several.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Listen address for the (first) HTTP source, e.g. 127.0.0.1:0.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Seconds to deliver what is queued after SIGTERM/SIGINT before dead-lettering it.
+        #[arg(long, default_value_t = 10)]
+        shutdown_timeout: u64,
+    },
+    /// Check a flow file; prints every problem with its path and exits 1 if there are any.
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        flow: Option<String>,
+    },
+    /// Show what the flow would do with events, without connecting to anything: one JSON
+    /// line per event and destination, with the wire form.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        flow: Option<String>,
+        /// The source the events come from (default: the flow's first source).
+        #[arg(long)]
+        source: Option<String>,
+        /// JSON-lines file of events; `-` or nothing reads stdin.
+        events: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            flow,
+            listen,
+            shutdown_timeout,
+        } => {
+            crate::telemetry::init_logging();
+            let flow = match &config {
+                Some(path) => match load(path, flow.as_deref()) {
+                    Ok(flow) => flow,
+                    Err(code) => return code,
+                },
+                None => crate::runtime::embedded_default(),
+            };
+            let options = serve::ServeOptions {
+                listen,
+                shutdown_timeout: std::time::Duration::from_secs(shutdown_timeout),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("cannot start the async runtime");
+            match runtime.block_on(serve::serve(flow, options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("weir: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { file, flow } => {
+            let flow = match load(&file, flow.as_deref()) {
+                Ok(flow) => flow,
+                Err(code) => return code,
+            };
+            match crate::runtime::build_flow(&flow) {
+                Ok(built) => {
+                    println!(
+                        "{}: ok ({} sources, {} destinations)",
+                        file.display(),
+                        built.sources.len(),
+                        built.runtime.routes().len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => report(&file, &errors),
+            }
+        }
+        Command::Explain {
+            config,
+            flow,
+            source,
+            events,
+        } => {
+            let flow = match load(&config, flow.as_deref()) {
+                Ok(flow) => flow,
+                Err(code) => return code,
+            };
+            match explain::explain(&flow, source.as_deref(), events.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("weir explain: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(path: &std::path::Path, flow: Option<&str>) -> Result<Flow, ExitCode> {
+    load_flow(path, flow).map_err(|errors| report(path, &errors))
+}
+
+fn report(path: &std::path::Path, errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{}: {} problem(s)", path.display(), errors.len());
+    for error in errors.iter() {
+        eprintln!("  {error}");
+    }
+    ExitCode::FAILURE
+}

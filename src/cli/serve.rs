@@ -1,0 +1,111 @@
+//! `weir serve`: run a flow until SIGTERM/SIGINT, then shut down gracefully.
+//!
+//! Shutdown order: stop accepting connections and let in-flight requests finish (they may
+//! be waiting for their events' delivery), then drain every destination's queue, then flush
+//! and close the destinations. Whatever is not delivered when the deadline passes is
+//! dead-lettered with the reason, and the totals are logged.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+
+use crate::config::Flow;
+use crate::delivery::pipeline::Lifecycle;
+use crate::runtime::{build_flow, spawn_workers};
+use crate::sources::SourceConfig;
+use crate::sources::http::{HttpSource, bind};
+
+pub struct ServeOptions {
+    pub listen: Option<String>,
+    pub shutdown_timeout: Duration,
+}
+
+pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
+    let built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
+    crate::telemetry::prometheus();
+    let lifecycle = Lifecycle::default();
+    let mut workers = spawn_workers(built.workers, &lifecycle);
+    tracing::info!(destinations = %built.runtime.describe(), "flow started");
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut servers = JoinSet::new();
+    let mut override_listen = options.listen.clone();
+    for source in built.sources {
+        match source {
+            SourceConfig::Http(config) => {
+                let source = HttpSource::new(config, built.runtime.clone());
+                let (listener, address) = bind(&source, override_listen.take().as_deref())
+                    .await
+                    .with_context(|| format!("cannot listen on {}", source.listen_address()))?;
+                tracing::info!(address = %address, "HTTP source listening");
+                let router = source.router();
+                let stop = stop.clone();
+                servers.spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                });
+            }
+        }
+    }
+
+    shutdown_signal().await;
+    tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: no new requests, draining queues");
+    let deadline = tokio::time::Instant::now() + options.shutdown_timeout;
+    stop.cancel();
+    let abort = lifecycle.abort.clone();
+    let deadline_watch = tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        abort.cancel();
+    });
+    // In-flight requests wait for their events' delivery, so the workers keep running meanwhile.
+    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, servers.join_next()).await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(error = %error, "HTTP server failed"),
+            Err(error) => tracing::error!(error = %error, "HTTP server task failed"),
+        }
+    }
+    servers.abort_all();
+    lifecycle.drain.cancel();
+    let mut dead_lettered = 0;
+    let mut failed = 0;
+    while let Some(report) = workers.join_next().await {
+        match report {
+            Ok(report) => {
+                dead_lettered += report.dead_lettered_at_shutdown;
+                failed += report.failed;
+            }
+            Err(error) => tracing::error!(error = %error, "destination worker failed"),
+        }
+    }
+    deadline_watch.abort();
+    if dead_lettered == 0 && failed == 0 {
+        tracing::info!("shutdown complete: every queued event was delivered");
+    } else {
+        tracing::warn!(
+            dead_lettered,
+            failed,
+            "shutdown complete: events not delivered before the deadline were dead-lettered (failed = could not even be dead-lettered)"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

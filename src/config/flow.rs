@@ -1,0 +1,468 @@
+//! The flow: named sources, named destinations and the collector's state, as in walkerOS's
+//! flow.json (`{"version": 4, "flows": {"<name>": {...}}}`, or the bare flow object).
+//!
+//! This layer only knows the shape of a flow and of a step (`type` or walkerOS's `package`,
+//! `config`, weir's `sources`). What a step's `config` may hold is checked by the source or
+//! destination that owns it. walkerOS keys that describe JavaScript bundling are accepted
+//! and ignored; keys that need JavaScript at run time (transformer chains, `code`, `env`)
+//! are errors naming the path, since silently dropping them would change what the flow does.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::references::{self, Scopes};
+use super::{ConfigErrors, Format, join, parse_text};
+use crate::event::Object;
+
+/// One source or destination entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub id: String,
+    /// weir's type name (`http`, `file`, `redis`...), from `type` or walkerOS's `package`.
+    pub kind: String,
+    /// Dotted path of the entry, for error messages (e.g. `destinations.events`).
+    pub path: String,
+    /// The walkerOS `config` block (`Value::Null` when absent).
+    pub config: Value,
+    /// Destinations only: the sources it takes events from (default: all).
+    pub sources: Option<Vec<String>>,
+}
+
+/// The collector's flow-level state, as walkerOS's `startFlow` takes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectorConfig {
+    pub globals: Object,
+    pub user: Object,
+    pub consent: Object,
+    pub custom: Object,
+    /// Key of this flow in `source.release` (walkerOS's CLI sets it to the flow's name).
+    pub name: Option<String>,
+    /// Value stamped into `source.release` (default: weir's version).
+    pub release: Option<String>,
+}
+
+/// A loaded flow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Flow {
+    pub name: Option<String>,
+    pub collector: CollectorConfig,
+    pub sources: Vec<Step>,
+    pub destinations: Vec<Step>,
+}
+
+/// walkerOS package names weir implements, and weir's type for each.
+const PACKAGES: [(&str, &str); 4] = [
+    ("@walkeros/server-source-express", "http"),
+    ("@walkeros/server-destination-redis", "redis"),
+    ("@walkeros/server-destination-kafka", "kafka"),
+    ("@walkeros/server-destination-rudderstack", "rudderstack"),
+];
+
+/// Reads and checks a flow file. `flow_name` picks one of several flows.
+pub fn load_flow(path: &Path, flow_name: Option<&str>) -> Result<Flow, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            errors.push("", format!("cannot read {}: {error}", path.display()));
+            return Err(errors);
+        }
+    };
+    let parsed = match Format::from_path(path) {
+        Some(format) => parse_text(&text, format),
+        // No telling extension: JSON, then TOML, then YAML (YAML accepts almost anything).
+        None => parse_text(&text, Format::Json)
+            .or_else(|_| parse_text(&text, Format::Toml))
+            .or_else(|_| parse_text(&text, Format::Yaml)),
+    };
+    match parsed {
+        Ok(value) => parse_flow(value, flow_name, &|name| std::env::var(name).ok()),
+        Err(message) => {
+            errors.push("", format!("{}: {message}", path.display()));
+            Err(errors)
+        }
+    }
+}
+
+/// Checks a flow given as a JSON tree; `env` looks up environment variables.
+pub fn parse_flow(
+    document: Value,
+    flow_name: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Flow, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let Value::Object(mut root) = document else {
+        errors.push("", "a flow file must be an object");
+        return Err(errors);
+    };
+    let root_variables = take_object(&mut root, "variables", "", &mut errors);
+
+    let (name, mut flow, path) = if root.contains_key("flows") {
+        if let Some(version) = root.get("version")
+            && version != &Value::from(4)
+        {
+            errors.push("version", "only walkerOS flow files of version 4 are supported");
+        }
+        for key in root.keys() {
+            if !matches!(key.as_str(), "version" | "flows" | "$schema" | "include" | "contract") {
+                errors.push(key.as_str(), "unknown key");
+            }
+        }
+        let Some(Value::Object(mut flows)) = root.remove("flows") else {
+            errors.push("flows", "must be an object of named flows");
+            return Err(errors);
+        };
+        let chosen = match flow_name {
+            Some(name) => name.to_owned(),
+            None if flows.len() == 1 => flows.keys().next().cloned().unwrap_or_default(),
+            None => {
+                let names: Vec<&str> = flows.keys().map(String::as_str).collect();
+                errors.push(
+                    "flows",
+                    format!(
+                        "the file has several flows ({}); pick one with --flow",
+                        names.join(", ")
+                    ),
+                );
+                return Err(errors);
+            }
+        };
+        let Some(flow) = flows.remove(&chosen) else {
+            errors.push("flows", format!("no flow named \"{chosen}\""));
+            return Err(errors);
+        };
+        let Value::Object(flow) = flow else {
+            errors.push(join("flows", &chosen), "must be an object");
+            return Err(errors);
+        };
+        let path = join("flows", &chosen);
+        (Some(chosen), flow, path)
+    } else {
+        (None, root, String::new())
+    };
+
+    let flow_variables = take_object(&mut flow, "variables", &path, &mut errors);
+    let mut result = Flow {
+        name: name.clone(),
+        ..Flow::default()
+    };
+    let base_scopes = [&flow_variables, &root_variables];
+
+    for (key, value) in flow {
+        let at = join(&path, &key);
+        match key.as_str() {
+            "sources" | "destinations" => {
+                let Value::Object(steps) = value else {
+                    errors.push(at, "must be an object of named steps");
+                    continue;
+                };
+                for (id, step) in steps {
+                    let step_path = join(&at, &id);
+                    let parsed = parse_step(
+                        &id,
+                        step,
+                        &step_path,
+                        key == "destinations",
+                        &base_scopes,
+                        env,
+                        &mut errors,
+                    );
+                    if let Some(parsed) = parsed {
+                        if key == "sources" {
+                            result.sources.push(parsed);
+                        } else {
+                            result.destinations.push(parsed);
+                        }
+                    }
+                }
+            }
+            "collector" => {
+                let mut value = value;
+                let scopes = Scopes {
+                    variables: base_scopes.to_vec(),
+                    env,
+                };
+                references::resolve(&mut value, &at, &scopes, &mut errors);
+                result.collector = parse_collector(value, &at, &mut errors);
+            }
+            "config" => check_flow_config(&value, &at, &mut errors),
+            "transformers" | "stores" => {
+                if value.as_object().is_some_and(|m| !m.is_empty()) {
+                    errors.push(
+                        at,
+                        format!("walkerOS {key} run JavaScript and are not supported by weir"),
+                    );
+                }
+            }
+            _ => errors.push(at, "unknown key"),
+        }
+    }
+    if result.collector.name.is_none() {
+        // walkerOS's CLI names the collector after the flow when bundling.
+        result.collector.name = name;
+    }
+    if errors.is_empty() { Ok(result) } else { Err(errors) }
+}
+
+fn take_object(map: &mut Map<String, Value>, key: &str, path: &str, errors: &mut ConfigErrors) -> Map<String, Value> {
+    match map.remove(key) {
+        None => Map::new(),
+        Some(Value::Object(object)) => object,
+        Some(_) => {
+            errors.push(join(path, key), "must be an object");
+            Map::new()
+        }
+    }
+}
+
+fn check_flow_config(value: &Value, path: &str, errors: &mut ConfigErrors) {
+    let Value::Object(config) = value else {
+        errors.push(path, "must be an object");
+        return;
+    };
+    for (key, item) in config {
+        match key.as_str() {
+            "platform" => {
+                if item != "server" {
+                    errors.push(join(path, key), "weir runs server flows: platform must be \"server\"");
+                }
+            }
+            // Bundling and hosting details for walkerOS's CLI: nothing for weir to do.
+            "url" | "settings" | "bundle" | "observe" => {}
+            _ => errors.push(join(path, key), "unknown key"),
+        }
+    }
+}
+
+fn package_kind(package: &str) -> Option<&'static str> {
+    // `@scope/name@1.2.3`: drop the version after the scope.
+    let name = match package.rfind('@') {
+        Some(at) if at > 0 => &package[..at],
+        _ => package,
+    };
+    PACKAGES.iter().find(|(known, _)| *known == name).map(|(_, kind)| *kind)
+}
+
+fn parse_step(
+    id: &str,
+    step: Value,
+    path: &str,
+    is_destination: bool,
+    base_scopes: &[&Map<String, Value>],
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+) -> Option<Step> {
+    let Value::Object(mut step) = step else {
+        errors.push(path, "must be an object");
+        return None;
+    };
+    let step_variables = take_object(&mut step, "variables", path, errors);
+    let mut scopes = Scopes {
+        variables: vec![&step_variables],
+        env,
+    };
+    scopes.variables.extend_from_slice(base_scopes);
+
+    let mut kind = None;
+    let mut package = None;
+    let mut config = Value::Null;
+    let mut sources = None;
+    for (key, mut value) in step {
+        let at = join(path, &key);
+        match key.as_str() {
+            "type" => match value {
+                Value::String(name) => kind = Some(name),
+                _ => errors.push(at, "must be a string"),
+            },
+            "package" => match value {
+                Value::String(name) => package = Some(name),
+                _ => errors.push(at, "must be a string"),
+            },
+            "config" => {
+                references::resolve(&mut value, &at, &scopes, errors);
+                config = value;
+            }
+            "sources" if is_destination => match serde_json::from_value::<Vec<String>>(value) {
+                Ok(list) => sources = Some(list),
+                Err(_) => errors.push(at, "must be a list of source ids"),
+            },
+            // walkerOS bundling details and step examples: nothing for weir to do.
+            "import" | "examples" | "primary" => {}
+            "code" => errors.push(
+                at,
+                "inline JavaScript steps cannot run in weir; use `type` or `package`",
+            ),
+            "env" | "before" | "next" | "cache" => {
+                errors.push(
+                    at,
+                    format!("`{key}` needs JavaScript at run time and is not supported by weir"),
+                );
+            }
+            _ => errors.push(at, "unknown key"),
+        }
+    }
+    let kind = match (kind, package) {
+        (Some(kind), _) => kind,
+        (None, Some(package)) => match package_kind(&package) {
+            Some(kind) => kind.to_owned(),
+            None => {
+                errors.push(
+                    join(path, "package"),
+                    format!("weir does not implement {package}; it knows {}", known_packages()),
+                );
+                return None;
+            }
+        },
+        (None, None) => {
+            errors.push(path, "needs a `type` (or a walkerOS `package`)");
+            return None;
+        }
+    };
+    Some(Step {
+        id: id.to_owned(),
+        kind,
+        path: path.to_owned(),
+        config,
+        sources,
+    })
+}
+
+fn known_packages() -> String {
+    PACKAGES.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+}
+
+fn parse_collector(value: Value, path: &str, errors: &mut ConfigErrors) -> CollectorConfig {
+    let mut collector = CollectorConfig::default();
+    let Value::Object(map) = value else {
+        errors.push(path, "must be an object");
+        return collector;
+    };
+    let mut globals_static = Object::new();
+    for (key, value) in map {
+        let at = join(path, &key);
+        let object = |value: Value, errors: &mut ConfigErrors| match value {
+            Value::Object(object) => object,
+            _ => {
+                errors.push(at.clone(), "must be an object");
+                Object::new()
+            }
+        };
+        match key.as_str() {
+            "globals" => collector.globals = object(value, errors),
+            "globalsStatic" => globals_static = object(value, errors),
+            "user" => collector.user = object(value, errors),
+            "custom" => collector.custom = object(value, errors),
+            "consent" => {
+                // walkerOS's `consent` command coerces every value with `!!`.
+                collector.consent = object(value, errors)
+                    .into_iter()
+                    .map(|(group, granted)| (group, Value::Bool(crate::mapping::truthy(&granted))))
+                    .collect();
+            }
+            "name" | "release" => match value {
+                Value::String(text) if key == "name" => collector.name = Some(text),
+                Value::String(text) => collector.release = Some(text),
+                _ => errors.push(at, "must be a string"),
+            },
+            "run" => {
+                if value != Value::Bool(true) {
+                    errors.push(at, "weir always runs the collector at start; only `true` is accepted");
+                }
+            }
+            // Browser session state, the pre-run queue cap and the logger: no meaning here.
+            "sessionStatic" | "queueMax" | "logger" | "observe" => {}
+            _ => errors.push(at, "unknown key"),
+        }
+    }
+    // walkerOS: `globals = {...globalsStatic, ...globals}`.
+    if !globals_static.is_empty() {
+        for (key, value) in std::mem::take(&mut collector.globals) {
+            globals_static.insert(key, value);
+        }
+        collector.globals = globals_static;
+    }
+    collector
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn a_walkeros_flow_file_loads_with_packages_and_collector_state() {
+        let document = json!({
+            "version": 4,
+            "$schema": "https://walkeros.io/schema/flow/v4.json",
+            "flows": {"default": {
+                "config": {"platform": "server", "bundle": {"packages": {}}},
+                "sources": {"http": {"package": "@walkeros/server-source-express", "config": {"settings": {"port": 8080}}}},
+                "destinations": {"events": {
+                    "package": "@walkeros/server-destination-redis@4.4.0",
+                    "variables": {"stream": "walkeros:events"},
+                    "config": {"settings": {"redis": {"streamKey": "$var.stream"}}}
+                }},
+                "collector": {"globals": {"env": "prod"}, "globalsStatic": {"site": "a", "env": "dev"}, "consent": {"functional": 1}}
+            }}
+        });
+        let flow = parse_flow(document, None, &no_env).unwrap();
+        assert_eq!(flow.name.as_deref(), Some("default"));
+        assert_eq!(flow.collector.name.as_deref(), Some("default"));
+        assert_eq!(flow.sources[0].kind, "http");
+        assert_eq!(flow.destinations[0].kind, "redis");
+        assert_eq!(
+            flow.destinations[0].config["settings"]["redis"]["streamKey"],
+            "walkeros:events"
+        );
+        assert_eq!(
+            Value::Object(flow.collector.globals),
+            json!({"site": "a", "env": "prod"})
+        );
+        assert_eq!(Value::Object(flow.collector.consent), json!({"functional": true}));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let document = json!({
+            "sources": {"http": {"type": "http", "nxt": 1}},
+            "destinations": {
+                "a": {"package": "@walkeros/server-destination-gcp"},
+                "b": {"type": "file", "before": "decoder"},
+                "c": {}
+            },
+            "transformers": {"t": {"package": "@walkeros/transformer-ga4"}}
+        });
+        let errors = parse_flow(document, None, &no_env).unwrap_err();
+        let text = errors.to_string();
+        for expected in [
+            "sources.http.nxt: unknown key",
+            "destinations.a.package: weir does not implement @walkeros/server-destination-gcp",
+            "destinations.b.before: `before` needs JavaScript",
+            "destinations.c: needs a `type`",
+            "transformers: walkerOS transformers run JavaScript",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(errors.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn several_flows_need_a_choice() {
+        let document = json!({"version": 4, "flows": {"web": {}, "server": {"destinations": {}}}});
+        assert!(
+            parse_flow(document.clone(), None, &no_env)
+                .unwrap_err()
+                .to_string()
+                .contains("--flow")
+        );
+        assert_eq!(
+            parse_flow(document, Some("server"), &no_env).unwrap().name.as_deref(),
+            Some("server")
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Typed parsing of one config block, reporting unknown keys and type errors with paths.
+//!
+//! serde stops at the first error and `deny_unknown_fields` names only the first unknown
+//! key; `serde_ignored` lets the whole block deserialize while recording every key the
+//! target type did not use, and `serde_path_to_error` names where a type error is.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{ConfigErrors, join};
+
+/// Deserializes `value` (found at `path`) into `T`; every unknown key and the first type
+/// error go into `errors`. `None` when `T` could not be built.
+pub fn parse<T: DeserializeOwned>(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut record = |ignored: serde_ignored::Path<'_>| unknown.push(ignored.to_string());
+    let deserializer = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
+    for key in unknown {
+        errors.push(join(path, &key), "unknown key");
+    }
+    match result {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let inner = error.path().to_string();
+            let at = if inner == "." {
+                path.to_owned()
+            } else {
+                join(path, &inner)
+            };
+            errors.push(at, error.into_inner().to_string());
+            None
+        }
+    }
+}
+
+/// A secret: from the config (usually `${VAR}`) or from a file (`*File` key). Its `Debug`
+/// never shows the value, so it cannot end up in a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The secret given inline or read from `file` (trailing newline trimmed); both set is an
+    /// error, as is an unreadable file.
+    pub fn resolve(
+        inline: Option<String>,
+        file: Option<&str>,
+        path: &str,
+        file_key: &str,
+        errors: &mut ConfigErrors,
+    ) -> Option<Secret> {
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                errors.push(join(path, file_key), "set either the secret or its file, not both");
+                None
+            }
+            (Some(value), None) => Some(Secret(value)),
+            (None, Some(file)) => match std::fs::read_to_string(file) {
+                Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())),
+                Err(error) => {
+                    errors.push(join(path, file_key), format!("cannot read {file}: {error}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Settings {
+        stream_key: String,
+        max_len: Option<u64>,
+    }
+
+    #[test]
+    fn lists_every_unknown_key_with_its_path() {
+        let mut errors = ConfigErrors::default();
+        let parsed: Option<Settings> = parse(
+            &json!({"streamKey": "s", "maxlen": 5, "extra": {"x": 1}}),
+            "destinations.r.config.settings",
+            &mut errors,
+        );
+        assert!(parsed.is_some());
+        assert_eq!(
+            errors.to_string(),
+            "destinations.r.config.settings.maxlen: unknown key\ndestinations.r.config.settings.extra: unknown key"
+        );
+    }
+
+    #[test]
+    fn names_the_path_of_a_type_error() {
+        let mut errors = ConfigErrors::default();
+        let parsed: Option<Settings> = parse(&json!({"streamKey": "s", "maxLen": "many"}), "settings", &mut errors);
+        assert!(parsed.is_none());
+        assert_eq!(errors.0[0].path, "settings.maxLen");
+        assert!(errors.0[0].message.contains("invalid type"), "{}", errors.0[0].message);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,209 @@
+//! End-to-end acknowledgements: a source learns, per event, what became of it at every
+//! destination.
+//!
+//! A source creates one [`AckSet`] for the events of one request (or one stream read) and
+//! hands an [`AckToken`] to every destination an event is queued for. Each token resolves
+//! exactly once: delivered, dead-lettered, or failed. A token dropped without being resolved
+//! (a worker torn down mid-flight) resolves itself as failed, so no path can leave a source
+//! waiting forever or report an event as delivered that was not. When the last token of the
+//! set resolves, the waiting source is woken with every event's outcome.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// What a destination finally did with one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The destination confirmed it (XADD reply, broker delivery report, 2xx, write done).
+    Delivered,
+    /// Retries were exhausted or the error was fatal; the event is in the dead-letter sink.
+    DeadLettered { destination: Arc<str>, reason: String },
+    /// Neither delivered nor dead-lettered (the dead-letter write itself failed, or the
+    /// process stopped before it could do either). Always logged and counted.
+    Failed { destination: Arc<str>, reason: String },
+}
+
+/// Outcome of one event across all destinations, as the source sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventOutcome {
+    /// Problems, one per destination that did not deliver; empty means every destination
+    /// delivered the event or deliberately did not take it (ignored, consent, skipped).
+    pub problems: Vec<String>,
+}
+
+impl EventOutcome {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct AckState {
+    /// Tokens not yet resolved, plus one held by the set until it is sealed.
+    pending: AtomicUsize,
+    outcomes: Mutex<Vec<EventOutcome>>,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl AckState {
+    fn release(self: &Arc<Self>) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let sender = self.done.lock().expect("ack lock poisoned").take();
+            if let Some(sender) = sender {
+                let _ = sender.send(());
+            }
+        }
+    }
+}
+
+/// The acknowledgements of one batch of events from a source.
+pub struct AckSet {
+    state: Arc<AckState>,
+}
+
+/// Resolves when every token of its [`AckSet`] has resolved and the set was sealed.
+pub struct AckWait {
+    state: Arc<AckState>,
+    done: oneshot::Receiver<()>,
+}
+
+impl AckSet {
+    /// A set for `events` events; outcomes are indexed by the event's position.
+    pub fn new(events: usize) -> (AckSet, AckWait) {
+        let (sender, receiver) = oneshot::channel();
+        let state = Arc::new(AckState {
+            pending: AtomicUsize::new(1),
+            outcomes: Mutex::new(vec![EventOutcome::default(); events]),
+            done: Mutex::new(Some(sender)),
+        });
+        (AckSet { state: state.clone() }, AckWait { state, done: receiver })
+    }
+
+    /// A token for event `index` at one destination.
+    pub fn token(&self, index: usize) -> AckToken {
+        self.state.pending.fetch_add(1, Ordering::AcqRel);
+        AckToken {
+            target: Some((self.state.clone(), index)),
+        }
+    }
+
+    /// Records a problem known before anything was queued (for example an invalid event).
+    pub fn fail_now(&self, index: usize, problem: String) {
+        let mut outcomes = self.state.outcomes.lock().expect("ack lock poisoned");
+        outcomes[index].problems.push(problem);
+    }
+
+    /// No more tokens will be created; the wait can complete once the issued ones resolve.
+    pub fn seal(self) {
+        self.state.release();
+    }
+}
+
+impl AckWait {
+    /// Waits for every token and returns each event's outcome, in event order.
+    pub async fn outcomes(self) -> Vec<EventOutcome> {
+        // The sender lives in the shared state and is only taken by the last release, so the
+        // receiver cannot observe a closed channel before completion.
+        let _ = self.done.await;
+        std::mem::take(&mut *self.state.outcomes.lock().expect("ack lock poisoned"))
+    }
+}
+
+/// The acknowledgement owed for one event at one destination.
+///
+/// Tokens from [`AckToken::detached`] report to nobody (sources that answered before
+/// delivery); the delivery machinery still counts and logs their outcome.
+pub struct AckToken {
+    target: Option<(Arc<AckState>, usize)>,
+}
+
+impl AckToken {
+    pub fn detached() -> AckToken {
+        AckToken { target: None }
+    }
+
+    pub fn resolve(mut self, delivery: Delivery) {
+        self.finish(delivery);
+    }
+
+    fn finish(&mut self, delivery: Delivery) {
+        let Some((state, index)) = self.target.take() else {
+            return;
+        };
+        let problem = match delivery {
+            Delivery::Delivered => None,
+            Delivery::DeadLettered { destination, reason } => Some(format!(
+                "destination \"{destination}\" dead-lettered the event: {reason}"
+            )),
+            Delivery::Failed { destination, reason } => {
+                Some(format!("destination \"{destination}\" failed the event: {reason}"))
+            }
+        };
+        if let Some(problem) = problem {
+            state.outcomes.lock().expect("ack lock poisoned")[index]
+                .problems
+                .push(problem);
+        }
+        state.release();
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        if self.target.is_some() {
+            self.finish(Delivery::Failed {
+                destination: Arc::from("?"),
+                reason: "the delivery was abandoned before it finished".to_owned(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_completes_after_all_tokens_resolve_with_their_outcomes() {
+        let (set, wait) = AckSet::new(3);
+        let a = set.token(0);
+        let b = set.token(1);
+        let c = set.token(1);
+        set.fail_now(2, "Event name is required".into());
+        set.seal();
+        a.resolve(Delivery::Delivered);
+        b.resolve(Delivery::Delivered);
+        let waiter = tokio::spawn(wait.outcomes());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one token is still pending");
+        c.resolve(Delivery::DeadLettered {
+            destination: Arc::from("events"),
+            reason: "WRONGTYPE".into(),
+        });
+        let outcomes = waiter.await.unwrap();
+        assert!(outcomes[0].is_ok());
+        assert_eq!(
+            outcomes[1].problems,
+            vec!["destination \"events\" dead-lettered the event: WRONGTYPE"]
+        );
+        assert_eq!(outcomes[2].problems, vec!["Event name is required"]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_token_counts_as_failed_never_as_delivered() {
+        let (set, wait) = AckSet::new(1);
+        let token = set.token(0);
+        set.seal();
+        drop(token);
+        let outcomes = wait.outcomes().await;
+        assert!(!outcomes[0].is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_set_without_tokens_completes_when_sealed() {
+        let (set, wait) = AckSet::new(2);
+        set.seal();
+        assert_eq!(wait.outcomes().await.len(), 2);
+    }
+}

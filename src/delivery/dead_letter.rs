@@ -1,0 +1,146 @@
+//! The dead-letter sink: where an event goes when a destination cannot deliver it.
+//!
+//! Each entry carries the event (as the collector enriched it, so a replay maps it again),
+//! the destination, the reason, the number of attempts and the time. The default sink is a
+//! JSON-lines file, written with one `write` per batch and synced to disk before the event
+//! is reported as dead-lettered: an entry here is the last copy of the event, so it must
+//! survive a crash. Destinations that share a path share one writer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::event::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("cannot write dead-letter file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One undeliverable event.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub destination: Arc<str>,
+    pub reason: String,
+    pub attempts: u32,
+    pub event: Arc<Event>,
+    pub time: SystemTime,
+}
+
+#[derive(Serialize)]
+struct DeadLetterLine<'a> {
+    time: String,
+    destination: &'a str,
+    reason: &'a str,
+    attempts: u32,
+    event: &'a Event,
+}
+
+impl DeadLetter {
+    /// The JSON line written for this entry (without the newline).
+    pub fn to_json_line(&self) -> Vec<u8> {
+        crate::json::to_vec(&DeadLetterLine {
+            time: humantime::format_rfc3339_millis(self.time).to_string(),
+            destination: &self.destination,
+            reason: &self.reason,
+            attempts: self.attempts,
+            event: &self.event,
+        })
+    }
+}
+
+/// Where dead letters go.
+#[derive(Clone, Debug)]
+pub enum DeadLetterSink {
+    /// Append to a JSON-lines file.
+    File(Arc<FileDeadLetters>),
+}
+
+impl DeadLetterSink {
+    /// The file sink for `path`, shared with every other destination using the same path.
+    pub fn file(path: &Path) -> DeadLetterSink {
+        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<FileDeadLetters>>>> = OnceLock::new();
+        let mut open = OPEN
+            .get_or_init(Default::default)
+            .lock()
+            .expect("dlq registry poisoned");
+        let sink = open
+            .entry(path.to_path_buf())
+            .or_insert_with(|| {
+                Arc::new(FileDeadLetters {
+                    path: path.to_path_buf(),
+                    file: tokio::sync::Mutex::new(None),
+                })
+            })
+            .clone();
+        DeadLetterSink::File(sink)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            DeadLetterSink::File(file) => format!("file {}", file.path.display()),
+        }
+    }
+
+    /// Stores the entries durably; returns only once they are safe.
+    pub async fn write(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+        match self {
+            DeadLetterSink::File(file) => file.write(letters).await,
+        }
+    }
+}
+
+/// An append-only JSON-lines dead-letter file.
+#[derive(Debug)]
+pub struct FileDeadLetters {
+    path: PathBuf,
+    file: tokio::sync::Mutex<Option<tokio::fs::File>>,
+}
+
+impl FileDeadLetters {
+    async fn write(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+        let error = |source| DeadLetterError::File {
+            path: self.path.clone(),
+            source,
+        };
+        let mut buffer = Vec::with_capacity(letters.len() * 512);
+        for letter in letters {
+            buffer.extend_from_slice(&letter.to_json_line());
+            buffer.push(b'\n');
+        }
+        let mut guard = self.file.lock().await;
+        if guard.is_none() {
+            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(parent).await.map_err(error)?;
+            }
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(error)?;
+            *guard = Some(file);
+        }
+        let file = guard.as_mut().expect("opened above");
+        let result = async {
+            file.write_all(&buffer).await?;
+            file.flush().await?;
+            file.sync_data().await
+        }
+        .await;
+        if result.is_err() {
+            // Reopen next time: the handle may be in an unknown state.
+            *guard = None;
+        }
+        result.map_err(error)
+    }
+}

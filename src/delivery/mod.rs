@@ -1,0 +1,120 @@
+//! The delivery machinery, written once and used by every destination.
+//!
+//! A destination implements [`Destination`]: connect and check, render one mapped event into
+//! its wire form, send a batch and report per-event outcomes, classify its errors as
+//! retryable or fatal, shut down. Everything else is here and the same for all of them
+//! ([`pipeline`]): mapping and consent per destination, a bounded queue, a batcher
+//! (`batch`: size / wait / age), a retrier (`retry`: exponential backoff with jitter), a
+//! dead-letter sink ([`dead_letter`]), metrics, and the end-to-end acknowledgement
+//! ([`ack`]) that tells the source, per event, whether it was delivered or dead-lettered.
+//! No destination catches and logs its own errors: it returns them, and the machinery
+//! retries, dead-letters and counts.
+
+pub mod ack;
+pub mod dead_letter;
+pub mod pipeline;
+pub mod policy;
+
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::event::Object;
+
+/// Whether sending again can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient: connection loss, timeouts, a server loading or failing over. Retried with
+    /// backoff, then dead-lettered when retries run out.
+    Retryable,
+    /// Retrying cannot help (wrong type, auth, payload rejected): dead-lettered at once.
+    Fatal,
+}
+
+/// Defaults a destination gives the machinery when the flow file does not set them.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryDefaults {
+    /// Largest batch handed to [`Destination::send`].
+    pub batch_size: usize,
+    /// Batches in flight at once. Destinations whose order matters (a file) use 1.
+    pub concurrency: usize,
+}
+
+impl Default for DeliveryDefaults {
+    fn default() -> Self {
+        DeliveryDefaults {
+            batch_size: 500,
+            concurrency: 1,
+        }
+    }
+}
+
+/// One event as a destination renders it: mapping and consent have been applied.
+pub struct RenderInput<'a, S> {
+    /// The event after the destination's policy, rule `name` and rule policy, with `consent`
+    /// reduced to the granted groups and `user` merged with the collector's user.
+    pub event: &'a Object,
+    /// The mapped `data` (config `data` merged with rule `data`, `include`, `remove`), if any.
+    pub data: Option<&'a Value>,
+    /// The matched rule's destination-specific `settings`, if a rule matched and has some.
+    pub rule_settings: Option<&'a S>,
+    /// The matched rule's `name`, if it has one.
+    pub rule_name: Option<&'a str>,
+    /// The matched rule says `silent` (or its older name `skip`): suppress the default call.
+    pub silent: bool,
+}
+
+/// What a destination makes of one event.
+pub enum Rendered<W> {
+    /// Put this on the wire.
+    Send(W),
+    /// Nothing to send for this event, and that is correct (e.g. a `silent` rule); the reason
+    /// is counted and shown by `weir explain`.
+    Skip(String),
+}
+
+/// A destination: the part of delivery that differs per target system.
+pub trait Destination: Send + Sync + Sized + 'static {
+    /// The destination-specific `settings` of a mapping rule (e.g. Redis `streamKey`).
+    type RuleSettings: DeserializeOwned + std::fmt::Debug + Send + Sync + 'static;
+    /// One event in wire form, rendered once on the request path.
+    type Wire: Send + Sync + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The `type` name in flow files.
+    const KIND: &'static str;
+
+    fn delivery_defaults(&self) -> DeliveryDefaults {
+        DeliveryDefaults::default()
+    }
+
+    /// Connects and checks the target (versions, permissions). Retried with backoff until it
+    /// succeeds; the destination counts as ready (`/readyz`) from then on.
+    fn connect(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Renders one mapped event. An `Err` is a problem with this event for this destination
+    /// (it is dead-lettered with the message, never dropped).
+    fn render(&self, input: &RenderInput<'_, Self::RuleSettings>) -> Result<Rendered<Self::Wire>, String>;
+
+    /// The wire form as `weir explain` prints it.
+    fn explain(&self, wire: &Self::Wire) -> Value;
+
+    /// Size of the wire form in bytes, for batch byte limits.
+    fn wire_size(&self, wire: &Self::Wire) -> usize;
+
+    /// Sends a batch. `Err` means the whole batch failed; `Ok` holds one result per event, in
+    /// batch order.
+    fn send(
+        &self,
+        batch: &[&Self::Wire],
+    ) -> impl Future<Output = Result<Vec<Result<(), Self::Error>>, Self::Error>> + Send;
+
+    fn classify(&self, error: &Self::Error) -> ErrorClass;
+
+    /// Flushes and closes. Called once, after the last batch was sent.
+    fn shutdown(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+#[cfg(test)]
+mod tests;

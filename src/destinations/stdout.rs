@@ -1,0 +1,83 @@
+//! `stdout`: events as JSON lines on standard output, for trying flows out and for piping
+//! into other tools. Same line format as `file`.
+
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::file::{NoRuleSettings, event_or_data_line};
+use crate::config::ConfigErrors;
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+
+pub struct StdoutDestination {
+    out: tokio::sync::Mutex<tokio::io::Stdout>,
+}
+
+impl StdoutDestination {
+    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        if let Some(Value::Object(map)) = settings {
+            for key in map.keys() {
+                errors.push(crate::config::join(path, key), "unknown key (stdout has no settings)");
+            }
+        }
+        Some(StdoutDestination {
+            out: tokio::sync::Mutex::new(tokio::io::stdout()),
+        })
+    }
+}
+
+impl Destination for StdoutDestination {
+    type RuleSettings = NoRuleSettings;
+    type Wire = Vec<u8>;
+    type Error = std::io::Error;
+    const KIND: &'static str = "stdout";
+
+    fn delivery_defaults(&self) -> DeliveryDefaults {
+        DeliveryDefaults {
+            batch_size: 1000,
+            concurrency: 1,
+        }
+    }
+
+    async fn connect(&self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
+        if input.silent {
+            return Ok(Rendered::Skip("the matching rule is silent".into()));
+        }
+        let mut line = event_or_data_line(input);
+        line.push(b'\n');
+        Ok(Rendered::Send(line))
+    }
+
+    fn explain(&self, wire: &Vec<u8>) -> Value {
+        json!({ "line": String::from_utf8_lossy(wire.strip_suffix(b"\n").unwrap_or(wire)) })
+    }
+
+    fn wire_size(&self, wire: &Vec<u8>) -> usize {
+        wire.len()
+    }
+
+    async fn send(&self, batch: &[&Vec<u8>]) -> Result<Vec<Result<(), std::io::Error>>, std::io::Error> {
+        let mut buffer = Vec::with_capacity(batch.iter().map(|l| l.len()).sum());
+        for line in batch {
+            buffer.extend_from_slice(line);
+        }
+        let mut out = self.out.lock().await;
+        out.write_all(&buffer).await?;
+        out.flush().await?;
+        Ok(batch.iter().map(|_| Ok(())).collect())
+    }
+
+    fn classify(&self, error: &std::io::Error) -> ErrorClass {
+        match error.kind() {
+            std::io::ErrorKind::BrokenPipe => ErrorClass::Fatal,
+            _ => ErrorClass::Retryable,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), std::io::Error> {
+        self.out.lock().await.flush().await
+    }
+}

@@ -1,0 +1,465 @@
+//! walkerOS 4.4's mapping, per destination: consent, policies, rule lookup with `*`
+//! wildcards, rule fields and the value language (systems.md §C).
+//!
+//! A destination's mapping is parsed once at config load into [`DestinationMapping`], with
+//! the destination's own rule `settings` type `S`, so every rule is checked (and every error
+//! reported with its path) before weir starts. [`DestinationMapping::apply`] then does, per
+//! event, what walkerOS's `pushToDestinations` + `processEventMapping` do, in the same order.
+//! Where walkerOS's code and its documentation disagree, weir follows the documentation:
+//! rule-level `consent` is enforced, and `skip` is accepted as the older name of `silent`.
+
+pub mod consent;
+pub mod include;
+pub mod path;
+pub mod value;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::collector::Collector;
+use crate::config::{ConfigErrors, join, typed};
+use crate::event::{Event, Object, split_name};
+pub use consent::granted_consent;
+pub use include::Section;
+use path::{remove_by_path, set_by_path};
+pub use value::{ValueContext, ValueSpec};
+
+/// JavaScript truthiness of a JSON value.
+pub fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// walkerOS's `assign(target, source)`: target's keys, then the source's new keys; source
+/// values win, except that two arrays are concatenated without duplicate scalars.
+pub fn assign(target: &Object, source: &Object) -> Object {
+    let mut out = target.clone();
+    for (key, value) in source {
+        match (out.get_mut(key), value) {
+            (Some(Value::Array(existing)), Value::Array(incoming)) => {
+                for item in incoming {
+                    let scalar = !matches!(item, Value::Array(_) | Value::Object(_));
+                    if !(scalar && existing.contains(item)) {
+                        existing.push(item.clone());
+                    }
+                }
+            }
+            (Some(slot), _) => *slot = value.clone(),
+            (None, _) => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `batch` of a destination or a rule: a number (the debounce `wait`) or `{wait, size, age}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchSpec {
+    pub wait: Option<u64>,
+    pub size: Option<u64>,
+    pub age: Option<u64>,
+}
+
+impl BatchSpec {
+    pub fn parse(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<BatchSpec> {
+        #[derive(serde::Deserialize)]
+        struct Fields {
+            wait: Option<u64>,
+            size: Option<u64>,
+            age: Option<u64>,
+        }
+        match value {
+            Value::Number(n) => match n.as_u64() {
+                Some(wait) => Some(BatchSpec {
+                    wait: Some(wait),
+                    ..BatchSpec::default()
+                }),
+                None => {
+                    errors.push(path, "must be a whole number of milliseconds or {wait, size, age}");
+                    None
+                }
+            },
+            Value::Object(_) => typed::parse::<Fields>(value, path, errors).map(|f| BatchSpec {
+                wait: f.wait,
+                size: f.size,
+                age: f.age,
+            }),
+            _ => {
+                errors.push(path, "must be a number (wait ms) or {wait, size, age}");
+                None
+            }
+        }
+    }
+}
+
+/// A policy: `{path: value spec}`, written into the event before mapping.
+pub type Policy = Vec<(String, ValueSpec)>;
+
+/// One mapping rule.
+#[derive(Debug)]
+pub struct Rule<S> {
+    pub name: Option<String>,
+    pub data: Option<ValueSpec>,
+    pub settings: Option<S>,
+    pub policy: Option<Policy>,
+    /// `Some(vec![])` is an explicit empty list, which overrides the destination's.
+    pub include: Option<Vec<Section>>,
+    pub remove: Option<Vec<String>>,
+    pub consent: Option<Object>,
+    pub ignore: bool,
+    pub silent: bool,
+    /// The batch buffer of this rule, when it has its own `batch`.
+    pub batch_slot: Option<usize>,
+}
+
+/// The rules of one entity, by action (`*` matches any); several rules per action are
+/// walkerOS's rule arrays.
+type ActionRules<S> = Vec<(String, Vec<Rule<S>>)>;
+
+/// Rules by entity, then action; `*` matches any.
+#[derive(Debug)]
+pub struct Rules<S>(Vec<(String, ActionRules<S>)>);
+
+impl<S> Default for Rules<S> {
+    fn default() -> Self {
+        Rules(Vec::new())
+    }
+}
+
+impl<S> Rules<S> {
+    fn actions(&self, entity: &str) -> Option<&ActionRules<S>> {
+        self.0.iter().find(|(key, _)| key == entity).map(|(_, actions)| actions)
+    }
+
+    /// walkerOS `getMappingEvent`: the rule for `name` and its key (`"product *"`).
+    ///
+    /// `* <action>` is only consulted when the entity has no block at all; an entity block
+    /// without the action (and without `*`) falls through to `* *`.
+    pub fn lookup(&self, name: &str) -> Option<(&Rule<S>, String)> {
+        let (entity, action) = split_name(name)?;
+        let entity_key = if self.actions(entity).is_some() { entity } else { "*" };
+        if let Some(actions) = self.actions(entity_key) {
+            let action_key = if actions.iter().any(|(key, _)| key == action) {
+                action
+            } else {
+                "*"
+            };
+            if let Some((_, rules)) = actions.iter().find(|(key, _)| key == action_key)
+                && let Some(rule) = rules.first()
+            {
+                return Some((rule, format!("{entity_key} {action_key}")));
+            }
+        }
+        let rule = self
+            .actions("*")?
+            .iter()
+            .find(|(key, _)| key == "*")
+            .and_then(|(_, rules)| rules.first())?;
+        Some((rule, "* *".to_owned()))
+    }
+}
+
+/// A destination's mapping configuration.
+#[derive(Debug)]
+pub struct DestinationMapping<S> {
+    pub consent: Option<Object>,
+    pub policy: Option<Policy>,
+    pub data: Option<ValueSpec>,
+    pub include: Option<Vec<Section>>,
+    pub rules: Rules<S>,
+}
+
+/// What the mapping decided for one event at one destination.
+pub enum MappingOutcome<'m, S> {
+    /// The matching rule says `ignore`.
+    Ignored,
+    /// The destination's or the rule's required consent is not granted.
+    Denied,
+    Mapped(Mapped<'m, S>),
+}
+
+/// An event mapped for one destination.
+pub struct Mapped<'m, S> {
+    /// The event after policies and the rule's `name`, with consent reduced to the granted
+    /// groups and the collector's user merged in.
+    pub event: Object,
+    pub data: Option<Value>,
+    pub rule: Option<&'m Rule<S>>,
+    /// `"<entity> <action>"` of the matching rule (`"* *"`...), or empty.
+    pub rule_key: String,
+}
+
+impl<S: DeserializeOwned> DestinationMapping<S> {
+    /// Parses `consent`, `policy`, `data`, `include` and `mapping` of a destination's
+    /// `config` (found at `path`). `rule_batch` is called for each rule with its own `batch`
+    /// and returns the rule's batch slot.
+    pub fn from_config(
+        config: &Map<String, Value>,
+        path: &str,
+        errors: &mut ConfigErrors,
+        rule_batch: &mut dyn FnMut(&BatchSpec) -> usize,
+    ) -> Option<DestinationMapping<S>> {
+        let before = errors.len();
+        let consent = config
+            .get("consent")
+            .and_then(|value| value::parse_consent(value, &join(path, "consent"), errors));
+        let policy = config
+            .get("policy")
+            .and_then(|value| parse_policy(value, &join(path, "policy"), errors));
+        let data = config
+            .get("data")
+            .and_then(|value| ValueSpec::parse(value, &join(path, "data"), errors));
+        let include = config
+            .get("include")
+            .and_then(|value| include::parse(value, &join(path, "include"), errors));
+        let rules = match config.get("mapping") {
+            None => Rules::default(),
+            Some(value) => parse_rules(value, &join(path, "mapping"), errors, rule_batch),
+        };
+        (errors.len() == before).then_some(DestinationMapping {
+            consent,
+            policy,
+            data,
+            include,
+            rules,
+        })
+    }
+}
+
+impl<S> DestinationMapping<S> {
+    /// What walkerOS's `pushToDestinations` (consent, user) and `processEventMapping`
+    /// (policy, rule, data, include, remove) do with `event` for this destination.
+    pub fn apply<'m>(&'m self, event: &Event, collector: &Collector) -> MappingOutcome<'m, S> {
+        let source = event.as_object();
+        let own_consent = source.get("consent").and_then(Value::as_object);
+        let Some(granted) = granted_consent(self.consent.as_ref(), &collector.consent, own_consent) else {
+            return MappingOutcome::Denied;
+        };
+        let mut event = source.clone();
+        event.insert("consent".into(), Value::Object(granted));
+        if !collector.user.is_empty() {
+            let user = match event.get("user") {
+                Some(Value::Object(own)) => assign(&collector.user, own),
+                _ => collector.user.clone(),
+            };
+            event.insert("user".into(), Value::Object(user));
+        }
+        let context = ValueContext {
+            collector_consent: &collector.consent,
+        };
+        let mut event = Value::Object(event);
+        if let Some(policy) = &self.policy {
+            apply_policy(&mut event, policy, &context);
+        }
+        let name = event.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let found = self.rules.lookup(&name);
+        if let Some((rule, _)) = &found
+            && let Some(policy) = &rule.policy
+        {
+            apply_policy(&mut event, policy, &context);
+        }
+        let mut data = self.data.as_ref().and_then(|spec| spec.value(&event, &context));
+        let Some((rule, rule_key)) = found else {
+            data = with_include(data, self.include.as_deref(), &event);
+            return MappingOutcome::Mapped(Mapped {
+                event: into_object(event),
+                data,
+                rule: None,
+                rule_key: String::new(),
+            });
+        };
+        if rule.ignore {
+            return MappingOutcome::Ignored;
+        }
+        if let Some(required) = &rule.consent {
+            let own = event.get("consent").and_then(Value::as_object);
+            if granted_consent(Some(required), &collector.consent, own).is_none() {
+                return MappingOutcome::Denied;
+            }
+        }
+        if let Some(name) = &rule.name
+            && let Value::Object(map) = &mut event
+        {
+            map.insert("name".into(), Value::from(name.as_str()));
+        }
+        if let Some(spec) = &rule.data {
+            let rule_data = spec.value(&event, &context);
+            data = match (data, rule_data) {
+                (Some(Value::Object(base)), Some(Value::Object(own))) => Some(Value::Object(assign(&base, &own))),
+                (_, rule_data) => rule_data,
+            };
+        }
+        data = with_include(data, rule.include.as_deref().or(self.include.as_deref()), &event);
+        if let (Some(paths), Some(target @ Value::Object(_))) = (&rule.remove, &mut data) {
+            for path in paths {
+                remove_by_path(target, path);
+            }
+        }
+        MappingOutcome::Mapped(Mapped {
+            event: into_object(event),
+            data,
+            rule: Some(rule),
+            rule_key,
+        })
+    }
+}
+
+fn into_object(event: Value) -> Object {
+    match event {
+        Value::Object(map) => map,
+        _ => unreachable!("events stay objects"),
+    }
+}
+
+/// Each policy entry reads the event as it was before this level, then all are written.
+fn apply_policy(event: &mut Value, policy: &Policy, context: &ValueContext<'_>) {
+    let results: Vec<Option<Value>> = policy.iter().map(|(_, spec)| spec.value(event, context)).collect();
+    if let Value::Object(map) = event {
+        for ((path, _), result) in policy.iter().zip(results) {
+            set_by_path(map, path, result);
+        }
+    }
+}
+
+/// walkerOS `include`: the flattened sections under the data, explicit data winning.
+fn with_include(data: Option<Value>, sections: Option<&[Section]>, event: &Value) -> Option<Value> {
+    let Some(sections) = sections.filter(|s| !s.is_empty()) else {
+        return data;
+    };
+    let flattened = include::flatten(sections, event);
+    if flattened.is_empty() {
+        return data;
+    }
+    match data {
+        Some(Value::Object(own)) => Some(Value::Object(assign(&flattened, &own))),
+        None | Some(Value::Null) => Some(Value::Object(flattened)),
+        other => other,
+    }
+}
+
+fn parse_policy(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<Policy> {
+    let Value::Object(entries) = value else {
+        errors.push(path, "must be an object of event path → mapping value");
+        return None;
+    };
+    let mut policy = Vec::with_capacity(entries.len());
+    for (target, spec) in entries {
+        if let Some(spec) = ValueSpec::parse(spec, &join(path, target), errors) {
+            policy.push((target.clone(), spec));
+        }
+    }
+    Some(policy)
+}
+
+fn parse_rules<S: DeserializeOwned>(
+    value: &Value,
+    path: &str,
+    errors: &mut ConfigErrors,
+    rule_batch: &mut dyn FnMut(&BatchSpec) -> usize,
+) -> Rules<S> {
+    let Value::Object(entities) = value else {
+        errors.push(path, "must be an object: entity → action → rule");
+        return Rules::default();
+    };
+    let mut rules = Vec::with_capacity(entities.len());
+    for (entity, actions) in entities {
+        let entity_path = join(path, entity);
+        let Value::Object(actions) = actions else {
+            errors.push(entity_path, "must be an object: action → rule");
+            continue;
+        };
+        let mut parsed_actions = Vec::with_capacity(actions.len());
+        for (action, rule) in actions {
+            let rule_path = join(&entity_path, action);
+            let parsed = match rule {
+                Value::Array(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, rule)| {
+                        parse_rule(rule, &join(&rule_path, &index.to_string()), errors, rule_batch)
+                    })
+                    .collect(),
+                // walkerOS treats a falsy rule as absent.
+                Value::Null | Value::Bool(false) => continue,
+                single => parse_rule(single, &rule_path, errors, rule_batch).into_iter().collect(),
+            };
+            parsed_actions.push((action.clone(), parsed));
+        }
+        rules.push((entity.clone(), parsed_actions));
+    }
+    Rules(rules)
+}
+
+fn parse_rule<S: DeserializeOwned>(
+    value: &Value,
+    path: &str,
+    errors: &mut ConfigErrors,
+    rule_batch: &mut dyn FnMut(&BatchSpec) -> usize,
+) -> Option<Rule<S>> {
+    let Value::Object(fields) = value else {
+        errors.push(path, "a rule must be an object");
+        return None;
+    };
+    let before = errors.len();
+    let mut rule = Rule {
+        name: None,
+        data: None,
+        settings: None,
+        policy: None,
+        include: None,
+        remove: None,
+        consent: None,
+        ignore: false,
+        silent: false,
+        batch_slot: None,
+    };
+    let flag = |value: &Value, at: String, errors: &mut ConfigErrors| match value {
+        Value::Bool(flag) => *flag,
+        _ => {
+            errors.push(at, "must be true or false");
+            false
+        }
+    };
+    for (key, value) in fields {
+        let at = join(path, key);
+        match key.as_str() {
+            "name" => match value {
+                Value::String(name) => rule.name = Some(name.clone()),
+                _ => errors.push(at, "must be a string"),
+            },
+            "data" => rule.data = ValueSpec::parse(value, &at, errors),
+            "settings" => rule.settings = typed::parse::<S>(value, &at, errors),
+            "policy" => rule.policy = parse_policy(value, &at, errors),
+            "include" => rule.include = include::parse(value, &at, errors),
+            "remove" => match serde_json::from_value::<Vec<String>>(value.clone()) {
+                Ok(paths) => rule.remove = Some(paths),
+                Err(_) => errors.push(at, "must be a list of paths"),
+            },
+            "consent" => rule.consent = value::parse_consent(value, &at, errors),
+            "ignore" => rule.ignore = flag(value, at, errors),
+            // `skip` is walkerOS 3.x's (and its documentation's) name for `silent`.
+            "silent" | "skip" => rule.silent |= flag(value, at, errors),
+            "batch" => {
+                if let Some(spec) = BatchSpec::parse(value, &at, errors) {
+                    rule.batch_slot = Some(rule_batch(&spec));
+                }
+            }
+            "condition" => errors.push(
+                at,
+                "`condition` is JavaScript in walkerOS and cannot run in weir yet; split the rule by entity/action instead",
+            ),
+            "extend" => errors.push(at, "`extend` merges onto a walkerOS package's default rule; weir's destinations have none"),
+            _ => errors.push(at, "unknown rule key"),
+        }
+    }
+    (errors.len() == before).then_some(rule)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,466 @@
+//! walkerOS's value language (`getMappingValue` / `processMappingValue`, systems.md §C.5).
+//!
+//! A value spec is a path string (`"data.id"` ≡ `{"key": "data.id"}`), a config object
+//! (`key`, `value`, `map`, `loop`, `set`, `consent`), or an array of alternatives: at the top
+//! level the first result that is defined wins (`0`, `""`, `false` count); an array nested
+//! inside an alternative takes the first truthy result, else its last result.
+//!
+//! JavaScript distinguishes `undefined` (nothing) from `null`, and walkerOS's final
+//! "is it a Property" check rejects any value containing `null` while accepting arrays with
+//! `undefined` holes (which serialize as `null`). [`Resolved`] carries that distinction: a
+//! JSON `null` inside `value` is a hole unless `has_null` says a real `null` is in there.
+//!
+//! `fn`, `condition` and `validate` are JavaScript in walkerOS and cannot run here: a spec
+//! holding one is a config error naming its path.
+
+use serde_json::{Map, Value};
+
+use super::consent::granted_consent;
+use super::path::{contains_null, get_with_default};
+use super::truthy;
+use crate::config::{ConfigErrors, join};
+use crate::event::Object;
+
+/// A parsed value spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueSpec {
+    /// `"data.id"`: the value at that path.
+    Key(String),
+    Config(Box<ValueConfig>),
+    Alternatives(Vec<ValueSpec>),
+}
+
+/// `{key, value, map, loop, set, consent}`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ValueConfig {
+    pub key: Option<String>,
+    /// Static value, and the fallback when the rest yields nothing.
+    pub value: Option<Value>,
+    pub map: Option<Vec<(String, ValueSpec)>>,
+    pub loop_over: Option<Box<(LoopScope, ValueSpec)>>,
+    pub set: Option<Vec<ValueSpec>>,
+    pub consent: Option<Object>,
+    /// `{}`: yields nothing.
+    empty: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoopScope {
+    /// `"this"`: loop over a one-element list holding the input.
+    This,
+    Spec(ValueSpec),
+}
+
+/// A computed value. `has_null` says whether `value` holds a real JSON `null` (as opposed to
+/// `null`s standing for JavaScript `undefined` array holes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub value: Value,
+    pub has_null: bool,
+}
+
+impl Resolved {
+    /// A value read from an event or the config: every `null` in it is real.
+    pub fn from_json(value: Value) -> Resolved {
+        let has_null = contains_null(&value);
+        Resolved { value, has_null }
+    }
+
+    /// walkerOS `castToProperty`: a value containing `null` anywhere is not a Property.
+    fn cast(self) -> Option<Resolved> {
+        (!self.has_null).then_some(self)
+    }
+}
+
+/// What a value spec may read besides its input: the collector's consent (used when the
+/// input carries no consent of its own).
+pub struct ValueContext<'a> {
+    pub collector_consent: &'a Object,
+}
+
+impl ValueSpec {
+    /// Parses a spec at `path`; JavaScript and unknown keys are errors.
+    pub fn parse(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<ValueSpec> {
+        match value {
+            Value::String(key) => Some(ValueSpec::Key(key.clone())),
+            Value::Array(items) => {
+                let parsed: Vec<Option<ValueSpec>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(index, item)| ValueSpec::parse(item, &join(path, &index.to_string()), errors))
+                    .collect();
+                parsed
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(ValueSpec::Alternatives)
+            }
+            Value::Object(map) => ValueConfig::parse(map, path, errors).map(|c| ValueSpec::Config(Box::new(c))),
+            other => {
+                errors.push(
+                    path,
+                    format!(
+                        "a mapping value must be a path string, an object or a list, not {}",
+                        crate::event::JsonKind::of(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// walkerOS `getMappingValue(input, spec)`: the top-level evaluation.
+    pub fn resolve(&self, input: &Value, context: &ValueContext<'_>) -> Option<Resolved> {
+        match self {
+            ValueSpec::Alternatives(items) => items.iter().find_map(|item| item.process(input, context)),
+            single => single.process(input, context),
+        }
+    }
+
+    /// Like [`resolve`](Self::resolve), as plain JSON (holes become `null`).
+    pub fn value(&self, input: &Value, context: &ValueContext<'_>) -> Option<Value> {
+        self.resolve(input, context).map(|r| r.value)
+    }
+
+    /// walkerOS `processMappingValue(input, spec)`: one alternative.
+    fn process(&self, input: &Value, context: &ValueContext<'_>) -> Option<Resolved> {
+        match self {
+            ValueSpec::Key(key) => get_with_default(input, key, None)
+                .map(|(value, has_null)| Resolved { value, has_null })
+                .and_then(Resolved::cast),
+            ValueSpec::Config(config) => config.process(input, context),
+            ValueSpec::Alternatives(items) => {
+                // Nested list: the first truthy result, else the last result.
+                let mut last = None;
+                for item in items {
+                    last = item.process(input, context);
+                    if last.as_ref().is_some_and(|r| truthy(&r.value)) {
+                        break;
+                    }
+                }
+                last
+            }
+        }
+    }
+}
+
+impl ValueConfig {
+    fn parse(map: &Map<String, Value>, path: &str, errors: &mut ConfigErrors) -> Option<ValueConfig> {
+        let mut config = ValueConfig {
+            empty: map.is_empty(),
+            ..ValueConfig::default()
+        };
+        let mut ok = true;
+        for (key, value) in map {
+            let at = join(path, key);
+            match key.as_str() {
+                "key" => match value {
+                    Value::String(path) => config.key = Some(path.clone()),
+                    _ => {
+                        errors.push(at, "must be a path string");
+                        ok = false;
+                    }
+                },
+                "value" => config.value = Some(value.clone()),
+                "map" => match value {
+                    Value::Object(entries) => {
+                        let mut parsed = Vec::with_capacity(entries.len());
+                        for (name, spec) in entries {
+                            match ValueSpec::parse(spec, &join(&at, name), errors) {
+                                Some(spec) => parsed.push((name.clone(), spec)),
+                                None => ok = false,
+                            }
+                        }
+                        config.map = Some(parsed);
+                    }
+                    _ => {
+                        errors.push(at, "must be an object of key → mapping value");
+                        ok = false;
+                    }
+                },
+                "loop" => match value.as_array().map(Vec::as_slice) {
+                    Some([scope, item]) => {
+                        let scope = match scope {
+                            Value::String(this) if this == "this" => Some(LoopScope::This),
+                            other => ValueSpec::parse(other, &join(&at, "0"), errors).map(LoopScope::Spec),
+                        };
+                        let item = ValueSpec::parse(item, &join(&at, "1"), errors);
+                        match (scope, item) {
+                            (Some(scope), Some(item)) => config.loop_over = Some(Box::new((scope, item))),
+                            _ => ok = false,
+                        }
+                    }
+                    _ => {
+                        errors.push(at, "must be a list of two: [scope, item mapping]");
+                        ok = false;
+                    }
+                },
+                "set" => match value {
+                    Value::Array(items) => {
+                        let parsed: Option<Vec<ValueSpec>> = items
+                            .iter()
+                            .enumerate()
+                            .map(|(index, item)| ValueSpec::parse(item, &join(&at, &index.to_string()), errors))
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .collect();
+                        match parsed {
+                            Some(parsed) => config.set = Some(parsed),
+                            None => ok = false,
+                        }
+                    }
+                    _ => {
+                        errors.push(at, "must be a list of mapping values");
+                        ok = false;
+                    }
+                },
+                "consent" => match parse_consent(value, &at, errors) {
+                    Some(consent) => config.consent = Some(consent),
+                    None => ok = false,
+                },
+                "fn" | "condition" | "validate" => {
+                    errors.push(
+                        at,
+                        format!("`{key}` is JavaScript in walkerOS and cannot run in weir yet; use the declarative keys (key, value, map, loop, set, consent)"),
+                    );
+                    ok = false;
+                }
+                _ => {
+                    errors.push(at, "unknown key in a mapping value");
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(config)
+    }
+
+    fn process(&self, input: &Value, context: &ValueContext<'_>) -> Option<Resolved> {
+        if self.empty {
+            return None;
+        }
+        let fallback = || self.value.clone().map(Resolved::from_json);
+        if let Some(required) = &self.consent {
+            // The input's own consent when it has one (the event's), else the collector's.
+            let state = match input.get("consent") {
+                Some(Value::Object(own)) => own,
+                _ => context.collector_consent,
+            };
+            if granted_consent(Some(required), state, None).is_none() {
+                // Denied: the static value, as is (walkerOS does not cast it).
+                return fallback();
+            }
+        }
+        let mut working = match &self.value {
+            Some(value) => Some(Resolved::from_json(value.clone())),
+            None => Some(Resolved::from_json(input.clone())),
+        };
+        if let Some(key) = &self.key {
+            working =
+                get_with_default(input, key, self.value.as_ref()).map(|(value, has_null)| Resolved { value, has_null });
+        }
+        if let Some(looped) = &self.loop_over {
+            let (scope, item) = looped.as_ref();
+            let list = match scope {
+                LoopScope::This => Some(Resolved::from_json(Value::Array(vec![input.clone()]))),
+                LoopScope::Spec(spec) => spec.resolve(input, context),
+            };
+            if let Some(Resolved {
+                value: Value::Array(items),
+                ..
+            }) = list
+            {
+                let mut has_null = false;
+                let mut out = Vec::with_capacity(items.len());
+                for element in &items {
+                    if let Some(resolved) = item.resolve(element, context) {
+                        has_null |= resolved.has_null;
+                        out.push(resolved.value);
+                    }
+                }
+                working = Some(Resolved {
+                    value: Value::Array(out),
+                    has_null,
+                });
+            }
+        } else if let Some(entries) = &self.map {
+            let mut has_null = false;
+            let mut out = Map::with_capacity(entries.len());
+            for (name, spec) in entries {
+                if let Some(resolved) = spec.resolve(input, context) {
+                    has_null |= resolved.has_null;
+                    out.insert(name.clone(), resolved.value);
+                }
+            }
+            working = Some(Resolved {
+                value: Value::Object(out),
+                has_null,
+            });
+        } else if let Some(items) = &self.set {
+            // Every item's result, undefined ones kept as holes.
+            let mut has_null = false;
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match item.process(input, context) {
+                    Some(resolved) => {
+                        has_null |= resolved.has_null;
+                        out.push(resolved.value);
+                    }
+                    None => out.push(Value::Null),
+                }
+            }
+            working = Some(Resolved {
+                value: Value::Array(out),
+                has_null,
+            });
+        }
+        working
+            .and_then(Resolved::cast)
+            .or_else(|| fallback().and_then(Resolved::cast))
+    }
+}
+
+/// A consent map `{group: bool}`.
+pub fn parse_consent(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<Object> {
+    match value {
+        Value::Object(map) if map.values().all(Value::is_boolean) => Some(map.clone()),
+        _ => {
+            errors.push(path, "must be an object of consent group → true/false");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(value: Value) -> ValueSpec {
+        let mut errors = ConfigErrors::default();
+        let parsed = ValueSpec::parse(&value, "test", &mut errors);
+        assert!(errors.is_empty(), "{errors}");
+        parsed.unwrap()
+    }
+
+    fn eval(input: &Value, mapping: Value) -> Option<Value> {
+        let consent = Object::new();
+        spec(mapping).value(
+            input,
+            &ValueContext {
+                collector_consent: &consent,
+            },
+        )
+    }
+
+    fn ev() -> Value {
+        json!({
+            "data": {"id": "o1", "total": 0, "items": [{"id": "a", "p": 1}, {"id": "b", "p": 2}]},
+            "user": {"email": "E@X.COM"},
+            "consent": {"marketing": false, "functional": true}
+        })
+    }
+
+    /// `mapping` in vectors/walkeros-destinations-and-mapping.json, inputs from systems.md §C.5
+    /// (the `fn`, `condition` and `validate` vectors are JavaScript and are config errors here).
+    #[test]
+    fn walkeros_value_vectors() {
+        let vectors: Value = serde_json::from_str(include_str!(
+            "../../tests/vectors/walkeros-destinations-and-mapping.json"
+        ))
+        .unwrap();
+        let expected = &vectors["mapping"];
+        let ev = ev();
+        let cases = [
+            ("path", json!("data.id")),
+            ("keyWithDefault", json!({"key": "data.nope", "value": "fallback"})),
+            ("staticValue", json!({"value": "USD"})),
+            ("arrayFirstDefined", json!(["data.nope", "data.id"])),
+            ("arrayFalsyZero", json!(["data.total", "data.id"])),
+            ("arrayTopLevelZero", json!(["data.total", "data.id"])),
+            ("nestedArrayFalsy", json!([["data.total", "data.id"]])),
+            ("set", json!({"set": ["data.id", "data.nope", {"value": "x"}]})),
+            (
+                "map",
+                json!({"map": {"id": "data.id", "cur": {"value": "EUR"}, "miss": "data.nope"}}),
+            ),
+            (
+                "loop",
+                json!({"loop": ["data.items", {"map": {"item_id": "id", "price": "p"}}]}),
+            ),
+            ("loopThis", json!({"loop": ["this", {"key": "data.id"}]})),
+            ("wildcardPath", json!("data.items.*.id")),
+            ("indexPath", json!("data.items.1.id")),
+            (
+                "consentDeniedWithValue",
+                json!({"key": "user.email", "consent": {"marketing": true}, "value": "redacted"}),
+            ),
+            (
+                "consentGranted",
+                json!({"key": "user.email", "consent": {"functional": true}}),
+            ),
+        ];
+        for (name, mapping) in cases {
+            assert_eq!(eval(&ev, mapping).as_ref(), Some(&expected[name]), "vector {name}");
+        }
+        assert_eq!(eval(&ev, json!("data.nope")), None);
+        assert_eq!(
+            eval(&ev, json!({"key": "user.email", "consent": {"marketing": true}})),
+            None
+        );
+        assert_eq!(eval(&ev, json!({})), None);
+    }
+
+    #[test]
+    fn javascript_is_a_config_error_naming_the_path() {
+        let mut errors = ConfigErrors::default();
+        let parsed = ValueSpec::parse(
+            &json!({"map": {"email": {"fn": "(v) => v.toLowerCase()"}, "ok": {"validate": "x"}}}),
+            "destinations.d.config.data",
+            &mut errors,
+        );
+        assert!(parsed.is_none());
+        let text = errors.to_string();
+        assert!(
+            text.contains("destinations.d.config.data.map.email.fn: `fn` is JavaScript"),
+            "{text}"
+        );
+        assert!(
+            text.contains("destinations.d.config.data.map.ok.validate: `validate` is JavaScript"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn null_is_not_a_property_but_holes_are_fine() {
+        let input = json!({"data": {"n": null, "items": [{"id": "a"}, {}], "obj": {"a": 1, "b": null}}});
+        assert_eq!(eval(&input, json!("data.n")), None);
+        assert_eq!(
+            eval(&input, json!({"key": "data.n", "value": "dflt"})),
+            Some(json!("dflt"))
+        );
+        assert_eq!(eval(&input, json!("data.obj")), None);
+        assert_eq!(eval(&input, json!("data.items.*.id")), Some(json!(["a", null])));
+        assert_eq!(eval(&input, json!({"set": ["data.nope"]})), Some(json!([null])));
+    }
+
+    #[test]
+    fn nested_alternatives_fall_back_to_the_last_result() {
+        let input = json!({"a": 0, "b": "", "c": false});
+        assert_eq!(eval(&input, json!([["c", "a"]])), Some(json!(0)));
+        assert_eq!(eval(&input, json!([["a", "b"]])), Some(json!("")));
+        assert_eq!(eval(&input, json!([["b", "missing"]])), None);
+        assert_eq!(eval(&input, json!({"map": {"x": ["a", "b"]}})), Some(json!({"x": 0})));
+    }
+
+    #[test]
+    fn a_loop_over_a_non_list_keeps_the_working_value() {
+        let input = json!({"a": 0, "name": "page view"});
+        assert_eq!(
+            eval(&input, json!({"loop": ["a", "x"], "value": "v"})),
+            Some(json!("v"))
+        );
+        assert_eq!(
+            eval(&input, json!({"loop": ["this", {"key": "name"}]})),
+            Some(json!(["page view"]))
+        );
+    }
+}

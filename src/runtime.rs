@@ -1,0 +1,170 @@
+//! A running flow: the collector plus every destination pipeline, and the one operation
+//! sources need — hand over a batch of events and (optionally) learn what became of each.
+//!
+//! Dispatch is all-or-nothing per batch: events are mapped and rendered for every
+//! destination first, then room is reserved in every destination's queue, and only when
+//! all reservations succeed is anything queued. A full queue therefore rejects the batch as
+//! a whole (the HTTP source answers 503) and never delivers half of it.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::collector::Collector;
+use crate::delivery::ack::AckSet;
+use crate::delivery::pipeline::{Explained, Lifecycle, QueueFull, Route, WorkerReport};
+use crate::event::Event;
+
+/// A destination's worker, ready to be spawned.
+pub type WorkerTask = Box<dyn FnOnce(Lifecycle) -> BoxFuture<'static, WorkerReport> + Send>;
+
+pub struct Runtime {
+    pub collector: Collector,
+    routes: Vec<Arc<dyn Route>>,
+}
+
+/// One line of `weir explain`: what happens to one event at one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExplainLine {
+    pub destination: String,
+    pub explained: Explained,
+}
+
+impl Runtime {
+    pub fn new(collector: Collector, routes: Vec<Arc<dyn Route>>) -> Runtime {
+        Runtime { collector, routes }
+    }
+
+    pub fn routes(&self) -> &[Arc<dyn Route>] {
+        &self.routes
+    }
+
+    /// Queues `events` (each with its index in the source's batch) at every destination
+    /// that takes `source`. With `acks`, each queued event gets a token in the set.
+    pub fn dispatch(
+        &self,
+        source: &str,
+        events: &[(usize, Arc<Event>)],
+        acks: Option<&AckSet>,
+    ) -> Result<(), QueueFull> {
+        let mut staged = Vec::with_capacity(self.routes.len());
+        for route in self.routes.iter().filter(|route| route.takes_source(source)) {
+            staged.push(route.stage(events, &self.collector));
+        }
+        for stage in &mut staged {
+            stage.reserve()?;
+        }
+        for stage in staged {
+            stage.commit(acks);
+        }
+        Ok(())
+    }
+
+    /// What each destination taking `source` would do with `event`.
+    pub fn explain(&self, source: &str, event: &Event) -> Vec<ExplainLine> {
+        self.routes
+            .iter()
+            .filter(|route| route.takes_source(source))
+            .map(|route| ExplainLine {
+                destination: route.id().to_owned(),
+                explained: route.explain(event, &self.collector),
+            })
+            .collect()
+    }
+
+    /// Every destination connected and checked; otherwise the first that is not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.routes.iter().find(|route| !route.is_ready()) {
+            None => Ok(()),
+            Some(route) => Err(format!("destination \"{}\" is not connected", route.id())),
+        }
+    }
+
+    /// Destination ids and kinds, for the start-up log.
+    pub fn describe(&self) -> Value {
+        Value::Array(
+            self.routes
+                .iter()
+                .map(|route| serde_json::json!({"id": route.id(), "type": route.kind()}))
+                .collect(),
+        )
+    }
+}
+
+/// Spawns every worker; the returned set yields their reports as they stop.
+pub fn spawn_workers(workers: Vec<WorkerTask>, lifecycle: &Lifecycle) -> JoinSet<WorkerReport> {
+    let mut set = JoinSet::new();
+    for worker in workers {
+        set.spawn(worker(lifecycle.clone()));
+    }
+    set
+}
+
+/// A flow checked and wired, not yet running.
+pub struct BuiltFlow {
+    pub runtime: Arc<Runtime>,
+    pub sources: Vec<crate::sources::SourceConfig>,
+    pub workers: Vec<WorkerTask>,
+}
+
+/// Checks every part of `flow` and wires it; all problems are reported together.
+pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config::ConfigErrors> {
+    let mut errors = crate::config::ConfigErrors::default();
+    let sources: Vec<_> = flow
+        .sources
+        .iter()
+        .filter_map(|step| crate::sources::build(step, &mut errors))
+        .collect();
+    let mut routes = Vec::new();
+    let mut workers = Vec::new();
+    for step in &flow.destinations {
+        if let Some(names) = &step.sources {
+            for name in names {
+                if !flow.sources.iter().any(|source| &source.id == name) {
+                    errors.push(
+                        crate::config::join(&step.path, "sources"),
+                        format!("no source named \"{name}\""),
+                    );
+                }
+            }
+        }
+        if let Some(built) = crate::destinations::build(step, &mut errors) {
+            routes.push(built.route);
+            workers.push(built.worker);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let runtime = Arc::new(Runtime::new(Collector::new(&flow.collector), routes));
+    Ok(BuiltFlow {
+        runtime,
+        sources,
+        workers,
+    })
+}
+
+/// The flow weir runs with no config: HTTP on 127.0.0.1:8080 into `weir-data/events.jsonl`.
+pub fn embedded_default() -> crate::config::Flow {
+    use crate::config::flow::Step;
+    crate::config::Flow {
+        name: None,
+        collector: Default::default(),
+        sources: vec![Step {
+            id: "http".into(),
+            kind: "http".into(),
+            path: "sources.http".into(),
+            config: serde_json::json!({"settings": {"listen": crate::sources::http::DEFAULT_LISTEN}}),
+            sources: None,
+        }],
+        destinations: vec![Step {
+            id: "file".into(),
+            kind: "file".into(),
+            path: "destinations.file".into(),
+            config: Value::Null,
+            sources: None,
+        }],
+    }
+}

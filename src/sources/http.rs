@@ -1,0 +1,768 @@
+//! The HTTP source, wire-compatible with walkerOS's express source (systems.md §E).
+//!
+//! `POST <path>` takes one event (object), a batch (array, or `{"batch": [...]}`) as JSON,
+//! `text/plain` (sendBeacon) or a form body; `GET <path>` takes one event from a
+//! bracket-notation query and answers a 1×1 GIF; `OPTIONS` is answered by the CORS policy.
+//! Responses have walkerOS's shapes and codes: 200, 207 with per-index errors, 400, 413,
+//! 415, plus 401 (bearer token), 503 + `Retry-After` (a destination queue is full) and 500
+//! (the event was dead-lettered). With `ack = "delivered"` (weir's default) a request is
+//! answered once every destination delivered or dead-lettered its events; with
+//! `"received"` once they are queued. Either way the events are validated first, so a
+//! client always learns about an invalid event (walkerOS's respond-first mode answers 200
+//! and drops it). `/healthz`, `/readyz` and `/metrics` are served beside the collect paths.
+
+// Handlers return a ready `Response` as their error: it is what the client gets.
+#![allow(clippy::result_large_err)]
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use http_body_util::BodyExt;
+use metrics::Counter;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::cors::{Cors, CorsSetting};
+use super::query::parse_query;
+use crate::collector::now_ms;
+use crate::config::typed::{self, Secret};
+use crate::config::{ConfigErrors, join};
+use crate::delivery::ack::{AckSet, EventOutcome};
+use crate::event::{Event, InvalidEvent};
+use crate::runtime::Runtime;
+
+/// The 1×1 transparent GIF walkerOS answers pixel requests with (42 bytes).
+pub const TRANSPARENT_GIF: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x01, 0x44, 0x00, 0x3b,
+];
+
+/// Default listen address when the flow sets neither `listen` nor `port`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// walkerOS's body limit (express `json({limit: '1mb'})`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// walkerOS's `maxBatchSize` default.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpSettings {
+    /// walkerOS: the port to listen on (all interfaces).
+    port: Option<u16>,
+    /// weir: the full listen address, e.g. `127.0.0.1:8080`. Wins over `port`.
+    listen: Option<String>,
+    /// walkerOS's deprecated single path.
+    path: Option<String>,
+    paths: Option<Vec<PathEntry>>,
+    max_batch_size: Option<usize>,
+    cors: Option<CorsSetting>,
+    /// weir: request body limit in bytes (after decompression).
+    max_body_bytes: Option<usize>,
+    /// weir: require `Authorization: Bearer <token>` on the collect paths.
+    bearer_token: Option<String>,
+    bearer_token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PathEntry {
+    Path(String),
+    Spec { path: String, methods: Option<Vec<String>> },
+}
+
+/// When a request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// Once the events are validated and queued.
+    Received,
+    /// Once every destination delivered or dead-lettered them.
+    Delivered,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AsyncSetting {
+    Both(bool),
+    PerMethod {
+        #[serde(rename = "GET")]
+        get: Option<bool>,
+        #[serde(rename = "POST")]
+        post: Option<bool>,
+    },
+}
+
+/// A configured HTTP source.
+#[derive(Debug)]
+pub struct HttpSourceConfig {
+    pub id: String,
+    pub listen: String,
+    pub paths: Vec<(String, bool, bool)>,
+    pub max_batch_size: usize,
+    pub max_body_bytes: usize,
+    pub cors: Cors,
+    pub bearer_token: Option<Secret>,
+    pub get_ack: AckMode,
+    pub post_ack: AckMode,
+}
+
+impl HttpSourceConfig {
+    /// Checks a flow-file source entry of type `http`.
+    pub fn from_step(id: &str, config: &Value, path: &str, errors: &mut ConfigErrors) -> Option<HttpSourceConfig> {
+        let empty = serde_json::Map::new();
+        let config_map = match config {
+            Value::Null => &empty,
+            Value::Object(map) => map,
+            _ => {
+                errors.push(path, "must be an object");
+                return None;
+            }
+        };
+        let settings_path = join(path, "settings");
+        let settings = match config_map.get("settings") {
+            Some(value) => typed::parse::<HttpSettings>(value, &settings_path, errors)?,
+            None => typed::parse::<HttpSettings>(&json!({}), &settings_path, errors)?,
+        };
+        let mut get_ack = AckMode::Delivered;
+        let mut post_ack = AckMode::Delivered;
+        for (key, value) in config_map {
+            let at = join(path, key);
+            match key.as_str() {
+                "settings" | "id" | "disabled" | "logger" | "primary" => {}
+                "ack" => match value.as_str() {
+                    Some("received") => (get_ack, post_ack) = (AckMode::Received, AckMode::Received),
+                    Some("delivered") => (get_ack, post_ack) = (AckMode::Delivered, AckMode::Delivered),
+                    _ => errors.push(at, "must be \"received\" or \"delivered\""),
+                },
+                "async" => {
+                    if config_map.contains_key("ack") {
+                        errors.push(at, "set `ack` or walkerOS's `async`, not both");
+                        continue;
+                    }
+                    let mode = |respond_first: bool| {
+                        if respond_first {
+                            AckMode::Received
+                        } else {
+                            AckMode::Delivered
+                        }
+                    };
+                    match serde_json::from_value::<AsyncSetting>(value.clone()) {
+                        Ok(AsyncSetting::Both(flag)) => (get_ack, post_ack) = (mode(flag), mode(flag)),
+                        // walkerOS's per-method defaults: GET synchronous, POST respond-first.
+                        Ok(AsyncSetting::PerMethod { get, post }) => {
+                            (get_ack, post_ack) = (mode(get.unwrap_or(false)), mode(post.unwrap_or(true)));
+                        }
+                        Err(_) => errors.push(at, "must be a boolean or {GET, POST} booleans"),
+                    }
+                }
+                "mapping" | "consent" | "policy" | "data" | "include" | "ingest" | "state" => {
+                    errors.push(at, format!("source-level `{key}` is not supported by weir yet"));
+                }
+                "env" | "require" | "setup" | "credentials" => {
+                    errors.push(at, format!("`{key}` is not supported by weir"));
+                }
+                _ => errors.push(at, "unknown key"),
+            }
+        }
+
+        let listen = match (settings.listen, settings.port) {
+            (Some(listen), _) => listen,
+            // walkerOS (express) listens on every interface.
+            (None, Some(port)) => format!("0.0.0.0:{port}"),
+            (None, None) => DEFAULT_LISTEN.to_owned(),
+        };
+        let mut paths = Vec::new();
+        match (settings.paths, settings.path) {
+            (Some(entries), _) => {
+                for (index, entry) in entries.into_iter().enumerate() {
+                    match entry {
+                        PathEntry::Path(path) => paths.push((path, true, true)),
+                        PathEntry::Spec { path: route, methods } => {
+                            let methods = methods.unwrap_or_else(|| vec!["GET".into(), "POST".into()]);
+                            let mut get = false;
+                            let mut post = false;
+                            for method in methods {
+                                match method.as_str() {
+                                    "GET" => get = true,
+                                    "POST" => post = true,
+                                    other => errors.push(
+                                        join(&settings_path, &format!("paths.{index}.methods")),
+                                        format!("\"{other}\" is not GET or POST"),
+                                    ),
+                                }
+                            }
+                            paths.push((route, get, post));
+                        }
+                    }
+                }
+            }
+            (None, Some(path)) => paths.push((path, true, true)),
+            (None, None) => paths.push(("/collect".to_owned(), true, true)),
+        }
+        for (route, _, _) in &paths {
+            if !route.starts_with('/') {
+                errors.push(join(&settings_path, "paths"), format!("\"{route}\" must start with /"));
+            }
+        }
+        let bearer_token = Secret::resolve(
+            settings.bearer_token,
+            settings.bearer_token_file.as_deref(),
+            &settings_path,
+            "bearerTokenFile",
+            errors,
+        );
+        Some(HttpSourceConfig {
+            id: id.to_owned(),
+            listen,
+            paths,
+            max_batch_size: settings.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE),
+            max_body_bytes: settings.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            cors: Cors::from_setting(settings.cors),
+            bearer_token,
+            get_ack,
+            post_ack,
+        })
+    }
+}
+
+/// A running HTTP source: its settings, the flow it feeds, its counters.
+pub struct HttpSource {
+    config: HttpSourceConfig,
+    runtime: Arc<Runtime>,
+    received: Counter,
+    rejected: Counter,
+}
+
+impl HttpSource {
+    pub fn new(config: HttpSourceConfig, runtime: Arc<Runtime>) -> Arc<HttpSource> {
+        let label = [("source", config.id.clone())];
+        Arc::new(HttpSource {
+            received: metrics::counter!("weir_events_received_total", &label),
+            rejected: metrics::counter!("weir_events_rejected_total", &label),
+            config,
+            runtime,
+        })
+    }
+
+    pub fn listen_address(&self) -> &str {
+        &self.config.listen
+    }
+
+    /// The axum router serving this source.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let mut router = Router::new();
+        for (path, get_enabled, post_enabled) in &self.config.paths {
+            let mut methods: MethodRouter<Arc<HttpSource>> =
+                MethodRouter::new().options(options).head(head_not_allowed);
+            if *post_enabled {
+                methods = methods.post(post_events);
+            }
+            if *get_enabled {
+                methods = methods.get(get_pixel);
+            }
+            router = router.route(path, methods);
+        }
+        router
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .fallback(fallback)
+            .layer(middleware::from_fn_with_state(self.clone(), common_headers))
+            .with_state(self.clone())
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.config.bearer_token else {
+            return true;
+        };
+        let Some(given) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+    }
+
+    /// Enriches `inputs`, queues the valid ones, and (when asked) waits for their outcomes.
+    /// `Err` is a response to send as is (queue full).
+    async fn process(&self, inputs: Vec<Value>, mode: AckMode) -> Result<Processed, Response> {
+        let count = inputs.len();
+        self.received.increment(count as u64);
+        let mut results: Vec<Result<Arc<Event>, InvalidEvent>> = Vec::with_capacity(count);
+        let mut valid = Vec::with_capacity(count);
+        for (index, input) in inputs.into_iter().enumerate() {
+            match self.runtime.collector.enrich(input) {
+                Ok(event) => {
+                    let event = Arc::new(event);
+                    valid.push((index, event.clone()));
+                    results.push(Ok(event));
+                }
+                Err(invalid) => {
+                    self.rejected.increment(1);
+                    results.push(Err(invalid));
+                }
+            }
+        }
+        let outcomes = match mode {
+            AckMode::Received => {
+                self.runtime
+                    .dispatch(&self.config.id, &valid, None)
+                    .map_err(|full| unavailable(&full.to_string()))?;
+                vec![EventOutcome::default(); count]
+            }
+            AckMode::Delivered => {
+                let (acks, wait) = AckSet::new(count);
+                if let Err(full) = self.runtime.dispatch(&self.config.id, &valid, Some(&acks)) {
+                    acks.seal();
+                    return Err(unavailable(&full.to_string()));
+                }
+                acks.seal();
+                wait.outcomes().await
+            }
+        };
+        Ok(Processed { results, outcomes })
+    }
+}
+
+/// Events of one request after processing.
+struct Processed {
+    results: Vec<Result<Arc<Event>, InvalidEvent>>,
+    outcomes: Vec<EventOutcome>,
+}
+
+/// Compares secrets without leaking their length of common prefix through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// `{"success":false,"error":...}` without a timestamp (walkerOS's body-parser errors).
+fn body_error(status: StatusCode, error: &str) -> Response {
+    json_response(status, json!({"success": false, "error": error}).to_string())
+}
+
+/// `{"success":false,"error":...,"timestamp":...}`.
+fn failure(status: StatusCode, error: &str) -> Response {
+    json_response(
+        status,
+        json!({"success": false, "error": error, "timestamp": now_ms()}).to_string(),
+    )
+}
+
+fn success() -> Response {
+    json_response(
+        StatusCode::OK,
+        format!("{{\"success\":true,\"timestamp\":{}}}", now_ms()),
+    )
+}
+
+fn unavailable(reason: &str) -> Response {
+    let mut response = failure(StatusCode::SERVICE_UNAVAILABLE, &format!("{reason}; retry later"));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn unauthorized() -> Response {
+    let mut response = body_error(StatusCode::UNAUTHORIZED, "Missing or invalid bearer token");
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Adds `X-Content-Type-Options: nosniff` and the CORS headers to every response.
+async fn common_headers(State(source): State<Arc<HttpSource>>, request: Request, next: Next) -> Response {
+    let request_headers = request.headers().clone();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_METHODS) {
+        source.config.cors.response_headers(&request_headers, headers);
+    }
+    response
+}
+
+/// `OPTIONS` on a collect path: the CORS preflight, or a bare 204 with CORS off.
+async fn options(State(source): State<Arc<HttpSource>>, headers: HeaderMap) -> Response {
+    preflight(&source, &headers)
+}
+
+fn preflight(source: &HttpSource, headers: &HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    source.config.cors.preflight_headers(headers, response.headers_mut());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+async fn head_not_allowed() -> Response {
+    // walkerOS's handler answers HEAD (routed to GET by Express) with 405; no body for HEAD.
+    let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// Unknown paths: Express's 404 page; `OPTIONS` anywhere is a preflight when CORS is on.
+async fn fallback(State(source): State<Arc<HttpSource>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if method == Method::OPTIONS && source.config.cors.is_on() {
+        return preflight(&source, &headers);
+    }
+    let body = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot {} {}</pre>\n</body>\n</html>\n",
+        method,
+        html_escape(uri.path())
+    );
+    let mut response = (StatusCode::NOT_FOUND, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    );
+    response
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, "{\"status\":\"ok\"}".into())
+}
+
+async fn readyz(State(source): State<Arc<HttpSource>>) -> Response {
+    match source.runtime.readiness() {
+        Ok(()) => json_response(StatusCode::OK, "{\"status\":\"ready\"}".into()),
+        Err(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "reason": reason}).to_string(),
+        ),
+    }
+}
+
+async fn metrics_text() -> Response {
+    let mut response = crate::telemetry::prometheus().render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// How the body of a POST is to be read.
+enum BodyKind {
+    /// JSON (`application/json`, `text/plain` as sent by sendBeacon, or no type).
+    Json,
+    /// `application/x-www-form-urlencoded`: JSON text (what `curl -d` sends) or form fields
+    /// with bracket notation.
+    Form,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, Response> {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(BodyKind::Json);
+    };
+    let content_type = content_type.to_str().unwrap_or_default().to_ascii_lowercase();
+    let mut parts = content_type.split(';');
+    let media = parts.next().unwrap_or_default().trim();
+    for parameter in parts {
+        if let Some(charset) = parameter.trim().strip_prefix("charset=") {
+            let charset = charset.trim_matches('"');
+            if charset != "utf-8" && charset != "utf8" && charset != "us-ascii" {
+                return Err(body_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    &format!("unsupported charset \"{}\"", charset.to_ascii_uppercase()),
+                ));
+            }
+        }
+    }
+    match media {
+        "application/json" | "text/plain" | "" => Ok(BodyKind::Json),
+        media if media.ends_with("+json") => Ok(BodyKind::Json),
+        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
+        other => Err(body_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("unsupported content type \"{other}\"; send application/json or text/plain"),
+        )),
+    }
+}
+
+/// Reads the body within `limit` bytes, inflating gzip/deflate bodies (also within `limit`).
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        body_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request entity too large (limit {limit} bytes)"),
+        )
+    };
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && length > limit
+    {
+        return Err(too_large());
+    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(encoding.as_str(), "identity" | "gzip" | "deflate" | "") {
+        return Err(body_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("unsupported content encoding \"{encoding}\""),
+        ));
+    }
+    let raw = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+        Err(_) => return Err(body_error(StatusCode::BAD_REQUEST, "request aborted")),
+    };
+    let inflate = |reader: &mut dyn Read| -> Result<Bytes, Response> {
+        let mut out = Vec::new();
+        match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+            Ok(_) if out.len() > limit => Err(too_large()),
+            Ok(_) => Ok(Bytes::from(out)),
+            Err(error) => Err(body_error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot decompress the body: {error}"),
+            )),
+        }
+    };
+    match encoding.as_str() {
+        "gzip" => inflate(&mut flate2::read::GzDecoder::new(&raw[..])),
+        "deflate" => inflate(&mut flate2::read::ZlibDecoder::new(&raw[..])),
+        _ => Ok(raw),
+    }
+}
+
+/// A JSON parse error as a client-facing message.
+fn parse_error_message(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    if text.starts_with("recursion limit exceeded") {
+        return format!(
+            "JSON nesting is too deep (more than 128 levels) at line {} column {}",
+            error.line(),
+            error.column()
+        );
+    }
+    if error.is_eof() {
+        return format!("Unexpected end of JSON input ({text})");
+    }
+    format!("Invalid JSON: {text}")
+}
+
+/// The events of a POST body and whether it was a batch: JSON (an object, an array, or
+/// `{"batch": [...]}`), or for a form body that is not JSON, one event from its fields.
+pub fn parse_events(text: &str, form: bool) -> Result<(Vec<Value>, bool), String> {
+    if form && !text.trim_start().starts_with(['{', '[']) {
+        return Ok((vec![Value::Object(parse_query(text))], false));
+    }
+    let body = serde_json::from_str::<Value>(text).map_err(|error| parse_error_message(&error))?;
+    Ok(to_event_list(body))
+}
+
+/// walkerOS `toEventList`: an array is a batch, `{"batch": [...]}` is a batch, an object is
+/// one event, anything else one (invalid) event.
+fn to_event_list(body: Value) -> (Vec<Value>, bool) {
+    match body {
+        Value::Array(events) => (events, true),
+        Value::Object(mut object) if object.get("batch").is_some_and(Value::is_array) => match object.remove("batch") {
+            Some(Value::Array(events)) => (events, true),
+            _ => unreachable!("checked to be an array"),
+        },
+        other => (vec![other], false),
+    }
+}
+
+async fn post_events(State(source): State<Arc<HttpSource>>, headers: HeaderMap, body: Body) -> Response {
+    if !source.authorized(&headers) {
+        return unauthorized();
+    }
+    let kind = match body_kind(&headers) {
+        Ok(kind) => kind,
+        Err(response) => {
+            source.rejected.increment(1);
+            return response;
+        }
+    };
+    let bytes = match read_body(body, &headers, source.config.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(response) => {
+            source.rejected.increment(1);
+            return response;
+        }
+    };
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            source.rejected.increment(1);
+            return body_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "request body is not valid UTF-8 (invalid byte at offset {})",
+                    error.valid_up_to()
+                ),
+            );
+        }
+    };
+    let (inputs, is_batch) = match parse_events(text, matches!(kind, BodyKind::Form)) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            source.rejected.increment(1);
+            return body_error(StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    if is_batch && inputs.len() > source.config.max_batch_size {
+        source.rejected.increment(inputs.len() as u64);
+        return failure(
+            StatusCode::BAD_REQUEST,
+            &format!("Batch too large. Maximum size: {} events", source.config.max_batch_size),
+        );
+    }
+    let mode = source.config.post_ack;
+    let processed = match source.process(inputs, mode).await {
+        Ok(processed) => processed,
+        Err(response) => return response,
+    };
+    if is_batch {
+        batch_response(processed, mode)
+    } else {
+        single_response(processed)
+    }
+}
+
+fn single_response(processed: Processed) -> Response {
+    match (&processed.results[0], &processed.outcomes[0]) {
+        (Err(invalid), _) => failure(StatusCode::BAD_REQUEST, &invalid.to_string()),
+        (Ok(_), outcome) if outcome.is_ok() => success(),
+        (Ok(_), outcome) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({
+                "success": false,
+                "error": "Event was not processed",
+                "detail": outcome.problems.join("; "),
+                "timestamp": now_ms(),
+            })
+            .to_string(),
+        ),
+    }
+}
+
+fn batch_response(processed: Processed, mode: AckMode) -> Response {
+    let mut errors = Vec::new();
+    for (index, (result, outcome)) in processed.results.iter().zip(&processed.outcomes).enumerate() {
+        match result {
+            Err(invalid) => errors.push(json!({"index": index, "error": invalid.to_string()})),
+            Ok(_) if !outcome.is_ok() => errors.push(json!({
+                "index": index,
+                "error": "Event was not processed",
+                "detail": outcome.problems.join("; "),
+            })),
+            Ok(_) => {}
+        }
+    }
+    let total = processed.results.len();
+    if !errors.is_empty() {
+        return json_response(
+            StatusCode::MULTI_STATUS,
+            json!({"success": false, "processed": total - errors.len(), "failed": errors.len(), "errors": errors})
+                .to_string(),
+        );
+    }
+    match mode {
+        AckMode::Received => success(),
+        AckMode::Delivered => {
+            let ids: Vec<Value> = processed
+                .results
+                .iter()
+                .map(|result| result.as_ref().map_or(Value::Null, |event| Value::from(event.id())))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                json!({"success": true, "processed": total, "ids": ids}).to_string(),
+            )
+        }
+    }
+}
+
+fn gif(status: StatusCode, error: Option<&str>) -> Response {
+    let mut response = (status, TRANSPARENT_GIF).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    if let Some(error) = error
+        && let Ok(value) = HeaderValue::from_str(error)
+    {
+        headers.insert("x-weir-error", value);
+    }
+    response
+}
+
+async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, uri: Uri) -> Response {
+    if !source.authorized(&headers) {
+        return unauthorized();
+    }
+    let query = uri.query().unwrap_or_default();
+    let query = query.split('?').next().unwrap_or_default();
+    let event = Value::Object(parse_query(query));
+    match source.process(vec![event], source.config.get_ack).await {
+        // walkerOS answers a pixel with the GIF whatever became of the event; weir says why
+        // in a header so a failing pixel can be debugged.
+        Ok(processed) => match (&processed.results[0], &processed.outcomes[0]) {
+            (Err(invalid), _) => gif(StatusCode::OK, Some(&invalid.to_string())),
+            (Ok(_), outcome) if outcome.is_ok() => gif(StatusCode::OK, None),
+            (Ok(_), outcome) => gif(StatusCode::OK, Some(&outcome.problems.join("; "))),
+        },
+        Err(response) => response,
+    }
+}
+
+/// Binds the source's listener (`override_listen` wins over the flow file).
+pub async fn bind(
+    source: &HttpSource,
+    override_listen: Option<&str>,
+) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let address = override_listen.unwrap_or(&source.config.listen);
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

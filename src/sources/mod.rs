@@ -1,0 +1,47 @@
+//! Sources: where events come from. This issue ships the HTTP source (walkerOS's express
+//! source, wire-compatible); the Redis Streams consumer comes later.
+
+pub mod cors;
+pub mod http;
+pub mod query;
+
+use crate::config::ConfigErrors;
+use crate::config::flow::Step;
+
+/// The source types weir knows, for error messages.
+pub const KINDS: [&str; 1] = ["http"];
+
+/// A checked source entry.
+#[derive(Debug)]
+pub enum SourceConfig {
+    Http(http::HttpSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            SourceConfig::Http(http) => &http.id,
+        }
+    }
+}
+
+/// Checks a flow-file source entry; `None` (errors recorded) when invalid or `disabled`.
+pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<SourceConfig> {
+    if step.config.get("disabled") == Some(&serde_json::Value::Bool(true)) {
+        tracing::info!(source = %step.id, "source disabled in the flow file");
+        return None;
+    }
+    let config_path = crate::config::join(&step.path, "config");
+    match step.kind.as_str() {
+        "http" => {
+            http::HttpSourceConfig::from_step(&step.id, &step.config, &config_path, errors).map(SourceConfig::Http)
+        }
+        other => {
+            errors.push(
+                crate::config::join(&step.path, "type"),
+                format!("unknown source type \"{other}\"; weir has {}", KINDS.join(", ")),
+            );
+            None
+        }
+    }
+}
