@@ -111,7 +111,7 @@ pub struct BuiltFlow {
 
 /// Checks every part of `flow` and wires it; all problems are reported together.
 pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config::ConfigErrors> {
-    let mut errors = crate::config::ConfigErrors::default();
+    let mut errors = flow.problems.clone();
     let sources: Vec<_> = flow
         .sources
         .iter()
@@ -166,5 +166,6 @@ pub fn embedded_default() -> crate::config::Flow {
             config: Value::Null,
             sources: None,
         }],
+        problems: Default::default(),
     }
 }

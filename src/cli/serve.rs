@@ -22,8 +22,9 @@ pub struct ServeOptions {
 }
 
 pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
-    let built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
+    // The recorder must exist before the pipelines resolve their metric handles.
     crate::telemetry::prometheus();
+    let built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
     let lifecycle = Lifecycle::default();
     let mut workers = spawn_workers(built.workers, &lifecycle);
     tracing::info!(destinations = %built.runtime.describe(), "flow started");

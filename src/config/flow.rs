@@ -49,6 +49,9 @@ pub struct Flow {
     pub collector: CollectorConfig,
     pub sources: Vec<Step>,
     pub destinations: Vec<Step>,
+    /// Problems found while loading that did not stop it; building the flow reports them
+    /// together with its own, so `weir validate` lists everything at once.
+    pub problems: ConfigErrors,
 }
 
 /// walkerOS package names weir implements, and weir's type for each.
@@ -85,7 +88,8 @@ pub fn load_flow(path: &Path, flow_name: Option<&str>) -> Result<Flow, ConfigErr
     }
 }
 
-/// Checks a flow given as a JSON tree; `env` looks up environment variables.
+/// Checks a flow given as a JSON tree; `env` looks up environment variables. `Err` when the
+/// file's structure is unusable; other problems are kept in [`Flow::problems`].
 pub fn parse_flow(
     document: Value,
     flow_name: Option<&str>,
@@ -202,7 +206,8 @@ pub fn parse_flow(
         // walkerOS's CLI names the collector after the flow when bundling.
         result.collector.name = name;
     }
-    if errors.is_empty() { Ok(result) } else { Err(errors) }
+    result.problems = errors;
+    Ok(result)
 }
 
 fn take_object(map: &mut Map<String, Value>, key: &str, path: &str, errors: &mut ConfigErrors) -> Map<String, Value> {
@@ -411,6 +416,7 @@ mod tests {
             }}
         });
         let flow = parse_flow(document, None, &no_env).unwrap();
+        assert!(flow.problems.is_empty(), "{}", flow.problems);
         assert_eq!(flow.name.as_deref(), Some("default"));
         assert_eq!(flow.collector.name.as_deref(), Some("default"));
         assert_eq!(flow.sources[0].kind, "http");
@@ -437,7 +443,7 @@ mod tests {
             },
             "transformers": {"t": {"package": "@walkeros/transformer-ga4"}}
         });
-        let errors = parse_flow(document, None, &no_env).unwrap_err();
+        let errors = parse_flow(document, None, &no_env).unwrap().problems;
         let text = errors.to_string();
         for expected in [
             "sources.http.nxt: unknown key",

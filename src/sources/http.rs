@@ -260,8 +260,10 @@ impl HttpSource {
     pub fn router(self: &Arc<Self>) -> Router {
         let mut router = Router::new();
         for (path, get_enabled, post_enabled) in &self.config.paths {
-            let mut methods: MethodRouter<Arc<HttpSource>> =
-                MethodRouter::new().options(options).head(head_not_allowed);
+            let mut methods: MethodRouter<Arc<HttpSource>> = MethodRouter::new()
+                .options(options)
+                .head(head_not_allowed)
+                .fallback(fallback);
             if *post_enabled {
                 methods = methods.post(post_events);
             }

@@ -1,0 +1,201 @@
+//! The `weir validate` and `weir explain` commands, run as a user would.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::weir_binary;
+
+fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(weir_binary())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Runs `weir explain` on one flow (JSON) and events; returns the output records.
+fn explain(flow: &Value, events: &[Value]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flow.json"), flow.to_string()).unwrap();
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n")).unwrap();
+    let (ok, stdout, stderr) = run(dir.path(), &["explain", "--config", "flow.json", "events.jsonl"]);
+    assert!(ok, "explain failed: {stderr}");
+    stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// A walkerOS flow file with one `file` destination whose rule for the event's
+/// entity/action is `rule` (walkerOS's step-example wiring).
+fn flow_with_rule(event: &Value, rule: Option<&Value>) -> Value {
+    let mut config = json!({"settings": {"path": "events.jsonl"}});
+    if let Some(rule) = rule {
+        config["mapping"] = json!({event["entity"].as_str().unwrap(): {event["action"].as_str().unwrap(): rule}});
+    }
+    json!({
+        "version": 4,
+        "flows": {"default": {
+            "config": {"platform": "server"},
+            "sources": {"http": {"package": "@walkeros/server-source-express"}},
+            "destinations": {"events": {"type": "file", "config": config}},
+            "collector": {"name": "default", "release": "4.4.0"}
+        }}
+    })
+}
+
+/// Every Redis and Kafka example of walkerOS whose behaviour is not specific to those
+/// destinations: the line the `file` destination would write is exactly what walkerOS
+/// stored (Redis `event` field) or produced (Kafka value): same keys, order, numbers.
+#[test]
+fn explain_reproduces_the_walkeros_vectors() {
+    let vectors: Value = serde_json::from_str(include_str!("vectors/walkeros-destinations-and-mapping.json")).unwrap();
+    let mut checked = 0;
+    for (destination, name) in [
+        ("redis", "jsonDefault"),
+        ("redis", "orderComplete"),
+        ("redis", "withMaxLen"),
+        ("redis", "withExactTrim"),
+        ("redis", "ignoredEvent"),
+        ("kafka", "defaultEvent"),
+        ("kafka", "mappedEventName"),
+        ("kafka", "mappedData"),
+        ("kafka", "keyFromUser"),
+        ("kafka", "ignoredEvent"),
+    ] {
+        let case = &vectors[destination][name];
+        let event = &case["in"];
+        let records = explain(&flow_with_rule(event, case.get("mapping")), std::slice::from_ref(event));
+        assert_eq!(records.len(), 1, "{destination} {name}");
+        let record = &records[0];
+        assert_eq!(record["event"], 0);
+        assert_eq!(record["id"], event["id"]);
+        assert_eq!(record["destination"], "events");
+        let calls = case["calls"].as_array().unwrap();
+        if calls.is_empty() {
+            assert_eq!(record["outcome"], "ignored", "{destination} {name}");
+            continue;
+        }
+        let expected = match destination {
+            "redis" => calls[0].as_array().unwrap().last().unwrap().clone(),
+            _ => calls[0]["messages"][0]["value"].clone(),
+        };
+        assert_eq!(record["outcome"], "send", "{destination} {name}");
+        assert_eq!(record["wire"]["line"], expected, "{destination} {name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
+}
+
+#[test]
+fn explain_shows_every_outcome_in_input_order_with_collector_state() {
+    let flow = json!({
+        "collector": {"globals": {"env": "prod"}, "user": {"id": "collectorUser"}, "consent": {"functional": true}, "release": "4.4.0"},
+        "sources": {"http": {"type": "http"}},
+        "destinations": {
+            "all": {"type": "file", "config": {"mapping": {"debug": {"*": {"ignore": true}}, "user": {"login": {"silent": true}}}}},
+            "marketing": {"type": "stdout", "config": {"consent": {"marketing": true}}}
+        }
+    });
+    let records = explain(
+        &flow,
+        &[
+            json!({"name": "page view", "id": "aaaaaaaaaaaaaaaa", "timestamp": 1700000000000u64, "data": {"title": "Home"}}),
+            json!({"name": "debug noise"}),
+            json!({"name": "user login", "consent": {"marketing": true}}),
+            json!({"name": "pageview", "id": "x"}),
+        ],
+    );
+    let summary: Vec<(u64, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_u64().unwrap(),
+                r["destination"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (0, "all", "send"),
+            (0, "marketing", "consent"),
+            (1, "all", "ignored"),
+            (1, "marketing", "consent"),
+            (2, "all", "skipped"),
+            (2, "marketing", "send"),
+            (3, "all", "rejected"),
+            (3, "marketing", "rejected"),
+        ]
+    );
+    let line: Value = serde_json::from_str(records[0]["wire"]["line"].as_str().unwrap()).unwrap();
+    assert_eq!(line["globals"], json!({"env": "prod"}));
+    assert_eq!(line["user"], json!({"id": "collectorUser"}));
+    assert_eq!(line["source"]["count"], 1);
+    assert_eq!(records[0]["id"], "aaaaaaaaaaaaaaaa");
+    let marketing: Value = serde_json::from_str(records[5]["wire"]["line"].as_str().unwrap()).unwrap();
+    assert_eq!(marketing["consent"], json!({"functional": true, "marketing": true}));
+    assert_eq!(marketing["source"]["count"], 3, "events are counted in input order");
+    assert_eq!(records[6]["reason"], "Event name is invalid");
+    assert_eq!(records[6]["id"], "x");
+}
+
+#[test]
+fn validate_lists_every_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flow.yaml"),
+        r#"
+sources:
+  http:
+    type: http
+    config:
+      settings:
+        prot: 8080
+destinations:
+  events:
+    type: file
+    sources: [http, beacon]
+    config:
+      batch: {size: 10, linger: 5}
+      mapping:
+        order:
+          complete:
+            condition: "(event) => event.data.total > 100"
+            data:
+              map:
+                email: {fn: "(v) => v.toLowerCase()"}
+  kafka:
+    package: "@walkeros/server-destination-gcp"
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(dir.path(), &["validate", "flow.yaml"]);
+    assert!(!ok);
+    for expected in [
+        "destinations.kafka.package: weir does not implement @walkeros/server-destination-gcp",
+        "sources.http.config.settings.prot: unknown key",
+        "destinations.events.sources: no source named \"beacon\"",
+        "destinations.events.config.batch.linger: unknown key",
+        "destinations.events.config.mapping.order.complete.condition: `condition` is JavaScript",
+        "destinations.events.config.mapping.order.complete.data.map.email.fn: `fn` is JavaScript",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("6 problem(s)"), "{stderr}");
+
+    std::fs::write(
+        dir.path().join("good.toml"),
+        "[sources.http]\ntype = \"http\"\n[destinations.out]\ntype = \"stdout\"\n[destinations.out.config.mapping.\"*\".\"*\"]\nname = \"x y\"\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run(dir.path(), &["validate", "good.toml"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok (1 sources, 1 destinations)"), "{stdout}");
+}

@@ -1,0 +1,539 @@
+//! Black-box tests of the HTTP source: the real `weir` binary on a loopback port.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Weir, client, eventually, read_json_lines};
+
+const FILE_FLOW: &str = r#"
+[sources.http]
+type = "http"
+[sources.http.config.settings]
+maxBatchSize = 3
+
+[destinations.file]
+type = "file"
+[destinations.file.config.settings]
+path = "events.jsonl"
+"#;
+
+fn body(response: reqwest::blocking::Response) -> Value {
+    let text = response.text().unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn post_json(weir: &Weir, body: &str) -> reqwest::blocking::Response {
+    client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .unwrap()
+}
+
+/// The responses walkerOS's express source gives (vectors/walkeros-express-http.json), in
+/// both acknowledgement modes. Timestamps and event ids vary and are checked by shape.
+#[test]
+fn responses_match_walkeros_express_in_both_modes() {
+    let vectors: Value = serde_json::from_str(include_str!("vectors/walkeros-express-http.json")).unwrap();
+    for (mode, ack) in [("default", r#"async = { POST = true }"#), ("sync", r#"async = false"#)] {
+        let flow = FILE_FLOW.replace(
+            "[sources.http.config.settings]",
+            &format!("[sources.http.config]\n{ack}\n[sources.http.config.settings]"),
+        );
+        let weir = Weir::start(&flow);
+        let expected = |name: &str| &vectors["results"][format!("{mode} {name}")];
+        let check_headers = |response: &reqwest::blocking::Response, name: &str| {
+            let want = expected(name)["headers"].as_object().unwrap();
+            for (header, value) in want {
+                if header == "content-length" {
+                    continue;
+                }
+                assert_eq!(
+                    response.headers().get(header).map(|v| v.to_str().unwrap()),
+                    Some(value.as_str().unwrap()),
+                    "{mode} {name}: header {header}"
+                );
+            }
+        };
+
+        let response = post_json(&weir, r#"{"name":"page view","data":{"title":"Home"}}"#);
+        assert_eq!(response.status(), 200);
+        check_headers(&response, "POST single");
+        let answer = body(response);
+        assert_eq!(answer["success"], true);
+        assert!(answer["timestamp"].is_u64());
+
+        let envelope = post_json(&weir, r#"{"batch":[{"name":"a b"},{"name":"c d"}]}"#);
+        assert_eq!(envelope.status(), 200);
+        let answer = body(envelope);
+        assert_eq!(answer["success"], true);
+        if mode == "sync" {
+            assert_eq!(answer["processed"], 2);
+            assert_eq!(answer["ids"].as_array().unwrap().len(), 2);
+            assert!(
+                answer["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|id| id.as_str().unwrap().len() == 16)
+            );
+        }
+
+        // walkerOS's sync mode answers 207 for a batch with an invalid event; so does weir in
+        // both modes (it validates before answering).
+        let batch = post_json(&weir, r#"[{"name":"a b"},{"name":"bad"},{"name":"c d"}]"#);
+        assert_eq!(batch.status(), 207);
+        assert_eq!(
+            body(batch),
+            json!({"success": false, "processed": 2, "failed": 1, "errors": [{"index": 1, "error": "Event name is invalid"}]})
+        );
+
+        for (name, input, error) in [
+            ("POST invalid name", r#"{"name":"pageview"}"#, "Event name is invalid"),
+            ("POST no name", r#"{"data":{}}"#, "Event name is required"),
+        ] {
+            let response = post_json(&weir, input);
+            assert_eq!(response.status(), 400, "{mode} {name}");
+            let answer = body(response);
+            assert_eq!(answer["success"], false);
+            assert_eq!(answer["error"], error);
+            if mode == "sync" {
+                assert_eq!(expected(name)["body"]["error"], error);
+            }
+        }
+
+        let too_large = post_json(
+            &weir,
+            r#"[{"name":"a b"},{"name":"a b"},{"name":"a b"},{"name":"a b"}]"#,
+        );
+        assert_eq!(too_large.status(), 400);
+        check_headers(&too_large, "POST batch too large");
+        let answer = body(too_large);
+        assert_eq!(answer["error"], expected("POST batch too large")["body"]["error"]);
+        assert!(answer["timestamp"].is_u64());
+
+        let bad = post_json(&weir, r#"{"name":"#);
+        assert_eq!(bad.status(), 400);
+        check_headers(&bad, "POST bad json");
+        let answer = body(bad);
+        assert_eq!(answer["success"], false);
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Unexpected end of JSON input"),
+            "{answer}"
+        );
+        assert!(answer.get("timestamp").is_none());
+
+        let beacon = client()
+            .post(weir.url("/collect"))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(r#"{"name":"beacon send"}"#)
+            .send()
+            .unwrap();
+        assert_eq!(beacon.status(), 200);
+
+        for query in [
+            "?name=pixel%20view&data[title]=Home",
+            "?e=page%20view&d=%7B%22title%22%3A%22Home%22%7D",
+        ] {
+            let pixel = client().get(weir.url(&format!("/collect{query}"))).send().unwrap();
+            assert_eq!(pixel.status(), 200);
+            check_headers(&pixel, "GET pixel");
+            let gif = pixel.bytes().unwrap();
+            assert_eq!(gif.len(), 42);
+            assert!(gif.starts_with(b"GIF89a"));
+        }
+
+        let preflight = client()
+            .request(reqwest::Method::OPTIONS, weir.url("/collect"))
+            .header("origin", "https://shop.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .unwrap();
+        assert_eq!(preflight.status(), 204);
+        check_headers(&preflight, "OPTIONS preflight");
+        let plain = client()
+            .request(reqwest::Method::OPTIONS, weir.url("/collect"))
+            .send()
+            .unwrap();
+        assert_eq!(plain.status(), 204);
+        check_headers(&plain, "OPTIONS plain");
+        assert!(plain.headers().get("access-control-allow-headers").is_none());
+
+        let put = client().put(weir.url("/collect")).send().unwrap();
+        assert_eq!(put.status(), 404);
+        check_headers(&put, "PUT");
+        assert_eq!(put.text().unwrap(), expected("PUT")["body"].as_str().unwrap());
+        let other = client().get(weir.url("/health")).send().unwrap();
+        assert_eq!(other.status(), 404);
+        assert_eq!(
+            other.text().unwrap(),
+            expected("GET other path")["body"].as_str().unwrap()
+        );
+
+        // What reached the file: the single event, the envelope's two, the batch's two valid
+        // ones, the beacon and the named pixel, in order.
+        assert!(eventually(Duration::from_secs(5), || weir
+            .json_lines("events.jsonl")
+            .len()
+            == 7));
+        let names: Vec<String> = weir
+            .json_lines("events.jsonl")
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["page view", "a b", "c d", "a b", "c d", "beacon send", "pixel view"],
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn delivered_events_are_in_the_file_when_the_answer_comes() {
+    let weir = Weir::start(FILE_FLOW);
+    let response = client()
+        .post(weir.url("/collect"))
+        // What `curl -d` sends.
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"name":"page view","data":{"title":"Home"},"user":{"id":"u1"}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let events = weir.json_lines("events.jsonl");
+    assert_eq!(events.len(), 1, "written before the answer");
+    let event = events[0].as_object().unwrap();
+    let keys: Vec<&str> = event.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "name",
+            "data",
+            "context",
+            "globals",
+            "custom",
+            "user",
+            "nested",
+            "consent",
+            "id",
+            "trigger",
+            "entity",
+            "action",
+            "timestamp",
+            "timing",
+            "source"
+        ]
+    );
+    assert_eq!(event["data"], json!({"title": "Home"}));
+    assert_eq!(event["entity"], "page");
+    assert_eq!(event["source"]["type"], "collector");
+    assert_eq!(event["source"]["count"], 1);
+
+    // A form body that is not JSON is read as bracket-notation fields.
+    let form = client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=form%20submit&data[n]=2")
+        .send()
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    assert_eq!(weir.json_lines("events.jsonl")[1]["data"], json!({"n": 2}));
+
+    let gzipped = {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder
+            .write_all(br#"[{"name":"zip one"},{"name":"zip two"}]"#)
+            .unwrap();
+        encoder.finish().unwrap()
+    };
+    let response = client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzipped)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body(response)["processed"], 2);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
+    let weir = Weir::start(&FILE_FLOW.replace("maxBatchSize = 3", "maxBatchSize = 3\nmaxBodyBytes = 65536"));
+    let send = |content_type: &str, body: Vec<u8>| {
+        let response = client()
+            .post(weir.url("/collect"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        let status = response.status();
+        (status, response.text().unwrap())
+    };
+
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"name\": \"a b\",}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "Invalid JSON: trailing comma",
+        ),
+        (
+            "invalid UTF-8",
+            "application/json",
+            b"{\"name\": \"a \xff b\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not valid UTF-8",
+        ),
+        (
+            "oversize body",
+            "application/json",
+            format!("{{\"name\":\"a b\",\"data\":{{\"x\":\"{}\"}}}}", "y".repeat(70_000)).into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request entity too large (limit 65536 bytes)",
+        ),
+        (
+            "batch over maxBatchSize",
+            "application/json",
+            br#"{"batch":[{"name":"a b"},{"name":"a b"},{"name":"a b"},{"name":"a b"}]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "Batch too large. Maximum size: 3 events",
+        ),
+        (
+            "10 000-deep nesting",
+            "application/json",
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "JSON nesting is too deep",
+        ),
+        (
+            "wrong type",
+            "application/json",
+            br#"{"name":"a b","data":[1,2]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "Event field \\\"data\\\" must be an object, not an array",
+        ),
+        (
+            "wrong name type",
+            "application/json",
+            br#"{"name":42}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "Event name is invalid",
+        ),
+        (
+            "not an object",
+            "application/json",
+            br#""page view""#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "Event must be a JSON object, not a string",
+        ),
+        (
+            "wrong content type",
+            "application/xml",
+            b"<event/>".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported content type \\\"application/xml\\\"",
+        ),
+        (
+            "wrong charset",
+            "application/json; charset=latin1",
+            br#"{"name":"a b"}"#.to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported charset",
+        ),
+    ];
+    for (what, content_type, payload, status, message) in cases {
+        let (got, text) = send(content_type, payload);
+        assert_eq!(got, status, "{what}: {text}");
+        assert!(text.contains(message), "{what}: {text} should contain {message}");
+        assert!(text.starts_with("{\"success\":false"), "{what}: {text}");
+        let (ok, _) = send("application/json", br#"{"name":"still serving"}"#.to_vec());
+        assert_eq!(ok, StatusCode::OK, "after {what}");
+    }
+    let unsupported_encoding = client()
+        .post(weir.url("/collect"))
+        .header("content-encoding", "br")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(unsupported_encoding.status(), 415);
+
+    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains("weir_events_rejected_total{source=\"http\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_events_delivered_total{destination=\"file\"} 10"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_bearer_token_guards_the_collect_paths() {
+    let flow = FILE_FLOW.replace("maxBatchSize = 3", "maxBatchSize = 3\nbearerToken = \"s3cret-token\"");
+    let weir = Weir::start(&flow);
+    let without = post_json(&weir, r#"{"name":"a b"}"#);
+    assert_eq!(without.status(), 401);
+    assert_eq!(without.headers()["www-authenticate"], "Bearer");
+    let wrong = client()
+        .post(weir.url("/collect"))
+        .bearer_auth("s3cret-tokeN")
+        .body(r#"{"name":"a b"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client()
+        .post(weir.url("/collect"))
+        .bearer_auth("s3cret-token")
+        .body(r#"{"name":"a b"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert_eq!(client().get(weir.url("/healthz")).send().unwrap().status(), 200);
+    assert!(!weir.log().contains("s3cret-token"), "the token must never be logged");
+}
+
+/// `/dev/full` accepts the open and fails every write with ENOSPC: a real, retryable error.
+#[test]
+fn undeliverable_events_are_retried_then_dead_lettered_and_the_client_is_told() {
+    let weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+
+[destinations.full]
+type = "file"
+[destinations.full.config]
+retry = { maxRetries = 2, retryDelay = 5, maxRetryDelay = 10 }
+dlq = { type = "file", path = "dead.jsonl" }
+[destinations.full.config.settings]
+path = "/dev/full"
+"#,
+    );
+    let response = post_json(&weir, r#"{"name":"order complete","data":{"id":"o1"}}"#);
+    assert_eq!(response.status(), 500);
+    let answer = body(response);
+    assert_eq!(answer["error"], "Event was not processed");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("destination \"full\" dead-lettered the event"),
+        "{detail}"
+    );
+    assert!(detail.contains("gave up after 3 attempts"), "{detail}");
+
+    let letters = weir.json_lines("dead.jsonl");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["destination"], "full");
+    assert_eq!(letters[0]["attempts"], 3);
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("No space left"),
+        "{}",
+        letters[0]
+    );
+    assert_eq!(letters[0]["event"]["data"], json!({"id": "o1"}));
+
+    let batch = post_json(&weir, r#"[{"name":"a b"},{"name":"c d"}]"#);
+    assert_eq!(batch.status(), 207);
+    let answer = body(batch);
+    assert_eq!(answer["failed"], 2);
+    assert_eq!(answer["errors"][1]["error"], "Event was not processed");
+
+    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains("weir_events_dead_lettered_total{destination=\"full\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_events_retried_total{destination=\"full\"} 6"),
+        "{metrics}"
+    );
+}
+
+/// A destination that cannot connect holds events until its queue is full; then the source
+/// pushes back with 503 and `Retry-After`; at shutdown the queued events are dead-lettered.
+#[test]
+fn full_queues_push_back_and_shutdown_dead_letters_what_is_left() {
+    let mut weir = Weir::start_with(
+        r#"
+[sources.http]
+type = "http"
+[sources.http.config]
+ack = "received"
+
+[destinations.stuck]
+type = "file"
+[destinations.stuck.config]
+queueMax = 2
+dlq = { type = "file", path = "dead.jsonl" }
+[destinations.stuck.config.settings]
+path = "flow.toml/events.jsonl"
+"#,
+        &["--shutdown-timeout", "1"],
+    );
+    let ready = client().get(weir.url("/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(body(ready)["reason"], "destination \"stuck\" is not connected");
+
+    assert_eq!(post_json(&weir, r#"[{"name":"a b"},{"name":"c d"}]"#).status(), 200);
+    let full = post_json(&weir, r#"{"name":"e f"}"#);
+    assert_eq!(full.status(), 503);
+    assert_eq!(full.headers()["retry-after"], "1");
+    assert!(body(full)["error"].as_str().unwrap().contains("queue is full"));
+
+    let status = weir.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}\n{}", weir.log());
+    let letters = read_json_lines(&weir.path("dead.jsonl"));
+    let names: Vec<&str> = letters.iter().map(|l| l["event"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a b", "c d"]);
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("never connected"),
+        "{}",
+        letters[0]
+    );
+    assert!(weir.log().contains("shutdown complete"), "{}", weir.log());
+}
+
+#[test]
+fn shutdown_delivers_what_is_queued() {
+    let mut weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+[sources.http.config]
+ack = "received"
+
+[destinations.file]
+type = "file"
+[destinations.file.config]
+batch = { wait = 60000, size = 1000 }
+[destinations.file.config.settings]
+path = "events.jsonl"
+"#,
+    );
+    for n in 0..5 {
+        assert_eq!(
+            post_json(&weir, &format!(r#"{{"name":"a b","data":{{"n":{n}}}}}"#)).status(),
+            200
+        );
+    }
+    assert!(weir.json_lines("events.jsonl").is_empty(), "held for the batch");
+    let status = weir.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    assert_eq!(weir.json_lines("events.jsonl").len(), 5);
+    assert!(
+        weir.log().contains("every queued event was delivered"),
+        "{}",
+        weir.log()
+    );
+}

@@ -1,0 +1,166 @@
+//! Test support: runs the real `weir` binary on a free loopback port, in a private
+//! directory, and stops it by its PID.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `weir serve`.
+pub struct Weir {
+    pub child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+pub fn weir_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+impl Weir {
+    /// Starts `weir serve` with `config` (TOML) written to `flow.toml` in a fresh directory,
+    /// which is also its working directory.
+    pub fn start(config: &str) -> Weir {
+        Weir::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &str, extra_args: &[&str]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config.replace("{dir}", dir.path().to_str().unwrap());
+        std::fs::write(dir.path().join("flow.toml"), config).unwrap();
+        let mut child = Command::new(weir_binary())
+            .args(["serve", "--config", "flow.toml", "--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("HTTP source listening")
+                    && let Some(address) = line.split("address=").nth(1)
+                {
+                    let _ = address_tx.send(strip_ansi(address).trim().to_owned());
+                }
+                let mut text = collected.lock().unwrap();
+                text.push_str(&strip_ansi(&line));
+                text.push('\n');
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("weir did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Weir {
+            child,
+            base: format!("http://{address}"),
+            dir,
+            stderr: log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// JSON lines of a file in weir's directory (empty when missing).
+    pub fn json_lines(&self, name: &str) -> Vec<serde_json::Value> {
+        read_json_lines(&self.path(name))
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit (at most `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("weir did not exit within {limit:?} of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
+        .collect()
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for next in chars.by_ref() {
+                if next.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A blocking HTTP client for the tests.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
