@@ -34,24 +34,25 @@ pub const EVENT_KEYS: [&str; 15] = [
     "source",
 ];
 
-/// A full walkerOS v4 event.
+/// A full walkerOS v4 event. Held as a JSON value (always an object) so that the mapping
+/// language can read it by path without copying it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(transparent)]
-pub struct Event(Object);
+pub struct Event(Value);
 
 impl Event {
     /// Wraps an object the collector built with all 15 keys.
     pub(crate) fn from_complete(object: Object) -> Event {
         debug_assert!(EVENT_KEYS.iter().all(|k| object.contains_key(*k)));
-        Event(object)
+        Event(Value::Object(object))
     }
 
-    pub fn as_object(&self) -> &Object {
+    pub fn as_value(&self) -> &Value {
         &self.0
     }
 
-    pub fn into_object(self) -> Object {
-        self.0
+    pub fn as_object(&self) -> &Object {
+        self.0.as_object().expect("an event is an object")
     }
 
     fn str_field(&self, key: &str) -> &str {

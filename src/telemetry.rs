@@ -30,6 +30,18 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();
+        // Histogram samples pile up until they are folded into buckets; without a scrape
+        // that only happens in upkeep, so run it periodically to keep memory flat.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("cannot start the metrics upkeep thread");
         // Another recorder may already be installed (tests embedding weir): then metrics go
         // there and /metrics shows this recorder's (empty) view, which is harmless.
         let _ = metrics::set_global_recorder(recorder);

@@ -537,3 +537,94 @@ path = "events.jsonl"
         weir.log()
     );
 }
+
+#[test]
+fn the_file_destination_rotates_by_size_and_keeps_max_files() {
+    let weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+
+[destinations.file]
+type = "file"
+[destinations.file.config.settings]
+path = "out/events.jsonl"
+maxBytes = 2000
+maxFiles = 2
+"#,
+    );
+    for n in 0..30 {
+        let response = post_json(&weir, &format!(r#"{{"name":"a b","data":{{"n":{n}}}}}"#));
+        assert_eq!(response.status(), 200);
+    }
+    let mut files: Vec<String> = std::fs::read_dir(weir.path("out"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "current file plus maxFiles rotated: {files:?}");
+    assert!(files.contains(&"events.jsonl".to_owned()));
+    let mut last_numbers = Vec::new();
+    for file in &files {
+        let size = std::fs::metadata(weir.path("out").join(file)).unwrap().len();
+        assert!(size <= 2000, "{file} is {size} bytes");
+        assert!(file.starts_with("events.") && file.ends_with(".jsonl"), "{file}");
+        for event in read_json_lines(&weir.path("out").join(file)) {
+            last_numbers.push(event["data"]["n"].as_u64().unwrap());
+        }
+    }
+    last_numbers.sort();
+    // The newest events survive, contiguous up to the last one sent.
+    assert_eq!(*last_numbers.last().unwrap(), 29);
+    let first = last_numbers[0];
+    assert_eq!(last_numbers, (first..30).collect::<Vec<u64>>());
+}
+
+#[test]
+fn cors_can_be_off_or_restricted_to_origins() {
+    let off = Weir::start(&FILE_FLOW.replace("maxBatchSize = 3", "cors = false"));
+    let response = post_json(&off, r#"{"name":"a b"}"#);
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+    let options = client()
+        .request(reqwest::Method::OPTIONS, off.url("/collect"))
+        .send()
+        .unwrap();
+    assert_eq!(options.status(), 204);
+    assert!(options.headers().get("access-control-allow-methods").is_none());
+    let elsewhere = client()
+        .request(reqwest::Method::OPTIONS, off.url("/other"))
+        .send()
+        .unwrap();
+    assert_eq!(elsewhere.status(), 404);
+
+    let listed = Weir::start(&FILE_FLOW.replace(
+        "maxBatchSize = 3",
+        r#"cors = { origin = ["https://shop.example"], credentials = true, maxAge = 600, methods = ["POST"] }"#,
+    ));
+    let allowed = client()
+        .post(listed.url("/collect"))
+        .header("origin", "https://shop.example")
+        .body(r#"{"name":"a b"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(allowed.headers()["access-control-allow-credentials"], "true");
+    assert_eq!(allowed.headers()["vary"], "Origin");
+    let other = client()
+        .post(listed.url("/collect"))
+        .header("origin", "https://evil.example")
+        .body(r#"{"name":"a b"}"#)
+        .send()
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, listed.url("/collect"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-methods"], "POST");
+    assert_eq!(preflight.headers()["access-control-max-age"], "600");
+    assert_eq!(preflight.headers()["access-control-allow-headers"], "content-type");
+}

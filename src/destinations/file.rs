@@ -124,7 +124,27 @@ impl FileDestination {
         let mut file = current.file;
         file.flush().await.map_err(|e| self.error("cannot flush", e))?;
         drop(file);
-        let rotated = rotated_name(&self.settings.path, std::time::SystemTime::now());
+        let mut rotated = rotated_name(&self.settings.path, std::time::SystemTime::now());
+        // Two rotations within one millisecond must not overwrite each other.
+        let mut attempt = 1;
+        while tokio::fs::try_exists(&rotated).await.unwrap_or(false) {
+            let stem = rotated
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("events")
+                .to_owned();
+            let (base, _) = stem
+                .rsplit_once('-')
+                .filter(|(_, n)| n.parse::<u32>().is_ok())
+                .unwrap_or((&stem, ""));
+            let extension = rotated
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| format!(".{e}"))
+                .unwrap_or_default();
+            rotated = rotated.with_file_name(format!("{base}-{attempt}{extension}"));
+            attempt += 1;
+        }
         tokio::fs::rename(&self.settings.path, &rotated)
             .await
             .map_err(|e| self.error("cannot rotate", e))?;
@@ -166,14 +186,16 @@ async fn prune_rotated(path: &Path, keep: usize) {
         let Some(rest) = name.strip_prefix(&format!("{stem}.")) else {
             continue;
         };
+        // `<stem>.<ms>[-<n>].<ext>`
         let stamp = rest.split('.').next().unwrap_or("");
-        if let Ok(millis) = stamp.parse::<u128>() {
-            rotated.push((millis, entry.path()));
+        let (millis, sequence) = stamp.split_once('-').unwrap_or((stamp, "0"));
+        if let (Ok(millis), Ok(sequence)) = (millis.parse::<u128>(), sequence.parse::<u32>()) {
+            rotated.push((millis, sequence, entry.path()));
         }
     }
     rotated.sort();
     let excess = rotated.len().saturating_sub(keep);
-    for (_, old) in rotated.into_iter().take(excess) {
+    for (_, _, old) in rotated.into_iter().take(excess) {
         if let Err(error) = tokio::fs::remove_file(&old).await {
             tracing::warn!(file = %old.display(), error = %error, "cannot remove rotated file");
         }

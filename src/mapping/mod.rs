@@ -13,6 +13,8 @@ pub mod include;
 pub mod path;
 pub mod value;
 
+use std::borrow::Cow;
+
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -176,23 +178,29 @@ pub struct DestinationMapping<S> {
 }
 
 /// What the mapping decided for one event at one destination.
-pub enum MappingOutcome<'m, S> {
+pub enum MappingOutcome<'m, 'e, S> {
     /// The matching rule says `ignore`.
     Ignored,
     /// The destination's or the rule's required consent is not granted.
     Denied,
-    Mapped(Mapped<'m, S>),
+    Mapped(Mapped<'m, 'e, S>),
 }
 
 /// An event mapped for one destination.
-pub struct Mapped<'m, S> {
+pub struct Mapped<'m, 'e, S> {
     /// The event after policies and the rule's `name`, with consent reduced to the granted
-    /// groups and the collector's user merged in.
-    pub event: Object,
+    /// groups and the collector's user merged in; borrowed when none of that changed it.
+    pub event: Cow<'e, Value>,
     pub data: Option<Value>,
     pub rule: Option<&'m Rule<S>>,
     /// `"<entity> <action>"` of the matching rule (`"* *"`...), or empty.
     pub rule_key: String,
+}
+
+impl<S> Mapped<'_, '_, S> {
+    pub fn event_object(&self) -> &Object {
+        self.event.as_object().expect("events stay objects")
+    }
 }
 
 impl<S: DeserializeOwned> DestinationMapping<S> {
@@ -234,41 +242,44 @@ impl<S: DeserializeOwned> DestinationMapping<S> {
 
 impl<S> DestinationMapping<S> {
     /// What walkerOS's `pushToDestinations` (consent, user) and `processEventMapping`
-    /// (policy, rule, data, include, remove) do with `event` for this destination.
-    pub fn apply<'m>(&'m self, event: &Event, collector: &Collector) -> MappingOutcome<'m, S> {
-        let source = event.as_object();
+    /// (policy, rule, data, include, remove) do with `event` for this destination. The
+    /// event is copied only when something changes it.
+    pub fn apply<'m, 'e>(&'m self, event: &'e Event, collector: &Collector) -> MappingOutcome<'m, 'e, S> {
+        let source = event.as_value();
         let own_consent = source.get("consent").and_then(Value::as_object);
         let Some(granted) = granted_consent(self.consent.as_ref(), &collector.consent, own_consent) else {
             return MappingOutcome::Denied;
         };
-        let mut event = source.clone();
-        event.insert("consent".into(), Value::Object(granted));
+        let mut event: Cow<'e, Value> = Cow::Borrowed(source);
+        // Order matters for the stored bytes, so compare entry by entry.
+        if !own_consent.is_some_and(|own| own.iter().eq(granted.iter())) {
+            set_field(event.to_mut(), "consent", Value::Object(granted));
+        }
         if !collector.user.is_empty() {
-            let user = match event.get("user") {
+            let user = match source.get("user") {
                 Some(Value::Object(own)) => assign(&collector.user, own),
                 _ => collector.user.clone(),
             };
-            event.insert("user".into(), Value::Object(user));
+            set_field(event.to_mut(), "user", Value::Object(user));
         }
         let context = ValueContext {
             collector_consent: &collector.consent,
         };
-        let mut event = Value::Object(event);
         if let Some(policy) = &self.policy {
-            apply_policy(&mut event, policy, &context);
+            apply_policy(event.to_mut(), policy, &context);
         }
         let name = event.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
         let found = self.rules.lookup(&name);
         if let Some((rule, _)) = &found
             && let Some(policy) = &rule.policy
         {
-            apply_policy(&mut event, policy, &context);
+            apply_policy(event.to_mut(), policy, &context);
         }
         let mut data = self.data.as_ref().and_then(|spec| spec.value(&event, &context));
         let Some((rule, rule_key)) = found else {
             data = with_include(data, self.include.as_deref(), &event);
             return MappingOutcome::Mapped(Mapped {
-                event: into_object(event),
+                event,
                 data,
                 rule: None,
                 rule_key: String::new(),
@@ -283,10 +294,8 @@ impl<S> DestinationMapping<S> {
                 return MappingOutcome::Denied;
             }
         }
-        if let Some(name) = &rule.name
-            && let Value::Object(map) = &mut event
-        {
-            map.insert("name".into(), Value::from(name.as_str()));
+        if let Some(name) = &rule.name {
+            set_field(event.to_mut(), "name", Value::from(name.as_str()));
         }
         if let Some(spec) = &rule.data {
             let rule_data = spec.value(&event, &context);
@@ -302,7 +311,7 @@ impl<S> DestinationMapping<S> {
             }
         }
         MappingOutcome::Mapped(Mapped {
-            event: into_object(event),
+            event,
             data,
             rule: Some(rule),
             rule_key,
@@ -310,10 +319,10 @@ impl<S> DestinationMapping<S> {
     }
 }
 
-fn into_object(event: Value) -> Object {
-    match event {
-        Value::Object(map) => map,
-        _ => unreachable!("events stay objects"),
+/// Replaces a top-level field of an event in place (keeping its position).
+fn set_field(event: &mut Value, key: &str, value: Value) {
+    if let Value::Object(map) = event {
+        map.insert(key.to_owned(), value);
     }
 }
 

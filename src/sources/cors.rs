@@ -55,12 +55,23 @@ impl Cors {
         }
     }
 
+    /// Whether responses depend on the request's `Origin` (an origin list is reflected).
+    pub fn needs_request_origin(&self) -> bool {
+        matches!(
+            self,
+            Cors::On(CorsOptions {
+                origin: Some(Origins::List(_)),
+                ..
+            })
+        )
+    }
+
     pub fn is_on(&self) -> bool {
         matches!(self, Cors::On(_))
     }
 
     /// Origin headers for a response to a request from `origin`.
-    fn origin_headers(options: &CorsOptions, request: &HeaderMap, out: &mut HeaderMap) {
+    fn origin_headers(options: &CorsOptions, origin: Option<&HeaderValue>, out: &mut HeaderMap) {
         match &options.origin {
             None => {
                 out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -75,8 +86,7 @@ impl Cors {
                 out.append(header::VARY, HeaderValue::from_static("Origin"));
             }
             Some(Origins::List(allowed)) => {
-                let requested = request.get(header::ORIGIN);
-                if let Some(requested) = requested
+                if let Some(requested) = origin
                     && allowed.iter().any(|o| o == "*" || requested.as_bytes() == o.as_bytes())
                 {
                     out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, requested.clone());
@@ -93,9 +103,9 @@ impl Cors {
     }
 
     /// Headers added to every non-preflight response.
-    pub fn response_headers(&self, request: &HeaderMap, out: &mut HeaderMap) {
+    pub fn response_headers(&self, origin: Option<&HeaderValue>, out: &mut HeaderMap) {
         let Cors::On(options) = self else { return };
-        Self::origin_headers(options, request, out);
+        Self::origin_headers(options, origin, out);
         if let Some(exposed) = &options.exposed_headers
             && let Ok(value) = HeaderValue::from_str(&exposed.join(","))
         {
@@ -106,7 +116,7 @@ impl Cors {
     /// Headers of the 204 answer to an `OPTIONS` request.
     pub fn preflight_headers(&self, request: &HeaderMap, out: &mut HeaderMap) {
         let Cors::On(options) = self else { return };
-        Self::origin_headers(options, request, out);
+        Self::origin_headers(options, request.get(header::ORIGIN), out);
         let methods = options
             .methods
             .as_ref()

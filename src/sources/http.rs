@@ -272,13 +272,24 @@ impl HttpSource {
             }
             router = router.route(path, methods);
         }
-        router
+        let router = router
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
-            .fallback(fallback)
-            .layer(middleware::from_fn_with_state(self.clone(), common_headers))
-            .with_state(self.clone())
+            .fallback(fallback);
+        // Headers every response carries. With a fixed CORS origin (the default `*`) they
+        // are static and a plain response mapper adds them; only an origin list needs the
+        // request's `Origin`, and so a middleware.
+        let router = if self.config.cors.needs_request_origin() {
+            router.layer(middleware::from_fn_with_state(self.clone(), common_headers))
+        } else {
+            let cors = self.config.cors.clone();
+            router.layer(tower::util::MapResponseLayer::new(move |mut response: Response| {
+                add_common_headers(&cors, None, response.headers_mut());
+                response
+            }))
+        };
+        router.with_state(self.clone())
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -397,14 +408,18 @@ fn unauthorized() -> Response {
 
 /// Adds `X-Content-Type-Options: nosniff` and the CORS headers to every response.
 async fn common_headers(State(source): State<Arc<HttpSource>>, request: Request, next: Next) -> Response {
-    let request_headers = request.headers().clone();
+    let origin = request.headers().get(header::ORIGIN).cloned();
     let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_METHODS) {
-        source.config.cors.response_headers(&request_headers, headers);
-    }
+    add_common_headers(&source.config.cors, origin.as_ref(), response.headers_mut());
     response
+}
+
+fn add_common_headers(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Preflight answers already carry their CORS headers.
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_METHODS) {
+        cors.response_headers(origin, headers);
+    }
 }
 
 /// `OPTIONS` on a collect path: the CORS preflight, or a bare 204 with CORS off.

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""HTTP ingest benchmark: weir vs the walkerOS reference, measured in the same run.
+
+Starts `weir serve` on bench/blackhole.toml (ack = delivered, blackhole destination) and the
+walkerOS reference (bench/walkeros-reference: walkerOS's collector behind Express 5, answering
+respond-first as walkerOS's express source does by default), each on a free loopback port,
+and drives both with wrk: single-event POSTs and 100-event batch POSTs. Rounds alternate
+between the two servers; every figure reported is the median over the rounds. Peak RSS is
+VmHWM of the server process at the end of a round.
+
+Usage: bench/http.py [--rounds 3] [--duration 10] [--connections 64] [--no-reference]
+Installs wrk (apt-get) and the reference's npm packages when missing.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENT = {
+    "name": "page view",
+    "data": {"title": "Home", "url": "https://shop.example/", "referrer": "https://search.example/?q=weir", "id": "/"},
+    "context": {"shopping": ["browse", 0]},
+    "globals": {"pagegroup": "home", "lang": "en"},
+    "user": {"id": "us3r", "device": "c00k13", "session": "s3ss10n"},
+    "consent": {"functional": True},
+    "trigger": "load",
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=30):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def peak_rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def to_ms(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, body_file, duration, connections, scripts):
+    script = scripts / "post.lua"
+    script.write_text(
+        'local f = io.open("%s", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n'
+        'wrk.headers["Content-Type"] = "application/json"\n' % body_file
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
+    return {"rps": rps, "p50": p50, "p99": p99}
+
+
+def start_weir(port, workdir):
+    config = (ROOT / "bench/blackhole.toml").read_text()
+    flow = workdir / "flow.toml"
+    flow.write_text(config)
+    process = subprocess.Popen(
+        [str(ROOT / "target/release/weir"), "serve", "--config", str(flow), "--listen", f"127.0.0.1:{port}"],
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
+    )
+    wait_port(port)
+    return process
+
+
+def start_reference(port):
+    process = subprocess.Popen(
+        ["node", "server.mjs", str(port)], cwd=ROOT / "bench/walkeros-reference",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return process
+
+
+def stop(process):
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def measure(start, args, scripts, bodies):
+    port = free_port()
+    process = start(port)
+    try:
+        url = f"http://127.0.0.1:{port}/collect"
+        # Warm-up, then the two workloads.
+        wrk(url, bodies["single"], 2, args.connections, scripts)
+        single = wrk(url, bodies["single"], args.duration, args.connections, scripts)
+        batch = wrk(url, bodies["batch"], args.duration, args.connections, scripts)
+        rss = peak_rss_mib(process.pid)
+    finally:
+        stop(process)
+    return {"single": single, "batch": batch, "rss": rss}
+
+
+def median(rounds, *path):
+    values = []
+    for r in rounds:
+        value = r
+        for key in path:
+            value = value[key]
+        values.append(value)
+    return statistics.median(values)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--no-reference", action="store_true")
+    args = parser.parse_args()
+
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    reference = not args.no_reference
+    if reference and not (ROOT / "bench/walkeros-reference/node_modules").exists():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=ROOT / "bench/walkeros-reference", check=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bodies = {"single": tmp / "single.json", "batch": tmp / "batch.json"}
+        bodies["single"].write_text(json.dumps(EVENT))
+        bodies["batch"].write_text(json.dumps([EVENT] * 100))
+        weir_rounds, reference_rounds = [], []
+        for round_number in range(args.rounds):
+            weir_dir = tmp / f"weir-{round_number}"
+            weir_dir.mkdir()
+            weir_rounds.append(measure(lambda port: start_weir(port, weir_dir), args, tmp, bodies))
+            print(f"round {round_number + 1} weir: {json.dumps(weir_rounds[-1])}", file=sys.stderr)
+            if reference:
+                reference_rounds.append(measure(start_reference, args, tmp, bodies))
+                print(f"round {round_number + 1} walkerOS: {json.dumps(reference_rounds[-1])}", file=sys.stderr)
+
+    single_bytes = len(json.dumps(EVENT))
+    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rounds, medians; "
+          f"event {single_bytes} B, batch 100 events; {os.cpu_count()} cores shared by client and server\n")
+    print("| workload | server | req/s | events/s | p50 ms | p99 ms | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    servers = [("weir", weir_rounds)] + ([("walkerOS reference", reference_rounds)] if reference else [])
+    for workload, events in [("single event", 1), ("100-event batch", 100)]:
+        key = "single" if events == 1 else "batch"
+        for name, rounds in servers:
+            rps = median(rounds, key, "rps")
+            print(f"| {workload} | {name} | {rps:,.0f} | {rps * events:,.0f} | {median(rounds, key, 'p50'):.2f} | "
+                  f"{median(rounds, key, 'p99'):.2f} | {median(rounds, 'rss'):.0f} |")
+    if reference:
+        for workload, key in [("single event", "single"), ("100-event batch", "batch")]:
+            ratio = median(weir_rounds, key, "rps") / median(reference_rounds, key, "rps")
+            print(f"\n{workload}: weir ÷ walkerOS = {ratio:.1f}× requests/s")
+
+
+if __name__ == "__main__":
+    main()
