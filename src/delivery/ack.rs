@@ -80,11 +80,12 @@ impl AckSet {
         (AckSet { state: state.clone() }, AckWait { state, done: receiver })
     }
 
-    /// A token for event `index` at one destination.
-    pub fn token(&self, index: usize) -> AckToken {
+    /// A token for event `index` at `destination`.
+    pub fn token(&self, index: usize, destination: &Arc<str>) -> AckToken {
         self.state.pending.fetch_add(1, Ordering::AcqRel);
         AckToken {
             target: Some((self.state.clone(), index)),
+            destination: Some(destination.clone()),
         }
     }
 
@@ -116,11 +117,15 @@ impl AckWait {
 /// delivery); the delivery machinery still counts and logs their outcome.
 pub struct AckToken {
     target: Option<(Arc<AckState>, usize)>,
+    destination: Option<Arc<str>>,
 }
 
 impl AckToken {
     pub fn detached() -> AckToken {
-        AckToken { target: None }
+        AckToken {
+            target: None,
+            destination: None,
+        }
     }
 
     pub fn resolve(mut self, delivery: Delivery) {
@@ -152,8 +157,9 @@ impl AckToken {
 impl Drop for AckToken {
     fn drop(&mut self) {
         if self.target.is_some() {
+            let destination = self.destination.take().unwrap_or_else(|| Arc::from("?"));
             self.finish(Delivery::Failed {
-                destination: Arc::from("?"),
+                destination,
                 reason: "the delivery was abandoned before it finished".to_owned(),
             });
         }
@@ -167,9 +173,10 @@ mod tests {
     #[tokio::test]
     async fn wait_completes_after_all_tokens_resolve_with_their_outcomes() {
         let (set, wait) = AckSet::new(3);
-        let a = set.token(0);
-        let b = set.token(1);
-        let c = set.token(1);
+        let events: Arc<str> = Arc::from("events");
+        let a = set.token(0, &events);
+        let b = set.token(1, &events);
+        let c = set.token(1, &events);
         set.fail_now(2, "Event name is required".into());
         set.seal();
         a.resolve(Delivery::Delivered);
@@ -193,11 +200,14 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_token_counts_as_failed_never_as_delivered() {
         let (set, wait) = AckSet::new(1);
-        let token = set.token(0);
+        let token = set.token(0, &Arc::from("events"));
         set.seal();
         drop(token);
         let outcomes = wait.outcomes().await;
-        assert!(!outcomes[0].is_ok());
+        assert_eq!(
+            outcomes[0].problems,
+            vec!["destination \"events\" failed the event: the delivery was abandoned before it finished"]
+        );
     }
 
     #[tokio::test]

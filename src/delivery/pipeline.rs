@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use metrics::{Counter, Gauge, Histogram};
 use serde_json::Value;
@@ -373,7 +373,7 @@ impl<D: Destination> Staged for StagedEvents<'_, D> {
             .queue_depth
             .set(pipeline.queue.depth.load(Ordering::Relaxed) as f64);
         for (index, event, wire, slot, size) in queued {
-            let ack = acks.map_or_else(AckToken::detached, |acks| acks.token(index));
+            let ack = acks.map_or_else(AckToken::detached, |acks| acks.token(index, &pipeline.id));
             let envelope = Envelope {
                 wire,
                 event,
@@ -828,6 +828,3 @@ impl<D: Destination> Sender<D> {
         }
     }
 }
-
-/// A shorthand for tests and benchmarks: how long a drain may take by default.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
