@@ -628,3 +628,81 @@ fn cors_can_be_off_or_restricted_to_origins() {
     assert_eq!(preflight.headers()["access-control-max-age"], "600");
     assert_eq!(preflight.headers()["access-control-allow-headers"], "content-type");
 }
+
+/// A request waiting for its event, which waits for a batch to fill: at SIGTERM the batch
+/// goes out at once, the request gets its 200, and nothing is dead-lettered.
+#[test]
+fn shutdown_sends_lingering_batches_that_requests_wait_for() {
+    let mut weir = Weir::start_with(
+        r#"
+[sources.http]
+type = "http"
+
+[destinations.file]
+type = "file"
+[destinations.file.config]
+batch = { wait = 60000, age = 60000 }
+dlq = { type = "file", path = "dead.jsonl" }
+[destinations.file.config.settings]
+path = "events.jsonl"
+"#,
+        &["--shutdown-timeout", "5"],
+    );
+    let url = weir.url("/collect");
+    let request = std::thread::spawn(move || {
+        let response = client().post(url).body(r#"{"name":"a b"}"#).send().unwrap();
+        (response.status(), response.text().unwrap())
+    });
+    let metrics_url = weir.url("/metrics");
+    assert!(eventually(Duration::from_secs(5), || {
+        client()
+            .get(&metrics_url)
+            .send()
+            .map(|r| {
+                r.text()
+                    .unwrap()
+                    .contains("weir_events_received_total{source=\"http\"} 1")
+            })
+            .unwrap_or(false)
+    }));
+    let status = weir.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    let (code, text) = request.join().unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(weir.json_lines("events.jsonl").len(), 1);
+    assert!(weir.json_lines("dead.jsonl").is_empty());
+}
+
+#[test]
+fn hostile_form_bodies_and_pixels_are_refused_and_the_server_keeps_serving() {
+    let weir = Weir::start(FILE_FLOW);
+    let deep = format!("name=a+b&data{}=1", "[x]".repeat(100_000));
+    let response = client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(deep)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().unwrap().contains("nests deeper than 32 levels"));
+    let wide: Vec<String> = (0..200).map(|i| format!("k{i}[1000]=1")).collect();
+    let response = client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name=a+b&{}", wide.join("&")))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let pixel = client()
+        .get(weir.url(&format!("/collect?name=a%20b&d{}=1", "[x]".repeat(2_000))))
+        .send()
+        .unwrap();
+    assert_eq!(pixel.status(), 200);
+    assert_eq!(pixel.headers()["x-weir-error"], "query key nests deeper than 32 levels");
+    assert_eq!(post_json(&weir, r#"{"name":"still serving"}"#).status(), 200);
+    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains("weir_requests_rejected_total{source=\"http\",reason=\"parse\"} 2"),
+        "{metrics}"
+    );
+}

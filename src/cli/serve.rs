@@ -50,6 +50,8 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: no new requests, draining queues");
     let deadline = tokio::time::Instant::now() + options.shutdown_timeout;
+    // In-flight requests may be waiting for events held back to fill a batch: send them now.
+    lifecycle.flush.cancel();
     stop.cancel();
     let abort = lifecycle.abort.clone();
     let deadline_watch = tokio::spawn(async move {

@@ -62,16 +62,26 @@ impl Secret {
                 errors.push(join(path, file_key), "set either the secret or its file, not both");
                 None
             }
-            (Some(value), None) => Some(Secret(value)),
+            (Some(value), None) => Some(value),
             (None, Some(file)) => match std::fs::read_to_string(file) {
-                Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())),
+                Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
                 Err(error) => {
                     errors.push(join(path, file_key), format!("cannot read {file}: {error}"));
-                    None
+                    return None;
                 }
             },
-            (None, None) => None,
+            (None, None) => return None,
         }
+        .and_then(|value| {
+            if value.is_empty() {
+                // An empty secret (an unset `${VAR}` expands to nothing only when set to "")
+                // would silently lock everyone out or let everyone in.
+                errors.push(join(path, file_key.trim_end_matches("File")), "the secret is empty");
+                None
+            } else {
+                Some(Secret(value))
+            }
+        })
     }
 }
 

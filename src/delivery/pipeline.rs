@@ -149,6 +149,8 @@ impl<W> Queue<W> {
 /// Start and stop signals shared by every worker of a flow.
 #[derive(Clone, Default)]
 pub struct Lifecycle {
+    /// Shutdown has begun: stop holding events back to fill batches, send at once.
+    pub flush: CancellationToken,
     /// Stop taking new events; deliver what is queued, then shut down.
     pub drain: CancellationToken,
     /// The shutdown deadline passed: dead-letter everything not yet delivered, now.
@@ -433,21 +435,15 @@ impl<W> Buffer<W> {
         self.envelopes.len() >= policy.size || policy.max_bytes.is_some_and(|max| self.bytes >= max)
     }
 
-    /// When this buffer must be flushed even if it is not full.
-    fn deadline(&self, policy: &BatchPolicy) -> Option<Instant> {
-        if self.envelopes.is_empty() {
-            return None;
+    /// When this buffer must be flushed even if it is not full: `wait` after its latest
+    /// event (a debounce) or `age` after its first, whichever comes first; at once while the
+    /// flow shuts down.
+    fn deadline(&self, policy: &BatchPolicy, shutting_down: bool) -> Option<Instant> {
+        let (first, last) = (self.first_at?, self.last_at?);
+        if shutting_down {
+            return Some(first);
         }
-        if !policy.lingers() {
-            return self.first_at;
-        }
-        let by_wait = (!policy.wait.is_zero())
-            .then(|| self.last_at.map(|t| t + policy.wait))
-            .flatten();
-        let by_age = (!policy.age.is_zero())
-            .then(|| self.first_at.map(|t| t + policy.age))
-            .flatten();
-        by_wait.into_iter().chain(by_age).min()
+        Some((last + policy.wait).min(first + policy.age))
     }
 
     fn take(&mut self) -> Vec<Envelope<W>> {
@@ -510,16 +506,21 @@ impl<D: Destination> Worker<D> {
         let mut tasks: JoinSet<(u64, u64)> = JoinSet::new();
         let mut buffers: Vec<Buffer<D::Wire>> = self.policies.iter().map(|_| Buffer::new()).collect();
         let mut draining = false;
+        let mut flushing = false;
         loop {
             let deadline = buffers
                 .iter()
                 .zip(&self.policies)
-                .filter_map(|(buffer, policy)| buffer.deadline(policy))
+                .filter_map(|(buffer, policy)| buffer.deadline(policy, flushing))
                 .min();
             tokio::select! {
                 biased;
+                () = lifecycle.flush.cancelled(), if !flushing => {
+                    flushing = true;
+                }
                 () = lifecycle.drain.cancelled(), if !draining => {
                     draining = true;
+                    flushing = true;
                     self.receiver.close();
                 }
                 received = self.receiver.recv() => {
@@ -533,10 +534,10 @@ impl<D: Destination> Worker<D> {
                         }
                     }
                     self.metrics.queue_depth.set(self.depth.load(Ordering::Relaxed) as f64);
-                    self.flush_due(&mut buffers, &sender, &permits, &mut tasks).await;
+                    self.flush_due(&mut buffers, flushing, &sender, &permits, &mut tasks).await;
                 }
                 () = sleep_until(deadline), if deadline.is_some() => {
-                    self.flush_due(&mut buffers, &sender, &permits, &mut tasks).await;
+                    self.flush_due(&mut buffers, flushing, &sender, &permits, &mut tasks).await;
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     report.add(done);
@@ -588,13 +589,14 @@ impl<D: Destination> Worker<D> {
     async fn flush_due(
         &self,
         buffers: &mut [Buffer<D::Wire>],
+        shutting_down: bool,
         sender: &Arc<Sender<D>>,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<(u64, u64)>,
     ) {
         let now = Instant::now();
         for (buffer, policy) in buffers.iter_mut().zip(&self.policies) {
-            if buffer.is_full(policy) || buffer.deadline(policy).is_some_and(|d| d <= now) {
+            if buffer.is_full(policy) || buffer.deadline(policy, shutting_down).is_some_and(|d| d <= now) {
                 let batch = buffer.take();
                 self.dispatch(batch, sender, permits, tasks).await;
             }

@@ -30,11 +30,6 @@ impl BatchPolicy {
             age: Duration::ZERO,
         }
     }
-
-    /// Whether this policy ever holds events back to make a batch fuller.
-    pub fn lingers(&self) -> bool {
-        !self.wait.is_zero() || !self.age.is_zero()
-    }
 }
 
 /// walkerOS's defaults for a `batch` block that leaves a field unset (systems.md §B.5).

@@ -289,8 +289,12 @@ impl<S> DestinationMapping<S> {
             return MappingOutcome::Ignored;
         }
         if let Some(required) = &rule.consent {
-            let own = event.get("consent").and_then(Value::as_object);
-            if granted_consent(Some(required), &collector.consent, own).is_none() {
+            // Against the groups the destination gate already resolved (collector state
+            // overlaid with the event's own): an event that denies a group stays denied
+            // even when the collector grants it.
+            let empty = Object::new();
+            let granted = event.get("consent").and_then(Value::as_object).unwrap_or(&empty);
+            if granted_consent(Some(required), granted, None).is_none() {
                 return MappingOutcome::Denied;
             }
         }
@@ -379,21 +383,34 @@ fn parse_rules<S: DeserializeOwned>(
     let mut rules = Vec::with_capacity(entities.len());
     for (entity, actions) in entities {
         let entity_path = join(path, entity);
-        let Value::Object(actions) = actions else {
-            errors.push(entity_path, "must be an object: action → rule");
-            continue;
+        let actions = match actions {
+            Value::Object(actions) => actions,
+            // walkerOS treats a falsy entry as absent.
+            Value::Null | Value::Bool(false) => continue,
+            _ => {
+                errors.push(entity_path, "must be an object: action → rule");
+                continue;
+            }
         };
         let mut parsed_actions = Vec::with_capacity(actions.len());
         for (action, rule) in actions {
             let rule_path = join(&entity_path, action);
             let parsed = match rule {
-                Value::Array(list) => list
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(index, rule)| {
-                        parse_rule(rule, &join(&rule_path, &index.to_string()), errors, rule_batch)
-                    })
-                    .collect(),
+                Value::Array(list) => {
+                    if list.len() > 1 {
+                        // Without `condition` (JavaScript) the first rule always matches.
+                        tracing::warn!(
+                            rules = %rule_path,
+                            "only the first rule of this list can match; the others need a `condition`"
+                        );
+                    }
+                    list.iter()
+                        .enumerate()
+                        .filter_map(|(index, rule)| {
+                            parse_rule(rule, &join(&rule_path, &index.to_string()), errors, rule_batch)
+                        })
+                        .collect()
+                }
                 // walkerOS treats a falsy rule as absent.
                 Value::Null | Value::Bool(false) => continue,
                 single => parse_rule(single, &rule_path, errors, rule_batch).into_iter().collect(),

@@ -58,41 +58,96 @@ fn step<'a>(value: &'a Value, segment: &str) -> Option<&'a Value> {
     match value {
         Value::Object(map) => map.get(segment),
         // A canonical decimal index only (JavaScript: `items["01"]` is undefined).
-        Value::Array(items) if segment == "0" || !segment.starts_with('0') => {
-            segment.parse::<usize>().ok().and_then(|index| items.get(index))
-        }
+        Value::Array(items) => array_index(segment).and_then(|index| items.get(index)),
         _ => None,
     }
 }
 
-/// Writes `value` at `path`, creating objects on the way; `None` removes the key (walkerOS
-/// writes `undefined`, which disappears when the event is serialized).
+/// Writes `value` at `path` (walkerOS `setByPath`): missing or scalar intermediates become
+/// objects, an existing array is walked by index (an index past its end extends it with
+/// `null`s, up to [`MAX_SET_INDEX`]). `None` removes the key: walkerOS writes `undefined`,
+/// which disappears when the event is serialized.
 pub fn set_by_path(root: &mut Map<String, Value>, path: &str, value: Option<Value>) {
     let segments: Vec<&str> = path.split('.').collect();
-    let Some((last, parents)) = segments.split_last() else {
+    let Some((first, rest)) = segments.split_first() else {
         return;
     };
-    let mut map = root;
-    for segment in parents {
-        let entry = map
-            .entry((*segment).to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !entry.is_object() {
-            *entry = Value::Object(Map::new());
+    if rest.is_empty() {
+        match value {
+            Some(value) => {
+                root.insert((*first).to_owned(), value);
+            }
+            None => {
+                root.shift_remove(*first);
+            }
         }
-        map = entry.as_object_mut().expect("made an object above");
+        return;
     }
-    match value {
-        Some(value) => {
-            map.insert((*last).to_owned(), value);
-        }
-        None => {
-            map.shift_remove(*last);
-        }
-    }
+    let child = root.entry((*first).to_owned()).or_insert(Value::Null);
+    set_in(child, rest, value);
 }
 
-/// Removes the key at a dotted `path` (walkerOS rule `remove`).
+/// Largest array index a policy may write (bigger ones are ignored, not allocated).
+pub const MAX_SET_INDEX: usize = 1000;
+
+fn set_in(node: &mut Value, segments: &[&str], value: Option<Value>) {
+    let (segment, rest) = (segments[0], &segments[1..]);
+    if let Value::Array(items) = node {
+        let Some(index) = array_index(segment).filter(|i| *i <= MAX_SET_INDEX) else {
+            return;
+        };
+        if rest.is_empty() {
+            match value {
+                Some(value) => {
+                    if items.len() <= index {
+                        items.resize(index + 1, Value::Null);
+                    }
+                    items[index] = value;
+                }
+                // `undefined` in an array serializes as `null`.
+                None => {
+                    if let Some(slot) = items.get_mut(index) {
+                        *slot = Value::Null;
+                    }
+                }
+            }
+            return;
+        }
+        if items.len() <= index {
+            items.resize(index + 1, Value::Null);
+        }
+        return set_in(&mut items[index], rest, value);
+    }
+    if !node.is_object() {
+        *node = Value::Object(Map::new());
+    }
+    let Value::Object(map) = node else {
+        unreachable!("made an object above")
+    };
+    if rest.is_empty() {
+        match value {
+            Some(value) => {
+                map.insert(segment.to_owned(), value);
+            }
+            None => {
+                map.shift_remove(segment);
+            }
+        }
+        return;
+    }
+    set_in(map.entry(segment.to_owned()).or_insert(Value::Null), rest, value);
+}
+
+/// A canonical decimal array index (`"0"`, `"12"`; not `"01"` or `"-1"`).
+fn array_index(segment: &str) -> Option<usize> {
+    if segment != "0" && segment.starts_with('0') {
+        return None;
+    }
+    segment.parse().ok()
+}
+
+/// Removes the value at a dotted `path` (walkerOS `deleteByPath`, used by rule `remove`):
+/// an object key is deleted, an array item is spliced out.
 pub fn remove_by_path(root: &mut Value, path: &str) {
     let segments: Vec<&str> = path.split('.').collect();
     let Some((last, parents)) = segments.split_last() else {
@@ -102,7 +157,7 @@ pub fn remove_by_path(root: &mut Value, path: &str) {
     for segment in parents {
         let next = match current {
             Value::Object(map) => map.get_mut(*segment),
-            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            Value::Array(items) => array_index(segment).and_then(|i| items.get_mut(i)),
             _ => None,
         };
         match next {
@@ -110,8 +165,16 @@ pub fn remove_by_path(root: &mut Value, path: &str) {
             None => return,
         }
     }
-    if let Value::Object(map) = current {
-        map.shift_remove(*last);
+    match current {
+        Value::Object(map) => {
+            map.shift_remove(*last);
+        }
+        Value::Array(items) => {
+            if let Some(index) = array_index(last).filter(|i| *i < items.len()) {
+                items.remove(index);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -129,6 +192,23 @@ mod tests {
         assert_eq!(get_by_path(&event, "data.items.1.id"), Some(json!("b")));
         assert_eq!(get_by_path(&event, "data.items.*.id"), Some(json!(["a", "b"])));
         assert_eq!(get_by_path(&event, "data.id.deeper"), None);
+    }
+
+    #[test]
+    fn set_and_remove_walk_arrays_by_index() {
+        let mut event = json!({"nested": [{"data": {"price": 1}}, {"data": {}}], "data": {"items": ["a", "b", "c"]}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        set_by_path(&mut event, "nested.1.data.price", Some(json!(2)));
+        set_by_path(&mut event, "data.items.4", Some(json!("e")));
+        let mut value = Value::Object(event);
+        assert_eq!(value["nested"], json!([{"data": {"price": 1}}, {"data": {"price": 2}}]));
+        assert_eq!(value["data"]["items"], json!(["a", "b", "c", null, "e"]));
+        remove_by_path(&mut value, "data.items.0");
+        remove_by_path(&mut value, "nested.0.data.price");
+        assert_eq!(value["data"]["items"], json!(["b", "c", null, "e"]));
+        assert_eq!(value["nested"][0], json!({"data": {}}));
     }
 
     #[test]

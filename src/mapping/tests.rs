@@ -118,6 +118,18 @@ fn destination_consent_is_or_and_rule_consent_is_enforced() {
     let rule_gated = mapping(json!({"mapping": {"*": {"*": {"consent": {"marketing": true}, "name": "renamed"}}}}));
     let event = collector.enrich(json!({"name": "a b"})).unwrap();
     assert!(matches!(rule_gated.apply(&event, &collector), MappingOutcome::Denied));
+
+    // An event's own denial wins over the collector's grant at the rule gate too.
+    let granting = self::collector(json!({"consent": {"marketing": true}}));
+    let denied = granting
+        .enrich(json!({"name": "a b", "consent": {"marketing": false}}))
+        .unwrap();
+    assert!(matches!(rule_gated.apply(&denied, &granting), MappingOutcome::Denied));
+    let allowed = granting.enrich(json!({"name": "a b"})).unwrap();
+    assert!(matches!(
+        rule_gated.apply(&allowed, &granting),
+        MappingOutcome::Mapped(_)
+    ));
 }
 
 #[test]

@@ -252,6 +252,11 @@ impl HttpSource {
         })
     }
 
+    /// Requests turned away before any event was read, by reason.
+    fn requests_rejected(&self, reason: &'static str) -> Counter {
+        metrics::counter!("weir_requests_rejected_total", "source" => self.config.id.clone(), "reason" => reason)
+    }
+
     pub fn listen_address(&self) -> &str {
         &self.config.listen
     }
@@ -296,14 +301,15 @@ impl HttpSource {
         let Some(token) = &self.config.bearer_token else {
             return true;
         };
-        let Some(given) = headers
+        // The scheme name is case-insensitive (RFC 7235).
+        let Some((scheme, given)) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
         else {
             return false;
         };
-        constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+        scheme.eq_ignore_ascii_case("bearer") && constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
     }
 
     /// Enriches `inputs`, queues the valid ones, and (when asked) waits for their outcomes.
@@ -608,7 +614,7 @@ fn parse_error_message(error: &serde_json::Error) -> String {
 /// `{"batch": [...]}`), or for a form body that is not JSON, one event from its fields.
 pub fn parse_events(text: &str, form: bool) -> Result<(Vec<Value>, bool), String> {
     if form && !text.trim_start().starts_with(['{', '[']) {
-        return Ok((vec![Value::Object(parse_query(text))], false));
+        return Ok((vec![Value::Object(parse_query(text)?)], false));
     }
     let body = serde_json::from_str::<Value>(text).map_err(|error| parse_error_message(&error))?;
     Ok(to_event_list(body))
@@ -629,48 +635,38 @@ fn to_event_list(body: Value) -> (Vec<Value>, bool) {
 
 async fn post_events(State(source): State<Arc<HttpSource>>, headers: HeaderMap, body: Body) -> Response {
     if !source.authorized(&headers) {
+        source.requests_rejected("unauthorized").increment(1);
         return unauthorized();
     }
+    let reject = |reason: &'static str, response: Response| {
+        source.requests_rejected(reason).increment(1);
+        response
+    };
     let kind = match body_kind(&headers) {
         Ok(kind) => kind,
-        Err(response) => {
-            source.rejected.increment(1);
-            return response;
-        }
+        Err(response) => return reject("content_type", response),
     };
     let bytes = match read_body(body, &headers, source.config.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(response) => {
-            source.rejected.increment(1);
-            return response;
-        }
+        Err(response) => return reject("body", response),
     };
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
         Err(error) => {
-            source.rejected.increment(1);
-            return body_error(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "request body is not valid UTF-8 (invalid byte at offset {})",
-                    error.valid_up_to()
-                ),
+            let message = format!(
+                "request body is not valid UTF-8 (invalid byte at offset {})",
+                error.valid_up_to()
             );
+            return reject("utf8", body_error(StatusCode::BAD_REQUEST, &message));
         }
     };
     let (inputs, is_batch) = match parse_events(text, matches!(kind, BodyKind::Form)) {
         Ok(parsed) => parsed,
-        Err(message) => {
-            source.rejected.increment(1);
-            return body_error(StatusCode::BAD_REQUEST, &message);
-        }
+        Err(message) => return reject("parse", body_error(StatusCode::BAD_REQUEST, &message)),
     };
     if is_batch && inputs.len() > source.config.max_batch_size {
-        source.rejected.increment(inputs.len() as u64);
-        return failure(
-            StatusCode::BAD_REQUEST,
-            &format!("Batch too large. Maximum size: {} events", source.config.max_batch_size),
-        );
+        let message = format!("Batch too large. Maximum size: {} events", source.config.max_batch_size);
+        return reject("batch_too_large", failure(StatusCode::BAD_REQUEST, &message));
     }
     let mode = source.config.post_ack;
     let processed = match source.process(inputs, mode).await {
@@ -756,11 +752,18 @@ fn gif(status: StatusCode, error: Option<&str>) -> Response {
 
 async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, uri: Uri) -> Response {
     if !source.authorized(&headers) {
+        source.requests_rejected("unauthorized").increment(1);
         return unauthorized();
     }
     let query = uri.query().unwrap_or_default();
     let query = query.split('?').next().unwrap_or_default();
-    let event = Value::Object(parse_query(query));
+    let event = match parse_query(query) {
+        Ok(fields) => Value::Object(fields),
+        Err(problem) => {
+            source.requests_rejected("query").increment(1);
+            return gif(StatusCode::OK, Some(&problem));
+        }
+    };
     match source.process(vec![event], source.config.get_ack).await {
         // walkerOS answers a pixel with the GIF whatever became of the event; weir says why
         // in a header so a failing pixel can be debugged.

@@ -5,58 +5,77 @@
 //! Written by hand because this is walkerOS's own format, not a standard one (`a[]=x` is a
 //! scalar, later keys win, a scalar blocks a nested write). Two JavaScript hazards are not
 //! reproduced: `__proto__` is an ordinary key here, and an array index above
-//! [`MAX_INDEX`] is ignored instead of creating a huge sparse array.
+//! [`MAX_INDEX`] is ignored instead of creating a huge sparse array. Because a request body
+//! or URL is untrusted, a key may nest at most [`MAX_DEPTH`] levels and a query may create at
+//! most [`MAX_VALUES`] values (array holes included): beyond that it is refused.
 
 use serde_json::{Map, Number, Value};
 
 /// Largest array index accepted from a query key.
 pub const MAX_INDEX: usize = 1000;
+/// Deepest bracket nesting accepted in one key.
+pub const MAX_DEPTH: usize = 32;
+/// Most values (including array holes) one query may create.
+pub const MAX_VALUES: usize = 10_000;
 
-/// Parses the query part of `url` (text between the first and second `?`), or a bare query.
-pub fn parse_query(query: &str) -> Map<String, Value> {
+/// Parses a query string (or form body) with bracket notation into an object.
+pub fn parse_query(query: &str) -> Result<Map<String, Value>, String> {
     let mut root = Value::Object(Map::new());
+    let mut budget = MAX_VALUES;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let parts: Vec<&str> = key.split(['[', ']']).filter(|part| !part.is_empty()).collect();
         if parts.is_empty() {
             continue;
         }
-        assign(&mut root, &parts, cast_value(&value));
+        if parts.len() > MAX_DEPTH {
+            return Err(format!("query key nests deeper than {MAX_DEPTH} levels"));
+        }
+        assign(&mut root, &parts, cast_value(&value), &mut budget)?;
     }
     match root {
-        Value::Object(map) => map,
+        Value::Object(map) => Ok(map),
         _ => unreachable!("the root stays an object"),
     }
+}
+
+fn spend(budget: &mut usize, count: usize) -> Result<(), String> {
+    *budget = budget
+        .checked_sub(count)
+        .ok_or_else(|| format!("query creates more than {MAX_VALUES} values"))?;
+    Ok(())
 }
 
 /// Writes `value` at `parts` below `node`, creating objects or arrays on the way as walkerOS
 /// does: an array when the next part is a number, else an object; an existing truthy value is
 /// reused, a falsy one replaced.
-fn assign(node: &mut Value, parts: &[&str], value: Value) {
+fn assign(node: &mut Value, parts: &[&str], value: Value, budget: &mut usize) -> Result<(), String> {
     let (part, rest) = (parts[0], &parts[1..]);
     let slot = match node {
         Value::Object(map) => {
+            spend(budget, 1)?;
             if rest.is_empty() {
                 map.insert(part.to_owned(), value);
-                return;
+                return Ok(());
             }
             map.entry(part.to_owned()).or_insert(Value::Null)
         }
         Value::Array(items) => {
-            let Some(index) = parse_index(part) else { return };
+            let Some(index) = parse_index(part) else { return Ok(()) };
             if index > MAX_INDEX {
-                return;
+                return Ok(());
             }
             if items.len() <= index {
+                spend(budget, index + 1 - items.len())?;
                 items.resize(index + 1, Value::Null);
             }
             if rest.is_empty() {
                 items[index] = value;
-                return;
+                return Ok(());
             }
             &mut items[index]
         }
         // A scalar cannot hold a nested key: JavaScript drops the write silently.
-        _ => return,
+        _ => return Ok(()),
     };
     if !crate::mapping::truthy(slot) {
         *slot = if parse_index(rest[0]).is_some() {
@@ -65,7 +84,7 @@ fn assign(node: &mut Value, parts: &[&str], value: Value) {
             Value::Object(Map::new())
         };
     }
-    assign(slot, rest, value);
+    assign(slot, rest, value, budget)
 }
 
 /// JavaScript's `parseInt` for an index: leading decimal digits.
@@ -126,7 +145,7 @@ mod tests {
     use serde_json::json;
 
     fn parsed(query: &str) -> Value {
-        Value::Object(parse_query(query))
+        Value::Object(parse_query(query).unwrap())
     }
 
     #[test]
@@ -164,5 +183,18 @@ mod tests {
         assert_eq!(parsed("a[0]=1&a[x]=2"), json!({"a": [1]}));
         assert_eq!(parsed("a[5000]=x"), json!({"a": []}));
         assert_eq!(parsed("__proto__[x]=1"), json!({"__proto__": {"x": 1}}));
+    }
+
+    #[test]
+    fn hostile_queries_are_refused_not_amplified() {
+        let deep = format!("a{}=1", "[x]".repeat(MAX_DEPTH));
+        assert_eq!(parse_query(&deep).unwrap_err(), "query key nests deeper than 32 levels");
+        let ok = format!("a{}=1", "[x]".repeat(MAX_DEPTH - 1));
+        assert!(parse_query(&ok).is_ok());
+        let wide: Vec<String> = (0..20).map(|i| format!("k{i}[1000]=1")).collect();
+        assert_eq!(
+            parse_query(&wide.join("&")).unwrap_err(),
+            "query creates more than 10000 values"
+        );
     }
 }
