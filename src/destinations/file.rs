@@ -7,14 +7,20 @@
 //! the batch counts as delivered (otherwise delivered means handed to the OS). When the
 //! file would pass `maxBytes`, it is renamed to `<stem>.<unix ms>.<ext>` and a new one is
 //! started; `maxFiles` keeps only that many rotated files.
+//!
+//! Writes run on the blocking pool as one unit: write the batch, or on failure cut the file
+//! back to where it was, so a retry never finds half a batch (a truncated line glued to
+//! the next). The unit runs to its end even when the caller stops waiting (a timeout), so
+//! the file is never left mid-line; a batch that timed out may then be written twice, which
+//! is the at-least-once the retrier promises.
 
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 
 use crate::config::ConfigErrors;
 use crate::config::typed;
@@ -70,13 +76,18 @@ pub struct FileError {
 }
 
 struct OpenFile {
-    file: tokio::fs::File,
+    file: File,
     size: u64,
 }
 
-pub struct FileDestination {
+/// The file and what is known about it; used on the blocking pool only.
+struct Writer {
     settings: FileSettings,
     open: Mutex<Option<OpenFile>>,
+}
+
+pub struct FileDestination {
+    writer: Arc<Writer>,
 }
 
 impl FileDestination {
@@ -90,68 +101,110 @@ impl FileDestination {
 
     pub fn new(settings: FileSettings) -> FileDestination {
         FileDestination {
-            settings,
-            open: Mutex::new(None),
+            writer: Arc::new(Writer {
+                settings,
+                open: Mutex::new(None),
+            }),
         }
     }
 
+    /// The file this destination writes.
+    pub fn path(&self) -> &Path {
+        &self.writer.settings.path
+    }
+
+    /// Runs `work` on the blocking pool with the writer.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Writer) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<T, FileError> {
+        let writer = self.writer.clone();
+        match tokio::task::spawn_blocking(move || work(&writer)).await {
+            Ok(result) => result,
+            Err(join) => Err(writer_error(
+                &self.writer,
+                "lost the writer for",
+                io::Error::other(join.to_string()),
+            )),
+        }
+    }
+}
+
+fn writer_error(writer: &Writer, action: &'static str, source: io::Error) -> FileError {
+    FileError {
+        action,
+        path: writer.settings.path.clone(),
+        source,
+    }
+}
+
+impl Writer {
     fn error(&self, action: &'static str, source: io::Error) -> FileError {
-        FileError {
-            action,
-            path: self.settings.path.clone(),
-            source,
-        }
+        writer_error(self, action, source)
     }
 
-    async fn open(&self) -> Result<OpenFile, FileError> {
+    fn open_file(&self) -> Result<OpenFile, FileError> {
         let path = &self.settings.path;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| self.error("cannot create the directory of", e))?;
+            std::fs::create_dir_all(parent).map_err(|e| self.error("cannot create the directory of", e))?;
         }
-        let file = tokio::fs::OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .await
             .map_err(|e| self.error("cannot open", e))?;
-        let size = file.metadata().await.map_err(|e| self.error("cannot stat", e))?.len();
+        let size = file.metadata().map_err(|e| self.error("cannot stat", e))?.len();
         Ok(OpenFile { file, size })
     }
 
-    async fn rotate(&self, current: OpenFile) -> Result<OpenFile, FileError> {
-        let mut file = current.file;
-        file.flush().await.map_err(|e| self.error("cannot flush", e))?;
-        drop(file);
-        let mut rotated = rotated_name(&self.settings.path, std::time::SystemTime::now());
+    fn rotate(&self, current: OpenFile) -> Result<OpenFile, FileError> {
+        drop(current);
+        let path = &self.settings.path;
+        let mut rotated = rotated_name(path, std::time::SystemTime::now());
         // Two rotations within one millisecond must not overwrite each other.
-        let mut attempt = 1;
-        while tokio::fs::try_exists(&rotated).await.unwrap_or(false) {
-            let stem = rotated
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("events")
-                .to_owned();
-            let (base, _) = stem
-                .rsplit_once('-')
-                .filter(|(_, n)| n.parse::<u32>().is_ok())
-                .unwrap_or((&stem, ""));
-            let extension = rotated
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(|e| format!(".{e}"))
-                .unwrap_or_default();
-            rotated = rotated.with_file_name(format!("{base}-{attempt}{extension}"));
-            attempt += 1;
+        let mut sequence = 1;
+        while rotated.exists() {
+            rotated = with_sequence(&rotated_name(path, std::time::SystemTime::now()), sequence);
+            sequence += 1;
         }
-        tokio::fs::rename(&self.settings.path, &rotated)
-            .await
-            .map_err(|e| self.error("cannot rotate", e))?;
+        std::fs::rename(path, &rotated).map_err(|e| self.error("cannot rotate", e))?;
         if let Some(keep) = self.settings.max_files {
-            prune_rotated(&self.settings.path, keep).await;
+            prune_rotated(path, keep);
         }
-        self.open().await
+        self.open_file()
+    }
+
+    /// Appends `buffer` whole, or leaves the file as it was.
+    fn write(&self, buffer: &[u8]) -> Result<(), FileError> {
+        let mut guard = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = match guard.take() {
+            Some(current) => current,
+            None => self.open_file()?,
+        };
+        let length = buffer.len() as u64;
+        if self.settings.max_bytes > 0 && current.size > 0 && current.size + length > self.settings.max_bytes {
+            current = self.rotate(current)?;
+        }
+        let written = current.file.write_all(buffer).and_then(|()| {
+            if self.settings.fsync {
+                current.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        match written {
+            Ok(()) => {
+                current.size += length;
+                *guard = Some(current);
+                Ok(())
+            }
+            Err(error) => {
+                // Undo a partial write. The handle is dropped: the next attempt reopens (the
+                // file may have been removed or replaced).
+                let _ = current.file.set_len(current.size);
+                Err(self.error("cannot write", error))
+            }
+        }
     }
 }
 
@@ -169,19 +222,27 @@ fn rotated_name(path: &Path, time: std::time::SystemTime) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// `events.<ms>.jsonl` → `events.<ms>-<n>.jsonl`.
+fn with_sequence(rotated: &Path, sequence: u32) -> PathBuf {
+    let stem = rotated.file_stem().and_then(|s| s.to_str()).unwrap_or("events");
+    let name = match rotated.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}-{sequence}.{ext}"),
+        None => format!("{stem}-{sequence}"),
+    };
+    rotated.with_file_name(name)
+}
+
 /// Removes the oldest rotated files beyond `keep`. Best effort: a file that cannot be
 /// removed is logged and left.
-async fn prune_rotated(path: &Path, keep: usize) {
+fn prune_rotated(path: &Path, keep: usize) {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("events").to_owned();
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut rotated = Vec::new();
-    while let Ok(Some(entry)) = entries.next_entry().await {
+    for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(&format!("{stem}.")) else {
             continue;
@@ -196,7 +257,7 @@ async fn prune_rotated(path: &Path, keep: usize) {
     rotated.sort();
     let excess = rotated.len().saturating_sub(keep);
     for (_, _, old) in rotated.into_iter().take(excess) {
-        if let Err(error) = tokio::fs::remove_file(&old).await {
+        if let Err(error) = std::fs::remove_file(&old) {
             tracing::warn!(file = %old.display(), error = %error, "cannot remove rotated file");
         }
     }
@@ -220,16 +281,19 @@ impl Destination for FileDestination {
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {
             batch_size: 1000,
-            concurrency: 1,
+            ..DeliveryDefaults::default()
         }
     }
 
     async fn connect(&self) -> Result<(), FileError> {
-        let mut open = self.open.lock().await;
-        if open.is_none() {
-            *open = Some(self.open().await?);
-        }
-        Ok(())
+        self.blocking(|writer| {
+            let mut open = writer.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if open.is_none() {
+                *open = Some(writer.open_file()?);
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
@@ -251,58 +315,32 @@ impl Destination for FileDestination {
     }
 
     async fn send(&self, batch: &[&Vec<u8>]) -> Result<Vec<Result<(), FileError>>, FileError> {
-        let total: usize = batch.iter().map(|line| line.len()).sum();
-        let mut buffer = Vec::with_capacity(total);
+        let mut buffer = Vec::with_capacity(batch.iter().map(|line| line.len()).sum());
         for line in batch {
             buffer.extend_from_slice(line);
         }
-        let mut guard = self.open.lock().await;
-        let mut current = match guard.take() {
-            Some(current) => current,
-            None => self.open().await?,
-        };
-        if self.settings.max_bytes > 0 && current.size > 0 && current.size + total as u64 > self.settings.max_bytes {
-            current = self.rotate(current).await?;
-        }
-        let written = async {
-            current.file.write_all(&buffer).await?;
-            current.file.flush().await?;
-            if self.settings.fsync {
-                current.file.sync_data().await?;
-            }
-            Ok::<(), io::Error>(())
-        }
-        .await;
-        match written {
-            Ok(()) => {
-                current.size += total as u64;
-                *guard = Some(current);
-                Ok(batch.iter().map(|_| Ok(())).collect())
-            }
-            // Drop the handle: the next attempt reopens (the file may have been removed).
-            Err(error) => Err(self.error("cannot write", error)),
-        }
+        self.blocking(move |writer| writer.write(&buffer)).await?;
+        Ok(batch.iter().map(|_| Ok(())).collect())
     }
 
     fn classify(&self, error: &FileError) -> ErrorClass {
         match error.source.kind() {
-            io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput | io::ErrorKind::IsADirectory => {
-                ErrorClass::Fatal
-            }
+            io::ErrorKind::InvalidInput | io::ErrorKind::IsADirectory => ErrorClass::Fatal,
+            // Full disks, missing directories and permissions can all be fixed while weir
+            // keeps retrying; the retry horizon bounds the wait.
             _ => ErrorClass::Retryable,
         }
     }
 
     async fn shutdown(&self) -> Result<(), FileError> {
-        if let Some(mut current) = self.open.lock().await.take() {
-            current.file.flush().await.map_err(|e| self.error("cannot flush", e))?;
-            current
-                .file
-                .sync_data()
-                .await
-                .map_err(|e| self.error("cannot sync", e))?;
-        }
-        Ok(())
+        self.blocking(|writer| {
+            let mut open = writer.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(current) = open.take() {
+                current.file.sync_data().map_err(|e| writer.error("cannot sync", e))?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -316,6 +354,10 @@ mod tests {
         assert_eq!(
             rotated_name(Path::new("weir-data/events.jsonl"), time),
             PathBuf::from("weir-data/events.1700000000123.jsonl")
+        );
+        assert_eq!(
+            with_sequence(Path::new("weir-data/events.1700000000123.jsonl"), 2),
+            PathBuf::from("weir-data/events.1700000000123-2.jsonl")
         );
     }
 }
