@@ -11,7 +11,6 @@
 use std::io;
 
 use serde::Serialize;
-use serde_json::Value;
 use serde_json::ser::{CompactFormatter, Formatter, Serializer};
 
 /// `CompactFormatter` with JavaScript's number formatting for floats.
@@ -55,25 +54,10 @@ pub fn to_string<T: Serialize + ?Sized>(value: &T) -> String {
     String::from_utf8(to_vec(value)).expect("serde_json writes UTF-8")
 }
 
-/// JavaScript's `String(value)` for a JSON scalar (used by walkerOS's flat serialization and
-/// anywhere walkerOS coerces a value to a string). Objects and arrays are written as JSON.
-pub fn js_string(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "null".to_owned(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if !n.is_i64() && !n.is_u64() => ryu_js::Buffer::new().format(f).to_owned(),
-            _ => n.to_string(),
-        },
-        Value::Array(_) | Value::Object(_) => to_string(value),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn floats_are_written_as_javascript_writes_them() {
@@ -89,14 +73,5 @@ mod tests {
             to_string(&value),
             "{\"b\":\"a\\\"b\\\\c\\n\\u0001\u{7f}é/\",\"a\":[true,null]}"
         );
-    }
-
-    #[test]
-    fn js_string_coerces_like_string_constructor() {
-        assert_eq!(js_string(&json!(2.5)), "2.5");
-        assert_eq!(js_string(&json!(1700000100)), "1700000100");
-        assert_eq!(js_string(&json!(null)), "null");
-        assert_eq!(js_string(&json!("")), "");
-        assert_eq!(js_string(&json!({"a": 1})), "{\"a\":1}");
     }
 }

@@ -107,34 +107,71 @@ pub struct BuiltFlow {
     pub runtime: Arc<Runtime>,
     pub sources: Vec<crate::sources::SourceConfig>,
     pub workers: Vec<WorkerTask>,
+    /// Legal but probably unintended (a source no destination takes...).
+    pub warnings: Vec<String>,
 }
 
 /// Checks every part of `flow` and wires it; all problems are reported together.
 pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config::ConfigErrors> {
+    use crate::config::join;
+    use crate::sources::SourceConfig;
+
     let mut errors = flow.problems.clone();
-    let sources: Vec<_> = flow
+    let mut warnings = Vec::new();
+    let sources: Vec<SourceConfig> = flow
         .sources
         .iter()
         .filter_map(|step| crate::sources::build(step, &mut errors))
         .collect();
     let mut routes = Vec::new();
     let mut workers = Vec::new();
+    let mut destination_steps = Vec::new();
     for step in &flow.destinations {
         if let Some(names) = &step.sources {
             for name in names {
                 if !flow.sources.iter().any(|source| &source.id == name) {
-                    errors.push(
-                        crate::config::join(&step.path, "sources"),
-                        format!("no source named \"{name}\""),
-                    );
+                    errors.push(join(&step.path, "sources"), format!("no source named \"{name}\""));
                 }
             }
         }
         if let Some(built) = crate::destinations::build(step, &mut errors) {
             routes.push(built.route);
             workers.push(built.worker);
+            destination_steps.push(step);
         }
     }
+
+    for (index, source) in sources.iter().enumerate() {
+        let SourceConfig::Http(http) = source;
+        if sources[..index]
+            .iter()
+            .any(|SourceConfig::Http(other)| other.listen == http.listen)
+        {
+            errors.push(
+                format!("sources.{}.config.settings", http.id),
+                format!("listen address {} is used by another source", http.listen),
+            );
+        }
+        let takers: Vec<&Arc<dyn Route>> = routes.iter().filter(|route| route.takes_source(&http.id)).collect();
+        if takers.is_empty() {
+            warnings.push(format!("events from source \"{}\" reach no destination", http.id));
+        }
+        for route in takers {
+            if route.queue_capacity() < http.max_batch_size {
+                errors.push(
+                    format!("destinations.{}.config.queueMax", route.id()),
+                    format!(
+                        "{} is less than the {} events of a full batch from source \"{}\", which could never be queued",
+                        route.queue_capacity(),
+                        http.max_batch_size,
+                        http.id
+                    ),
+                );
+            }
+        }
+    }
+    check_file_clashes(&destination_steps, &mut errors);
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -143,7 +180,39 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
         runtime,
         sources,
         workers,
+        warnings,
     })
+}
+
+/// Two writers on one file corrupt it (and a rotation would move the other's file away):
+/// every `file` destination needs its own path, and none may be a dead-letter file.
+fn check_file_clashes(steps: &[&crate::config::flow::Step], errors: &mut crate::config::ConfigErrors) {
+    let absolute = |path: &str| std::path::absolute(path).unwrap_or_else(|_| std::path::PathBuf::from(path));
+    let mut dead_letter_files = Vec::new();
+    let mut data_files: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    for step in steps {
+        let dlq = step.config.pointer("/dlq/path").and_then(Value::as_str);
+        dead_letter_files.push(absolute(dlq.unwrap_or(crate::destinations::DEFAULT_DLQ_PATH)));
+        if step.kind == "file" {
+            let path = step.config.pointer("/settings/path").and_then(Value::as_str);
+            let path = absolute(path.unwrap_or(crate::destinations::file::DEFAULT_PATH));
+            if let Some((_, other)) = data_files.iter().find(|(existing, _)| *existing == path) {
+                errors.push(
+                    format!("{}.config.settings.path", step.path),
+                    format!("{} is also written by {other}", path.display()),
+                );
+            }
+            data_files.push((path, step.path.as_str()));
+        }
+    }
+    for (path, owner) in &data_files {
+        if dead_letter_files.contains(path) {
+            errors.push(
+                format!("{owner}.config.settings.path"),
+                format!("{} is also a dead-letter file", path.display()),
+            );
+        }
+    }
 }
 
 /// The flow weir runs with no config: HTTP on 127.0.0.1:8080 into `weir-data/events.jsonl`.

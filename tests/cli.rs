@@ -199,3 +199,68 @@ destinations:
     assert!(ok, "{stderr}");
     assert!(stdout.contains("ok (1 sources, 1 destinations)"), "{stdout}");
 }
+
+#[test]
+fn validate_catches_what_would_only_fail_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flow.toml"),
+        r#"
+[sources.web]
+type = "http"
+[sources.web.config.settings]
+listen = "127.0.0.1:9000"
+maxBatchSize = 100
+
+[sources.app]
+type = "http"
+[sources.app.config.settings]
+listen = "127.0.0.1:9000"
+
+[sources.idle]
+type = "http"
+[sources.idle.config.settings]
+listen = "127.0.0.1:9001"
+
+[destinations.one]
+type = "file"
+sources = ["web", "app"]
+[destinations.one.config]
+queueMax = 50
+dlq = { type = "file", path = "events.jsonl", fsync = true }
+[destinations.one.config.settings]
+path = "events.jsonl"
+
+[destinations.two]
+type = "file"
+sources = ["web"]
+[destinations.two.config]
+disabled = true
+retry = { maxRetrys = 3 }
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(dir.path(), &["validate", "flow.toml"]);
+    assert!(!ok);
+    for expected in [
+        "sources.app.config.settings: listen address 127.0.0.1:9000 is used by another source",
+        "destinations.one.config.queueMax: 50 is less than the 100 events of a full batch from source \"web\"",
+        "destinations.one.config.dlq.fsync: unknown key",
+        "is also a dead-letter file",
+        "destinations.two.config.retry.maxRetrys: unknown key",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+
+    std::fs::write(
+        dir.path().join("quiet.toml"),
+        "[sources.http]\ntype = \"http\"\n[sources.spare]\ntype = \"http\"\n[sources.spare.config.settings]\nlisten = \"127.0.0.1:9002\"\n[destinations.out]\ntype = \"stdout\"\nsources = [\"http\"]\n",
+    )
+    .unwrap();
+    let (ok, stdout, _) = run(dir.path(), &["validate", "quiet.toml"]);
+    assert!(ok);
+    assert!(
+        stdout.contains("warning: events from source \"spare\" reach no destination"),
+        "{stdout}"
+    );
+}

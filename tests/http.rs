@@ -470,6 +470,8 @@ fn full_queues_push_back_and_shutdown_dead_letters_what_is_left() {
 type = "http"
 [sources.http.config]
 ack = "received"
+[sources.http.config.settings]
+maxBatchSize = 2
 
 [destinations.stuck]
 type = "file"
@@ -703,6 +705,41 @@ fn hostile_form_bodies_and_pixels_are_refused_and_the_server_keeps_serving() {
     let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains("weir_requests_rejected_total{source=\"http\",reason=\"parse\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// With `ack = "delivered"`, a request whose events cannot be confirmed in `ackTimeout`
+/// gets 202: they stay queued and will be delivered or dead-lettered.
+#[test]
+fn an_unconfirmed_delivery_is_answered_202_after_ack_timeout() {
+    let weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+[sources.http.config]
+ackTimeout = 200
+
+[destinations.stuck]
+type = "file"
+[destinations.stuck.config.settings]
+path = "flow.toml/events.jsonl"
+"#,
+    );
+    let response = post_json(&weir, r#"{"name":"a b"}"#);
+    assert_eq!(response.status(), 202);
+    let answer = body(response);
+    assert_eq!(answer["success"], true);
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not confirmed within 200 ms"),
+        "{answer}"
+    );
+    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains("weir_ack_timeouts_total{source=\"http\"} 1"),
         "{metrics}"
     );
 }

@@ -104,6 +104,9 @@ pub fn main() -> ExitCode {
             };
             match crate::runtime::build_flow(&flow) {
                 Ok(built) => {
+                    for warning in &built.warnings {
+                        println!("warning: {warning}");
+                    }
                     println!(
                         "{}: ok ({} sources, {} destinations)",
                         file.display(),

@@ -26,6 +26,9 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     // The recorder must exist before the pipelines resolve their metric handles.
     crate::telemetry::prometheus();
     let built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
+    for warning in &built.warnings {
+        tracing::warn!("{warning}");
+    }
     let lifecycle = Lifecycle::default();
     let mut workers = spawn_workers(built.workers, &lifecycle);
     tracing::info!(destinations = %built.runtime.describe(), "flow started");
@@ -55,15 +58,23 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     stop.cancel();
     let abort = lifecycle.abort.clone();
     let deadline_watch = tokio::spawn(async move {
-        tokio::time::sleep_until(deadline).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            // A second signal means "now": dead-letter what is left and exit.
+            () = shutdown_signal() => tracing::warn!("second signal: giving up on delivery"),
+        }
         abort.cancel();
     });
     // In-flight requests wait for their events' delivery, so the workers keep running meanwhile.
-    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, servers.join_next()).await {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(error = %error, "HTTP server failed"),
-            Err(error) => tracing::error!(error = %error, "HTTP server task failed"),
+    loop {
+        tokio::select! {
+            finished = servers.join_next() => match finished {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(error))) => tracing::error!(error = %error, "HTTP server failed"),
+                Some(Err(error)) => tracing::error!(error = %error, "HTTP server task failed"),
+            },
+            () = lifecycle.abort.cancelled() => break,
         }
     }
     servers.abort_all();

@@ -73,8 +73,10 @@ impl DeadLetterSink {
             .get_or_init(Default::default)
             .lock()
             .expect("dlq registry poisoned");
+        // `dlq.jsonl` and `./dlq.jsonl` are one file and must share one writer.
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let sink = open
-            .entry(path.to_path_buf())
+            .entry(key)
             .or_insert_with(|| {
                 Arc::new(FileDeadLetters {
                     path: path.to_path_buf(),

@@ -37,6 +37,9 @@ pub enum ErrorClass {
 pub struct DeliveryDefaults {
     /// Largest batch handed to [`Destination::send`].
     pub batch_size: usize,
+    /// Largest summed [`Destination::wire_size`] of a batch, if the target limits request
+    /// sizes (RudderStack's `maxQueueSize`, Kafka's message size).
+    pub batch_bytes: Option<usize>,
     /// Batches in flight at once. Destinations whose order matters (a file) use 1.
     pub concurrency: usize,
 }
@@ -45,6 +48,7 @@ impl Default for DeliveryDefaults {
     fn default() -> Self {
         DeliveryDefaults {
             batch_size: 500,
+            batch_bytes: None,
             concurrency: 1,
         }
     }
@@ -63,6 +67,10 @@ pub struct RenderInput<'a, S> {
     pub rule_name: Option<&'a str>,
     /// The matched rule says `silent` (or its older name `skip`): suppress the default call.
     pub silent: bool,
+    /// The collector's state, for destination settings that are walkerOS value specs (a
+    /// Kafka `key` path, RudderStack `identify`): evaluate them with
+    /// [`ValueContext`](crate::mapping::ValueContext) built from its consent.
+    pub collector: &'a crate::collector::Collector,
 }
 
 /// What a destination makes of one event.
@@ -95,6 +103,10 @@ pub trait Destination: Send + Sync + Sized + 'static {
 
     /// Renders one mapped event. An `Err` is a problem with this event for this destination
     /// (it is dead-lettered with the message, never dropped).
+    ///
+    /// Runs on the request path, on many threads at once, and also for `weir explain`:
+    /// state that depends on event order (RudderStack's identify de-duplication) belongs in
+    /// `send`, which one worker calls in order.
     fn render(&self, input: &RenderInput<'_, Self::RuleSettings>) -> Result<Rendered<Self::Wire>, String>;
 
     /// The wire form as `weir explain` prints it.

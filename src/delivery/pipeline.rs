@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+use futures_util::FutureExt;
 use metrics::{Counter, Gauge, Histogram};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
@@ -62,6 +63,8 @@ pub trait Route: Send + Sync {
     fn takes_source(&self, source: &str) -> bool;
     /// Connected and checked (`/readyz`).
     fn is_ready(&self) -> bool;
+    /// Events the queue holds at most (`queueMax`).
+    fn queue_capacity(&self) -> usize;
     /// Maps and renders `events` (each with its index in the source's batch) for queuing.
     fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_>;
     /// What would happen to `event`, with its wire form, without queuing anything.
@@ -252,6 +255,7 @@ impl<D: Destination> Pipeline<D> {
             rule_settings: mapped.rule.and_then(|rule| rule.settings.as_ref()),
             rule_name: mapped.rule.and_then(|rule| rule.name.as_deref()),
             silent: mapped.rule.is_some_and(|rule| rule.silent),
+            collector,
         };
         let slot = mapped.rule.and_then(|rule| rule.batch_slot).unwrap_or(0);
         match self.destination.render(&input) {
@@ -282,6 +286,10 @@ impl<D: Destination> Route for Pipeline<D> {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    fn queue_capacity(&self) -> usize {
+        self.queue.capacity
     }
 
     fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_> {
@@ -619,10 +627,17 @@ impl<D: Destination> Worker<D> {
         let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
         self.metrics.batch_size.record(batch.len() as f64);
         let sender = sender.clone();
+        let count = batch.len() as u64;
         tasks.spawn(async move {
-            let outcome = sender.deliver(batch).await;
+            // A panic in a destination must not lose events uncounted: their tokens report
+            // failure to waiting sources, and the count says how many.
+            let outcome = std::panic::AssertUnwindSafe(sender.deliver(batch)).catch_unwind().await;
             drop(permit);
-            outcome
+            outcome.unwrap_or_else(|_| {
+                sender.metrics.failed.increment(count);
+                tracing::error!(destination = %sender.id, events = count, "sending panicked; the batch is lost");
+                (0, count)
+            })
         });
     }
 }
@@ -635,7 +650,6 @@ impl WorkerReport {
                 self.failed += failed;
             }
             Err(error) => {
-                // A panicking send drops its tokens, which report the events as failed.
                 tracing::error!(destination = %self.destination, error = %error, "send task failed");
             }
         }

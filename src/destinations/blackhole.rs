@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::file::{NoRuleSettings, event_or_data_line};
+use super::file::{NoRuleSettings, render_json_line};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
 
@@ -12,14 +12,7 @@ pub struct BlackholeDestination;
 
 impl BlackholeDestination {
     pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
-        if let Some(Value::Object(map)) = settings {
-            for key in map.keys() {
-                errors.push(
-                    crate::config::join(path, key),
-                    "unknown key (blackhole has no settings)",
-                );
-            }
-        }
+        super::no_settings("blackhole", settings, path, errors);
         Some(BlackholeDestination)
     }
 }
@@ -38,6 +31,7 @@ impl Destination for BlackholeDestination {
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {
             batch_size: 1000,
+            batch_bytes: None,
             concurrency: 2,
         }
     }
@@ -47,10 +41,7 @@ impl Destination for BlackholeDestination {
     }
 
     fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
-        if input.silent {
-            return Ok(Rendered::Skip("the matching rule is silent".into()));
-        }
-        Ok(Rendered::Send(event_or_data_line(input)))
+        Ok(render_json_line(input))
     }
 
     fn explain(&self, wire: &Vec<u8>) -> Value {

@@ -42,8 +42,11 @@ pub struct FileSettings {
     pub fsync: bool,
 }
 
+/// Where `file` writes unless told otherwise.
+pub const DEFAULT_PATH: &str = "weir-data/events.jsonl";
+
 fn default_path() -> PathBuf {
-    PathBuf::from("weir-data/events.jsonl")
+    PathBuf::from(DEFAULT_PATH)
 }
 
 fn default_max_bytes() -> u64 {
@@ -263,13 +266,23 @@ fn prune_rotated(path: &Path, keep: usize) {
     }
 }
 
-/// The line a destination writes for one mapped event: the mapped data when it is a
-/// non-empty object, else the full event.
-pub fn event_or_data_line(input: &RenderInput<'_, impl Sized>) -> Vec<u8> {
-    match input.data {
+/// The JSON line `file`, `stdout` and `blackhole` write for one mapped event: the mapped
+/// data when it is a non-empty object, else the full event; nothing for a `silent` rule.
+pub fn render_json_line(input: &RenderInput<'_, impl Sized>) -> Rendered<Vec<u8>> {
+    if input.silent {
+        return Rendered::Skip("the matching rule is silent".into());
+    }
+    let mut line = match input.data {
         Some(Value::Object(data)) if !data.is_empty() => crate::json::to_vec(data),
         _ => crate::json::to_vec(input.event),
-    }
+    };
+    line.push(b'\n');
+    Rendered::Send(line)
+}
+
+/// `weir explain`'s view of a JSON line.
+pub fn explain_json_line(wire: &[u8]) -> Value {
+    json!({ "line": String::from_utf8_lossy(wire.strip_suffix(b"\n").unwrap_or(wire)) })
 }
 
 impl Destination for FileDestination {
@@ -297,17 +310,11 @@ impl Destination for FileDestination {
     }
 
     fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
-        if input.silent {
-            return Ok(Rendered::Skip("the matching rule is silent".into()));
-        }
-        let mut line = event_or_data_line(input);
-        line.push(b'\n');
-        Ok(Rendered::Send(line))
+        Ok(render_json_line(input))
     }
 
     fn explain(&self, wire: &Vec<u8>) -> Value {
-        let line = String::from_utf8_lossy(wire.strip_suffix(b"\n").unwrap_or(wire));
-        json!({ "line": line })
+        explain_json_line(wire)
     }
 
     fn wire_size(&self, wire: &Vec<u8>) -> usize {

@@ -53,14 +53,19 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
             return None;
         }
     };
-    if config.get("disabled") == Some(&Value::Bool(true)) {
-        tracing::info!(destination = %step.id, "destination disabled in the flow file");
-        return None;
-    }
+    let disabled = match config.get("disabled") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => {
+            errors.push(join(&step.path, "config.disabled"), "must be true or false");
+            false
+        }
+    };
     let path = join(&step.path, "config");
     let settings = config.get("settings");
     let settings_path = join(&path, "settings");
-    match step.kind.as_str() {
+    // A disabled entry is still checked, so a mistake in it shows before it is enabled.
+    let built = match step.kind.as_str() {
         "file" => {
             let destination = file::FileDestination::from_settings(settings, &settings_path, errors);
             wire(destination, step, &config, &path, errors)
@@ -80,6 +85,24 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
             );
             None
         }
+    };
+    if disabled {
+        tracing::info!(destination = %step.id, "destination disabled in the flow file");
+        return None;
+    }
+    built
+}
+
+/// For destinations without settings: every key given is an error.
+fn no_settings(kind: &str, settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) {
+    match settings {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for key in map.keys() {
+                errors.push(join(path, key), format!("unknown key ({kind} has no settings)"));
+            }
+        }
+        Some(_) => errors.push(path, format!("{kind} has no settings")),
     }
 }
 
@@ -92,12 +115,35 @@ struct RetryConfig {
     max_retry_delay: Option<u64>,
 }
 
-/// `dlq` block.
+/// `dlq = { type = "file", path = "..." }` (the type defaults to `file`).
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "type")]
-enum DlqConfig {
-    #[serde(rename = "file")]
-    File { path: PathBuf },
+struct FileDlqConfig {
+    path: PathBuf,
+}
+
+fn dead_letter_sink(value: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> DeadLetterSink {
+    let default = || DeadLetterSink::file(&PathBuf::from(DEFAULT_DLQ_PATH));
+    let Some(value) = value else { return default() };
+    let Value::Object(fields) = value else {
+        errors.push(path, "must be {type = \"file\", path = \"...\"}");
+        return default();
+    };
+    let mut fields = fields.clone();
+    match fields.remove("type") {
+        None => {}
+        Some(Value::String(kind)) if kind == "file" => {}
+        Some(other) => {
+            errors.push(
+                join(path, "type"),
+                format!("{other} is not a dead-letter sink weir has (\"file\")"),
+            );
+            return default();
+        }
+    }
+    match typed::parse::<FileDlqConfig>(&Value::Object(fields), path, errors) {
+        Some(config) => DeadLetterSink::file(&config.path),
+        None => default(),
+    }
 }
 
 fn wire<D: Destination>(
@@ -114,13 +160,16 @@ fn wire<D: Destination>(
     let config_batch = config
         .get("batch")
         .and_then(|value| BatchSpec::parse(value, &join(path, "batch"), errors));
-    let batch = match &config_batch {
+    let mut batch = match &config_batch {
         Some(spec) => spec.policy(None),
         None => BatchPolicy::immediate(defaults.batch_size),
     };
+    batch.max_bytes = defaults.batch_bytes;
     let mut rule_batches = Vec::new();
     let mapping = DestinationMapping::<D::RuleSettings>::from_config(config, path, errors, &mut |rule_batch| {
-        rule_batches.push(rule_batch.policy(config_batch.as_ref()));
+        let mut policy = rule_batch.policy(config_batch.as_ref());
+        policy.max_bytes = defaults.batch_bytes;
+        rule_batches.push(policy);
         rule_batches.len()
     });
 
@@ -148,13 +197,7 @@ fn wire<D: Destination>(
     };
     let queue_max = positive(config, "queueMax", path, errors).unwrap_or(DEFAULT_QUEUE_MAX);
     let concurrency = positive(config, "concurrency", path, errors).unwrap_or(defaults.concurrency);
-    let dead_letters = match config.get("dlq") {
-        None => DeadLetterSink::file(&PathBuf::from(DEFAULT_DLQ_PATH)),
-        Some(value) => match typed::parse::<DlqConfig>(value, &join(path, "dlq"), errors) {
-            Some(DlqConfig::File { path }) => DeadLetterSink::file(&path),
-            None => DeadLetterSink::file(&PathBuf::from(DEFAULT_DLQ_PATH)),
-        },
-    };
+    let dead_letters = dead_letter_sink(config.get("dlq"), &join(path, "dlq"), errors);
 
     for key in config.keys() {
         let at = join(path, key);

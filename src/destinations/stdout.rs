@@ -1,10 +1,10 @@
 //! `stdout`: events as JSON lines on standard output, for trying flows out and for piping
 //! into other tools. Same line format as `file`.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use super::file::{NoRuleSettings, event_or_data_line};
+use super::file::{NoRuleSettings, explain_json_line, render_json_line};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
 
@@ -14,11 +14,7 @@ pub struct StdoutDestination {
 
 impl StdoutDestination {
     pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
-        if let Some(Value::Object(map)) = settings {
-            for key in map.keys() {
-                errors.push(crate::config::join(path, key), "unknown key (stdout has no settings)");
-            }
-        }
+        super::no_settings("stdout", settings, path, errors);
         Some(StdoutDestination {
             out: tokio::sync::Mutex::new(tokio::io::stdout()),
         })
@@ -34,7 +30,7 @@ impl Destination for StdoutDestination {
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {
             batch_size: 1000,
-            concurrency: 1,
+            ..DeliveryDefaults::default()
         }
     }
 
@@ -43,16 +39,11 @@ impl Destination for StdoutDestination {
     }
 
     fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
-        if input.silent {
-            return Ok(Rendered::Skip("the matching rule is silent".into()));
-        }
-        let mut line = event_or_data_line(input);
-        line.push(b'\n');
-        Ok(Rendered::Send(line))
+        Ok(render_json_line(input))
     }
 
     fn explain(&self, wire: &Vec<u8>) -> Value {
-        json!({ "line": String::from_utf8_lossy(wire.strip_suffix(b"\n").unwrap_or(wire)) })
+        explain_json_line(wire)
     }
 
     fn wire_size(&self, wire: &Vec<u8>) -> usize {

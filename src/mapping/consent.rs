@@ -41,28 +41,40 @@ mod tests {
         value.as_object().cloned().unwrap()
     }
 
-    /// `grantedConsent` in vectors/walkeros-destinations-and-mapping.json.
+    /// `grantedConsent` in vectors/walkeros-destinations-and-mapping.json (the file records
+    /// the results; the inputs are the calls systems.md §C.6 lists for them).
     #[test]
     fn walkeros_vectors() {
-        let granted = |required: Value, state: Value, individual: Option<Value>| {
-            let required = object(required);
+        let vectors: Value = serde_json::from_str(include_str!(
+            "../../tests/vectors/walkeros-destinations-and-mapping.json"
+        ))
+        .unwrap();
+        let expected = |name: &str| match &vectors["grantedConsent"][name] {
+            Value::Bool(false) => None,
+            granted => Some(granted.clone()),
+        };
+        let granted = |required: Option<Value>, state: Value, individual: Option<Value>| {
+            let required = required.map(object);
             let individual = individual.map(object);
-            granted_consent(Some(&required), &object(state), individual.as_ref()).map(Value::Object)
+            granted_consent(required.as_ref(), &object(state), individual.as_ref()).map(Value::Object)
         };
         assert_eq!(
-            granted(json!({"a": true, "b": true}), json!({"a": true}), None),
-            Some(json!({"a": true}))
-        );
-        assert_eq!(granted(json!({"a": true}), json!({"b": true}), None), None);
-        assert_eq!(
-            granted(json!({"a": true}), json!({"a": true}), Some(json!({"a": false}))),
-            None
+            granted(Some(json!({"a": true, "b": true})), json!({"a": true}), None),
+            expected("orSemantics")
         );
         assert_eq!(
-            granted_consent(None, &object(json!({"x": true, "y": false})), None).map(Value::Object),
-            Some(json!({"x": true}))
+            granted(Some(json!({"a": true})), json!({"b": true}), None),
+            expected("none")
         );
-        assert_eq!(granted(json!({}), json!({}), None), Some(json!({})));
+        assert_eq!(
+            granted(Some(json!({"a": true})), json!({"a": true}), Some(json!({"a": false}))),
+            expected("individualWins")
+        );
+        assert_eq!(
+            granted(None, json!({"x": true, "y": false}), None),
+            expected("noRequirement")
+        );
+        assert_eq!(granted(Some(json!({})), json!({}), None), expected("emptyRequirement"));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! One level only, values raw (nested objects stay objects); the `context` section takes the
 //! label (element 0) of each `[label, order]` tuple; `event` is a synthesized section of the
-//! event's own scalar fields; `all` means every section.
+//! event's own scalar fields; `all` means every section. This is what walkerOS's
+//! `flattenIncludeSections` does when run (checked against the published @walkeros/core
+//! package); systems.md §C.1's summary ("nested objects flattened with `_`") does not match
+//! the code, and weir follows the code.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};

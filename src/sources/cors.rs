@@ -8,17 +8,9 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 use serde::Deserialize;
 
-/// The `cors` setting: `true` (default), `false`, or options.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum CorsSetting {
-    Enabled(bool),
-    Options(CorsOptions),
-}
-
 /// `cors` options, as the npm `cors` package reads them.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CorsOptions {
     pub origin: Option<Origins>,
     pub methods: Option<Vec<String>>,
@@ -47,14 +39,6 @@ pub enum Cors {
 const DEFAULT_METHODS: &str = "GET,HEAD,PUT,PATCH,POST,DELETE";
 
 impl Cors {
-    pub fn from_setting(setting: Option<CorsSetting>) -> Cors {
-        match setting {
-            None | Some(CorsSetting::Enabled(true)) => Cors::On(CorsOptions::default()),
-            Some(CorsSetting::Enabled(false)) => Cors::Off,
-            Some(CorsSetting::Options(options)) => Cors::On(options),
-        }
-    }
-
     /// Whether responses depend on the request's `Origin` (an origin list is reflected).
     pub fn needs_request_origin(&self) -> bool {
         matches!(

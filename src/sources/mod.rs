@@ -27,12 +27,9 @@ impl SourceConfig {
 
 /// Checks a flow-file source entry; `None` (errors recorded) when invalid or `disabled`.
 pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<SourceConfig> {
-    if step.config.get("disabled") == Some(&serde_json::Value::Bool(true)) {
-        tracing::info!(source = %step.id, "source disabled in the flow file");
-        return None;
-    }
     let config_path = crate::config::join(&step.path, "config");
-    match step.kind.as_str() {
+    // A disabled entry is still checked, so a mistake in it shows before it is enabled.
+    let built = match step.kind.as_str() {
         "http" => {
             http::HttpSourceConfig::from_step(&step.id, &step.config, &config_path, errors).map(SourceConfig::Http)
         }
@@ -43,5 +40,10 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<SourceConfig> {
             );
             None
         }
+    };
+    if step.config.get("disabled") == Some(&serde_json::Value::Bool(true)) {
+        tracing::info!(source = %step.id, "source disabled in the flow file");
+        return None;
     }
+    built
 }

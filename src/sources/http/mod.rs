@@ -27,14 +27,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use http_body_util::BodyExt;
 use metrics::Counter;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::cors::{Cors, CorsSetting};
+mod config;
+
+pub use config::{
+    AckMode, DEFAULT_LISTEN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, HttpSourceConfig, RESERVED_PATHS,
+};
+
+use super::cors::Cors;
 use super::query::parse_query;
 use crate::collector::now_ms;
-use crate::config::typed::{self, Secret};
-use crate::config::{ConfigErrors, join};
 use crate::delivery::ack::{AckSet, EventOutcome};
 use crate::event::{Event, InvalidEvent};
 use crate::runtime::Runtime;
@@ -45,193 +48,6 @@ pub const TRANSPARENT_GIF: &[u8] = &[
     0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
     0x01, 0x44, 0x00, 0x3b,
 ];
-
-/// Default listen address when the flow sets neither `listen` nor `port`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// walkerOS's body limit (express `json({limit: '1mb'})`).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-/// walkerOS's `maxBatchSize` default.
-pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct HttpSettings {
-    /// walkerOS: the port to listen on (all interfaces).
-    port: Option<u16>,
-    /// weir: the full listen address, e.g. `127.0.0.1:8080`. Wins over `port`.
-    listen: Option<String>,
-    /// walkerOS's deprecated single path.
-    path: Option<String>,
-    paths: Option<Vec<PathEntry>>,
-    max_batch_size: Option<usize>,
-    cors: Option<CorsSetting>,
-    /// weir: request body limit in bytes (after decompression).
-    max_body_bytes: Option<usize>,
-    /// weir: require `Authorization: Bearer <token>` on the collect paths.
-    bearer_token: Option<String>,
-    bearer_token_file: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PathEntry {
-    Path(String),
-    Spec { path: String, methods: Option<Vec<String>> },
-}
-
-/// When a request is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckMode {
-    /// Once the events are validated and queued.
-    Received,
-    /// Once every destination delivered or dead-lettered them.
-    Delivered,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum AsyncSetting {
-    Both(bool),
-    PerMethod {
-        #[serde(rename = "GET")]
-        get: Option<bool>,
-        #[serde(rename = "POST")]
-        post: Option<bool>,
-    },
-}
-
-/// A configured HTTP source.
-#[derive(Debug)]
-pub struct HttpSourceConfig {
-    pub id: String,
-    pub listen: String,
-    pub paths: Vec<(String, bool, bool)>,
-    pub max_batch_size: usize,
-    pub max_body_bytes: usize,
-    pub cors: Cors,
-    pub bearer_token: Option<Secret>,
-    pub get_ack: AckMode,
-    pub post_ack: AckMode,
-}
-
-impl HttpSourceConfig {
-    /// Checks a flow-file source entry of type `http`.
-    pub fn from_step(id: &str, config: &Value, path: &str, errors: &mut ConfigErrors) -> Option<HttpSourceConfig> {
-        let empty = serde_json::Map::new();
-        let config_map = match config {
-            Value::Null => &empty,
-            Value::Object(map) => map,
-            _ => {
-                errors.push(path, "must be an object");
-                return None;
-            }
-        };
-        let settings_path = join(path, "settings");
-        let settings = match config_map.get("settings") {
-            Some(value) => typed::parse::<HttpSettings>(value, &settings_path, errors)?,
-            None => typed::parse::<HttpSettings>(&json!({}), &settings_path, errors)?,
-        };
-        let mut get_ack = AckMode::Delivered;
-        let mut post_ack = AckMode::Delivered;
-        for (key, value) in config_map {
-            let at = join(path, key);
-            match key.as_str() {
-                "settings" | "id" | "disabled" | "logger" | "primary" => {}
-                "ack" => match value.as_str() {
-                    Some("received") => (get_ack, post_ack) = (AckMode::Received, AckMode::Received),
-                    Some("delivered") => (get_ack, post_ack) = (AckMode::Delivered, AckMode::Delivered),
-                    _ => errors.push(at, "must be \"received\" or \"delivered\""),
-                },
-                "async" => {
-                    if config_map.contains_key("ack") {
-                        errors.push(at, "set `ack` or walkerOS's `async`, not both");
-                        continue;
-                    }
-                    let mode = |respond_first: bool| {
-                        if respond_first {
-                            AckMode::Received
-                        } else {
-                            AckMode::Delivered
-                        }
-                    };
-                    match serde_json::from_value::<AsyncSetting>(value.clone()) {
-                        Ok(AsyncSetting::Both(flag)) => (get_ack, post_ack) = (mode(flag), mode(flag)),
-                        // walkerOS's per-method defaults: GET synchronous, POST respond-first.
-                        Ok(AsyncSetting::PerMethod { get, post }) => {
-                            (get_ack, post_ack) = (mode(get.unwrap_or(false)), mode(post.unwrap_or(true)));
-                        }
-                        Err(_) => errors.push(at, "must be a boolean or {GET, POST} booleans"),
-                    }
-                }
-                "mapping" | "consent" | "policy" | "data" | "include" | "ingest" | "state" => {
-                    errors.push(at, format!("source-level `{key}` is not supported by weir yet"));
-                }
-                "env" | "require" | "setup" | "credentials" => {
-                    errors.push(at, format!("`{key}` is not supported by weir"));
-                }
-                _ => errors.push(at, "unknown key"),
-            }
-        }
-
-        let listen = match (settings.listen, settings.port) {
-            (Some(listen), _) => listen,
-            // walkerOS (express) listens on every interface.
-            (None, Some(port)) => format!("0.0.0.0:{port}"),
-            (None, None) => DEFAULT_LISTEN.to_owned(),
-        };
-        let mut paths = Vec::new();
-        match (settings.paths, settings.path) {
-            (Some(entries), _) => {
-                for (index, entry) in entries.into_iter().enumerate() {
-                    match entry {
-                        PathEntry::Path(path) => paths.push((path, true, true)),
-                        PathEntry::Spec { path: route, methods } => {
-                            let methods = methods.unwrap_or_else(|| vec!["GET".into(), "POST".into()]);
-                            let mut get = false;
-                            let mut post = false;
-                            for method in methods {
-                                match method.as_str() {
-                                    "GET" => get = true,
-                                    "POST" => post = true,
-                                    other => errors.push(
-                                        join(&settings_path, &format!("paths.{index}.methods")),
-                                        format!("\"{other}\" is not GET or POST"),
-                                    ),
-                                }
-                            }
-                            paths.push((route, get, post));
-                        }
-                    }
-                }
-            }
-            (None, Some(path)) => paths.push((path, true, true)),
-            (None, None) => paths.push(("/collect".to_owned(), true, true)),
-        }
-        for (route, _, _) in &paths {
-            if !route.starts_with('/') {
-                errors.push(join(&settings_path, "paths"), format!("\"{route}\" must start with /"));
-            }
-        }
-        let bearer_token = Secret::resolve(
-            settings.bearer_token,
-            settings.bearer_token_file.as_deref(),
-            &settings_path,
-            "bearerTokenFile",
-            errors,
-        );
-        Some(HttpSourceConfig {
-            id: id.to_owned(),
-            listen,
-            paths,
-            max_batch_size: settings.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE),
-            max_body_bytes: settings.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            cors: Cors::from_setting(settings.cors),
-            bearer_token,
-            get_ack,
-            post_ack,
-        })
-    }
-}
 
 /// A running HTTP source: its settings, the flow it feeds, its counters.
 pub struct HttpSource {
@@ -264,18 +80,18 @@ impl HttpSource {
     /// The axum router serving this source.
     pub fn router(self: &Arc<Self>) -> Router {
         let mut router = Router::new();
-        for (path, get_enabled, post_enabled) in &self.config.paths {
+        for collect in &self.config.paths {
             let mut methods: MethodRouter<Arc<HttpSource>> = MethodRouter::new()
                 .options(options)
                 .head(head_not_allowed)
                 .fallback(fallback);
-            if *post_enabled {
+            if collect.post {
                 methods = methods.post(post_events);
             }
-            if *get_enabled {
+            if collect.get {
                 methods = methods.get(get_pixel);
             }
-            router = router.route(path, methods);
+            router = router.route(&collect.path, methods);
         }
         let router = router
             .route("/healthz", get(healthz))
@@ -346,7 +162,14 @@ impl HttpSource {
                     return Err(unavailable(&full.to_string()));
                 }
                 acks.seal();
-                wait.outcomes().await
+                match tokio::time::timeout(self.config.ack_timeout, wait.outcomes()).await {
+                    Ok(outcomes) => outcomes,
+                    Err(_) => {
+                        // Still queued or retrying: it will be delivered or dead-lettered.
+                        metrics::counter!("weir_ack_timeouts_total", "source" => self.config.id.clone()).increment(1);
+                        return Err(accepted_unconfirmed(self.config.ack_timeout));
+                    }
+                }
             }
         };
         Ok(Processed { results, outcomes })
@@ -393,6 +216,18 @@ fn success() -> Response {
     json_response(
         StatusCode::OK,
         format!("{{\"success\":true,\"timestamp\":{}}}", now_ms()),
+    )
+}
+
+/// 202: the events are queued but their delivery was not confirmed within `ackTimeout`.
+fn accepted_unconfirmed(timeout: std::time::Duration) -> Response {
+    let detail = format!(
+        "delivery not confirmed within {} ms; the events stay queued and will be delivered or dead-lettered",
+        timeout.as_millis()
+    );
+    json_response(
+        StatusCode::ACCEPTED,
+        json!({"success": true, "timestamp": now_ms(), "detail": detail}).to_string(),
     )
 }
 
@@ -443,7 +278,8 @@ fn preflight(source: &HttpSource, headers: &HeaderMap) -> Response {
 }
 
 async fn head_not_allowed() -> Response {
-    // walkerOS's handler answers HEAD (routed to GET by Express) with 405; no body for HEAD.
+    // walkerOS's express source answers HEAD with 405 (it never pushes an event for it);
+    // a HEAD response has no body.
     let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

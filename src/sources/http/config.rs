@@ -1,0 +1,353 @@
+//! The HTTP source's configuration: walkerOS's express source settings (`port`, `paths`,
+//! `maxBatchSize`, `cors`, `async`) plus weir's (`listen`, `ack`, `ackTimeout`,
+//! `maxBodyBytes`, `bearerToken`).
+//!
+//! Everything a misconfiguration would only reveal at start-up (or never) is checked here,
+//! so `weir validate` catches it: paths that clash or that the router cannot take, listen
+//! addresses without a port, typos inside nested blocks (parsed by hand rather than with
+//! serde's untagged enums, which cannot name an unknown key).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::typed::{self, Secret};
+use crate::config::{ConfigErrors, join};
+use crate::sources::cors::{Cors, CorsOptions};
+
+/// Default listen address when the flow sets neither `listen` nor `port`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// walkerOS's body limit (express `json({limit: '1mb'})`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// walkerOS's `maxBatchSize` default.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
+/// How long a request waits for its events' delivery before it is answered 202.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Paths weir serves itself on every HTTP listener.
+pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// When a request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// Once the events are validated and queued.
+    Received,
+    /// Once every destination delivered or dead-lettered them.
+    Delivered,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Settings {
+    /// walkerOS: the port to listen on (all interfaces).
+    port: Option<u16>,
+    /// weir: the full listen address, e.g. `127.0.0.1:8080`. Wins over `port`.
+    listen: Option<String>,
+    /// walkerOS's deprecated single path.
+    path: Option<String>,
+    /// Strings or `{path, methods}`; checked by hand.
+    paths: Option<Value>,
+    max_batch_size: Option<usize>,
+    /// `true`, `false` or options; checked by hand.
+    cors: Option<Value>,
+    /// weir: request body limit in bytes (after decompression).
+    max_body_bytes: Option<usize>,
+    /// weir: require `Authorization: Bearer <token>` on the collect paths.
+    bearer_token: Option<String>,
+    bearer_token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PathSpec {
+    path: String,
+    methods: Option<Vec<Method>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum Method {
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "POST")]
+    Post,
+}
+
+#[derive(Debug, Deserialize)]
+struct AsyncPerMethod {
+    #[serde(rename = "GET")]
+    get: Option<bool>,
+    #[serde(rename = "POST")]
+    post: Option<bool>,
+}
+
+/// A collect path and the methods it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectPath {
+    pub path: String,
+    pub get: bool,
+    pub post: bool,
+}
+
+/// A checked HTTP source.
+#[derive(Debug)]
+pub struct HttpSourceConfig {
+    pub id: String,
+    pub listen: String,
+    pub paths: Vec<CollectPath>,
+    pub max_batch_size: usize,
+    pub max_body_bytes: usize,
+    pub cors: Cors,
+    pub bearer_token: Option<Secret>,
+    pub get_ack: AckMode,
+    pub post_ack: AckMode,
+    /// With `ack = "delivered"`: answer 202 after this long instead of waiting on.
+    pub ack_timeout: Duration,
+}
+
+impl HttpSourceConfig {
+    /// Checks a flow-file source entry of type `http` (its `config` block at `path`).
+    pub fn from_step(id: &str, config: &Value, path: &str, errors: &mut ConfigErrors) -> Option<HttpSourceConfig> {
+        let empty = Map::new();
+        let config_map = match config {
+            Value::Null => &empty,
+            Value::Object(map) => map,
+            _ => {
+                errors.push(path, "must be an object");
+                return None;
+            }
+        };
+        let settings_path = join(path, "settings");
+        let settings = typed::parse::<Settings>(
+            config_map.get("settings").unwrap_or(&Value::Object(Map::new())),
+            &settings_path,
+            errors,
+        )?;
+        let (get_ack, post_ack) = ack_modes(config_map, path, errors);
+        let mut ack_timeout = DEFAULT_ACK_TIMEOUT;
+        for (key, value) in config_map {
+            let at = join(path, key);
+            match key.as_str() {
+                "settings" | "ack" | "async" | "id" | "disabled" | "logger" | "primary" => {}
+                "ackTimeout" => match value.as_u64() {
+                    Some(ms) if ms > 0 => ack_timeout = Duration::from_millis(ms),
+                    _ => errors.push(at, "must be a positive number of milliseconds"),
+                },
+                "mapping" | "consent" | "policy" | "data" | "include" | "ingest" | "state" => {
+                    errors.push(at, format!("source-level `{key}` is not supported by weir yet"));
+                }
+                "env" | "require" | "setup" | "credentials" => {
+                    errors.push(at, format!("`{key}` is not supported by weir"));
+                }
+                _ => errors.push(at, "unknown key"),
+            }
+        }
+
+        let listen = match (settings.listen, settings.port) {
+            (Some(listen), _) => listen,
+            // walkerOS (express) listens on every interface.
+            (None, Some(port)) => format!("0.0.0.0:{port}"),
+            (None, None) => DEFAULT_LISTEN.to_owned(),
+        };
+        if !has_port(&listen) {
+            errors.push(join(&settings_path, "listen"), format!("\"{listen}\" is not host:port"));
+        }
+        let paths = collect_paths(settings.paths.as_ref(), settings.path, &settings_path, errors);
+        let cors = match &settings.cors {
+            None | Some(Value::Bool(true)) => Cors::On(CorsOptions::default()),
+            Some(Value::Bool(false)) => Cors::Off,
+            Some(options @ Value::Object(_)) => Cors::On(
+                typed::parse::<CorsOptions>(options, &join(&settings_path, "cors"), errors).unwrap_or_default(),
+            ),
+            Some(_) => {
+                errors.push(join(&settings_path, "cors"), "must be true, false or an options object");
+                Cors::Off
+            }
+        };
+        let bearer_token = Secret::resolve(
+            settings.bearer_token,
+            settings.bearer_token_file.as_deref(),
+            &settings_path,
+            "bearerTokenFile",
+            errors,
+        );
+        let max_batch_size = settings.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE);
+        if max_batch_size == 0 {
+            errors.push(join(&settings_path, "maxBatchSize"), "must be at least 1");
+        }
+        Some(HttpSourceConfig {
+            id: id.to_owned(),
+            listen,
+            paths,
+            max_batch_size,
+            max_body_bytes: settings.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            cors,
+            bearer_token,
+            get_ack,
+            post_ack,
+            ack_timeout,
+        })
+    }
+}
+
+/// `ack` (weir) or `async` (walkerOS: `true` = respond first), per method.
+fn ack_modes(config: &Map<String, Value>, path: &str, errors: &mut ConfigErrors) -> (AckMode, AckMode) {
+    let mode = |respond_first: bool| {
+        if respond_first {
+            AckMode::Received
+        } else {
+            AckMode::Delivered
+        }
+    };
+    match (config.get("ack"), config.get("async")) {
+        (Some(_), Some(_)) => {
+            errors.push(join(path, "async"), "set `ack` or walkerOS's `async`, not both");
+            (AckMode::Delivered, AckMode::Delivered)
+        }
+        (Some(ack), None) => match ack.as_str() {
+            Some("received") => (AckMode::Received, AckMode::Received),
+            Some("delivered") => (AckMode::Delivered, AckMode::Delivered),
+            _ => {
+                errors.push(join(path, "ack"), "must be \"received\" or \"delivered\"");
+                (AckMode::Delivered, AckMode::Delivered)
+            }
+        },
+        (None, Some(Value::Bool(flag))) => (mode(*flag), mode(*flag)),
+        (None, Some(per_method @ Value::Object(_))) => {
+            match typed::parse::<AsyncPerMethod>(per_method, &join(path, "async"), errors) {
+                // walkerOS's per-method defaults: GET synchronous, POST respond-first.
+                Some(AsyncPerMethod { get, post }) => (mode(get.unwrap_or(false)), mode(post.unwrap_or(true))),
+                None => (AckMode::Delivered, AckMode::Delivered),
+            }
+        }
+        (None, Some(_)) => {
+            errors.push(join(path, "async"), "must be a boolean or {GET, POST} booleans");
+            (AckMode::Delivered, AckMode::Delivered)
+        }
+        (None, None) => (AckMode::Delivered, AckMode::Delivered),
+    }
+}
+
+fn has_port(listen: &str) -> bool {
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// `paths` (strings or `{path, methods}`), else the deprecated `path`, else `/collect`.
+fn collect_paths(
+    paths: Option<&Value>,
+    single: Option<String>,
+    settings_path: &str,
+    errors: &mut ConfigErrors,
+) -> Vec<CollectPath> {
+    let mut out = Vec::new();
+    let at = join(settings_path, "paths");
+    match paths {
+        Some(Value::Array(entries)) => {
+            for (index, entry) in entries.iter().enumerate() {
+                let entry_path = join(&at, &index.to_string());
+                match entry {
+                    Value::String(path) => out.push(CollectPath {
+                        path: path.clone(),
+                        get: true,
+                        post: true,
+                    }),
+                    Value::Object(_) => {
+                        if let Some(spec) = typed::parse::<PathSpec>(entry, &entry_path, errors) {
+                            let methods = spec.methods.unwrap_or_else(|| vec![Method::Get, Method::Post]);
+                            out.push(CollectPath {
+                                path: spec.path,
+                                get: methods.contains(&Method::Get),
+                                post: methods.contains(&Method::Post),
+                            });
+                        }
+                    }
+                    _ => errors.push(entry_path, "must be a path or {path, methods}"),
+                }
+            }
+        }
+        Some(_) => errors.push(at.clone(), "must be a list"),
+        None => out.push(CollectPath {
+            path: single.unwrap_or_else(|| "/collect".to_owned()),
+            get: true,
+            post: true,
+        }),
+    }
+    for (index, entry) in out.iter().enumerate() {
+        let path = &entry.path;
+        let valid_characters = path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '~'));
+        if !path.starts_with('/') || !valid_characters {
+            errors.push(
+                at.clone(),
+                format!("\"{path}\" must start with / and use only letters, digits and / - _ . ~"),
+            );
+        } else if RESERVED_PATHS.contains(&path.as_str()) {
+            errors.push(at.clone(), format!("\"{path}\" is served by weir itself"));
+        } else if out[..index].iter().any(|earlier| &earlier.path == path) {
+            errors.push(at.clone(), format!("\"{path}\" is listed twice"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(config: Value) -> (Option<HttpSourceConfig>, String) {
+        let mut errors = ConfigErrors::default();
+        let parsed = HttpSourceConfig::from_step("http", &config, "sources.http.config", &mut errors);
+        (parsed, errors.to_string())
+    }
+
+    #[test]
+    fn walkeros_settings_and_ack_modes() {
+        let (parsed, errors) = check(json!({
+            "async": {"POST": true},
+            "settings": {"port": 8080, "paths": ["/collect", {"path": "/pixel", "methods": ["GET"]}], "cors": false}
+        }));
+        assert_eq!(errors, "");
+        let parsed = parsed.unwrap();
+        assert_eq!(parsed.listen, "0.0.0.0:8080");
+        assert_eq!(
+            (parsed.get_ack, parsed.post_ack),
+            (AckMode::Delivered, AckMode::Received)
+        );
+        assert_eq!(
+            parsed.paths[1],
+            CollectPath {
+                path: "/pixel".into(),
+                get: true,
+                post: false
+            }
+        );
+        assert!(!parsed.cors.is_on());
+    }
+
+    #[test]
+    fn typos_and_unusable_values_are_named() {
+        let (_, errors) = check(json!({
+            "async": {"get": true},
+            "settings": {
+                "listen": "localhost",
+                "paths": ["/collect", "/collect", "/metrics", "/c/{id}", {"path": "/x", "method": ["POST"]}],
+                "cors": {"origin": "*", "maxage": 5},
+                "maxBatchSize": 0
+            }
+        }));
+        for expected in [
+            "sources.http.config.async.get: unknown key",
+            "sources.http.config.settings.listen: \"localhost\" is not host:port",
+            "sources.http.config.settings.paths: \"/collect\" is listed twice",
+            "sources.http.config.settings.paths: \"/metrics\" is served by weir itself",
+            "sources.http.config.settings.paths: \"/c/{id}\" must start with /",
+            "sources.http.config.settings.paths.4.method: unknown key",
+            "sources.http.config.settings.cors.maxage: unknown key",
+            "sources.http.config.settings.maxBatchSize: must be at least 1",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+    }
+}
