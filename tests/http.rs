@@ -213,26 +213,7 @@ fn delivered_events_are_in_the_file_when_the_answer_comes() {
     assert_eq!(events.len(), 1, "written before the answer");
     let event = events[0].as_object().unwrap();
     let keys: Vec<&str> = event.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        [
-            "name",
-            "data",
-            "context",
-            "globals",
-            "custom",
-            "user",
-            "nested",
-            "consent",
-            "id",
-            "trigger",
-            "entity",
-            "action",
-            "timestamp",
-            "timing",
-            "source"
-        ]
-    );
+    assert_eq!(keys, weir::event::EVENT_KEYS);
     assert_eq!(event["data"], json!({"title": "Home"}));
     assert_eq!(event["entity"], "page");
     assert_eq!(event["source"]["type"], "collector");

@@ -130,19 +130,34 @@ fn policy(batch: BatchPolicy, max_retries: u32, queue_max: usize) -> DeliveryPol
 }
 
 fn harness(answers: Vec<Answer>, delivery: DeliveryPolicy) -> Harness {
+    harness_with_mapping(answers, delivery, json!({}))
+}
+
+/// A harness whose destination has the mapping `config` (rules with their own `batch` get
+/// their own buffers, as the flow-file wiring gives them).
+fn harness_with_mapping(answers: Vec<Answer>, delivery: DeliveryPolicy, config: Value) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let dlq = dir.path().join("dlq.jsonl");
     let scripted = Arc::new(Scripted::new(answers));
     let mut errors = ConfigErrors::default();
-    let mapping =
-        DestinationMapping::<NoRuleSettings>::from_config(&Default::default(), "", &mut errors, &mut |_| 1).unwrap();
+    let mut rule_batches = Vec::new();
+    let mapping = DestinationMapping::<NoRuleSettings>::from_config(
+        config.as_object().unwrap(),
+        "config",
+        &mut errors,
+        &mut |spec| {
+            rule_batches.push(spec.policy(None));
+            rule_batches.len()
+        },
+    )
+    .unwrap();
     let (pipeline, worker) = pipeline::build(
         scripted.clone(),
         PipelineConfig {
             id: "scripted".into(),
             mapping,
             sources: None,
-            rule_batches: Vec::new(),
+            rule_batches,
             delivery,
             dead_letters: DeadLetterSink::file(&dlq),
         },
@@ -404,56 +419,30 @@ async fn draining_flushes_buffers_that_would_otherwise_wait() {
 /// events wait for their batch while the others go out at once.
 #[tokio::test]
 async fn a_rule_with_its_own_batch_gets_its_own_buffer() {
-    let dir = tempfile::tempdir().unwrap();
-    let scripted = Arc::new(Scripted::new(vec![]));
-    let mut errors = ConfigErrors::default();
-    let mut rule_batches = Vec::new();
-    let config = json!({"mapping": {"order": {"complete": {"batch": {"size": 2, "wait": 60000}}}}});
-    let mapping = DestinationMapping::<NoRuleSettings>::from_config(
-        config.as_object().unwrap(),
-        "config",
-        &mut errors,
-        &mut |spec| {
-            rule_batches.push(spec.policy(None));
-            rule_batches.len()
-        },
-    )
-    .unwrap();
-    let (pipeline, worker) = pipeline::build(
-        scripted.clone(),
-        PipelineConfig {
-            id: "scripted".into(),
-            mapping,
-            sources: None,
-            rule_batches,
-            delivery: policy(BatchPolicy::immediate(100), 0, 100),
-            dead_letters: DeadLetterSink::file(&dir.path().join("dlq.jsonl")),
-        },
+    let h = harness_with_mapping(
+        vec![],
+        policy(BatchPolicy::immediate(100), 0, 100),
+        json!({"mapping": {"order": {"complete": {"batch": {"size": 2, "wait": 60000}}}}}),
     );
-    let lifecycle = Lifecycle::default();
-    let worker = tokio::spawn(worker.run(lifecycle.clone()));
-    let collector = Collector::new(&CollectorConfig::default());
-    let event = |name: &str, n: u64| Arc::new(collector.enrich(json!({"name": name, "data": {"n": n}})).unwrap());
-    let calls = || scripted.calls.lock().unwrap().clone();
+    let event = |name: &str, n: u64| Arc::new(h.collector.enrich(json!({"name": name, "data": {"n": n}})).unwrap());
     let queue = |events: Vec<(usize, Arc<Event>)>| {
-        let mut staged = pipeline.stage(&events, &collector);
+        let mut staged = h.pipeline.stage(&events, &h.collector);
         staged.reserve().unwrap();
         staged.commit(None);
     };
     queue(vec![(0, event("order complete", 1)), (1, event("page view", 2))]);
-    while calls().is_empty() {
+    while h.calls().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(
-        calls(),
+        h.calls(),
         vec![vec![2]],
         "the page view goes at once; the order waits for its batch"
     );
     queue(vec![(0, event("order complete", 3))]);
-    while calls().len() < 2 {
+    while h.calls().len() < 2 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert_eq!(calls(), vec![vec![2], vec![1, 3]]);
-    lifecycle.drain.cancel();
-    worker.await.unwrap();
+    assert_eq!(h.calls(), vec![vec![2], vec![1, 3]]);
+    h.stop().await;
 }
