@@ -157,6 +157,17 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
             warnings.push(format!("events from source \"{}\" reach no destination", http.id));
         }
         for route in takers {
+            let linger = route.batch_linger();
+            let waits = http.post_ack == crate::sources::http::AckMode::Delivered
+                || http.get_ack == crate::sources::http::AckMode::Delivered;
+            if waits && !linger.is_zero() {
+                warnings.push(format!(
+                    "requests to source \"{}\" wait for delivery, and destination \"{}\" holds events up to {} ms to fill batches: answers can take that long (or answer after `ackTimeout` with 202)",
+                    http.id,
+                    route.id(),
+                    linger.as_millis()
+                ));
+            }
             if route.queue_capacity() < http.max_batch_size {
                 errors.push(
                     format!("destinations.{}.config.queueMax", route.id()),

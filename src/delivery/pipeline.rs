@@ -65,6 +65,8 @@ pub trait Route: Send + Sync {
     fn is_ready(&self) -> bool;
     /// Events the queue holds at most (`queueMax`).
     fn queue_capacity(&self) -> usize;
+    /// The longest an event may be held back to fill a batch (`batch` `wait`/`age`).
+    fn batch_linger(&self) -> std::time::Duration;
     /// Maps and renders `events` (each with its index in the source's batch) for queuing.
     fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_>;
     /// What would happen to `event`, with its wire form, without queuing anything.
@@ -179,6 +181,8 @@ pub struct Pipeline<D: Destination> {
     queue: Queue<D::Wire>,
     ready: Arc<AtomicBool>,
     metrics: Arc<DestinationMetrics>,
+    /// Every batch policy (slot 0 the destination's), as the worker has them.
+    policies: Vec<BatchPolicy>,
 }
 
 /// The receiving half of a pipeline; run it on the runtime with [`Worker::run`].
@@ -227,6 +231,7 @@ pub fn build<D: Destination>(destination: D, config: PipelineConfig<D::RuleSetti
         },
         ready: ready.clone(),
         metrics: metrics.clone(),
+        policies: policies.clone(),
     };
     let worker = Worker {
         id,
@@ -290,6 +295,14 @@ impl<D: Destination> Route for Pipeline<D> {
 
     fn queue_capacity(&self) -> usize {
         self.queue.capacity
+    }
+
+    fn batch_linger(&self) -> std::time::Duration {
+        self.policies
+            .iter()
+            .map(|policy| policy.wait.max(policy.age))
+            .max()
+            .unwrap_or_default()
     }
 
     fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_> {
