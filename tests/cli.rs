@@ -263,4 +263,16 @@ retry = { maxRetrys = 3 }
         stdout.contains("warning: events from source \"spare\" reach no destination"),
         "{stdout}"
     );
+
+    std::fs::write(
+        dir.path().join("linger.toml"),
+        "[sources.http]\ntype = \"http\"\n[destinations.out]\ntype = \"stdout\"\n[destinations.out.config]\nbatch = { size = 500 }\n",
+    )
+    .unwrap();
+    let (ok, stdout, _) = run(dir.path(), &["validate", "linger.toml"]);
+    assert!(ok);
+    assert!(
+        stdout.contains("destination \"out\" holds events up to 30000 ms to fill batches"),
+        "{stdout}"
+    );
 }
