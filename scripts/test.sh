@@ -7,15 +7,20 @@ cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*"; }
 
 say "tools"
-# Debian packages the build needs beyond the Rust toolchain: C and C++ compilers for
-# mimalloc and libFuzzer (fuzz targets). Later issues add redis-server and the broker here.
+# Debian packages beyond the Rust toolchain: C and C++ compilers (mimalloc, ring, libFuzzer)
+# and the real servers the tests start on loopback ports (redis-server, redis-cli).
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+  # The package starts a system-wide redis-server; the tests start their own.
+  if command -v systemctl >/dev/null 2>&1; then $sudo systemctl stop redis-server 2>/dev/null || true; fi
+  $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

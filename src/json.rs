@@ -54,6 +54,24 @@ pub fn to_string<T: Serialize + ?Sized>(value: &T) -> String {
     String::from_utf8(to_vec(value)).expect("serde_json writes UTF-8")
 }
 
+/// JavaScript's `String(value)` (what walkerOS's Redis flat serialization stores): strings
+/// as they are, numbers as JavaScript writes them, `null` as `"null"`, objects and arrays as
+/// JSON.
+pub fn js_string(value: &serde_json::Value) -> Vec<u8> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.as_bytes().to_vec(),
+        Value::Null => b"null".to_vec(),
+        Value::Bool(b) => b.to_string().into_bytes(),
+        Value::Number(n) if n.is_f64() => ryu_js::Buffer::new()
+            .format(n.as_f64().unwrap_or_default())
+            .as_bytes()
+            .to_vec(),
+        Value::Number(n) => n.to_string().into_bytes(),
+        Value::Array(_) | Value::Object(_) => to_vec(value),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +82,17 @@ mod tests {
         let value: Value =
             serde_json::from_str(r#"[1.0, 3.25, 0.0, -0.0, 1e21, 1e-7, 99.99, 1700000100, 2.5e-3]"#).unwrap();
         assert_eq!(to_string(&value), "[1,3.25,0,0,1e+21,1e-7,99.99,1700000100,0.0025]");
+    }
+
+    #[test]
+    fn js_string_coerces_like_the_string_constructor() {
+        let show = |v: Value| String::from_utf8(js_string(&v)).unwrap();
+        assert_eq!(show(json!(3.25)), "3.25");
+        assert_eq!(show(json!(1700000100)), "1700000100");
+        assert_eq!(show(json!(1.0)), "1");
+        assert_eq!(show(json!(null)), "null");
+        assert_eq!(show(json!("")), "");
+        assert_eq!(show(json!({"a": [1, "x"]})), "{\"a\":[1,\"x\"]}");
     }
 
     #[test]

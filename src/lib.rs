@@ -24,4 +24,5 @@ pub mod json;
 pub mod mapping;
 pub mod runtime;
 pub mod sources;
+pub mod streams;
 pub mod telemetry;

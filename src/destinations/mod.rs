@@ -9,6 +9,7 @@
 
 pub mod blackhole;
 pub mod file;
+pub mod redis;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ use crate::mapping::{BatchSpec, DestinationMapping};
 use crate::runtime::WorkerTask;
 
 /// The destination types weir knows, for error messages.
-pub const KINDS: [&str; 3] = ["file", "stdout", "blackhole"];
+pub const KINDS: [&str; 4] = ["file", "stdout", "blackhole", "redis"];
 
 /// Default dead-letter file.
 pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
@@ -72,6 +73,10 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
         }
         "stdout" => {
             let destination = stdout::StdoutDestination::from_settings(settings, &settings_path, errors);
+            wire(destination, step, &config, &path, errors)
+        }
+        "redis" => {
+            let destination = redis::RedisDestination::from_settings(settings, &settings_path, errors);
             wire(destination, step, &config, &path, errors)
         }
         "blackhole" => {

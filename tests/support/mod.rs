@@ -164,3 +164,5 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .unwrap()
 }
+
+pub mod redis;

@@ -1,0 +1,531 @@
+//! The Redis destination's settings, under `settings.redis` as walkerOS has them
+//! (`streamKey`, `url` or ioredis-style `options`, `maxLen`, `exactTrimming`,
+//! `serialization`), plus weir's: a list of URLs (or `cluster = true`) for Redis Cluster,
+//! `passwordFile`, TLS files, and `sign` for Caracal-compatible message signing.
+//!
+//! The password is taken, first found, from the URL, `options.password`, `passwordFile`,
+//! then the environment (`REDIS_PASSWORD`, `REDIS_PASSWORD_FILE`); it never appears in logs
+//! or errors.
+
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::typed::{self, Secret};
+use crate::config::{ConfigErrors, join};
+use crate::streams::signing::SigningKey;
+
+/// How an event is laid out in the stream entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Serialization {
+    /// One field, `event`, holding the event JSON.
+    #[default]
+    Json,
+    /// One field per event key; objects and arrays as JSON, scalars as JavaScript's String().
+    Flat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    stream_key: Option<String>,
+    url: Option<Value>,
+    options: Option<Value>,
+    cluster: Option<bool>,
+    max_len: Option<u64>,
+    exact_trimming: Option<bool>,
+    serialization: Option<Serialization>,
+    password_file: Option<String>,
+    sign: Option<Value>,
+}
+
+/// ioredis connection options weir understands.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Options {
+    host: Option<String>,
+    port: Option<u16>,
+    username: Option<String>,
+    password: Option<String>,
+    db: Option<i64>,
+    tls: Option<Value>,
+    /// ms
+    connect_timeout: Option<u64>,
+    /// ms
+    command_timeout: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TlsOptions {
+    /// PEM text of the CA certificate(s) to trust (instead of the system's).
+    ca: Option<String>,
+    ca_file: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    cert: Option<String>,
+    cert_file: Option<String>,
+    key: Option<String>,
+    key_file: Option<String>,
+    /// Skip certificate verification (testing only).
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignOptions {
+    /// Hex, at least 32 bytes.
+    key: Option<String>,
+    key_file: Option<String>,
+}
+
+/// TLS material, PEM.
+#[derive(Clone, Default)]
+pub struct Tls {
+    pub ca: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// One node, or the start-up nodes of a cluster.
+    pub nodes: Vec<ConnectionInfo>,
+    pub cluster: bool,
+    /// `Some` when the connection uses TLS.
+    pub tls: Option<Tls>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Option<Duration>,
+    /// For log lines: the nodes without credentials.
+    pub describe: String,
+}
+
+/// Checked settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub stream_key: String,
+    pub connection: Connection,
+    pub max_len: Option<u64>,
+    pub exact_trimming: bool,
+    pub serialization: Serialization,
+    pub sign: Option<SigningKey>,
+}
+
+/// Per-rule settings: `mapping.<entity>.<action>.settings.streamKey`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisRuleSettings {
+    pub stream_key: Option<String>,
+}
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RedisSettings {
+    /// Checks `settings` (the destination's `settings` block, at `path`); `env` looks up
+    /// environment variables.
+    pub fn parse(
+        settings: Option<&Value>,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        errors: &mut ConfigErrors,
+    ) -> Option<RedisSettings> {
+        let Some(Value::Object(outer)) = settings else {
+            errors.push(
+                path,
+                "the redis destination needs settings.redis with at least a streamKey",
+            );
+            return None;
+        };
+        for key in outer.keys().filter(|key| *key != "redis") {
+            errors.push(
+                join(path, key),
+                "unknown key (Redis settings live under settings.redis)",
+            );
+        }
+        let path = join(path, "redis");
+        let Some(redis) = outer.get("redis") else {
+            errors.push(path, "missing: settings.redis with at least a streamKey");
+            return None;
+        };
+        let raw = typed::parse::<Raw>(redis, &path, errors)?;
+        let stream_key = match raw.stream_key.clone() {
+            Some(key) if !key.is_empty() => Some(key),
+            _ => {
+                // walkerOS's message.
+                errors.push(join(&path, "streamKey"), "Config settings redis.streamKey missing");
+                None
+            }
+        };
+        if raw.max_len == Some(0) {
+            errors.push(
+                join(&path, "maxLen"),
+                "must be a positive number (leave it out for no trimming)",
+            );
+        }
+        let connection = connection(&raw, &path, env, errors);
+        let sign = raw
+            .sign
+            .as_ref()
+            .and_then(|sign| signing_key(sign, &join(&path, "sign"), env, errors));
+        Some(RedisSettings {
+            stream_key: stream_key?,
+            connection: connection?,
+            max_len: raw.max_len.filter(|n| *n > 0),
+            exact_trimming: raw.exact_trimming.unwrap_or(false),
+            serialization: raw.serialization.unwrap_or_default(),
+            sign,
+        })
+    }
+}
+
+fn connection(
+    raw: &Raw,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+) -> Option<Connection> {
+    let options = match &raw.options {
+        Some(value) => Some(typed::parse::<Options>(value, &join(path, "options"), errors)?),
+        None => None,
+    };
+    let mut tls = match options.as_ref().and_then(|o| o.tls.as_ref()) {
+        None | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(Tls::default()),
+        Some(value @ Value::Object(_)) => tls_material(value, &join(path, "options.tls"), errors),
+        Some(_) => {
+            errors.push(
+                join(path, "options.tls"),
+                "must be true, false or {ca, caFile, cert, certFile, key, keyFile}",
+            );
+            None
+        }
+    };
+    let urls: Vec<String> = match &raw.url {
+        None => Vec::new(),
+        Some(Value::String(url)) => vec![url.clone()],
+        Some(Value::Array(list)) if !list.is_empty() && list.iter().all(Value::is_string) => {
+            list.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect()
+        }
+        Some(_) => {
+            errors.push(
+                join(path, "url"),
+                "must be a redis:// or rediss:// URL, or a list of them (a cluster)",
+            );
+            return None;
+        }
+    };
+    if !urls.is_empty() && options.as_ref().is_some_and(|o| o.host.is_some() || o.port.is_some()) {
+        errors.push(join(path, "options"), "set either url or options.host/port, not both");
+    }
+    let cluster = raw.cluster.unwrap_or(urls.len() > 1);
+
+    let mut nodes = Vec::new();
+    let mut shown = Vec::new();
+    if urls.is_empty() {
+        let options_ref = options.as_ref();
+        let host = options_ref
+            .and_then(|o| o.host.clone())
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = options_ref.and_then(|o| o.port).unwrap_or(6379);
+        shown.push(format!(
+            "{}://{host}:{port}",
+            if tls.is_some() { "rediss" } else { "redis" }
+        ));
+        let addr = match &tls {
+            Some(tls) => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: tls.insecure,
+                tls_params: None,
+            },
+            None => ConnectionAddr::Tcp(host, port),
+        };
+        match addr.into_connection_info() {
+            Ok(info) => nodes.push(info),
+            Err(error) => errors.push(join(path, "options"), error.to_string()),
+        }
+    } else {
+        for (index, url) in urls.iter().enumerate() {
+            let at = if urls.len() == 1 {
+                join(path, "url")
+            } else {
+                join(path, &format!("url.{index}"))
+            };
+            match url.as_str().into_connection_info() {
+                Ok(info) => {
+                    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) && tls.is_none() {
+                        tls = Some(Tls::default());
+                    }
+                    if let ConnectionAddr::TcpTls { insecure: true, .. } = info.addr()
+                        && let Some(tls) = tls.as_mut()
+                    {
+                        tls.insecure = true;
+                    }
+                    shown.push(redact(url));
+                    nodes.push(info);
+                }
+                // The error may quote the URL; do not echo a password.
+                Err(_) => errors.push(
+                    at,
+                    format!("\"{}\" is not a valid redis:// or rediss:// URL", redact(url)),
+                ),
+            }
+        }
+    }
+
+    // Credentials and database from options, then the password's other sources.
+    let password = Secret::resolve(
+        options.as_ref().and_then(|o| o.password.clone()),
+        raw.password_file.as_deref(),
+        path,
+        "passwordFile",
+        errors,
+    )
+    .or_else(|| {
+        env("REDIS_PASSWORD")
+            .filter(|p| !p.is_empty())
+            .map(Secret::new)
+            .or_else(|| {
+                let file = env("REDIS_PASSWORD_FILE")?;
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned())),
+                    Err(error) => {
+                        errors.push(path, format!("REDIS_PASSWORD_FILE {file}: {error}"));
+                        None
+                    }
+                }
+            })
+    });
+    let nodes = nodes
+        .into_iter()
+        .map(|info| {
+            let mut redis: RedisConnectionInfo = info.redis_settings().clone();
+            if redis.password().is_none()
+                && let Some(password) = &password
+            {
+                redis = redis.set_password(password.expose());
+            }
+            if let Some(options) = &options {
+                if let Some(username) = &options.username {
+                    redis = redis.set_username(username);
+                }
+                if let Some(db) = options.db {
+                    redis = redis.set_db(db);
+                }
+            }
+            info.set_redis_settings(redis)
+        })
+        .collect::<Vec<_>>();
+    if cluster && nodes.iter().any(|info| info.redis_settings().db() != 0) {
+        errors.push(path, "Redis Cluster has only database 0");
+    }
+    let options_ref = options.as_ref();
+    Some(Connection {
+        nodes,
+        cluster,
+        tls,
+        connect_timeout: options_ref
+            .and_then(|o| o.connect_timeout)
+            .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis),
+        command_timeout: options_ref.and_then(|o| o.command_timeout).map(Duration::from_millis),
+        describe: shown.join(", "),
+    })
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn read_pem(
+    inline: Option<&String>,
+    file: Option<&String>,
+    path: &str,
+    key: &str,
+    errors: &mut ConfigErrors,
+) -> Option<Vec<u8>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            errors.push(join(path, key), format!("set {key} or {key}File, not both"));
+            None
+        }
+        (Some(text), None) => Some(text.clone().into_bytes()),
+        (None, Some(file)) => match std::fs::read(file) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                errors.push(
+                    join(path, &format!("{key}File")),
+                    format!("cannot read {file}: {error}"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn tls_material(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<Tls> {
+    let options = typed::parse::<TlsOptions>(value, path, errors)?;
+    let ca = read_pem(options.ca.as_ref(), options.ca_file.as_ref(), path, "ca", errors);
+    let cert = read_pem(options.cert.as_ref(), options.cert_file.as_ref(), path, "cert", errors);
+    let key = read_pem(options.key.as_ref(), options.key_file.as_ref(), path, "key", errors);
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            errors.push(path, "a client certificate needs both cert and key");
+            None
+        }
+    };
+    Some(Tls {
+        ca,
+        client,
+        insecure: options.insecure,
+    })
+}
+
+/// `sign = true` (key from `STREAMS_HMAC_KEY` / `STREAMS_HMAC_KEY_FILE`, Caracal's names) or
+/// `sign = {key = "...", keyFile = "..."}` (hex).
+fn signing_key(
+    value: &Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+) -> Option<SigningKey> {
+    let hex = match value {
+        Value::Bool(false) => return None,
+        Value::Bool(true) => match (env("STREAMS_HMAC_KEY"), env("STREAMS_HMAC_KEY_FILE")) {
+            (Some(key), _) => Some(key),
+            (None, Some(file)) => match std::fs::read_to_string(&file) {
+                Ok(text) => Some(text),
+                Err(error) => {
+                    errors.push(path, format!("STREAMS_HMAC_KEY_FILE {file}: {error}"));
+                    return None;
+                }
+            },
+            (None, None) => {
+                errors.push(
+                    path,
+                    "sign = true needs STREAMS_HMAC_KEY or STREAMS_HMAC_KEY_FILE in the environment",
+                );
+                return None;
+            }
+        },
+        Value::Object(_) => {
+            let options = typed::parse::<SignOptions>(value, path, errors)?;
+            Secret::resolve(options.key, options.key_file.as_deref(), path, "keyFile", errors)
+                .map(|secret| secret.expose().to_owned())
+        }
+        _ => {
+            errors.push(path, "must be true, false or {key, keyFile}");
+            return None;
+        }
+    }?;
+    match SigningKey::from_hex(&hex) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            errors.push(path, error.to_string());
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(settings: Value, env: &[(&str, &str)]) -> (Option<RedisSettings>, String) {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut errors = ConfigErrors::default();
+        let parsed = RedisSettings::parse(Some(&settings), "destinations.r.config.settings", &lookup, &mut errors);
+        (parsed, errors.to_string())
+    }
+
+    #[test]
+    fn walkeros_settings_with_url_and_env_password() {
+        let (parsed, errors) = parse(
+            json!({"redis": {"streamKey": "walkeros:events", "url": "redis://127.0.0.1:6390/2", "maxLen": 1000}}),
+            &[("REDIS_PASSWORD", "from-env")],
+        );
+        assert_eq!(errors, "");
+        let parsed = parsed.unwrap();
+        assert_eq!(parsed.stream_key, "walkeros:events");
+        assert_eq!(parsed.max_len, Some(1000));
+        assert!(!parsed.exact_trimming);
+        assert_eq!(parsed.serialization, Serialization::Json);
+        let node = &parsed.connection.nodes[0];
+        assert_eq!(node.redis_settings().db(), 2);
+        assert_eq!(node.redis_settings().password(), Some("from-env"));
+        assert!(!parsed.connection.cluster);
+        assert!(parsed.connection.tls.is_none());
+    }
+
+    #[test]
+    fn options_a_url_list_and_tls() {
+        let (parsed, errors) = parse(
+            json!({"redis": {"streamKey": "s", "options": {"host": "10.0.0.1", "port": 6380, "username": "weir", "password": "p", "db": 1, "tls": true}}}),
+            &[],
+        );
+        assert_eq!(errors, "");
+        let parsed = parsed.unwrap();
+        let node = &parsed.connection.nodes[0];
+        assert!(matches!(node.addr(), ConnectionAddr::TcpTls { .. }));
+        assert_eq!(node.redis_settings().username(), Some("weir"));
+        assert_eq!(parsed.connection.describe, "rediss://10.0.0.1:6380");
+
+        let (parsed, errors) = parse(
+            json!({"redis": {"streamKey": "s", "url": ["redis://:pw@127.0.0.1:7001", "redis://127.0.0.1:7002"]}}),
+            &[],
+        );
+        assert_eq!(errors, "");
+        let parsed = parsed.unwrap();
+        assert!(parsed.connection.cluster);
+        assert_eq!(
+            parsed.connection.describe,
+            "redis://:***@127.0.0.1:7001, redis://127.0.0.1:7002"
+        );
+    }
+
+    #[test]
+    fn problems_are_named_without_leaking_secrets() {
+        let (_, errors) = parse(
+            json!({"redis": {"url": "http://user:hunter2@x", "maxlen": 5, "sign": {"key": "00ff"}}, "extra": 1}),
+            &[],
+        );
+        for expected in [
+            "destinations.r.config.settings.extra: unknown key",
+            "destinations.r.config.settings.redis.streamKey: Config settings redis.streamKey missing",
+            "destinations.r.config.settings.redis.maxlen: unknown key",
+            "destinations.r.config.settings.redis.url: \"http://user:***@x\" is not a valid",
+            "destinations.r.config.settings.redis.sign: the signing key is 2 bytes; at least 32 are required",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+        assert!(!errors.contains("hunter2"));
+    }
+}

@@ -1,0 +1,335 @@
+//! The `redis` destination against a real redis-server started by each test.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::{Weir, client, eventually};
+
+fn vectors() -> Value {
+    serde_json::from_str(include_str!("vectors/walkeros-destinations-and-mapping.json")).unwrap()
+}
+
+fn post(weir: &Weir, body: &Value) -> reqwest::blocking::Response {
+    client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+}
+
+/// A flow with one `redis` destination; `settings` goes under `settings.redis`.
+fn flow(settings: Value, mapping: Option<&Value>) -> String {
+    let mut config = json!({"settings": {"redis": settings}, "retry": {"maxRetries": 2, "retryDelay": 10}, "dlq": {"path": "dead.jsonl"}});
+    if let Some(mapping) = mapping {
+        config["mapping"] = mapping.clone();
+    }
+    let flow = json!({
+        "collector": {"release": "4.4.0"},
+        "sources": {"http": {"type": "http"}},
+        "destinations": {"redis": {"type": "redis", "config": config}}
+    });
+    // The Weir harness writes flow.toml.
+    toml::to_string(&flow).unwrap()
+}
+
+/// The event a walkerOS example starts from, with the mapping wired as walkerOS's step
+/// examples wire it: `{entity: {action: rule}}`.
+fn example(case: &Value) -> (Value, Option<Value>) {
+    let event = case["in"].clone();
+    let mapping = case
+        .get("mapping")
+        .map(|rule| json!({event["entity"].as_str().unwrap(): {event["action"].as_str().unwrap(): rule}}));
+    (event, mapping)
+}
+
+/// Every Redis example of walkerOS: `weir explain` shows the XADD walkerOS sent, and the
+/// entry read back from a real redis-server with XRANGE holds exactly those fields.
+#[test]
+fn walkeros_redis_vectors_through_explain_and_a_real_server() {
+    let vectors = vectors();
+    let server = RedisServer::start();
+    for name in [
+        "jsonDefault",
+        "orderComplete",
+        "withMaxLen",
+        "withExactTrim",
+        "streamKeyOverride",
+        "ignoredEvent",
+        "flatMode",
+    ] {
+        let case = &vectors["redis"][name];
+        let (event, mapping) = if name == "flatMode" {
+            // The file records only the call; its input is jsonDefault's event with
+            // data {id: "Home"} (systems.md §D.1) and the id the call shows.
+            let mut event = vectors["redis"]["jsonDefault"]["in"].clone();
+            event["data"] = json!({"id": "Home"});
+            event["id"] = case["calls"][0][22].clone();
+            (event, None)
+        } else {
+            example(case)
+        };
+        let mut settings = case["settings"]["redis"].clone();
+        if settings.is_null() {
+            settings = json!({"streamKey": "walkeros:events"});
+        }
+        if name == "flatMode" {
+            settings = json!({"streamKey": "walkeros:events", "serialization": "flat", "maxLen": 1000});
+        }
+        let stream = format!("{}:{name}", settings["streamKey"].as_str().unwrap());
+        settings["streamKey"] = json!(stream);
+        settings["url"] = json!(server.url());
+        let flow_text = flow(settings, mapping.as_ref());
+
+        // explain: the exact command walkerOS sent.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("flow.toml"), &flow_text).unwrap();
+        std::fs::write(dir.path().join("events.jsonl"), event.to_string()).unwrap();
+        let output = std::process::Command::new(support::weir_binary())
+            .args(["explain", "--config", "flow.toml", "events.jsonl"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let record: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let calls = case["calls"].as_array().unwrap();
+        if calls.is_empty() {
+            assert_eq!(record["outcome"], "ignored", "{name}");
+            continue;
+        }
+        let mut expected: Vec<Value> = calls[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|arg| match arg {
+                Value::Number(n) => Value::from(n.to_string()),
+                other => other.clone(),
+            })
+            .collect();
+        let walkeros_stream = expected[0].as_str().unwrap().to_owned();
+        expected[0] = json!(format!("{walkeros_stream}:{name}"));
+        expected.insert(0, json!("XADD"));
+        if name == "streamKeyOverride" {
+            expected[1] = json!("walkeros:orders");
+        }
+        assert_eq!(record["wire"]["command"], Value::Array(expected.clone()), "{name}");
+
+        // serve: the same fields, read back from Redis.
+        let weir = Weir::start(&flow_text);
+        let response = post(&weir, &event);
+        assert_eq!(response.status(), 200, "{name}: {}", response.text().unwrap());
+        let read_stream = expected[1].as_str().unwrap();
+        let entries = server.xrange(read_stream);
+        let fields = &entries
+            .last()
+            .unwrap_or_else(|| panic!("{name}: nothing in {read_stream}"))
+            .1;
+        let star = expected.iter().position(|a| a == "*").unwrap();
+        let expected_fields: Vec<(String, String)> = expected[star + 1..]
+            .chunks(2)
+            .map(|pair| {
+                (
+                    pair[0].as_str().unwrap().to_owned(),
+                    pair[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(fields, &expected_fields, "{name}");
+    }
+}
+
+#[test]
+fn approximate_and_exact_trimming() {
+    let server = RedisServer::start();
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[sources.http.config.settings]
+maxBatchSize = 1000
+
+[destinations.approx]
+type = "redis"
+[destinations.approx.config.settings.redis]
+url = "{url}"
+streamKey = "trim:approx"
+maxLen = 100
+
+[destinations.exact]
+type = "redis"
+[destinations.exact.config.settings.redis]
+url = "{url}"
+streamKey = "trim:exact"
+maxLen = 100
+exactTrimming = true
+"#,
+        url = server.url()
+    ));
+    for _ in 0..10 {
+        let batch: Vec<Value> = (0..1000).map(|n| json!({"name": "a b", "data": {"n": n}})).collect();
+        let response = post(&weir, &Value::Array(batch));
+        assert_eq!(response.status(), 200);
+    }
+    let xlen = |key: &str| server.cli(&["XLEN", key]).trim().parse::<u64>().unwrap();
+    assert_eq!(xlen("trim:exact"), 100);
+    let approx = xlen("trim:approx");
+    assert!(
+        (100..10_000).contains(&approx),
+        "approximate trimming keeps at least 100 and trims: {approx}"
+    );
+}
+
+#[test]
+fn signed_entries_verify_with_the_consumer_side_code() {
+    let server = RedisServer::start();
+    let key = "0123456789abcdef".repeat(4);
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[destinations.redis]
+type = "redis"
+[destinations.redis.config.settings.redis]
+url = "{}"
+streamKey = "signed:events"
+serialization = "flat"
+sign = {{ key = "{key}" }}
+"#,
+        server.url()
+    ));
+    assert_eq!(
+        post(&weir, &json!({"name": "order complete", "data": {"total": 9.5}})).status(),
+        200
+    );
+    let entries = server.xrange("signed:events");
+    let fields = &entries[0].1;
+    assert_eq!(fields.last().unwrap().0, "_sig");
+    let signature = &fields.last().unwrap().1;
+    let signed: Vec<(&str, &[u8])> = fields
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    let signing = weir::streams::signing::SigningKey::from_hex(&key).unwrap();
+    assert!(signing.verify("signed:events", &signed, signature));
+    assert!(!signing.verify("other:stream", &signed, signature));
+}
+
+#[test]
+fn a_wrong_type_key_is_fatal_and_dead_lettered() {
+    let server = RedisServer::start();
+    server.cli(&["SET", "not:a:stream", "x"]);
+    let weir = Weir::start(&flow(json!({"url": server.url(), "streamKey": "not:a:stream"}), None));
+    let response = post(&weir, &json!({"name": "a b"}));
+    assert_eq!(response.status(), 500);
+    let letters = weir.json_lines("dead.jsonl");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["attempts"], 1, "WRONGTYPE is not retried");
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("WRONGTYPE"),
+        "{}",
+        letters[0]
+    );
+}
+
+#[test]
+fn start_up_checks_warn_about_eviction_and_persistence() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let weir = Weir::start(&flow(json!({"url": server.url(), "streamKey": "s"}), None));
+    assert!(
+        eventually(Duration::from_secs(5), || weir.log().contains("Redis checked")),
+        "{}",
+        weir.log()
+    );
+    let log = weir.log();
+    assert!(log.contains("maxmemory_policy=allkeys-lru"), "{log}");
+    assert!(log.contains("set maxmemory-policy noeviction"), "{log}");
+    assert!(log.contains("appendonly is no"), "{log}");
+    assert_eq!(client().get(weir.url("/readyz")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn acl_user_and_password_and_a_wrong_password() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "weir",
+        "on",
+        ">s3cret-pass",
+        "~events:*",
+        "+xadd",
+        "+info",
+        "+ping",
+        "+quit",
+        "+client",
+        "+hello",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, "s3cret-pass\n").unwrap();
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[destinations.redis]
+type = "redis"
+[destinations.redis.config.settings.redis]
+streamKey = "events:acl"
+passwordFile = "{}"
+options = {{ host = "127.0.0.1", port = {}, username = "weir" }}
+"#,
+        password_file.display(),
+        server.port
+    ));
+    assert_eq!(post(&weir, &json!({"name": "a b"})).status(), 200);
+    assert_eq!(server.xrange("events:acl").len(), 1);
+    // CONFIG is not allowed for this user: the checks are skipped, not fatal.
+    assert!(!weir.log().contains("ERROR"), "{}", weir.log());
+
+    let wrong = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[destinations.redis]
+type = "redis"
+[destinations.redis.config.settings.redis]
+streamKey = "events:acl"
+url = "redis://weir:wrong@127.0.0.1:{}"
+"#,
+        server.port
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || wrong
+            .log()
+            .contains("destination cannot connect")),
+        "{}",
+        wrong.log()
+    );
+    let log = wrong.log();
+    assert!(log.contains("Password authentication failed"), "{log}");
+    assert!(!log.contains("wrong@"), "the password must not be logged: {log}");
+    assert_eq!(client().get(wrong.url("/readyz")).send().unwrap().status(), 503);
+}
+
+#[test]
+fn tls_with_a_private_ca() {
+    let server = RedisServer::start_tls(&[]);
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[destinations.redis]
+type = "redis"
+[destinations.redis.config.settings.redis]
+streamKey = "events:tls"
+options = {{ host = "127.0.0.1", port = {}, tls = {{ caFile = "{}" }} }}
+"#,
+        server.port,
+        server.ca_file.as_ref().unwrap().display()
+    ));
+    assert_eq!(post(&weir, &json!({"name": "secure event"})).status(), 200);
+    assert_eq!(server.cli(&["XLEN", "events:tls"]).trim(), "1");
+}
