@@ -333,3 +333,42 @@ options = {{ host = "127.0.0.1", port = {}, tls = {{ caFile = "{}" }} }}
     assert_eq!(post(&weir, &json!({"name": "secure event"})).status(), 200);
     assert_eq!(server.cli(&["XLEN", "events:tls"]).trim(), "1");
 }
+
+/// Three local masters: entries for different stream keys land on the nodes that own
+/// their slots, and a batch mixing keys is split per slot.
+#[test]
+fn redis_cluster_routes_entries_by_slot() {
+    let cluster = support::redis::RedisCluster::start();
+    let urls: Vec<String> = cluster.urls();
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[destinations.redis]
+type = "redis"
+[destinations.redis.config.settings.redis]
+url = {urls:?}
+streamKey = "walkeros:events"
+[destinations.redis.config.mapping.order.complete.settings]
+streamKey = "stream:b"
+[destinations.redis.config.mapping.user.login.settings]
+streamKey = "stream:c"
+"#
+    ));
+    // Slots 12134, 6511 and 2382: one key on each of the three masters.
+    let keys = ["walkeros:events", "stream:b", "stream:c"];
+    let owners: std::collections::BTreeSet<usize> = keys.iter().map(|key| cluster.owner(key)).collect();
+    assert_eq!(owners.len(), 3, "one key per node: {owners:?}");
+    let batch: Vec<Value> = (0..30)
+        .map(|n| {
+            let name = ["page view", "order complete", "user login"][n % 3];
+            json!({"name": name, "data": {"n": n}})
+        })
+        .collect();
+    let response = post(&weir, &Value::Array(batch));
+    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    for key in keys {
+        let owner = &cluster.nodes[cluster.owner(key)];
+        assert_eq!(owner.cli(&["XLEN", key]).trim(), "10", "{key} on its owner");
+    }
+}

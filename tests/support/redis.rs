@@ -221,3 +221,69 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&key_file, server_key.serialize_pem()).unwrap();
     (ca_file, cert_file, key_file)
 }
+
+/// Three redis-server masters joined into a cluster on loopback ports.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]))
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("cannot run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+                return RedisCluster { nodes };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not reach cluster_state:ok");
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Runs redis-cli in cluster mode (follows redirects) against the first node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", &self.nodes[0].port.to_string()])
+            .args(args)
+            .output()
+            .expect("cannot run redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Which node (index) holds `key`.
+    pub fn owner(&self, key: &str) -> usize {
+        let slot: u16 = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]).trim().parse().unwrap();
+        let slots = self.nodes[0].cli(&["CLUSTER", "SLOTS"]);
+        // redis-cli prints each range as: start, end, then the owner's ip and port.
+        let lines: Vec<&str> = slots.lines().map(str::trim).collect();
+        for window in lines.windows(4) {
+            if let (Ok(start), Ok(end)) = (window[0].parse::<u16>(), window[1].parse::<u16>())
+                && (start..=end).contains(&slot)
+                && let Ok(port) = window[3].parse::<u16>()
+                && let Some(index) = self.nodes.iter().position(|n| n.port == port)
+            {
+                return index;
+            }
+        }
+        panic!("no owner for slot {slot} in:\n{slots}");
+    }
+}
