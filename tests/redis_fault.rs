@@ -122,7 +122,11 @@ streamKey = "fault:events"
         let event: Value = serde_json::from_str(&fields[0].1).unwrap();
         *seen.entry(event["data"]["n"].as_u64().unwrap()).or_default() += 1;
     }
-    let missing: Vec<usize> = acked.iter().copied().filter(|n| !seen.contains_key(&(*n as u64))).collect();
+    let missing: Vec<usize> = acked
+        .iter()
+        .copied()
+        .filter(|n| !seen.contains_key(&(*n as u64)))
+        .collect();
     let duplicates: usize = seen.values().filter(|count| **count > 1).map(|count| count - 1).sum();
     let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
     let retried = metrics
@@ -138,7 +142,19 @@ streamKey = "fault:events"
         seen.values().sum::<usize>(),
         duplicates,
     );
-    assert!(missing.is_empty(), "{} acknowledged events are missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    assert_eq!(acked.len(), EVENTS, "every request eventually got a 200: other answers {other:?}");
-    assert!(server.log().matches("Ready to accept connections").count() >= 3, "Redis was restarted twice");
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        acked.len(),
+        EVENTS,
+        "every request eventually got a 200: other answers {other:?}"
+    );
+    assert!(
+        server.log().matches("Ready to accept connections").count() >= 3,
+        "Redis was restarted twice"
+    );
 }

@@ -247,7 +247,10 @@ impl RedisCluster {
         );
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+            if nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
                 return RedisCluster { nodes };
             }
             std::thread::sleep(Duration::from_millis(50));
