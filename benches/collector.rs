@@ -84,15 +84,17 @@ fn main() {
         for producer in 0..producers {
             let (flow_runtime, in_flight) = (flow_runtime.clone(), in_flight.clone());
             tasks.spawn(async move {
-                let template = template();
+                let template = template().to_string();
+                // The template with `"n":0` replaced per event, as a client would send it.
+                let (before, after) = template.split_once("\"n\":0").expect("the template has n");
                 let mut waits = tokio::task::JoinSet::new();
                 for chunk in 0..per_producer {
                     let permit = in_flight.clone().acquire_owned().await.unwrap();
                     let batch: Vec<(usize, Arc<weir::event::Event>)> = (0..CHUNK)
                         .map(|i| {
-                            let mut partial = template.clone();
-                            partial["data"]["n"] = json!((producer * per_producer + chunk) * CHUNK + i);
-                            (i, Arc::new(flow_runtime.collector.enrich(partial).unwrap()))
+                            let n = (producer * per_producer + chunk) * CHUNK + i;
+                            let text = format!("{before}\"n\":{n}{after}");
+                            (i, Arc::new(flow_runtime.collector.enrich_json(&text).unwrap()))
                         })
                         .collect();
                     let (acks, wait) = AckSet::new(CHUNK);

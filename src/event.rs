@@ -1,15 +1,22 @@
-//! The walkerOS v4 event: what a full event looks like and how a partial one is completed.
+//! The walkerOS v4 event: what a full event looks like and how it is held.
 //!
-//! An event is kept as an ordered JSON object rather than a struct because walkerOS's
-//! mapping language reads and writes it by path (`data.items.1.id`, policies that set
-//! arbitrary keys), and because the stored bytes must match walkerOS's: the 15 keys in the
-//! order `createEvent` builds them (systems.md §A.1), which `serde_json`'s `preserve_order`
-//! keeps. [`Collector::enrich`](crate::collector::Collector::enrich) is the only way to make
-//! an [`Event`], so every `Event` has exactly those keys with the right types.
+//! An event has exactly walkerOS's 15 top-level keys, written in the order `createEvent`
+//! builds them (systems.md §A.1), so the stored bytes match walkerOS's. Each field is held
+//! either as its JSON text, when the text is exactly what `JSON.stringify` writes (checked by
+//! [`crate::json::scan`]), or as a parsed value. Most events pass from request body to wire
+//! without their `data`, `context`, `user` or `nested` ever becoming a tree: parsing,
+//! hashing and allocating those trees was most of weir's per-event cost. The mapping
+//! language still sees the whole event as one JSON tree ([`Event::tree`]), built on first
+//! use and kept. [`Collector::enrich`](crate::collector::Collector::enrich) is the only way
+//! to make an event.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// A JSON object with insertion-ordered keys.
@@ -34,48 +41,310 @@ pub const EVENT_KEYS: [&str; 15] = [
     "source",
 ];
 
-/// A full walkerOS v4 event. Held as a JSON value (always an object) so that the mapping
-/// language can read it by path without copying it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(transparent)]
-pub struct Event(Value);
+/// Positions of the keys in [`EVENT_KEYS`].
+pub mod key {
+    pub const NAME: usize = 0;
+    pub const DATA: usize = 1;
+    pub const CONTEXT: usize = 2;
+    pub const GLOBALS: usize = 3;
+    pub const CUSTOM: usize = 4;
+    pub const USER: usize = 5;
+    pub const NESTED: usize = 6;
+    pub const CONSENT: usize = 7;
+    pub const ID: usize = 8;
+    pub const TRIGGER: usize = 9;
+    pub const ENTITY: usize = 10;
+    pub const ACTION: usize = 11;
+    pub const TIMESTAMP: usize = 12;
+    pub const TIMING: usize = 13;
+    pub const SOURCE: usize = 14;
+
+    /// The position of a top-level key, if it is one of the 15.
+    pub fn of(name: &str) -> Option<usize> {
+        super::EVENT_KEYS.iter().position(|k| *k == name)
+    }
+}
+
+/// One top-level field.
+#[derive(Clone, Debug)]
+pub(crate) enum Slot {
+    /// Canonical JSON text, a range of the event's text buffer.
+    Text(u32, u32),
+    Value(Value),
+    /// Removed by a policy that wrote `undefined`.
+    Absent,
+}
+
+/// A field as a destination reads it.
+pub enum FieldRef<'a> {
+    /// Canonical JSON text.
+    Text(&'a str),
+    Value(&'a Value),
+}
+
+/// A full walkerOS v4 event.
+#[derive(Clone)]
+pub struct Event {
+    /// The text of every [`Slot::Text`] field, one after another.
+    text: Box<str>,
+    slots: [Slot; 15],
+    /// Top-level keys beyond the 15 (a policy may add them), in the order added.
+    extra: Vec<(String, Value)>,
+    tree: OnceLock<Value>,
+}
+
+/// Builds an event field by field (the collector's job).
+pub(crate) struct EventBuilder {
+    text: String,
+    slots: [Slot; 15],
+}
+
+impl EventBuilder {
+    pub(crate) fn with_capacity(bytes: usize) -> EventBuilder {
+        EventBuilder {
+            text: String::with_capacity(bytes),
+            slots: std::array::from_fn(|_| Slot::Absent),
+        }
+    }
+
+    /// Sets field `index` to canonical JSON `text`.
+    pub(crate) fn text(&mut self, index: usize, text: &str) {
+        let start = self.text.len() as u32;
+        self.text.push_str(text);
+        self.slots[index] = Slot::Text(start, self.text.len() as u32);
+    }
+
+    pub(crate) fn value(&mut self, index: usize, value: Value) {
+        self.slots[index] = Slot::Value(value);
+    }
+
+    pub(crate) fn build(self) -> Event {
+        debug_assert!(self.slots.iter().all(|slot| !matches!(slot, Slot::Absent)));
+        Event {
+            text: self.text.into_boxed_str(),
+            slots: self.slots,
+            extra: Vec::new(),
+            tree: OnceLock::new(),
+        }
+    }
+}
 
 impl Event {
-    /// Wraps an object the collector built with all 15 keys.
-    pub(crate) fn from_complete(object: Object) -> Event {
-        debug_assert!(EVENT_KEYS.iter().all(|k| object.contains_key(*k)));
-        Event(Value::Object(object))
+    fn slot_text(&self, start: u32, end: u32) -> &str {
+        &self.text[start as usize..end as usize]
     }
 
-    pub fn as_value(&self) -> &Value {
-        &self.0
+    /// Field `index` as text or value; `None` when a policy removed it.
+    pub fn field(&self, index: usize) -> Option<FieldRef<'_>> {
+        match &self.slots[index] {
+            Slot::Text(start, end) => Some(FieldRef::Text(self.slot_text(*start, *end))),
+            Slot::Value(value) => Some(FieldRef::Value(value)),
+            Slot::Absent => None,
+        }
     }
 
-    pub fn as_object(&self) -> &Object {
-        self.0.as_object().expect("an event is an object")
+    /// A top-level field as a value (parsed when held as text).
+    pub fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
+        match key::of(name) {
+            Some(index) => match self.field(index)? {
+                FieldRef::Value(value) => Some(Cow::Borrowed(value)),
+                FieldRef::Text(text) => Some(Cow::Owned(parse_canonical(text))),
+            },
+            None => self
+                .extra
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Cow::Borrowed(v)),
+        }
     }
 
-    fn str_field(&self, key: &str) -> &str {
-        self.0.get(key).and_then(Value::as_str).unwrap_or_default()
+    /// A top-level field as an object; empty when absent or not an object.
+    pub fn object(&self, index: usize) -> Cow<'_, Object> {
+        match self.field(index) {
+            Some(FieldRef::Value(Value::Object(map))) => Cow::Borrowed(map),
+            Some(FieldRef::Text(text)) if text.starts_with('{') => match parse_canonical(text) {
+                Value::Object(map) => Cow::Owned(map),
+                _ => Cow::Owned(Object::new()),
+            },
+            _ => Cow::Owned(Object::new()),
+        }
+    }
+
+    fn str_field(&self, index: usize) -> &str {
+        match &self.slots[index] {
+            Slot::Value(Value::String(text)) => text,
+            _ => "",
+        }
     }
 
     pub fn name(&self) -> &str {
-        self.str_field("name")
+        self.str_field(key::NAME)
     }
 
     pub fn id(&self) -> &str {
-        self.str_field("id")
+        self.str_field(key::ID)
+    }
+
+    /// Sets (or with `None` removes) a top-level key.
+    pub fn set(&mut self, name: &str, value: Option<Value>) {
+        self.tree = OnceLock::new();
+        match (key::of(name), value) {
+            (Some(index), Some(value)) => self.slots[index] = Slot::Value(value),
+            (Some(index), None) => self.slots[index] = Slot::Absent,
+            (None, Some(value)) => match self.extra.iter_mut().find(|(k, _)| k == name) {
+                Some((_, slot)) => *slot = value,
+                None => self.extra.push((name.to_owned(), value)),
+            },
+            (None, None) => self.extra.retain(|(k, _)| k != name),
+        }
+    }
+
+    /// The whole event as one JSON object, built on first use.
+    pub fn tree(&self) -> &Value {
+        self.tree.get_or_init(|| {
+            let mut map = Map::with_capacity(15 + self.extra.len());
+            for (index, name) in EVENT_KEYS.iter().enumerate() {
+                match self.field(index) {
+                    Some(FieldRef::Text(text)) => {
+                        map.insert((*name).to_owned(), parse_canonical(text));
+                    }
+                    Some(FieldRef::Value(value)) => {
+                        map.insert((*name).to_owned(), value.clone());
+                    }
+                    None => {}
+                }
+            }
+            for (name, value) in &self.extra {
+                map.insert(name.clone(), value.clone());
+            }
+            Value::Object(map)
+        })
+    }
+
+    /// The event as an object (built from [`tree`](Self::tree)).
+    pub fn as_object(&self) -> &Object {
+        self.tree().as_object().expect("an event is an object")
+    }
+
+    /// An event from a tree (after a policy rewrote it): the 15 keys in their order, any
+    /// other key after them.
+    pub fn from_tree(tree: Value) -> Event {
+        let Value::Object(map) = tree else {
+            return Event {
+                text: Box::default(),
+                slots: std::array::from_fn(|_| Slot::Absent),
+                extra: Vec::new(),
+                tree: OnceLock::new(),
+            };
+        };
+        let mut slots: [Slot; 15] = std::array::from_fn(|_| Slot::Absent);
+        let mut extra = Vec::new();
+        for (name, value) in map {
+            match key::of(&name) {
+                Some(index) => slots[index] = Slot::Value(value),
+                None => extra.push((name, value)),
+            }
+        }
+        Event {
+            text: Box::default(),
+            slots,
+            extra,
+            tree: OnceLock::new(),
+        }
+    }
+
+    /// Appends the event as `JSON.stringify` writes it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        let mut separator = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+        };
+        for (index, name) in EVENT_KEYS.iter().enumerate() {
+            let Some(field) = self.field(index) else { continue };
+            separator(out);
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            match field {
+                FieldRef::Text(text) => out.extend_from_slice(text.as_bytes()),
+                FieldRef::Value(value) => crate::json::write(out, value),
+            }
+        }
+        for (name, value) in &self.extra {
+            separator(out);
+            crate::json::write(out, name.as_str());
+            out.push(b':');
+            crate::json::write(out, value);
+        }
+        out.push(b'}');
     }
 
     /// The event as `JSON.stringify` writes it.
     pub fn to_json(&self) -> Vec<u8> {
-        crate::json::to_vec(&self.0)
+        let mut out = Vec::with_capacity(self.text.len() + 256);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Every top-level key with its field, in order (walkerOS's flat serialization).
+    pub fn fields(&self) -> impl Iterator<Item = (&str, FieldRef<'_>)> {
+        EVENT_KEYS
+            .iter()
+            .enumerate()
+            .filter_map(|(index, name)| self.field(index).map(|field| (*name, field)))
+            .chain(
+                self.extra
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), FieldRef::Value(value))),
+            )
+    }
+}
+
+/// Text the scanner found canonical is valid JSON by construction.
+fn parse_canonical(text: &str) -> Value {
+    serde_json::from_str(text).expect("canonical event text parses")
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (name, field) in self.fields() {
+            match field {
+                FieldRef::Text(text) => {
+                    let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+                    map.serialize_entry(name, raw)?;
+                }
+                FieldRef::Value(value) => map.serialize_entry(name, value)?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.to_json()))
     }
 }
 
 /// Why a partial event cannot become an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEvent {
+    /// The event's JSON cannot be read as an event (e.g. a key given twice).
+    #[error("Event is malformed: {0}")]
+    Malformed(String),
+    /// A field nests deeper than weir accepts.
+    #[error("Event field \"{field}\" nests deeper than {limit} levels")]
+    TooDeep { field: &'static str, limit: usize },
     /// walkerOS: `name` missing or empty.
     #[error("Event name is required")]
     NameRequired,

@@ -104,3 +104,416 @@ mod tests {
         );
     }
 }
+
+/// How deeply objects and arrays nest in JSON `text` (strings skipped). serde_json limits
+/// depth when it builds trees but not when it only checks text, so the HTTP source asks
+/// this before taking a body apart.
+pub fn depth(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest
+}
+
+/// The members of a JSON object given as valid text: each key's raw text (without its
+/// quotes, escapes left as they are) and the raw text of its value. Allocates nothing; used
+/// to look at small canonical objects (`consent`, `source`) without parsing them.
+pub fn members(object: &str) -> Members<'_> {
+    let bytes = object.as_bytes();
+    let start = if bytes.first() == Some(&b'{') { 1 } else { bytes.len() };
+    Members {
+        text: object,
+        at: start,
+    }
+}
+
+pub struct Members<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        let bytes = self.text.as_bytes();
+        let mut i = self.at;
+        while i < bytes.len() && matches!(bytes[i], b',' | b' ' | b'\n' | b'\r' | b'\t') {
+            i += 1;
+        }
+        if i >= bytes.len() || bytes[i] != b'"' {
+            self.at = bytes.len();
+            return None;
+        }
+        let mut ignored = true;
+        let key_end = string_end(bytes, i, &mut ignored);
+        let key = &self.text[i + 1..key_end.saturating_sub(1).max(i + 1)];
+        let mut j = key_end;
+        while j < bytes.len() && matches!(bytes[j], b':' | b' ' | b'\n' | b'\r' | b'\t') {
+            j += 1;
+        }
+        let value_end = value_end(bytes, j);
+        self.at = value_end;
+        Some((key, &self.text[j..value_end]))
+    }
+}
+
+/// The offset just past the JSON value starting at `start`.
+fn value_end(bytes: &[u8], start: usize) -> usize {
+    let mut ignored = true;
+    match bytes.get(start) {
+        Some(b'"') => string_end(bytes, start, &mut ignored),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'"' => {
+                        i = string_end(bytes, i, &mut ignored);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            bytes.len()
+        }
+        _ => {
+            let mut i = start;
+            while i < bytes.len() && !matches!(bytes[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                i += 1;
+            }
+            i
+        }
+    }
+}
+
+/// What [`scan`] found in a piece of JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// The text is exactly what `JSON.stringify(JSON.parse(text))` writes, so it can be
+    /// stored as it is, byte for byte, without building a tree.
+    pub canonical: bool,
+    /// Deepest nesting of objects and arrays (a scalar is 0).
+    pub depth: usize,
+}
+
+/// Most keys an object may have for its keys to be checked for duplicates; a bigger object
+/// is simply treated as not canonical (and goes through the parser).
+const MAX_CHECKED_KEYS: usize = 64;
+
+/// Scans syntactically valid JSON `text` (serde_json has checked it): whether it is
+/// canonical (no whitespace, `JSON.stringify`'s string escapes and number forms, no
+/// duplicate keys, no integer-like keys, which JavaScript would move to the front of their
+/// object) and how deep it nests.
+///
+/// Written by hand: this is what lets weir pass an event's untouched parts through from the
+/// request body to the wire without parsing them into trees and writing them out again.
+pub fn scan(text: &str) -> Scan {
+    let bytes = text.as_bytes();
+    let mut canonical = true;
+    let mut depth = 0usize;
+    let mut max_depth = 0usize;
+    // Keys of the open objects (start, end offsets, quotes included), with a frame marker per
+    // object: the index where its keys begin, or usize::MAX for an array.
+    let mut keys: Vec<(usize, usize)> = Vec::new();
+    let mut frames: Vec<usize> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+                frames.push(keys.len());
+                expect_key = true;
+                i += 1;
+            }
+            b'[' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+                frames.push(usize::MAX);
+                expect_key = false;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if let Some(start) = frames.pop()
+                    && start != usize::MAX
+                {
+                    keys.truncate(start);
+                }
+                expect_key = false;
+                i += 1;
+            }
+            b',' => {
+                expect_key = frames.last().is_some_and(|frame| *frame != usize::MAX);
+                i += 1;
+            }
+            b':' => {
+                expect_key = false;
+                i += 1;
+            }
+            b'"' => {
+                let end = string_end(bytes, i, &mut canonical);
+                if expect_key {
+                    let key = &bytes[i + 1..end - 1];
+                    if is_array_index(key) {
+                        canonical = false;
+                    }
+                    if canonical {
+                        let start = *frames.last().expect("a key is inside an object");
+                        let own = &keys[start..];
+                        if own.len() >= MAX_CHECKED_KEYS || own.iter().any(|&(a, b)| &bytes[a..b] == key) {
+                            canonical = false;
+                        }
+                        keys.push((i + 1, end - 1));
+                    }
+                    expect_key = false;
+                }
+                i = end;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                if canonical && !canonical_number(&text[start..i]) {
+                    canonical = false;
+                }
+            }
+            b't' => i += 4,
+            b'f' => i += 5,
+            b'n' => i += 4,
+            // Whitespace (or anything else) between tokens: JSON.stringify writes none.
+            _ => {
+                canonical = false;
+                i += 1;
+            }
+        }
+    }
+    Scan {
+        canonical,
+        depth: max_depth,
+    }
+}
+
+/// The offset just past the closing quote of the string opening at `start`; clears
+/// `canonical` on an escape JSON.stringify would not write.
+fn string_end(bytes: &[u8], start: usize, canonical: &mut bool) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return i + 1,
+            b'\\' => {
+                match bytes.get(i + 1) {
+                    Some(b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                    Some(b'u') => {
+                        let hex = &bytes[(i + 2).min(bytes.len())..(i + 6).min(bytes.len())];
+                        let lowercase = hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+                        let code = std::str::from_utf8(hex)
+                            .ok()
+                            .and_then(|h| u32::from_str_radix(h, 16).ok());
+                        // Only control characters without a short escape are written as \u00xx.
+                        let needed = code.is_some_and(|c| c < 0x20 && !matches!(c, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d));
+                        if !(lowercase && needed) {
+                            *canonical = false;
+                        }
+                        i += 6;
+                    }
+                    _ => {
+                        *canonical = false;
+                        i += 2;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// A key JavaScript treats as an array index (`"0"`, `"17"`, below 2^32 - 1).
+fn is_array_index(key: &[u8]) -> bool {
+    !key.is_empty()
+        && key.iter().all(u8::is_ascii_digit)
+        && (key == b"0" || key[0] != b'0')
+        && key.len() <= 10
+        && std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.parse::<u64>().ok())
+            .is_some_and(|n| n < u32::MAX as u64)
+}
+
+/// Whether a JSON number token is written as JavaScript writes its value.
+fn canonical_number(token: &str) -> bool {
+    let digits = token.strip_prefix('-').unwrap_or(token);
+    let plain_integer = !digits.is_empty()
+        && digits.len() <= 15
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if plain_integer {
+        return token != "-0";
+    }
+    match token.parse::<f64>() {
+        Ok(value) if value.is_finite() => ryu_js::Buffer::new().format(value) == token,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn what_json_stringify_writes_is_canonical() {
+        for text in [
+            r#"{"name":"page view","data":{"n":1,"x":-2.5,"big":1e+21,"small":1e-7},"list":[true,false,null,"é\n\u0001"]}"#,
+            r#"[]"#,
+            r#"{}"#,
+            r#""plain""#,
+            r#"12345678901234"#,
+            r#"{"a":{"b":[{"c":"d\"e\\f"}]}}"#,
+        ] {
+            assert!(scan(text).canonical, "{text}");
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(to_string(&value), text, "the scanner and the writer agree");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_not() {
+        for text in [
+            r#"{ "a":1}"#,
+            r#"{"a": 1}"#,
+            r#"[1, 2]"#,
+            r#"{"a":1.0}"#,
+            r#"{"a":1E+21}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":0.10}"#,
+            r#"{"a":"\/"}"#,
+            r#"{"a":"\u00e9"}"#,
+            r#"{"a":"\u000A"}"#,
+            r#"{"a":"\u001F"}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"b":1,"1":2}"#,
+            "{\"a\":1}\n",
+        ] {
+            assert!(!scan(text).canonical, "{text}");
+        }
+    }
+
+    #[test]
+    fn members_walks_the_top_level_of_an_object() {
+        let members: Vec<(&str, &str)> =
+            members(r#"{"type":"browser","release":{"web":"1","x":[1,{"a":"}"}]},"n":-1.5,"s":"a\"b","t":true}"#)
+                .collect();
+        assert_eq!(
+            members,
+            [
+                ("type", r#""browser""#),
+                ("release", r#"{"web":"1","x":[1,{"a":"}"}]}"#),
+                ("n", "-1.5"),
+                ("s", r#""a\"b""#),
+                ("t", "true"),
+            ]
+        );
+        assert_eq!(super::members("{}").count(), 0);
+        assert_eq!(super::members("[1]").count(), 0);
+    }
+
+    #[test]
+    fn depth_counts_objects_and_arrays() {
+        assert_eq!(depth(r#"{"a":"[[[\"]]","b":[{}]}"#), 3);
+        assert_eq!(scan("1").depth, 0);
+        assert_eq!(scan(r#"{"a":[{"b":[]}]}"#).depth, 4);
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        assert_eq!(scan(&deep).depth, 500);
+    }
+}
+
+#[cfg(test)]
+mod scan_properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e30f64..1e30).prop_map(Value::from),
+            "[a-z0-9 \"\\\\\u{1}\u{7f}é/\n]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec(("[a-z0-9]{0,4}", inner), 0..5)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Ways a client may write the same value differently from JSON.stringify.
+    fn perturb(text: &str, choice: u8) -> String {
+        match choice % 5 {
+            0 => text.to_owned(),
+            1 => text.replacen(':', ": ", 1),
+            2 => text.replacen(',', " ,", 1),
+            3 => text.replacen("a", "\\u0061", 1),
+            _ => text.replacen('1', "1.0", 1),
+        }
+    }
+
+    proptest! {
+        /// Whatever the scanner calls canonical really is what the writer produces, so
+        /// passing it through unparsed stores the same bytes.
+        #[test]
+        fn canonical_text_round_trips(value in json_value(), choice in any::<u8>()) {
+            let text = perturb(&to_string(&value), choice);
+            if let Ok(parsed) = serde_json::from_str::<Value>(&text)
+                && scan(&text).canonical
+            {
+                prop_assert_eq!(to_string(&parsed), text);
+            }
+        }
+
+        /// And the writer's own output is recognised (unless it has keys JavaScript reorders).
+        #[test]
+        fn the_writers_output_is_canonical(value in json_value()) {
+            let text = to_string(&value);
+            let reordered_keys = text.contains("\"0\":") || (0..10).any(|d| text.contains(&format!("\"{d}")));
+            // JavaScript numbers are doubles: integers beyond 2^53 are written rounded.
+            let big_integers = text
+                .split(|c: char| !c.is_ascii_digit())
+                .any(|digits| digits.len() > 15);
+            if !reordered_keys && !big_integers {
+                prop_assert!(scan(&text).canonical, "{}", text);
+            }
+        }
+    }
+}

@@ -267,7 +267,7 @@ fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
             "application/json",
             b"{\"name\": \"a b\",}".to_vec(),
             StatusCode::BAD_REQUEST,
-            "Invalid JSON: trailing comma",
+            "Invalid JSON: trailing comma at line 1 column 16",
         ),
         (
             "invalid UTF-8",

@@ -1,5 +1,5 @@
 //! Any request body: parsing, batch detection and enrichment must never panic, and every
-//! event that enriches must serialize to JSON that parses back.
+//! event that enriches must serialize to JSON that parses back, to the same tree.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,9 +12,14 @@ fuzz_target!(|data: &[u8]| {
     for form in [false, true] {
         if let Ok((events, _)) = weir::sources::http::parse_events(text, form) {
             for event in events {
-                if let Ok(event) = collector.enrich(event) {
+                let enriched = match event {
+                    weir::sources::http::EventInput::Json(text) => collector.enrich_json(text),
+                    weir::sources::http::EventInput::Value(value) => collector.enrich(value),
+                };
+                if let Ok(event) = enriched {
                     let json = event.to_json();
-                    serde_json::from_slice::<serde_json::Value>(&json).expect("enriched events are valid JSON");
+                    let reparsed: serde_json::Value = serde_json::from_slice(&json).expect("enriched events are valid JSON");
+                    assert_eq!(&reparsed, event.tree(), "text and tree agree");
                 }
             }
         }

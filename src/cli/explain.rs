@@ -51,15 +51,18 @@ pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyh
             }
             Ok(())
         };
-        let partial: Value = match serde_json::from_str(&line) {
+        let partial: &serde_json::value::RawValue = match serde_json::from_str(&line) {
             Ok(partial) => partial,
             Err(error) => {
                 rejected(format!("invalid JSON: {error}"), Value::Null, &mut out)?;
                 continue;
             }
         };
-        let given_id = partial.get("id").cloned().unwrap_or(Value::Null);
-        let event = match built.runtime.collector.enrich(partial) {
+        let given_id = serde_json::from_str::<Value>(partial.get())
+            .ok()
+            .and_then(|value| value.get("id").cloned())
+            .unwrap_or(Value::Null);
+        let event = match built.runtime.collector.enrich_json(partial.get()) {
             Ok(event) => event,
             Err(invalid) => {
                 rejected(invalid.to_string(), given_id, &mut out)?;

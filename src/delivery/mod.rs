@@ -20,7 +20,7 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::event::Object;
+use crate::event::Event;
 
 /// Whether sending again can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl Default for DeliveryDefaults {
 pub struct RenderInput<'a, S> {
     /// The event after the destination's policy, rule `name` and rule policy, with `consent`
     /// reduced to the granted groups and `user` merged with the collector's user.
-    pub event: &'a Object,
+    pub event: &'a Event,
     /// The mapped `data` (config `data` merged with rule `data`, `include`, `remove`), if any.
     pub data: Option<&'a Value>,
     /// The matched rule's destination-specific `settings`, if a rule matched and has some.

@@ -255,7 +255,7 @@ impl<D: Destination> Pipeline<D> {
             MappingOutcome::Mapped(mapped) => mapped,
         };
         let input = RenderInput {
-            event: mapped.event_object(),
+            event: &mapped.event,
             data: mapped.data.as_ref(),
             rule_settings: mapped.rule.and_then(|rule| rule.settings.as_ref()),
             rule_name: mapped.rule.and_then(|rule| rule.name.as_deref()),

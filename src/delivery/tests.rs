@@ -68,7 +68,7 @@ impl Destination for Arc<Scripted> {
     }
 
     fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<u64>, String> {
-        match input.event["data"].get("n").and_then(Value::as_u64) {
+        match input.event.tree()["data"].get("n").and_then(Value::as_u64) {
             Some(n) => Ok(Rendered::Send(n)),
             None => Err("data.n is missing".into()),
         }

@@ -274,7 +274,7 @@ pub fn render_json_line(input: &RenderInput<'_, impl Sized>) -> Rendered<Vec<u8>
     }
     let mut line = match input.data {
         Some(Value::Object(data)) if !data.is_empty() => crate::json::to_vec(data),
-        _ => crate::json::to_vec(input.event),
+        _ => input.event.to_json(),
     };
     line.push(b'\n');
     Rendered::Send(line)

@@ -178,6 +178,9 @@ pub struct DestinationMapping<S> {
 }
 
 /// What the mapping decided for one event at one destination.
+// Returned and consumed at once for every event: boxing the big variant would cost an
+// allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum MappingOutcome<'m, 'e, S> {
     /// The matching rule says `ignore`.
     Ignored,
@@ -190,17 +193,11 @@ pub enum MappingOutcome<'m, 'e, S> {
 pub struct Mapped<'m, 'e, S> {
     /// The event after policies and the rule's `name`, with consent reduced to the granted
     /// groups and the collector's user merged in; borrowed when none of that changed it.
-    pub event: Cow<'e, Value>,
+    pub event: Cow<'e, Event>,
     pub data: Option<Value>,
     pub rule: Option<&'m Rule<S>>,
     /// `"<entity> <action>"` of the matching rule (`"* *"`...), or empty.
     pub rule_key: String,
-}
-
-impl<S> Mapped<'_, '_, S> {
-    pub fn event_object(&self) -> &Object {
-        self.event.as_object().expect("events stay objects")
-    }
 }
 
 impl<S: DeserializeOwned> DestinationMapping<S> {
@@ -245,37 +242,34 @@ impl<S> DestinationMapping<S> {
     /// (policy, rule, data, include, remove) do with `event` for this destination. The
     /// event is copied only when something changes it.
     pub fn apply<'m, 'e>(&'m self, event: &'e Event, collector: &Collector) -> MappingOutcome<'m, 'e, S> {
-        let source = event.as_value();
-        let own_consent = source.get("consent").and_then(Value::as_object);
-        let Some(granted) = granted_consent(self.consent.as_ref(), &collector.consent, own_consent) else {
-            return MappingOutcome::Denied;
-        };
-        let mut event: Cow<'e, Value> = Cow::Borrowed(source);
-        // Order matters for the stored bytes, so compare entry by entry.
-        if !own_consent.is_some_and(|own| own.iter().eq(granted.iter())) {
-            set_field(event.to_mut(), "consent", Value::Object(granted));
+        let mut event: Cow<'e, Event> = Cow::Borrowed(event);
+        if !(self.consent.is_none() && consent_stays(&event, collector)) {
+            let own_consent = event.object(crate::event::key::CONSENT);
+            let Some(granted) = granted_consent(self.consent.as_ref(), &collector.consent, Some(&own_consent)) else {
+                return MappingOutcome::Denied;
+            };
+            // Order matters for the stored bytes, so compare entry by entry.
+            if !own_consent.iter().eq(granted.iter()) {
+                event.to_mut().set("consent", Some(Value::Object(granted)));
+            }
         }
         if !collector.user.is_empty() {
-            let user = match source.get("user") {
-                Some(Value::Object(own)) => assign(&collector.user, own),
-                _ => collector.user.clone(),
-            };
-            set_field(event.to_mut(), "user", Value::Object(user));
+            let user = assign(&collector.user, &event.object(crate::event::key::USER));
+            event.to_mut().set("user", Some(Value::Object(user)));
         }
         let context = ValueContext {
             collector_consent: &collector.consent,
         };
         if let Some(policy) = &self.policy {
-            apply_policy(event.to_mut(), policy, &context);
+            event = Cow::Owned(with_policy(&event, policy, &context));
         }
-        let name = event.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let found = self.rules.lookup(&name);
+        let found = self.rules.lookup(event.name());
         if let Some((rule, _)) = &found
             && let Some(policy) = &rule.policy
         {
-            apply_policy(event.to_mut(), policy, &context);
+            event = Cow::Owned(with_policy(&event, policy, &context));
         }
-        let mut data = self.data.as_ref().and_then(|spec| spec.value(&event, &context));
+        let mut data = self.data.as_ref().and_then(|spec| spec.value(event.tree(), &context));
         let Some((rule, rule_key)) = found else {
             data = with_include(data, self.include.as_deref(), &event);
             return MappingOutcome::Mapped(Mapped {
@@ -292,17 +286,16 @@ impl<S> DestinationMapping<S> {
             // Against the groups the destination gate already resolved (collector state
             // overlaid with the event's own): an event that denies a group stays denied
             // even when the collector grants it.
-            let empty = Object::new();
-            let granted = event.get("consent").and_then(Value::as_object).unwrap_or(&empty);
-            if granted_consent(Some(required), granted, None).is_none() {
+            let granted = event.object(crate::event::key::CONSENT);
+            if granted_consent(Some(required), &granted, None).is_none() {
                 return MappingOutcome::Denied;
             }
         }
         if let Some(name) = &rule.name {
-            set_field(event.to_mut(), "name", Value::from(name.as_str()));
+            event.to_mut().set("name", Some(Value::from(name.as_str())));
         }
         if let Some(spec) = &rule.data {
-            let rule_data = spec.value(&event, &context);
+            let rule_data = spec.value(event.tree(), &context);
             data = match (data, rule_data) {
                 (Some(Value::Object(base)), Some(Value::Object(own))) => Some(Value::Object(assign(&base, &own))),
                 (_, rule_data) => rule_data,
@@ -323,29 +316,39 @@ impl<S> DestinationMapping<S> {
     }
 }
 
-/// Replaces a top-level field of an event in place (keeping its position).
-fn set_field(event: &mut Value, key: &str, value: Value) {
-    if let Value::Object(map) = event {
-        map.insert(key.to_owned(), value);
+/// Whether the granted subset of the event's consent is the consent itself, so nothing
+/// needs computing: every group `true`, and nothing the collector adds. The common case, so
+/// it is checked on the event's text without parsing it.
+fn consent_stays(event: &Event, collector: &Collector) -> bool {
+    match event.field(crate::event::key::CONSENT) {
+        Some(crate::event::FieldRef::Text(text)) => {
+            crate::json::members(text).all(|(_, value)| value == "true")
+                && (collector.consent.is_empty() || text == collector.consent_text())
+        }
+        _ => false,
     }
 }
 
-/// Each policy entry reads the event as it was before this level, then all are written.
-fn apply_policy(event: &mut Value, policy: &Policy, context: &ValueContext<'_>) {
-    let results: Vec<Option<Value>> = policy.iter().map(|(_, spec)| spec.value(event, context)).collect();
-    if let Value::Object(map) = event {
+/// The event after a policy: each entry reads the event as it was before the policy, then
+/// all are written.
+fn with_policy(event: &Event, policy: &Policy, context: &ValueContext<'_>) -> Event {
+    let tree = event.tree();
+    let results: Vec<Option<Value>> = policy.iter().map(|(_, spec)| spec.value(tree, context)).collect();
+    let mut tree = tree.clone();
+    if let Value::Object(map) = &mut tree {
         for ((path, _), result) in policy.iter().zip(results) {
             set_by_path(map, path, result);
         }
     }
+    Event::from_tree(tree)
 }
 
 /// walkerOS `include`: the flattened sections under the data, explicit data winning.
-fn with_include(data: Option<Value>, sections: Option<&[Section]>, event: &Value) -> Option<Value> {
+fn with_include(data: Option<Value>, sections: Option<&[Section]>, event: &Event) -> Option<Value> {
     let Some(sections) = sections.filter(|s| !s.is_empty()) else {
         return data;
     };
-    let flattened = include::flatten(sections, event);
+    let flattened = include::flatten(sections, event.tree());
     if flattened.is_empty() {
         return data;
     }

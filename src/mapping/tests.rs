@@ -39,7 +39,7 @@ fn mapped(
 ) -> (Value, Option<Value>, String) {
     let event = collector.enrich(event).unwrap();
     match mapping.apply(&event, collector) {
-        MappingOutcome::Mapped(m) => (m.event.into_owned(), m.data, m.rule_key),
+        MappingOutcome::Mapped(m) => (m.event.tree().clone(), m.data, m.rule_key),
         MappingOutcome::Ignored => panic!("ignored"),
         MappingOutcome::Denied => panic!("denied"),
     }

@@ -28,6 +28,7 @@ pub use settings::{RedisRuleSettings, RedisSettings, Serialization};
 
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::event::FieldRef;
 use crate::streams::signing::SIGNATURE_FIELD;
 
 /// One XADD, built once.
@@ -204,6 +205,19 @@ fn parse_version(version: &str) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
+/// walkerOS's flat value: JSON for objects and arrays, JavaScript's `String()` for the rest.
+fn flat_value(field: FieldRef<'_>) -> Vec<u8> {
+    match field {
+        // Canonical text is already what String() gives for numbers, booleans and null, and
+        // the JSON for objects and arrays; a string needs its quotes and escapes removed.
+        FieldRef::Text(text) if text.starts_with('"') => serde_json::from_str::<String>(text)
+            .map(String::into_bytes)
+            .unwrap_or_else(|_| text.as_bytes().to_vec()),
+        FieldRef::Text(text) => text.as_bytes().to_vec(),
+        FieldRef::Value(value) => crate::json::js_string(value),
+    }
+}
+
 async fn run_pipeline<'a>(
     mut connection: Connection,
     commands: impl Iterator<Item = &'a Xadd>,
@@ -252,15 +266,21 @@ impl Destination for RedisDestination {
             .unwrap_or(&self.settings.stream_key)
             .to_owned();
         // A non-empty mapped `data` object replaces the event (weir; walkerOS ignores it).
-        let body = match input.data {
-            Some(Value::Object(data)) if !data.is_empty() => data,
-            _ => input.event,
+        let data = match input.data {
+            Some(Value::Object(data)) if !data.is_empty() => Some(data),
+            _ => None,
         };
-        let fields: Vec<(&str, Vec<u8>)> = match self.settings.serialization {
-            Serialization::Json => vec![("event", crate::json::to_vec(body))],
-            Serialization::Flat => body
+        let fields: Vec<(&str, Vec<u8>)> = match (self.settings.serialization, data) {
+            (Serialization::Json, Some(data)) => vec![("event", crate::json::to_vec(data))],
+            (Serialization::Json, None) => vec![("event", input.event.to_json())],
+            (Serialization::Flat, Some(data)) => data
                 .iter()
                 .map(|(k, v)| (k.as_str(), crate::json::js_string(v)))
+                .collect(),
+            (Serialization::Flat, None) => input
+                .event
+                .fields()
+                .map(|(name, field)| (name, flat_value(field)))
                 .collect(),
         };
         let mut command = redis::cmd("XADD");

@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use http_body_util::BodyExt;
 use metrics::Counter;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 mod config;
@@ -130,13 +131,17 @@ impl HttpSource {
 
     /// Enriches `inputs`, queues the valid ones, and (when asked) waits for their outcomes.
     /// `Err` is a response to send as is (queue full).
-    async fn process(&self, inputs: Vec<Value>, mode: AckMode) -> Result<Processed, Response> {
+    async fn process(&self, inputs: Vec<EventInput<'_>>, mode: AckMode) -> Result<Processed, Response> {
         let count = inputs.len();
         self.received.increment(count as u64);
         let mut results: Vec<Result<Arc<Event>, InvalidEvent>> = Vec::with_capacity(count);
         let mut valid = Vec::with_capacity(count);
         for (index, input) in inputs.into_iter().enumerate() {
-            match self.runtime.collector.enrich(input) {
+            let enriched = match input {
+                EventInput::Json(text) => self.runtime.collector.enrich_json(text),
+                EventInput::Value(value) => self.runtime.collector.enrich(value),
+            };
+            match enriched {
                 Ok(event) => {
                     let event = Arc::new(event);
                     valid.push((index, event.clone()));
@@ -446,26 +451,54 @@ fn parse_error_message(error: &serde_json::Error) -> String {
     format!("Invalid JSON: {text}")
 }
 
-/// The events of a POST body and whether it was a batch: JSON (an object, an array, or
-/// `{"batch": [...]}`), or for a form body that is not JSON, one event from its fields.
-pub fn parse_events(text: &str, form: bool) -> Result<(Vec<Value>, bool), String> {
-    if form && !text.trim_start().starts_with(['{', '[']) {
-        return Ok((vec![Value::Object(parse_query(text)?)], false));
-    }
-    let body = serde_json::from_str::<Value>(text).map_err(|error| parse_error_message(&error))?;
-    Ok(to_event_list(body))
+/// The elements of a JSON array, as text borrowed from it.
+fn array_elements(array: &str) -> Result<Vec<EventInput<'_>>, String> {
+    let items: Vec<&RawValue> = serde_json::from_str(array).map_err(|error| parse_error_message(&error))?;
+    Ok(items.into_iter().map(|item| EventInput::Json(item.get())).collect())
 }
 
-/// walkerOS `toEventList`: an array is a batch, `{"batch": [...]}` is a batch, an object is
-/// one event, anything else one (invalid) event.
-fn to_event_list(body: Value) -> (Vec<Value>, bool) {
-    match body {
-        Value::Array(events) => (events, true),
-        Value::Object(mut object) if object.get("batch").is_some_and(Value::is_array) => match object.remove("batch") {
-            Some(Value::Array(events)) => (events, true),
-            _ => unreachable!("checked to be an array"),
-        },
-        other => (vec![other], false),
+/// One event of a request, before enrichment.
+pub enum EventInput<'a> {
+    /// JSON text from the body.
+    Json(&'a str),
+    /// Built from a query string or form fields.
+    Value(Value),
+}
+
+/// The events of a POST body and whether it was a batch: JSON (an object, an array, or
+/// `{"batch": [...]}`), or for a form body that is not JSON, one event from its fields. The
+/// events stay text borrowed from the body.
+pub fn parse_events(text: &str, form: bool) -> Result<(Vec<EventInput<'_>>, bool), String> {
+    if form && !text.trim_start().starts_with(['{', '[']) {
+        return Ok((vec![EventInput::Value(Value::Object(parse_query(text)?))], false));
+    }
+    let body = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    if crate::json::depth(body) > crate::collector::MAX_DEPTH {
+        return Err(format!(
+            "JSON nesting is too deep (more than {} levels)",
+            crate::collector::MAX_DEPTH
+        ));
+    }
+    match body.as_bytes().first() {
+        Some(b'[') => Ok((array_elements(body)?, true)),
+        Some(b'{') => {
+            // walkerOS `toEventList`: an object whose `batch` is an array is a batch.
+            #[derive(serde::Deserialize)]
+            struct Envelope<'a> {
+                #[serde(borrow)]
+                batch: Option<&'a RawValue>,
+            }
+            let envelope: Envelope<'_> = serde_json::from_str(body).map_err(|error| parse_error_message(&error))?;
+            match envelope.batch.map(RawValue::get) {
+                Some(batch) if batch.starts_with('[') => Ok((array_elements(batch)?, true)),
+                _ => Ok((vec![EventInput::Json(body)], false)),
+            }
+        }
+        // Anything else is one (invalid) event, as in walkerOS; it must still be JSON.
+        _ => {
+            let scalar: &RawValue = serde_json::from_str(body).map_err(|error| parse_error_message(&error))?;
+            Ok((vec![EventInput::Json(scalar.get())], false))
+        }
     }
 }
 
@@ -600,7 +633,10 @@ async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, ur
             return gif(StatusCode::OK, Some(&problem));
         }
     };
-    match source.process(vec![event], source.config.get_ack).await {
+    match source
+        .process(vec![EventInput::Value(event)], source.config.get_ack)
+        .await
+    {
         // walkerOS answers a pixel with the GIF whatever became of the event; weir says why
         // in a header so a failing pixel can be debugged.
         Ok(processed) => match (&processed.results[0], &processed.outcomes[0]) {
