@@ -15,8 +15,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::config::flow::CollectorConfig;
@@ -57,39 +55,62 @@ pub fn now_ms() -> u64 {
 }
 
 /// The known top-level keys of a partial event, borrowed from its JSON text (absent or
-/// `null` is `None`). Other keys are dropped, as walkerOS's `createEvent` drops them.
-#[derive(Deserialize, Default)]
+/// `null` is `None`). Other keys are dropped, as walkerOS's `createEvent` drops them; a key
+/// given twice counts once, the last time, as `JSON.parse` reads it.
+#[derive(Default)]
 struct GivenFields<'a> {
-    #[serde(borrow)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow)]
-    context: Option<&'a RawValue>,
-    #[serde(borrow)]
-    globals: Option<&'a RawValue>,
-    #[serde(borrow)]
-    custom: Option<&'a RawValue>,
-    #[serde(borrow)]
-    user: Option<&'a RawValue>,
-    #[serde(borrow)]
-    nested: Option<&'a RawValue>,
-    #[serde(borrow)]
-    consent: Option<&'a RawValue>,
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    trigger: Option<&'a RawValue>,
-    #[serde(borrow)]
-    entity: Option<&'a RawValue>,
-    #[serde(borrow)]
-    action: Option<&'a RawValue>,
-    #[serde(borrow)]
-    timestamp: Option<&'a RawValue>,
-    #[serde(borrow)]
-    timing: Option<&'a RawValue>,
-    #[serde(borrow)]
-    source: Option<&'a RawValue>,
+    name: Option<&'a str>,
+    data: Option<&'a str>,
+    context: Option<&'a str>,
+    globals: Option<&'a str>,
+    custom: Option<&'a str>,
+    user: Option<&'a str>,
+    nested: Option<&'a str>,
+    consent: Option<&'a str>,
+    id: Option<&'a str>,
+    trigger: Option<&'a str>,
+    entity: Option<&'a str>,
+    action: Option<&'a str>,
+    timestamp: Option<&'a str>,
+    timing: Option<&'a str>,
+    source: Option<&'a str>,
+}
+
+impl<'a> GivenFields<'a> {
+    /// Reads the top level of an object given as valid JSON text, without validating or
+    /// parsing the values (they are checked field by field later).
+    fn read(text: &'a str) -> GivenFields<'a> {
+        let mut given = GivenFields::default();
+        for (raw_key, value) in crate::json::members(text) {
+            let unescaped;
+            let name = if raw_key.contains('\\') {
+                unescaped = serde_json::from_str::<String>(&format!("\"{raw_key}\"")).unwrap_or_default();
+                unescaped.as_str()
+            } else {
+                raw_key
+            };
+            let slot = match name {
+                "name" => &mut given.name,
+                "data" => &mut given.data,
+                "context" => &mut given.context,
+                "globals" => &mut given.globals,
+                "custom" => &mut given.custom,
+                "user" => &mut given.user,
+                "nested" => &mut given.nested,
+                "consent" => &mut given.consent,
+                "id" => &mut given.id,
+                "trigger" => &mut given.trigger,
+                "entity" => &mut given.entity,
+                "action" => &mut given.action,
+                "timestamp" => &mut given.timestamp,
+                "timing" => &mut given.timing,
+                "source" => &mut given.source,
+                _ => continue,
+            };
+            *slot = (value != "null").then_some(value);
+        }
+        given
+    }
 }
 
 /// The JSON type of a piece of (valid) JSON text, from its first character.
@@ -138,10 +159,10 @@ fn object_field(
     builder: &mut EventBuilder,
     index: usize,
     field: &'static str,
-    given: Option<&RawValue>,
+    given: Option<&str>,
     default: &str,
 ) -> Result<(), InvalidEvent> {
-    match given.map(RawValue::get) {
+    match given {
         None => {
             builder.text(index, default);
             Ok(())
@@ -151,12 +172,25 @@ fn object_field(
     }
 }
 
-fn string_field(given: Option<&RawValue>, field: &'static str) -> Result<Option<String>, InvalidEvent> {
-    match given.map(RawValue::get) {
-        None => Ok(None),
-        Some(text) if text.starts_with('"') => serde_json::from_str(text).map(Some).map_err(malformed),
-        Some(text) => Err(type_error(field, "a string", text)),
+/// A string field: given (checked), else `default`.
+fn string_or(
+    builder: &mut EventBuilder,
+    index: usize,
+    field: &'static str,
+    given: Option<&str>,
+    default: &str,
+) -> Result<(), InvalidEvent> {
+    match given {
+        None => builder.string(index, default),
+        // A JSON string without escapes is already what JSON.stringify writes.
+        Some(text) if text.starts_with('"') && !text.contains('\\') => builder.text(index, text),
+        Some(text) if text.starts_with('"') => {
+            let value: String = serde_json::from_str(text).map_err(malformed)?;
+            builder.string(index, &value);
+        }
+        Some(text) => return Err(type_error(field, "a string", text)),
     }
+    Ok(())
 }
 
 impl Collector {
@@ -205,73 +239,78 @@ impl Collector {
     }
 
     /// Completes a partial event given as JSON text (walkerOS `prepareEvent` +
-    /// `createEvent`). The text must be valid JSON (serde_json has read it).
+    /// `createEvent`). The text must be valid JSON: the HTTP source and `weir explain` have
+    /// had serde_json read it; here its top level is only split, not checked again.
     pub fn enrich_json(&self, text: &str) -> Result<Event, InvalidEvent> {
         if !text.trim_start().starts_with('{') {
             return Err(InvalidEvent::NotAnObject(kind_of(text)));
         }
-        let given: GivenFields<'_> = serde_json::from_str(text).map_err(malformed)?;
-        let name = match given.name.map(RawValue::get) {
+        let given = GivenFields::read(text.trim());
+        let escaped_name;
+        let name: &str = match given.name {
             // walkerOS: a falsy name is missing.
             None | Some("false") | Some("\"\"") => return Err(InvalidEvent::NameRequired),
             Some(number) if kind_of(number) == JsonKind::Number && number.parse::<f64>() == Ok(0.0) => {
                 return Err(InvalidEvent::NameRequired);
             }
-            Some(text) if text.starts_with('"') => serde_json::from_str::<String>(text).map_err(malformed)?,
+            Some(text) if text.starts_with('"') && !text.contains('\\') => &text[1..text.len() - 1],
+            Some(text) if text.starts_with('"') => {
+                escaped_name = serde_json::from_str::<String>(text).map_err(malformed)?;
+                &escaped_name
+            }
             Some(_) => return Err(InvalidEvent::NameInvalid),
         };
-        let Some((entity, action)) = split_name(&name) else {
+        let Some((entity, action)) = split_name(name) else {
             return Err(InvalidEvent::NameInvalid);
         };
-        let (entity, action) = (entity.to_owned(), action.to_owned());
         let now = now_ms();
 
-        let mut builder = EventBuilder::with_capacity(text.len() + 128);
-        builder.value(key::NAME, Value::String(name));
+        let mut builder = EventBuilder::with_capacity(text.len() + 160);
+        builder.string(key::NAME, name);
         object_field(&mut builder, key::DATA, "data", given.data, "{}")?;
         object_field(&mut builder, key::CONTEXT, "context", given.context, "{}")?;
         match given.globals {
-            Some(raw) if !self.globals.is_empty() && raw.get().starts_with('{') => {
-                let own: Object = serde_json::from_str(raw.get()).map_err(malformed)?;
+            Some(raw) if !self.globals.is_empty() && raw.starts_with('{') => {
+                let own: Object = serde_json::from_str(raw).map_err(malformed)?;
                 builder.value(key::GLOBALS, Value::Object(assign(&self.globals, &own)));
             }
             other => object_field(&mut builder, key::GLOBALS, "globals", other, &self.globals_text)?,
         }
         object_field(&mut builder, key::CUSTOM, "custom", given.custom, "{}")?;
         object_field(&mut builder, key::USER, "user", given.user, &self.user_text)?;
-        match given.nested.map(RawValue::get) {
+        match given.nested {
             None => builder.text(key::NESTED, "[]"),
             Some(text) if text.starts_with('[') => place(&mut builder, key::NESTED, "nested", text)?,
             Some(text) => return Err(type_error("nested", "an array", text)),
         }
         object_field(&mut builder, key::CONSENT, "consent", given.consent, &self.consent_text)?;
-        let id = match given.id.map(RawValue::get) {
-            None => span_id(),
+        match given.id {
+            Some(text) if text.starts_with('"') && text.len() > 2 && !text.contains('\\') => {
+                builder.text(key::ID, text)
+            }
             Some(text) if text.starts_with('"') => {
                 let id: String = serde_json::from_str(text).map_err(malformed)?;
-                if id.is_empty() { span_id() } else { id }
+                let id = if id.is_empty() { span_id() } else { id };
+                builder.string(key::ID, &id);
             }
+            None => builder.string(key::ID, &span_id()),
             Some(text) => return Err(type_error("id", "a string", text)),
-        };
-        builder.value(key::ID, Value::String(id));
-        let trigger = string_field(given.trigger, "trigger")?.unwrap_or_default();
-        builder.value(key::TRIGGER, Value::String(trigger));
+        }
+        string_or(&mut builder, key::TRIGGER, "trigger", given.trigger, "")?;
         // walkerOS keeps a given entity/action even when it disagrees with the name.
-        let entity = string_field(given.entity, "entity")?.unwrap_or(entity);
-        let action = string_field(given.action, "action")?.unwrap_or(action);
-        builder.value(key::ENTITY, Value::String(entity));
-        builder.value(key::ACTION, Value::String(action));
-        match given.timestamp.map(RawValue::get) {
+        string_or(&mut builder, key::ENTITY, "entity", given.entity, entity)?;
+        string_or(&mut builder, key::ACTION, "action", given.action, action)?;
+        match given.timestamp {
             None => builder.value(key::TIMESTAMP, Value::from(now)),
             Some(text) if kind_of(text) == JsonKind::Number => place(&mut builder, key::TIMESTAMP, "timestamp", text)?,
             Some(text) => return Err(type_error("timestamp", "a number (ms since the epoch)", text)),
         }
-        match given.timing.map(RawValue::get) {
+        match given.timing {
             None => builder.value(key::TIMING, self.timing(now)),
             Some(text) if kind_of(text) == JsonKind::Number => place(&mut builder, key::TIMING, "timing", text)?,
             Some(text) => return Err(type_error("timing", "a number", text)),
         }
-        match given.source.map(RawValue::get) {
+        match given.source {
             None => {
                 let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
                 let source = format!(

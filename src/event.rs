@@ -118,6 +118,19 @@ impl EventBuilder {
         self.slots[index] = Slot::Value(value);
     }
 
+    /// Sets field `index` to a string: as quoted text when it needs no escapes.
+    pub(crate) fn string(&mut self, index: usize, value: &str) {
+        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            let start = self.text.len() as u32;
+            self.text.push('"');
+            self.text.push_str(value);
+            self.text.push('"');
+            self.slots[index] = Slot::Text(start, self.text.len() as u32);
+        } else {
+            self.slots[index] = Slot::Value(Value::String(value.to_owned()));
+        }
+    }
+
     pub(crate) fn build(self) -> Event {
         debug_assert!(self.slots.iter().all(|slot| !matches!(slot, Slot::Absent)));
         Event {
@@ -173,6 +186,13 @@ impl Event {
     fn str_field(&self, index: usize) -> &str {
         match &self.slots[index] {
             Slot::Value(Value::String(text)) => text,
+            // Strings are kept as text only when they need no escapes: strip the quotes.
+            Slot::Text(start, end) => {
+                let text = self.slot_text(*start, *end);
+                text.strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .unwrap_or_default()
+            }
             _ => "",
         }
     }
@@ -253,33 +273,39 @@ impl Event {
         }
     }
 
-    /// Appends the event as `JSON.stringify` writes it.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
+    /// Writes the event as `JSON.stringify` writes it (into memory: a Vec or a command
+    /// buffer, so writing cannot fail).
+    pub fn write_json<W: std::io::Write>(&self, out: &mut W) {
+        let mut put = |bytes: &[u8]| out.write_all(bytes).expect("writing into memory cannot fail");
+        put(b"{");
         let mut first = true;
-        let mut separator = |out: &mut Vec<u8>| {
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-        };
         for (index, name) in EVENT_KEYS.iter().enumerate() {
             let Some(field) = self.field(index) else { continue };
-            separator(out);
-            out.push(b'"');
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
+            if !std::mem::take(&mut first) {
+                put(b",");
+            }
+            put(b"\"");
+            put(name.as_bytes());
+            put(b"\":");
             match field {
-                FieldRef::Text(text) => out.extend_from_slice(text.as_bytes()),
-                FieldRef::Value(value) => crate::json::write(out, value),
+                FieldRef::Text(text) => put(text.as_bytes()),
+                FieldRef::Value(value) => put(&crate::json::to_vec(value)),
             }
         }
         for (name, value) in &self.extra {
-            separator(out);
-            crate::json::write(out, name.as_str());
-            out.push(b':');
-            crate::json::write(out, value);
+            if !std::mem::take(&mut first) {
+                put(b",");
+            }
+            put(&crate::json::to_vec(name.as_str()));
+            put(b":");
+            put(&crate::json::to_vec(value));
         }
-        out.push(b'}');
+        put(b"}");
+    }
+
+    /// About how many bytes the event's JSON takes (for batch byte limits).
+    pub fn approximate_size(&self) -> usize {
+        self.text.len() + 160
     }
 
     /// The event as `JSON.stringify` writes it.

@@ -32,11 +32,11 @@ impl Formatter for JsFormatter {
     }
 }
 
-/// Appends the `JSON.stringify` text of `value` to `out`.
-pub fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+/// Appends the `JSON.stringify` text of `value` to `out` (a Vec, or any writer into memory).
+pub fn write<T: Serialize + ?Sized, W: io::Write>(out: &mut W, value: &T) {
     let mut serializer = Serializer::with_formatter(out, JsFormatter);
-    // Serializing a `serde_json::Value` or plain data into a Vec cannot fail: there is no I/O
-    // error and no non-string map key in the types weir passes here.
+    // Serializing a `serde_json::Value` or plain data into memory cannot fail: there is no
+    // I/O error and no non-string map key in the types weir passes here.
     value
         .serialize(&mut serializer)
         .expect("serializing JSON into memory cannot fail");
@@ -114,10 +114,9 @@ pub fn depth(text: &str) -> usize {
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
+                let mut ignored = true;
+                i = string_end(bytes, i, &mut ignored);
+                continue;
             }
             b'[' | b'{' => {
                 depth += 1;
@@ -326,9 +325,14 @@ pub fn scan(text: &str) -> Scan {
 fn string_end(bytes: &[u8], start: usize, canonical: &mut bool) -> usize {
     let mut i = start + 1;
     while i < bytes.len() {
+        // Jump to the next quote or backslash (SIMD): strings are mostly plain text.
+        match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+            None => return bytes.len(),
+            Some(offset) => i += offset,
+        }
         match bytes[i] {
             b'"' => return i + 1,
-            b'\\' => {
+            _ => {
                 match bytes.get(i + 1) {
                     Some(b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
                     Some(b'u') => {
@@ -350,7 +354,6 @@ fn string_end(bytes: &[u8], start: usize, canonical: &mut bool) -> usize {
                     }
                 }
             }
-            _ => i += 1,
         }
     }
     bytes.len()

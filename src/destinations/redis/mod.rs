@@ -205,6 +205,17 @@ fn parse_version(version: &str) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
+/// An event as one XADD argument, written as JSON directly into the command's buffer.
+struct EventJson<'a>(&'a crate::event::Event);
+
+impl redis::ToRedisArgs for EventJson<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        self.0.write_json(&mut out.writer_for_next_arg());
+    }
+}
+
+impl redis::ToSingleRedisArg for EventJson<'_> {}
+
 /// walkerOS's flat value: JSON for objects and arrays, JavaScript's `String()` for the rest.
 fn flat_value(field: FieldRef<'_>) -> Vec<u8> {
     match field {
@@ -270,6 +281,25 @@ impl Destination for RedisDestination {
             Some(Value::Object(data)) if !data.is_empty() => Some(data),
             _ => None,
         };
+        // Sized for the whole command up front: growing the buffer while writing the event
+        // copied it several times over.
+        let mut command = Cmd::with_capacity(10, key.len() + input.event.approximate_size() + 64);
+        command.arg("XADD").arg(&key);
+        if let Some(max_len) = self.settings.max_len {
+            command.arg("MAXLEN");
+            if !self.settings.exact_trimming {
+                command.arg("~");
+            }
+            command.arg(max_len);
+        }
+        command.arg("*");
+        // The hot case — json, no data mapping, no signature — writes the event straight into
+        // the command, with no intermediate copy.
+        if self.settings.serialization == Serialization::Json && data.is_none() && self.settings.sign.is_none() {
+            command.arg("event").arg(EventJson(input.event));
+            let size = key.len() + input.event.approximate_size();
+            return Ok(Rendered::Send(Xadd { key, command, size }));
+        }
         let fields: Vec<(&str, Vec<u8>)> = match (self.settings.serialization, data) {
             (Serialization::Json, Some(data)) => vec![("event", crate::json::to_vec(data))],
             (Serialization::Json, None) => vec![("event", input.event.to_json())],
@@ -283,16 +313,6 @@ impl Destination for RedisDestination {
                 .map(|(name, field)| (name, flat_value(field)))
                 .collect(),
         };
-        let mut command = redis::cmd("XADD");
-        command.arg(&key);
-        if let Some(max_len) = self.settings.max_len {
-            command.arg("MAXLEN");
-            if !self.settings.exact_trimming {
-                command.arg("~");
-            }
-            command.arg(max_len);
-        }
-        command.arg("*");
         let mut size = key.len();
         for (name, value) in &fields {
             size += name.len() + value.len();
