@@ -18,7 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Number, Value};
 
 use crate::config::flow::CollectorConfig;
-use crate::event::{Event, EventBuilder, InvalidEvent, JsonKind, Object, key, span_id, split_name, trace_id};
+use crate::event::{
+    Event, EventBuilder, InvalidEvent, JsonKind, Object, key, push_span_id, span_id, split_name, trace_id,
+};
+use crate::json::Scan;
 use crate::mapping::assign;
 
 /// Deepest nesting accepted in an event field (serde_json's own limit for parsed JSON).
@@ -59,21 +62,21 @@ pub fn now_ms() -> u64 {
 /// given twice counts once, the last time, as `JSON.parse` reads it.
 #[derive(Default)]
 struct GivenFields<'a> {
-    name: Option<&'a str>,
-    data: Option<&'a str>,
-    context: Option<&'a str>,
-    globals: Option<&'a str>,
-    custom: Option<&'a str>,
-    user: Option<&'a str>,
-    nested: Option<&'a str>,
-    consent: Option<&'a str>,
-    id: Option<&'a str>,
-    trigger: Option<&'a str>,
-    entity: Option<&'a str>,
-    action: Option<&'a str>,
-    timestamp: Option<&'a str>,
-    timing: Option<&'a str>,
-    source: Option<&'a str>,
+    name: Option<(&'a str, Scan)>,
+    data: Option<(&'a str, Scan)>,
+    context: Option<(&'a str, Scan)>,
+    globals: Option<(&'a str, Scan)>,
+    custom: Option<(&'a str, Scan)>,
+    user: Option<(&'a str, Scan)>,
+    nested: Option<(&'a str, Scan)>,
+    consent: Option<(&'a str, Scan)>,
+    id: Option<(&'a str, Scan)>,
+    trigger: Option<(&'a str, Scan)>,
+    entity: Option<(&'a str, Scan)>,
+    action: Option<(&'a str, Scan)>,
+    timestamp: Option<(&'a str, Scan)>,
+    timing: Option<(&'a str, Scan)>,
+    source: Option<(&'a str, Scan)>,
 }
 
 impl<'a> GivenFields<'a> {
@@ -81,7 +84,7 @@ impl<'a> GivenFields<'a> {
     /// parsing the values (they are checked field by field later).
     fn read(text: &'a str) -> GivenFields<'a> {
         let mut given = GivenFields::default();
-        for (raw_key, value) in crate::json::members(text) {
+        for (raw_key, value, scan) in crate::json::members(text) {
             let unescaped;
             let name = if raw_key.contains('\\') {
                 unescaped = serde_json::from_str::<String>(&format!("\"{raw_key}\"")).unwrap_or_default();
@@ -107,7 +110,7 @@ impl<'a> GivenFields<'a> {
                 "source" => &mut given.source,
                 _ => continue,
             };
-            *slot = (value != "null").then_some(value);
+            *slot = (value != "null").then_some((value, scan));
         }
         given
     }
@@ -137,9 +140,15 @@ fn malformed(error: serde_json::Error) -> InvalidEvent {
     InvalidEvent::Malformed(error.to_string())
 }
 
-/// Puts JSON `text` into field `index`: as text when canonical, else parsed.
-fn place(builder: &mut EventBuilder, index: usize, field: &'static str, text: &str) -> Result<(), InvalidEvent> {
-    let scan = crate::json::scan(text);
+/// Puts JSON `text` (found by `scan` as it is) into field `index`: as text when canonical,
+/// else parsed.
+fn place(
+    builder: &mut EventBuilder,
+    index: usize,
+    field: &'static str,
+    text: &str,
+    scan: Scan,
+) -> Result<(), InvalidEvent> {
     if scan.depth > MAX_DEPTH {
         return Err(InvalidEvent::TooDeep {
             field,
@@ -159,7 +168,7 @@ fn object_field(
     builder: &mut EventBuilder,
     index: usize,
     field: &'static str,
-    given: Option<&str>,
+    given: Option<(&str, Scan)>,
     default: &str,
 ) -> Result<(), InvalidEvent> {
     match given {
@@ -167,8 +176,8 @@ fn object_field(
             builder.text(index, default);
             Ok(())
         }
-        Some(text) if text.starts_with('{') => place(builder, index, field, text),
-        Some(text) => Err(type_error(field, "an object", text)),
+        Some((text, scan)) if text.starts_with('{') => place(builder, index, field, text, scan),
+        Some((text, _)) => Err(type_error(field, "an object", text)),
     }
 }
 
@@ -177,10 +186,10 @@ fn string_or(
     builder: &mut EventBuilder,
     index: usize,
     field: &'static str,
-    given: Option<&str>,
+    given: Option<(&str, Scan)>,
     default: &str,
 ) -> Result<(), InvalidEvent> {
-    match given {
+    match given.map(|(text, _)| text) {
         None => builder.string(index, default),
         // A JSON string without escapes is already what JSON.stringify writes.
         Some(text) if text.starts_with('"') && !text.contains('\\') => builder.text(index, text),
@@ -247,7 +256,7 @@ impl Collector {
         }
         let given = GivenFields::read(text.trim());
         let escaped_name;
-        let name: &str = match given.name {
+        let name: &str = match given.name.map(|(text, _)| text) {
             // walkerOS: a falsy name is missing.
             None | Some("false") | Some("\"\"") => return Err(InvalidEvent::NameRequired),
             Some(number) if kind_of(number) == JsonKind::Number && number.parse::<f64>() == Ok(0.0) => {
@@ -270,7 +279,7 @@ impl Collector {
         object_field(&mut builder, key::DATA, "data", given.data, "{}")?;
         object_field(&mut builder, key::CONTEXT, "context", given.context, "{}")?;
         match given.globals {
-            Some(raw) if !self.globals.is_empty() && raw.starts_with('{') => {
+            Some((raw, _)) if !self.globals.is_empty() && raw.starts_with('{') => {
                 let own: Object = serde_json::from_str(raw).map_err(malformed)?;
                 builder.value(key::GLOBALS, Value::Object(assign(&self.globals, &own)));
             }
@@ -280,11 +289,11 @@ impl Collector {
         object_field(&mut builder, key::USER, "user", given.user, &self.user_text)?;
         match given.nested {
             None => builder.text(key::NESTED, "[]"),
-            Some(text) if text.starts_with('[') => place(&mut builder, key::NESTED, "nested", text)?,
-            Some(text) => return Err(type_error("nested", "an array", text)),
+            Some((text, scan)) if text.starts_with('[') => place(&mut builder, key::NESTED, "nested", text, scan)?,
+            Some((text, _)) => return Err(type_error("nested", "an array", text)),
         }
         object_field(&mut builder, key::CONSENT, "consent", given.consent, &self.consent_text)?;
-        match given.id {
+        match given.id.map(|(text, _)| text) {
             Some(text) if text.starts_with('"') && text.len() > 2 && !text.contains('\\') => {
                 builder.text(key::ID, text)
             }
@@ -293,7 +302,11 @@ impl Collector {
                 let id = if id.is_empty() { span_id() } else { id };
                 builder.string(key::ID, &id);
             }
-            None => builder.string(key::ID, &span_id()),
+            None => builder.write(key::ID, |text| {
+                text.push('"');
+                push_span_id(text);
+                text.push('"');
+            }),
             Some(text) => return Err(type_error("id", "a string", text)),
         }
         string_or(&mut builder, key::TRIGGER, "trigger", given.trigger, "")?;
@@ -302,25 +315,32 @@ impl Collector {
         string_or(&mut builder, key::ACTION, "action", given.action, action)?;
         match given.timestamp {
             None => builder.value(key::TIMESTAMP, Value::from(now)),
-            Some(text) if kind_of(text) == JsonKind::Number => place(&mut builder, key::TIMESTAMP, "timestamp", text)?,
-            Some(text) => return Err(type_error("timestamp", "a number (ms since the epoch)", text)),
+            Some((text, scan)) if kind_of(text) == JsonKind::Number => {
+                place(&mut builder, key::TIMESTAMP, "timestamp", text, scan)?;
+            }
+            Some((text, _)) => return Err(type_error("timestamp", "a number (ms since the epoch)", text)),
         }
         match given.timing {
             None => builder.value(key::TIMING, self.timing(now)),
-            Some(text) if kind_of(text) == JsonKind::Number => place(&mut builder, key::TIMING, "timing", text)?,
-            Some(text) => return Err(type_error("timing", "a number", text)),
+            Some((text, scan)) if kind_of(text) == JsonKind::Number => {
+                place(&mut builder, key::TIMING, "timing", text, scan)?
+            }
+            Some((text, _)) => return Err(type_error("timing", "a number", text)),
         }
         match given.source {
             None => {
                 let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-                let source = format!(
-                    r#"{{"type":"collector","schema":"4","count":{count},"trace":"{}","release":{}}}"#,
-                    self.trace, self.default_release
-                );
-                builder.text(key::SOURCE, &source);
+                builder.write(key::SOURCE, |text| {
+                    text.push_str(r#"{"type":"collector","schema":"4","count":"#);
+                    text.push_str(itoa::Buffer::new().format(count));
+                    text.push_str(r#","trace":""#);
+                    text.push_str(&self.trace);
+                    text.push_str(r#"","release":"#);
+                    text.push_str(&self.default_release);
+                    text.push('}');
+                });
             }
-            Some(text) if text.starts_with('{') => {
-                let scan = crate::json::scan(text);
+            Some((text, scan)) if text.starts_with('{') => {
                 if scan.depth > MAX_DEPTH {
                     return Err(InvalidEvent::TooDeep {
                         field: "source",
@@ -335,7 +355,7 @@ impl Collector {
                     }
                 }
             }
-            Some(text) => return Err(type_error("source", "an object", text)),
+            Some((text, _)) => return Err(type_error("source", "an object", text)),
         }
         Ok(builder.build())
     }
@@ -356,7 +376,7 @@ impl Collector {
     /// general path (a `null` count, trace or release, or a release that is not an object).
     fn stamp_source_text(&self, text: &str) -> Option<String> {
         let (mut count, mut trace, mut release, mut platform) = (None, None, None, None);
-        for (name, value) in crate::json::members(text) {
+        for (name, value, _) in crate::json::members(text) {
             match name {
                 "count" => count = Some(value),
                 "trace" => trace = Some(value),
@@ -383,10 +403,10 @@ impl Collector {
         match release {
             Some(release) if !release.starts_with('{') => return None,
             Some(release) => {
-                let existing = crate::json::members(release).find(|(k, _)| *k == &key_json[1..key_json.len() - 1]);
+                let existing = crate::json::members(release).find(|(k, _, _)| *k == &key_json[1..key_json.len() - 1]);
                 match existing {
                     // This flow's entry is there already: its value is replaced in place.
-                    Some((_, value)) => {
+                    Some((_, value, _)) => {
                         out.push_str(&text[..offset(value)]);
                         out.push_str(&crate::json::to_string(self.release.as_str()));
                         out.push_str(&text[offset(value) + value.len()..text.len() - 1]);
@@ -412,15 +432,20 @@ impl Collector {
         if count.is_none() {
             separator(&mut out);
             let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-            out.push_str(&format!("\"count\":{count}"));
+            out.push_str("\"count\":");
+            out.push_str(itoa::Buffer::new().format(count));
         }
         if trace.is_none() {
             separator(&mut out);
-            out.push_str(&format!("\"trace\":\"{}\"", self.trace));
+            out.push_str("\"trace\":\"");
+            out.push_str(&self.trace);
+            out.push('"');
         }
         if release.is_none() {
             separator(&mut out);
-            out.push_str(&format!("\"release\":{{{entry}}}"));
+            out.push_str("\"release\":{");
+            out.push_str(&entry);
+            out.push('}');
         }
         out.push('}');
         Some(out)

@@ -107,6 +107,13 @@ impl EventBuilder {
         }
     }
 
+    /// Writes field `index` as canonical JSON text built piece by piece by `write`.
+    pub(crate) fn write(&mut self, index: usize, write: impl FnOnce(&mut String)) {
+        let start = self.text.len() as u32;
+        write(&mut self.text);
+        self.slots[index] = Slot::Text(start, self.text.len() as u32);
+    }
+
     /// Sets field `index` to canonical JSON `text`.
     pub(crate) fn text(&mut self, index: usize, text: &str) {
         let start = self.text.len() as u32;
@@ -437,7 +444,18 @@ pub fn split_name(name: &str) -> Option<(&str, &str)> {
 
 /// A W3C span id: 16 lowercase hex digits, never all zero.
 pub fn span_id() -> String {
-    format!("{:016x}", rand::random_range(1..=u64::MAX))
+    let mut id = String::with_capacity(16);
+    push_span_id(&mut id);
+    id
+}
+
+/// Appends a new span id to `out` (no allocation: this runs for every event).
+pub fn push_span_id(out: &mut String) {
+    let value: u64 = rand::random_range(1..=u64::MAX);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(HEX[((value >> (shift * 4)) & 0xf) as usize] as char);
+    }
 }
 
 /// A W3C trace id: 32 lowercase hex digits, never all zero.

@@ -131,8 +131,8 @@ pub fn depth(text: &str) -> usize {
 }
 
 /// The members of a JSON object given as valid text: each key's raw text (without its
-/// quotes, escapes left as they are) and the raw text of its value. Allocates nothing; used
-/// to look at small canonical objects (`consent`, `source`) without parsing them.
+/// quotes, escapes left as they are), the raw text of its value, and the [`Scan`] of the
+/// value. Allocates nothing; reading an event's top level this way scans each field once.
 pub fn members(object: &str) -> Members<'_> {
     let bytes = object.as_bytes();
     let start = if bytes.first() == Some(&b'{') { 1 } else { bytes.len() };
@@ -148,9 +148,9 @@ pub struct Members<'a> {
 }
 
 impl<'a> Iterator for Members<'a> {
-    type Item = (&'a str, &'a str);
+    type Item = (&'a str, &'a str, Scan);
 
-    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+    fn next(&mut self) -> Option<(&'a str, &'a str, Scan)> {
         let bytes = self.text.as_bytes();
         let mut i = self.at;
         while i < bytes.len() && matches!(bytes[i], b',' | b' ' | b'\n' | b'\r' | b'\t') {
@@ -167,46 +167,9 @@ impl<'a> Iterator for Members<'a> {
         while j < bytes.len() && matches!(bytes[j], b':' | b' ' | b'\n' | b'\r' | b'\t') {
             j += 1;
         }
-        let value_end = value_end(bytes, j);
+        let (value_end, found) = scan_at(self.text, j);
         self.at = value_end;
-        Some((key, &self.text[j..value_end]))
-    }
-}
-
-/// The offset just past the JSON value starting at `start`.
-fn value_end(bytes: &[u8], start: usize) -> usize {
-    let mut ignored = true;
-    match bytes.get(start) {
-        Some(b'"') => string_end(bytes, start, &mut ignored),
-        Some(b'{' | b'[') => {
-            let mut depth = 0usize;
-            let mut i = start;
-            while i < bytes.len() {
-                match bytes[i] {
-                    b'"' => {
-                        i = string_end(bytes, i, &mut ignored);
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return i + 1;
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            bytes.len()
-        }
-        _ => {
-            let mut i = start;
-            while i < bytes.len() && !matches!(bytes[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
-                i += 1;
-            }
-            i
-        }
+        Some((key, &self.text[j..value_end], found))
     }
 }
 
@@ -232,19 +195,46 @@ const MAX_CHECKED_KEYS: usize = 64;
 /// Written by hand: this is what lets weir pass an event's untouched parts through from the
 /// request body to the wire without parsing them into trees and writing them out again.
 pub fn scan(text: &str) -> Scan {
+    let (end, mut found) = scan_at(text, 0);
+    if end != text.len() {
+        found.canonical = false;
+    }
+    found
+}
+
+thread_local! {
+    /// Reused key and frame stacks: scanning runs for every field of every event.
+    static SCRATCH: std::cell::RefCell<(Vec<(usize, usize)>, Vec<usize>)> = Default::default();
+}
+
+/// [`scan`] of the one value that starts at `start` in `text`; also returns where it ends.
+pub fn scan_at(text: &str, start: usize) -> (usize, Scan) {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let (keys, frames) = &mut *scratch;
+        keys.clear();
+        frames.clear();
+        scan_value(text, start, keys, frames)
+    })
+}
+
+fn scan_value(text: &str, start: usize, keys: &mut Vec<(usize, usize)>, frames: &mut Vec<usize>) -> (usize, Scan) {
     let bytes = text.as_bytes();
     let mut canonical = true;
     let mut depth = 0usize;
     let mut max_depth = 0usize;
-    // Keys of the open objects (start, end offsets, quotes included), with a frame marker per
-    // object: the index where its keys begin, or usize::MAX for an array.
-    let mut keys: Vec<(usize, usize)> = Vec::new();
-    let mut frames: Vec<usize> = Vec::new();
+    // Keys of the open objects (offsets without the quotes), with a frame marker per open
+    // object (the index where its keys begin) or array (usize::MAX).
     let mut expect_key = false;
-    let mut i = 0;
+    let mut i = start;
+    let mut started = false;
     while i < bytes.len() {
+        if started && depth == 0 {
+            break;
+        }
         match bytes[i] {
             b'{' => {
+                started = true;
                 depth += 1;
                 max_depth = max_depth.max(depth);
                 frames.push(keys.len());
@@ -252,6 +242,7 @@ pub fn scan(text: &str) -> Scan {
                 i += 1;
             }
             b'[' => {
+                started = true;
                 depth += 1;
                 max_depth = max_depth.max(depth);
                 frames.push(usize::MAX);
@@ -260,10 +251,10 @@ pub fn scan(text: &str) -> Scan {
             }
             b'}' | b']' => {
                 depth = depth.saturating_sub(1);
-                if let Some(start) = frames.pop()
-                    && start != usize::MAX
+                if let Some(frame) = frames.pop()
+                    && frame != usize::MAX
                 {
-                    keys.truncate(start);
+                    keys.truncate(frame);
                 }
                 expect_key = false;
                 i += 1;
@@ -277,6 +268,7 @@ pub fn scan(text: &str) -> Scan {
                 i += 1;
             }
             b'"' => {
+                started = true;
                 let end = string_end(bytes, i, &mut canonical);
                 if expect_key {
                     let key = &bytes[i + 1..end - 1];
@@ -284,8 +276,8 @@ pub fn scan(text: &str) -> Scan {
                         canonical = false;
                     }
                     if canonical {
-                        let start = *frames.last().expect("a key is inside an object");
-                        let own = &keys[start..];
+                        let first = *frames.last().expect("a key is inside an object");
+                        let own = &keys[first..];
                         if own.len() >= MAX_CHECKED_KEYS || own.iter().any(|&(a, b)| &bytes[a..b] == key) {
                             canonical = false;
                         }
@@ -296,17 +288,23 @@ pub fn scan(text: &str) -> Scan {
                 i = end;
             }
             b'-' | b'0'..=b'9' => {
-                let start = i;
+                started = true;
+                let first = i;
                 while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
                     i += 1;
                 }
-                if canonical && !canonical_number(&text[start..i]) {
+                if canonical && !canonical_number(&text[first..i]) {
                     canonical = false;
                 }
             }
-            b't' => i += 4,
-            b'f' => i += 5,
-            b'n' => i += 4,
+            b't' | b'n' => {
+                started = true;
+                i += 4;
+            }
+            b'f' => {
+                started = true;
+                i += 5;
+            }
             // Whitespace (or anything else) between tokens: JSON.stringify writes none.
             _ => {
                 canonical = false;
@@ -314,10 +312,13 @@ pub fn scan(text: &str) -> Scan {
             }
         }
     }
-    Scan {
-        canonical,
-        depth: max_depth,
-    }
+    (
+        i.min(bytes.len()),
+        Scan {
+            canonical,
+            depth: max_depth,
+        },
+    )
 }
 
 /// The offset just past the closing quote of the string opening at `start`; clears
@@ -433,6 +434,7 @@ mod scan_tests {
     fn members_walks_the_top_level_of_an_object() {
         let members: Vec<(&str, &str)> =
             members(r#"{"type":"browser","release":{"web":"1","x":[1,{"a":"}"}]},"n":-1.5,"s":"a\"b","t":true}"#)
+                .map(|(key, value, _)| (key, value))
                 .collect();
         assert_eq!(
             members,

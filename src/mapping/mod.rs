@@ -322,7 +322,7 @@ impl<S> DestinationMapping<S> {
 fn consent_stays(event: &Event, collector: &Collector) -> bool {
     match event.field(crate::event::key::CONSENT) {
         Some(crate::event::FieldRef::Text(text)) => {
-            crate::json::members(text).all(|(_, value)| value == "true")
+            crate::json::members(text).all(|(_, value, _)| value == "true")
                 && (collector.consent.is_empty() || text == collector.consent_text())
         }
         _ => false,

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Redis destination benchmark: weir into Redis vs redis-benchmark XADD, in the same run.
+
+Starts a private redis-server (no persistence) on a free loopback port, then per round:
+  * redis-benchmark: XADD with weir's own stored event as the payload (same bytes),
+    -c 50 -P 16 (the pipeline depth DESIGN.md quotes);
+  * weir from the collector: `cargo bench --bench collector` (in-process: enrichment,
+    mapping, XADD rendering, delivery machinery, pipelined XADD, acknowledgement);
+  * weir over HTTP: `weir serve` into the same Redis, wrk with single events and with
+    100-event batches, `ack = "delivered"`.
+Every figure is the median over the rounds; ratios divide by redis-benchmark's median.
+The stream is deleted between runs. Installs wrk when missing.
+
+Usage: bench/redis.py [--rounds 3] [--events 500000] [--duration 10]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=30):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cli(port, *args):
+    return subprocess.run(["redis-cli", "-p", str(port), *args], check=True, capture_output=True, text=True).stdout
+
+
+def peak_rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def flow(port, path, listen=None):
+    text = f"""
+[sources.http]
+type = "http"
+[sources.http.config]
+ack = "delivered"
+[sources.http.config.settings]
+maxBatchSize = 100
+{f'listen = "{listen}"' if listen else ''}
+
+[destinations.redis]
+type = "redis"
+[destinations.redis.config.settings.redis]
+url = "redis://127.0.0.1:{port}"
+streamKey = "bench:weir"
+"""
+    path.write_text(text)
+    return path
+
+
+def redis_benchmark(port, payload, requests):
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-n", str(requests), "-c", "50", "-P", "16", "-q",
+         "XADD", "bench:reference", "*", "event", payload],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return float(re.findall(r"([\d.]+) requests per second", out)[-1])
+
+
+def collector(flow_path, events):
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "--bench", "collector", "--", "--flow", str(flow_path), "--events", str(events),
+         "--in-flight", "16"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wrk(url, body_file, duration, scripts):
+    script = scripts / "post.lua"
+    script.write_text(
+        'local f = io.open("%s", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n'
+        'wrk.headers["Content-Type"] = "application/json"\n' % body_file
+    )
+    out = subprocess.run(["wrk", "-t1", "-c64", f"-d{duration}s", "--latency", "-s", str(script), url],
+                         check=True, capture_output=True, text=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} non-2xx responses\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def http(port, workdir, bodies, duration):
+    listen_port = free_port()
+    flow_path = flow(port, workdir / "http.toml", listen=f"127.0.0.1:{listen_port}")
+    process = subprocess.Popen([str(ROOT / "target/release/weir"), "serve", "--config", str(flow_path)],
+                               cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "RUST_LOG": "warn"})
+    try:
+        wait_port(listen_port)
+        url = f"http://127.0.0.1:{listen_port}/collect"
+        wrk(url, bodies["single"], 2, workdir)
+        cli(port, "DEL", "bench:weir")
+        single = wrk(url, bodies["single"], duration, workdir)
+        cli(port, "DEL", "bench:weir")
+        batch = wrk(url, bodies["batch"], duration, workdir) * 100
+        rss = peak_rss_mib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    cli(port, "DEL", "bench:weir")
+    return {"single": single, "batch": batch, "rss": rss}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--duration", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "bench", "--quiet", "--bench", "collector", "--no-run"], cwd=ROOT, check=True,
+                   capture_output=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        port = free_port()
+        server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", str(tmp)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+            collector_flow = flow(port, tmp / "collector.toml")
+            # weir's stored entry for the benchmark event: the reference writes the same bytes.
+            collector(collector_flow, 1000)
+            stored = cli(port, "XRANGE", "bench:weir", "-", "+", "COUNT", "1").splitlines()[-1]
+            cli(port, "DEL", "bench:weir")
+            template = subprocess.run(["cargo", "bench", "--quiet", "--bench", "collector", "--", "--print-template"],
+                                      cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+            bodies = {"single": tmp / "single.json", "batch": tmp / "batch.json"}
+            bodies["single"].write_text(template)
+            bodies["batch"].write_text("[" + ",".join([template] * 100) + "]")
+            rounds = []
+            for number in range(args.rounds):
+                reference = redis_benchmark(port, stored, args.events)
+                cli(port, "DEL", "bench:reference")
+                from_collector = collector(collector_flow, args.events)
+                cli(port, "DEL", "bench:weir")
+                over_http = http(port, tmp, bodies, args.duration)
+                rounds.append({"reference": reference, "collector": from_collector["events_per_second"],
+                               "collector_rss": from_collector["peak_rss_mib"], **{f"http_{k}": v for k, v in over_http.items()}})
+                print(f"round {number + 1}: {json.dumps(rounds[-1])}", file=sys.stderr)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+
+    median = lambda key: statistics.median(r[key] for r in rounds)
+    reference = median("reference")
+    print(f"\n{args.rounds} rounds, medians; entry {len(stored)} B (weir's stored event), "
+          f"redis-benchmark -c 50 -P 16; {os.cpu_count()} cores shared by everything\n")
+    print("| path | events/s | ÷ redis-benchmark | peak RSS MiB |")
+    print("|---|---:|---:|---:|")
+    print(f"| redis-benchmark XADD (reference) | {reference:,.0f} | 1.00 | |")
+    for label, key, rss in [("weir from the collector (in-process)", "collector", "collector_rss"),
+                            ("weir over HTTP, single events", "http_single", "http_rss"),
+                            ("weir over HTTP, 100-event batches", "http_batch", "http_rss")]:
+        print(f"| {label} | {median(key):,.0f} | {median(key) / reference:.2f} | {median(rss):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
