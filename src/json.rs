@@ -202,9 +202,12 @@ pub fn scan(text: &str) -> Scan {
     found
 }
 
+/// Keys of the open objects and the frame stack of [`scan_value`].
+type ScanStacks = (Vec<(usize, usize)>, Vec<usize>);
+
 thread_local! {
-    /// Reused key and frame stacks: scanning runs for every field of every event.
-    static SCRATCH: std::cell::RefCell<(Vec<(usize, usize)>, Vec<usize>)> = Default::default();
+    /// Reused stacks: scanning runs for every field of every event.
+    static SCRATCH: std::cell::RefCell<ScanStacks> = Default::default();
 }
 
 /// [`scan`] of the one value that starts at `start` in `text`; also returns where it ends.
