@@ -347,12 +347,13 @@ impl Collector {
                         limit: MAX_DEPTH,
                     });
                 }
-                match scan.canonical.then(|| self.stamp_source_text(text)).flatten() {
-                    Some(stamped) => builder.text(key::SOURCE, &stamped),
-                    None => {
-                        let own: Object = serde_json::from_str(text).map_err(malformed)?;
-                        builder.value(key::SOURCE, Value::Object(self.stamp_source(own)?));
-                    }
+                let mut spliced = false;
+                if scan.canonical {
+                    builder.write(key::SOURCE, |out| spliced = self.stamp_source_into(text, out));
+                }
+                if !spliced {
+                    let own: Object = serde_json::from_str(text).map_err(malformed)?;
+                    builder.value(key::SOURCE, Value::Object(self.stamp_source(own)?));
                 }
             }
             Some((text, _)) => return Err(type_error("source", "an object", text)),
@@ -374,7 +375,24 @@ impl Collector {
     /// [`stamp_source`](Self::stamp_source) on canonical text, without parsing it: the
     /// additions are spliced in where walkerOS puts them. `None` when the source needs the
     /// general path (a `null` count, trace or release, or a release that is not an object).
+    #[cfg(test)]
     fn stamp_source_text(&self, text: &str) -> Option<String> {
+        let mut out = String::with_capacity(text.len() + 96);
+        self.stamp_source_into(text, &mut out).then_some(out)
+    }
+
+    /// [`stamp_source_text`](Self::stamp_source_text) appending to `out`; false (and `out`
+    /// left as it was) when the general path is needed.
+    fn stamp_source_into(&self, text: &str, out: &mut String) -> bool {
+        let mark = out.len();
+        let done = self.splice_source(text, out);
+        if !done {
+            out.truncate(mark);
+        }
+        done
+    }
+
+    fn splice_source(&self, text: &str, out: &mut String) -> bool {
         let (mut count, mut trace, mut release, mut platform) = (None, None, None, None);
         for (name, value, _) in crate::json::members(text) {
             match name {
@@ -386,7 +404,7 @@ impl Collector {
             }
         }
         if [count, trace, release].contains(&Some("null")) {
-            return None;
+            return false;
         }
         let plain_string = |value: &str| -> Option<String> {
             (value.starts_with('"') && !value.contains('\\')).then(|| value[1..value.len() - 1].to_owned())
@@ -398,10 +416,10 @@ impl Collector {
         };
         let key_json = crate::json::to_string(release_key.as_str());
         let entry = format!("{key_json}:{}", crate::json::to_string(self.release.as_str()));
-        let mut out = String::with_capacity(text.len() + 96);
+        let base = out.len();
         let offset = |inner: &str| inner.as_ptr() as usize - text.as_ptr() as usize;
         match release {
-            Some(release) if !release.starts_with('{') => return None,
+            Some(release) if !release.starts_with('{') => return false,
             Some(release) => {
                 let existing = crate::json::members(release).find(|(k, _, _)| *k == &key_json[1..key_json.len() - 1]);
                 match existing {
@@ -425,30 +443,30 @@ impl Collector {
             None => out.push_str(&text[..text.len() - 1]),
         }
         let separator = |out: &mut String| {
-            if out.len() > 1 {
+            if out.len() > base + 1 {
                 out.push(',');
             }
         };
         if count.is_none() {
-            separator(&mut out);
+            separator(out);
             let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
             out.push_str("\"count\":");
             out.push_str(itoa::Buffer::new().format(count));
         }
         if trace.is_none() {
-            separator(&mut out);
+            separator(out);
             out.push_str("\"trace\":\"");
             out.push_str(&self.trace);
             out.push('"');
         }
         if release.is_none() {
-            separator(&mut out);
+            separator(out);
             out.push_str("\"release\":{");
             out.push_str(&entry);
             out.push('}');
         }
         out.push('}');
-        Some(out)
+        true
     }
 
     /// walkerOS `createEvent`'s source stamping: the incoming keys in their order, then

@@ -742,13 +742,15 @@ impl<D: Destination> Sender<D> {
             let mut retry = Vec::new();
             let mut fatal = Vec::new();
             let mut last_retryable = String::new();
+            // Counted once per batch: one latency sample (the batch's oldest event, so the
+            // histogram shows the worst wait) and one counter increment.
+            let mut delivered = 0u64;
+            let mut oldest: Option<Instant> = None;
             for (item, result) in pending.into_iter().zip(results) {
                 match result {
                     Ok(()) => {
-                        self.metrics.delivered.increment(1);
-                        self.metrics
-                            .latency
-                            .record(now.duration_since(item.enqueued).as_secs_f64());
+                        delivered += 1;
+                        oldest = Some(oldest.map_or(item.enqueued, |o| o.min(item.enqueued)));
                         item.ack.resolve(Delivery::Delivered);
                     }
                     Err((ErrorClass::Fatal, reason)) => fatal.push((item.event, item.ack, reason)),
@@ -757,6 +759,12 @@ impl<D: Destination> Sender<D> {
                         retry.push(item);
                     }
                 }
+            }
+            if delivered > 0 {
+                self.metrics.delivered.increment(delivered);
+            }
+            if let Some(oldest) = oldest {
+                self.metrics.latency.record(now.duration_since(oldest).as_secs_f64());
             }
             if !fatal.is_empty() {
                 tracing::warn!(destination = %self.id, events = fatal.len(), error = %fatal[0].2, "fatal delivery error");
