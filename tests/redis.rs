@@ -372,3 +372,41 @@ streamKey = "stream:c"
         assert_eq!(owner.cli(&["XLEN", key]).trim(), "10", "{key} on its owner");
     }
 }
+
+/// SIGTERM: held batches go out and every XADD completes before weir exits.
+#[test]
+fn shutdown_completes_every_xadd_before_exiting() {
+    let server = RedisServer::start();
+    let mut weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[sources.http.config]
+ack = "received"
+[destinations.redis]
+type = "redis"
+[destinations.redis.config]
+batch = {{ wait = 60000, age = 60000 }}
+[destinations.redis.config.settings.redis]
+url = "{}"
+streamKey = "shutdown:events"
+"#,
+        server.url()
+    ));
+    for n in 0..5 {
+        assert_eq!(post(&weir, &json!({"name": "a b", "data": {"n": n}})).status(), 200);
+    }
+    assert_eq!(
+        server.cli(&["XLEN", "shutdown:events"]).trim(),
+        "0",
+        "held for the batch"
+    );
+    let status = weir.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", weir.log());
+    assert_eq!(server.cli(&["XLEN", "shutdown:events"]).trim(), "5");
+    assert!(
+        weir.log().contains("every queued event was delivered"),
+        "{}",
+        weir.log()
+    );
+}
