@@ -19,43 +19,18 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, free_port, peak_rss_mib, wait_port, wrk
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, limit=30):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def cli(port, *args):
     return subprocess.run(["redis-cli", "-p", str(port), *args], check=True, capture_output=True, text=True).stdout
-
-
-def peak_rss_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def flow(port, path, listen=None):
@@ -96,20 +71,6 @@ def collector(flow_path, events):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def wrk(url, body_file, duration, scripts):
-    script = scripts / "post.lua"
-    script.write_text(
-        'local f = io.open("%s", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n'
-        'wrk.headers["Content-Type"] = "application/json"\n' % body_file
-    )
-    out = subprocess.run(["wrk", "-t1", "-c64", f"-d{duration}s", "--latency", "-s", str(script), url],
-                         check=True, capture_output=True, text=True).stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise RuntimeError(f"{errors.group(1)} non-2xx responses\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
 def http(port, workdir, bodies, duration):
     listen_port = free_port()
     flow_path = flow(port, workdir / "http.toml", listen=f"127.0.0.1:{listen_port}")
@@ -119,11 +80,11 @@ def http(port, workdir, bodies, duration):
     try:
         wait_port(listen_port)
         url = f"http://127.0.0.1:{listen_port}/collect"
-        wrk(url, bodies["single"], 2, workdir)
+        wrk(url, bodies["single"], 2, 64, workdir)
         cli(port, "DEL", "bench:weir")
-        single = wrk(url, bodies["single"], duration, workdir)
+        single = wrk(url, bodies["single"], duration, 64, workdir)["rps"]
         cli(port, "DEL", "bench:weir")
-        batch = wrk(url, bodies["batch"], duration, workdir) * 100
+        batch = wrk(url, bodies["batch"], duration, 64, workdir)["rps"] * 100
         rss = peak_rss_mib(process.pid)
     finally:
         process.terminate()

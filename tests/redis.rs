@@ -21,6 +21,17 @@ fn post(weir: &Weir, body: &Value) -> reqwest::blocking::Response {
         .unwrap()
 }
 
+/// weir with an HTTP source and one `redis` destination: `source` and `config` are TOML
+/// lines of the source's and the destination's `config` blocks, `settings` of its
+/// `settings.redis` block, and `tail` any tables after those (mapping rules).
+fn serve_with_redis(source: &str, config: &str, settings: &str, tail: &str) -> Weir {
+    Weir::start(&format!(
+        "[sources.http]\ntype = \"http\"\n[sources.http.config]\n{source}\n\
+         [destinations.redis]\ntype = \"redis\"\n[destinations.redis.config]\n{config}\n\
+         [destinations.redis.config.settings.redis]\n{settings}\n{tail}"
+    ))
+}
+
 /// A flow with one `redis` destination; `settings` goes under `settings.redis`.
 fn flow(settings: Value, mapping: Option<&Value>) -> String {
     let mut config = json!({"settings": {"redis": settings}, "retry": {"maxRetries": 2, "retryDelay": 10}, "dlq": {"path": "dead.jsonl"}});
@@ -186,20 +197,15 @@ exactTrimming = true
 fn signed_entries_verify_with_the_consumer_side_code() {
     let server = RedisServer::start();
     let key = "0123456789abcdef".repeat(4);
-    let weir = Weir::start(&format!(
-        r#"
-[sources.http]
-type = "http"
-[destinations.redis]
-type = "redis"
-[destinations.redis.config.settings.redis]
-url = "{}"
-streamKey = "signed:events"
-serialization = "flat"
-sign = {{ key = "{key}" }}
-"#,
-        server.url()
-    ));
+    let weir = serve_with_redis(
+        "",
+        "",
+        &format!(
+            "url = \"{}\"\nstreamKey = \"signed:events\"\nserialization = \"flat\"\nsign = {{ key = \"{key}\" }}",
+            server.url()
+        ),
+        "",
+    );
     assert_eq!(
         post(&weir, &json!({"name": "order complete", "data": {"total": 9.5}})).status(),
         200
@@ -270,37 +276,30 @@ fn acl_user_and_password_and_a_wrong_password() {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("redis-password");
     std::fs::write(&password_file, "s3cret-pass\n").unwrap();
-    let weir = Weir::start(&format!(
-        r#"
-[sources.http]
-type = "http"
-[destinations.redis]
-type = "redis"
-[destinations.redis.config.settings.redis]
-streamKey = "events:acl"
-passwordFile = "{}"
-options = {{ host = "127.0.0.1", port = {}, username = "weir" }}
-"#,
-        password_file.display(),
-        server.port
-    ));
+    let weir = serve_with_redis(
+        "",
+        "",
+        &format!(
+            "streamKey = \"events:acl\"\npasswordFile = \"{}\"\noptions = {{ host = \"127.0.0.1\", port = {}, username = \"weir\" }}",
+            password_file.display(),
+            server.port
+        ),
+        "",
+    );
     assert_eq!(post(&weir, &json!({"name": "a b"})).status(), 200);
     assert_eq!(server.xrange("events:acl").len(), 1);
     // CONFIG is not allowed for this user: the checks are skipped, not fatal.
     assert!(!weir.log().contains("ERROR"), "{}", weir.log());
 
-    let wrong = Weir::start(&format!(
-        r#"
-[sources.http]
-type = "http"
-[destinations.redis]
-type = "redis"
-[destinations.redis.config.settings.redis]
-streamKey = "events:acl"
-url = "redis://weir:wrong@127.0.0.1:{}"
-"#,
-        server.port
-    ));
+    let wrong = serve_with_redis(
+        "",
+        "",
+        &format!(
+            "streamKey = \"events:acl\"\nurl = \"redis://weir:wrong@127.0.0.1:{}\"",
+            server.port
+        ),
+        "",
+    );
     assert!(
         eventually(Duration::from_secs(5), || wrong
             .log()
@@ -317,19 +316,16 @@ url = "redis://weir:wrong@127.0.0.1:{}"
 #[test]
 fn tls_with_a_private_ca() {
     let server = RedisServer::start_tls(&[]);
-    let weir = Weir::start(&format!(
-        r#"
-[sources.http]
-type = "http"
-[destinations.redis]
-type = "redis"
-[destinations.redis.config.settings.redis]
-streamKey = "events:tls"
-options = {{ host = "127.0.0.1", port = {}, tls = {{ caFile = "{}" }} }}
-"#,
-        server.port,
-        server.ca_file.as_ref().unwrap().display()
-    ));
+    let weir = serve_with_redis(
+        "",
+        "",
+        &format!(
+            "streamKey = \"events:tls\"\noptions = {{ host = \"127.0.0.1\", port = {}, tls = {{ caFile = \"{}\" }} }}",
+            server.port,
+            server.ca_file.as_ref().unwrap().display()
+        ),
+        "",
+    );
     assert_eq!(post(&weir, &json!({"name": "secure event"})).status(), 200);
     assert_eq!(server.cli(&["XLEN", "events:tls"]).trim(), "1");
 }
@@ -340,21 +336,13 @@ options = {{ host = "127.0.0.1", port = {}, tls = {{ caFile = "{}" }} }}
 fn redis_cluster_routes_entries_by_slot() {
     let cluster = support::redis::RedisCluster::start();
     let urls: Vec<String> = cluster.urls();
-    let weir = Weir::start(&format!(
-        r#"
-[sources.http]
-type = "http"
-[destinations.redis]
-type = "redis"
-[destinations.redis.config.settings.redis]
-url = {urls:?}
-streamKey = "walkeros:events"
-[destinations.redis.config.mapping.order.complete.settings]
-streamKey = "stream:b"
-[destinations.redis.config.mapping.user.login.settings]
-streamKey = "stream:c"
-"#
-    ));
+    let weir = serve_with_redis(
+        "",
+        "",
+        &format!("url = {urls:?}\nstreamKey = \"walkeros:events\""),
+        "[destinations.redis.config.mapping.order.complete.settings]\nstreamKey = \"stream:b\"\n\
+         [destinations.redis.config.mapping.user.login.settings]\nstreamKey = \"stream:c\"\n",
+    );
     // Slots 12134, 6511 and 2382: one key on each of the three masters.
     let keys = ["walkeros:events", "stream:b", "stream:c"];
     let owners: std::collections::BTreeSet<usize> = keys.iter().map(|key| cluster.owner(key)).collect();
@@ -377,22 +365,12 @@ streamKey = "stream:c"
 #[test]
 fn shutdown_completes_every_xadd_before_exiting() {
     let server = RedisServer::start();
-    let mut weir = Weir::start(&format!(
-        r#"
-[sources.http]
-type = "http"
-[sources.http.config]
-ack = "received"
-[destinations.redis]
-type = "redis"
-[destinations.redis.config]
-batch = {{ wait = 60000, age = 60000 }}
-[destinations.redis.config.settings.redis]
-url = "{}"
-streamKey = "shutdown:events"
-"#,
-        server.url()
-    ));
+    let mut weir = serve_with_redis(
+        "ack = \"received\"",
+        "batch = { wait = 60000, age = 60000 }",
+        &format!("url = \"{}\"\nstreamKey = \"shutdown:events\"", server.url()),
+        "",
+    );
     for n in 0..5 {
         assert_eq!(post(&weir, &json!({"name": "a b", "data": {"n": n}})).status(), 200);
     }
