@@ -163,21 +163,6 @@ impl Event {
         }
     }
 
-    /// A top-level field as a value (parsed when held as text).
-    pub fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
-        match key::of(name) {
-            Some(index) => match self.field(index)? {
-                FieldRef::Value(value) => Some(Cow::Borrowed(value)),
-                FieldRef::Text(text) => Some(Cow::Owned(parse_canonical(text))),
-            },
-            None => self
-                .extra
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| Cow::Borrowed(v)),
-        }
-    }
-
     /// A top-level field as an object; empty when absent or not an object.
     pub fn object(&self, index: usize) -> Cow<'_, Object> {
         match self.field(index) {

@@ -111,11 +111,6 @@ impl FileDestination {
         }
     }
 
-    /// The file this destination writes.
-    pub fn path(&self) -> &Path {
-        &self.writer.settings.path
-    }
-
     /// Runs `work` on the blocking pool with the writer.
     async fn blocking<T: Send + 'static>(
         &self,
