@@ -85,6 +85,29 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// A secret from the environment: `name` itself, else the file named by `name_FILE`
+    /// (trailing newline trimmed). An unreadable file is an error at `path`.
+    pub fn from_environment(
+        env: &dyn Fn(&str) -> Option<String>,
+        name: &str,
+        path: &str,
+        errors: &mut ConfigErrors,
+    ) -> Option<Secret> {
+        if let Some(value) = env(name).filter(|value| !value.is_empty()) {
+            return Some(Secret(value));
+        }
+        let file = env(&format!("{name}_FILE"))?;
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())),
+            Err(error) => {
+                errors.push(path, format!("{name}_FILE {file}: {error}"));
+                None
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")

@@ -42,6 +42,15 @@ pub struct DeliveryDefaults {
     pub batch_bytes: Option<usize>,
     /// Batches in flight at once. Destinations whose order matters (a file) use 1.
     pub concurrency: usize,
+    /// Hold a batch until it is full or its first event is this old (RudderStack's
+    /// `flushInterval`); `None` sends whatever is queued at once.
+    pub batch_age: Option<std::time::Duration>,
+    /// Retries before dead-lettering, when the flow file's `retry.maxRetries` is unset
+    /// (RudderStack's `retryCount`).
+    pub max_retries: Option<u32>,
+    /// Queue bound, when the flow file's `queueMax` is unset (RudderStack's
+    /// `maxInternalQueueSize`).
+    pub queue_max: Option<usize>,
 }
 
 impl Default for DeliveryDefaults {
@@ -50,6 +59,9 @@ impl Default for DeliveryDefaults {
             batch_size: 500,
             batch_bytes: None,
             concurrency: 1,
+            batch_age: None,
+            max_retries: None,
+            queue_max: None,
         }
     }
 }
@@ -104,9 +116,10 @@ pub trait Destination: Send + Sync + Sized + 'static {
     /// Renders one mapped event. An `Err` is a problem with this event for this destination
     /// (it is dead-lettered with the message, never dropped).
     ///
-    /// Runs on the request path, on many threads at once, and also for `weir explain`:
-    /// state that depends on event order (RudderStack's identify de-duplication) belongs in
-    /// `send`, which one worker calls in order.
+    /// Runs on the request path, on many threads at once, and also for `weir explain`, for
+    /// events that may yet be refused (a full queue): state that depends on event order
+    /// (RudderStack's identify de-duplication) belongs in `send`, which the worker calls in
+    /// queue order.
     fn render(&self, input: &RenderInput<'_, Self::RuleSettings>) -> Result<Rendered<Self::Wire>, String>;
 
     /// The wire form as `weir explain` prints it.
@@ -123,6 +136,12 @@ pub trait Destination: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<Vec<Result<(), Self::Error>>, Self::Error>> + Send;
 
     fn classify(&self, error: &Self::Error) -> ErrorClass;
+
+    /// How long the target asked to be left alone (HTTP `Retry-After`): the next attempt
+    /// waits at least this long.
+    fn retry_after(&self, _error: &Self::Error) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Flushes and closes. Called once, after the last batch was sent.
     fn shutdown(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;

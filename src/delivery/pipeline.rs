@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use metrics::{Counter, Gauge, Histogram};
@@ -26,6 +26,9 @@ use super::{Destination, ErrorClass, RenderInput, Rendered};
 use crate::collector::Collector;
 use crate::event::Event;
 use crate::mapping::{DestinationMapping, MappingOutcome};
+
+/// Longest wait a target's `Retry-After` can impose between two attempts.
+const MAX_ASKED_DELAY: Duration = Duration::from_secs(300);
 
 /// What one destination does with one event, decided on the request path.
 pub enum Disposition<W> {
@@ -452,6 +455,12 @@ impl<W> Buffer<W> {
         self.envelopes.push(envelope);
     }
 
+    /// Whether adding an event of `size` bytes would take the batch past its byte limit:
+    /// then the batch goes first (RudderStack's body limit is a hard one).
+    fn would_overflow(&self, policy: &BatchPolicy, size: usize) -> bool {
+        !self.envelopes.is_empty() && policy.max_bytes.is_some_and(|max| self.bytes + size > max)
+    }
+
     fn is_full(&self, policy: &BatchPolicy) -> bool {
         self.envelopes.len() >= policy.size || policy.max_bytes.is_some_and(|max| self.bytes >= max)
     }
@@ -546,10 +555,14 @@ impl<D: Destination> Worker<D> {
                 }
                 received = self.receiver.recv() => {
                     let Some(envelope) = received else { break };
-                    self.take_in(envelope, &mut buffers);
+                    if let Some(batch) = self.take_in(envelope, &mut buffers) {
+                        self.dispatch(batch, &sender, &permits, &mut tasks).await;
+                    }
                     // Take whatever else is already queued, without waiting.
                     while let Ok(envelope) = self.receiver.try_recv() {
-                        self.take_in(envelope, &mut buffers);
+                        if let Some(batch) = self.take_in(envelope, &mut buffers) {
+                            self.dispatch(batch, &sender, &permits, &mut tasks).await;
+                        }
                         if buffers.iter().zip(&self.policies).any(|(b, p)| b.is_full(p)) {
                             break;
                         }
@@ -624,10 +637,16 @@ impl<D: Destination> Worker<D> {
         }
     }
 
-    fn take_in(&self, envelope: Envelope<D::Wire>, buffers: &mut [Buffer<D::Wire>]) {
+    /// Buffers an event; returns the batch that had to go first to make room for it.
+    fn take_in(&self, envelope: Envelope<D::Wire>, buffers: &mut [Buffer<D::Wire>]) -> Option<Vec<Envelope<D::Wire>>> {
         self.depth.fetch_sub(1, Ordering::AcqRel);
         let slot = envelope.slot.min(buffers.len() - 1);
-        buffers[slot].push(envelope);
+        let buffer = &mut buffers[slot];
+        let full = buffer
+            .would_overflow(&self.policies[slot], envelope.size)
+            .then(|| buffer.take());
+        buffer.push(envelope);
+        full
     }
 
     async fn dispatch(
@@ -715,6 +734,8 @@ impl<D: Destination> Sender<D> {
                     result = send => result,
                 }
             };
+            // The longest wait the target asked for (HTTP Retry-After), if any.
+            let mut asked_delay: Option<Duration> = None;
             let results: Vec<Result<(), (ErrorClass, String)>> = match results {
                 Err(_elapsed) => {
                     let reason = format!("timed out after {} ms", self.delivery.timeout.as_millis());
@@ -722,6 +743,7 @@ impl<D: Destination> Sender<D> {
                 }
                 Ok(Err(error)) => {
                     let class = self.destination.classify(&error);
+                    asked_delay = self.destination.retry_after(&error);
                     vec![Err((class, error.to_string())); pending.len()]
                 }
                 Ok(Ok(results)) if results.len() != pending.len() => {
@@ -734,7 +756,12 @@ impl<D: Destination> Sender<D> {
                 }
                 Ok(Ok(results)) => results
                     .into_iter()
-                    .map(|result| result.map_err(|error| (self.destination.classify(&error), error.to_string())))
+                    .map(|result| {
+                        result.map_err(|error| {
+                            asked_delay = asked_delay.max(self.destination.retry_after(&error));
+                            (self.destination.classify(&error), error.to_string())
+                        })
+                    })
                     .collect(),
             };
 
@@ -778,7 +805,13 @@ impl<D: Destination> Sender<D> {
                 failed += self.dead_letter_in_flight(retry, &reason, attempt + 1).await;
                 break;
             }
-            let delay = self.delivery.retry.delay(attempt);
+            // Backoff, or what the target asked for if longer (capped, so that a bad header
+            // cannot park events for hours; retries still run out and dead-letter).
+            let delay = self
+                .delivery
+                .retry
+                .delay(attempt)
+                .max(asked_delay.unwrap_or_default().min(MAX_ASKED_DELAY));
             tracing::warn!(
                 destination = %self.id, events = retry.len(), attempt = attempt + 1,
                 retry_in = ?delay, error = %last_retryable, "delivery failed, retrying"

@@ -33,6 +33,7 @@ impl Destination for BlackholeDestination {
             batch_size: 1000,
             batch_bytes: None,
             concurrency: 2,
+            ..DeliveryDefaults::default()
         }
     }
 

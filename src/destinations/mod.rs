@@ -10,6 +10,7 @@
 pub mod blackhole;
 pub mod file;
 pub mod redis;
+pub mod rudderstack;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ use crate::mapping::{BatchSpec, DestinationMapping};
 use crate::runtime::WorkerTask;
 
 /// The destination types weir knows, for error messages.
-pub const KINDS: [&str; 4] = ["file", "stdout", "blackhole", "redis"];
+pub const KINDS: [&str; 5] = ["file", "stdout", "blackhole", "redis", "rudderstack"];
 
 /// Default dead-letter file.
 pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
@@ -77,6 +78,10 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
         }
         "redis" => {
             let destination = redis::RedisDestination::from_settings(settings, &settings_path, errors);
+            wire(destination, step, &config, &path, errors)
+        }
+        "rudderstack" => {
+            let destination = rudderstack::RudderStackDestination::from_settings(settings, &settings_path, errors);
             wire(destination, step, &config, &path, errors)
         }
         "blackhole" => {
@@ -165,9 +170,16 @@ fn wire<D: Destination>(
     let config_batch = config
         .get("batch")
         .and_then(|value| BatchSpec::parse(value, &join(path, "batch"), errors));
-    let mut batch = match &config_batch {
-        Some(spec) => spec.policy(None),
-        None => BatchPolicy::immediate(defaults.batch_size),
+    let mut batch = match (&config_batch, defaults.batch_age) {
+        (Some(spec), _) => spec.policy(None),
+        (None, None) => BatchPolicy::immediate(defaults.batch_size),
+        // Full at the size, or sent when its first event is this old.
+        (None, Some(age)) => BatchPolicy {
+            size: defaults.batch_size,
+            max_bytes: None,
+            wait: age,
+            age,
+        },
     };
     batch.max_bytes = defaults.batch_bytes;
     let mut rule_batches = Vec::new();
@@ -179,6 +191,7 @@ fn wire<D: Destination>(
     });
 
     let mut retry = RetryPolicy::default();
+    retry.max_retries = defaults.max_retries.unwrap_or(retry.max_retries);
     if let Some(value) = config.get("retry")
         && let Some(parsed) = typed::parse::<RetryConfig>(value, &join(path, "retry"), errors)
     {
@@ -200,7 +213,9 @@ fn wire<D: Destination>(
             }
         },
     };
-    let queue_max = positive(config, "queueMax", path, errors).unwrap_or(DEFAULT_QUEUE_MAX);
+    let queue_max = positive(config, "queueMax", path, errors)
+        .or(defaults.queue_max)
+        .unwrap_or(DEFAULT_QUEUE_MAX);
     let concurrency = positive(config, "concurrency", path, errors).unwrap_or(defaults.concurrency);
     let dead_letters = dead_letter_sink(config.get("dlq"), &join(path, "dlq"), errors);
 

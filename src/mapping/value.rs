@@ -78,6 +78,22 @@ pub struct ValueContext<'a> {
     pub collector_consent: &'a Object,
 }
 
+/// A value spec inside a destination's typed settings (RudderStack `identify`, Kafka `key`):
+/// parsed as [`ValueSpec::parse`] does, its problems reported as one error at that key.
+impl<'de> serde::Deserialize<'de> for ValueSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let mut errors = ConfigErrors::default();
+        match ValueSpec::parse(&value, "", &mut errors) {
+            Some(spec) if errors.is_empty() => Ok(spec),
+            _ => {
+                let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                Err(serde::de::Error::custom(problems.join("; ")))
+            }
+        }
+    }
+}
+
 impl ValueSpec {
     /// Parses a spec at `path`; JavaScript and unknown keys are errors.
     pub fn parse(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<ValueSpec> {

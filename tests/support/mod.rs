@@ -165,4 +165,5 @@ pub fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+pub mod recorder;
 pub mod redis;

@@ -257,6 +257,7 @@ impl Destination for RedisDestination {
             batch_bytes: None,
             // Pipelines in flight on the one multiplexed connection.
             concurrency: 8,
+            ..DeliveryDefaults::default()
         }
     }
 

@@ -295,21 +295,7 @@ fn connection(
         "passwordFile",
         errors,
     )
-    .or_else(|| {
-        env("REDIS_PASSWORD")
-            .filter(|p| !p.is_empty())
-            .map(Secret::new)
-            .or_else(|| {
-                let file = env("REDIS_PASSWORD_FILE")?;
-                match std::fs::read_to_string(&file) {
-                    Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned())),
-                    Err(error) => {
-                        errors.push(path, format!("REDIS_PASSWORD_FILE {file}: {error}"));
-                        None
-                    }
-                }
-            })
-    });
+    .or_else(|| Secret::from_environment(env, "REDIS_PASSWORD", path, errors));
     let nodes = nodes
         .into_iter()
         .map(|info| {

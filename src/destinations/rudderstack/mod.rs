@@ -1,0 +1,556 @@
+//! `rudderstack`: events as Segment-spec calls to RudderStack's `/v1/batch` HTTP API, the
+//! calls walkerOS's RudderStack destination makes (systems.md §D.3), written as RudderStack's
+//! official Node SDK writes them on the wire — but delivered for real: batched, retried,
+//! dead-lettered, acknowledged only when the data plane answered 2xx.
+//!
+//! Each event is rendered once, on the request path, into its messages (JSON text without
+//! `sentAt`, which is spliced in at send time). identify and group are de-duplicated per
+//! identity (a bounded LRU of the last traits sent per user, and per user the last group),
+//! decided when a batch is first sent, in queue order, and kept for that batch's retries.
+//! A batch that fails forgets its identities, so the next event for them identifies again:
+//! a repeated identify is harmless, a lost one is not.
+//!
+//! `messageId` is a UUID (v5) of the event id and the call type: a retried or replayed event
+//! keeps its ids, and the data plane can drop the duplicate.
+
+pub mod calls;
+pub mod settings;
+
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+pub use settings::{RudderRuleSettings, RudderSettings};
+
+use self::calls::{Call, CallKind, NoCalls, PushInput};
+use crate::config::ConfigErrors;
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::mapping::ValueContext;
+
+/// Identities whose last identify / group weir remembers.
+const DEDUP_CAPACITY: usize = 100_000;
+
+/// A body is `{"batch":[` (10 bytes), the messages with a comma between each, then
+/// `],"timestamp":"…","sentAt":"…"}` (77 with two 24-byte times): 87 bytes plus the
+/// messages and one comma fewer than messages. With [`Destination::wire_size`] counting a
+/// comma per message, a body is exactly this plus the sum of its wires' sizes.
+const BODY_OVERHEAD: usize = 86;
+
+/// Bytes `,"sentAt":"2026-11-24T10:00:00.000Z"` adds to a message (it also closes it).
+const SENT_AT_LENGTH: usize = 36;
+
+/// Longest piece of an error response kept for the dead-letter record.
+const ERROR_BODY_LIMIT: usize = 1024;
+
+/// The namespace of weir's message ids.
+static MESSAGE_ID_NAMESPACE: LazyLock<uuid::Uuid> =
+    LazyLock::new(|| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"https://weir.dev/rudderstack/messageId"));
+
+/// One message, rendered.
+struct Message {
+    kind: CallKind,
+    /// The SDK's message JSON without `sentAt`; ends with `}`.
+    json: Vec<u8>,
+    dedup: Option<calls::Dedup>,
+}
+
+/// One event's messages.
+pub struct RudderWire {
+    messages: Vec<Message>,
+    /// Which messages go out (bit per message), decided at the first send of the batch.
+    sent: OnceLock<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RudderError {
+    #[error("the data plane answered {status}: {body}")]
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("cannot reach the data plane: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("cannot compress the batch: {0}")]
+    Compress(#[source] std::io::Error),
+}
+
+/// Last identify traits per identity, and last group per identity.
+struct Dedup {
+    identify: lru::LruCache<u64, u64>,
+    group: lru::LruCache<u64, u64>,
+}
+
+pub struct RudderStackDestination {
+    settings: RudderSettings,
+    client: reqwest::Client,
+    dedup: Mutex<Dedup>,
+    /// For rate-limited warnings about events without identity: when the last was logged
+    /// (ms since the epoch), and how many were skipped since.
+    skipped_logged_at: AtomicU64,
+    skipped_since_log: AtomicU64,
+}
+
+impl RudderStackDestination {
+    pub fn from_settings(
+        settings: Option<&Value>,
+        path: &str,
+        errors: &mut ConfigErrors,
+    ) -> Option<RudderStackDestination> {
+        let settings = RudderSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
+        match RudderStackDestination::new(settings) {
+            Ok(destination) => Some(destination),
+            Err(error) => {
+                errors.push(path, format!("cannot set up the HTTP client: {error}"));
+                None
+            }
+        }
+    }
+
+    pub fn new(settings: RudderSettings) -> Result<RudderStackDestination, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        let capacity = NonZeroUsize::new(DEDUP_CAPACITY).expect("capacity is not zero");
+        Ok(RudderStackDestination {
+            settings,
+            client,
+            dedup: Mutex::new(Dedup {
+                identify: lru::LruCache::new(capacity),
+                group: lru::LruCache::new(capacity),
+            }),
+            skipped_logged_at: AtomicU64::new(0),
+            skipped_since_log: AtomicU64::new(0),
+        })
+    }
+
+    /// The SDK's message for one call: the call's parameters, `integrations`, `context`
+    /// (library, and an identify's traits), `type`, `channel`, `originalTimestamp`,
+    /// `messageId`; `sentAt` follows at send time.
+    fn message(&self, call: Call, event_id: &str, original_timestamp: &str) -> Message {
+        let Call {
+            kind,
+            mut params,
+            dedup,
+        } = call;
+        if let Some(integrations) = &self.settings.integrations {
+            params.insert("integrations".into(), Value::Object(integrations.clone()));
+        }
+        let mut context = Map::new();
+        context.insert(
+            "library".into(),
+            serde_json::json!({"name": "weir", "version": env!("CARGO_PKG_VERSION")}),
+        );
+        if kind == CallKind::Identify
+            && let Some(traits) = params.get("traits")
+        {
+            context.insert("traits".into(), traits.clone());
+        }
+        params.insert("context".into(), Value::Object(context));
+        params.insert("type".into(), Value::from(kind.name()));
+        params.insert("channel".into(), Value::from("server"));
+        params.insert("originalTimestamp".into(), Value::from(original_timestamp));
+        let id = uuid::Uuid::new_v5(&MESSAGE_ID_NAMESPACE, format!("{event_id}/{}", kind.name()).as_bytes());
+        params.insert("messageId".into(), Value::from(id.to_string()));
+        Message {
+            kind,
+            json: crate::json::to_vec(&Value::Object(params)),
+            dedup,
+        }
+    }
+
+    /// Decides which of a wire's messages go out: identify and group only when their traits
+    /// (or group) changed for that identity since the last one sent.
+    fn decide(&self, wire: &RudderWire) -> u64 {
+        *wire.sent.get_or_init(|| {
+            let mut dedup = self.dedup.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut mask = 0u64;
+            for (index, message) in wire.messages.iter().enumerate() {
+                let fire = match (message.kind, message.dedup) {
+                    (CallKind::Identify, Some(key)) => remember(&mut dedup.identify, key),
+                    (CallKind::Group, Some(key)) => remember(&mut dedup.group, key),
+                    _ => true,
+                };
+                if fire {
+                    mask |= 1 << index;
+                }
+            }
+            mask
+        })
+    }
+
+    /// After a failed send: forget the identities of the batch's identify and group calls.
+    fn forget(&self, batch: &[&RudderWire]) {
+        let mut dedup = self.dedup.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for message in batch.iter().flat_map(|wire| &wire.messages) {
+            match (message.kind, message.dedup) {
+                (CallKind::Identify, Some(key)) => {
+                    dedup.identify.pop(&key.identity);
+                }
+                (CallKind::Group, Some(key)) => {
+                    dedup.group.pop(&key.identity);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The request body: `{"batch":[…],"timestamp":…,"sentAt":…}`, each message with
+    /// `sentAt`. `None` when de-duplication left nothing to send.
+    fn body(&self, batch: &[&RudderWire], sent_at: &str) -> Option<Vec<u8>> {
+        let capacity = batch.iter().map(|wire| self.wire_size(wire)).sum::<usize>() + BODY_OVERHEAD;
+        let mut body = Vec::with_capacity(capacity);
+        body.extend_from_slice(b"{\"batch\":[");
+        let mut count = 0;
+        for wire in batch {
+            let mask = self.decide(wire);
+            for (index, message) in wire.messages.iter().enumerate() {
+                if mask & (1 << index) == 0 {
+                    continue;
+                }
+                if count > 0 {
+                    body.push(b',');
+                }
+                count += 1;
+                body.extend_from_slice(&message.json[..message.json.len() - 1]);
+                write!(body, ",\"sentAt\":\"{sent_at}\"}}").expect("writing to a Vec cannot fail");
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        write!(body, "],\"timestamp\":\"{sent_at}\",\"sentAt\":\"{sent_at}\"}}").expect("writing to a Vec cannot fail");
+        Some(body)
+    }
+
+    /// walkerOS warns for every event without identity; weir counts them all (as skipped)
+    /// and logs at most one line every ten seconds.
+    fn warn_no_identity(&self) {
+        let skipped = self.skipped_since_log.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = now_ms() as u64;
+        let last = self.skipped_logged_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .skipped_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.skipped_since_log.fetch_sub(skipped, Ordering::Relaxed);
+            tracing::warn!(
+                events = skipped,
+                "RudderStack requires userId or anonymousId; skipping event (check the userId / anonymousId paths)"
+            );
+        }
+    }
+}
+
+/// Whether to send, and remembers what was sent: true when `key.identity` has no entry or
+/// a different value.
+fn remember(cache: &mut lru::LruCache<u64, u64>, key: calls::Dedup) -> bool {
+    if cache.get(&key.identity) == Some(&key.value) {
+        return false;
+    }
+    cache.put(key.identity, key.value);
+    true
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_millis() as f64)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by RudderStack's gateway).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+impl Destination for RudderStackDestination {
+    type RuleSettings = RudderRuleSettings;
+    type Wire = RudderWire;
+    type Error = RudderError;
+    const KIND: &'static str = "rudderstack";
+
+    fn delivery_defaults(&self) -> DeliveryDefaults {
+        DeliveryDefaults {
+            batch_size: self.settings.flush_at,
+            batch_bytes: Some(self.settings.max_queue_size.saturating_sub(BODY_OVERHEAD).max(1)),
+            // One request at a time keeps each user's calls in order, as one SDK instance
+            // sends them; `concurrency` raises it.
+            concurrency: 1,
+            batch_age: Some(self.settings.flush_interval),
+            max_retries: Some(self.settings.retry_count),
+            queue_max: Some(self.settings.max_internal_queue_size),
+        }
+    }
+
+    async fn connect(&self) -> Result<(), RudderError> {
+        // The batch API has no cheap probe that needs no events; the first batch checks the
+        // write key (a 401 dead-letters with the data plane's answer).
+        Ok(())
+    }
+
+    fn render(&self, input: &RenderInput<'_, RudderRuleSettings>) -> Result<Rendered<RudderWire>, String> {
+        if !self.settings.enable {
+            return Ok(Rendered::Skip("enable is false: nothing is sent to RudderStack".into()));
+        }
+        let now = now_ms();
+        let context = ValueContext {
+            collector_consent: &input.collector.consent,
+        };
+        let push = PushInput {
+            event: input.event.tree(),
+            data: input.data,
+            rule: input.rule_settings,
+            silent: input.silent,
+            context: &context,
+            now_ms: now,
+        };
+        let calls = match calls::calls(&self.settings, &push)? {
+            Ok(calls) => calls,
+            Err(NoCalls::NoIdentity) => {
+                self.warn_no_identity();
+                return Ok(Rendered::Skip("RudderStack requires userId or anonymousId".into()));
+            }
+            Err(NoCalls::Nothing) => {
+                return Ok(Rendered::Skip(
+                    "the matching rule is silent and makes no identify, group, page, screen or alias call".into(),
+                ));
+            }
+        };
+        let original_timestamp = calls::iso_time(now)?;
+        let messages: Vec<Message> = calls
+            .into_iter()
+            .map(|call| self.message(call, input.event.id(), &original_timestamp))
+            .collect();
+        let wire = RudderWire {
+            messages,
+            sent: OnceLock::new(),
+        };
+        let size = self.wire_size(&wire);
+        if size + BODY_OVERHEAD > self.settings.max_queue_size {
+            return Err(format!(
+                "the event's messages are {size} bytes, more than maxQueueSize ({}) allows in one request",
+                self.settings.max_queue_size
+            ));
+        }
+        Ok(Rendered::Send(wire))
+    }
+
+    fn explain(&self, wire: &RudderWire) -> Value {
+        let calls: Vec<Value> = wire
+            .messages
+            .iter()
+            .map(|message| {
+                let mut shown = serde_json::json!({
+                    "call": message.kind.name(),
+                    "message": serde_json::from_slice::<Value>(&message.json).unwrap_or(Value::Null),
+                });
+                if message.dedup.is_some() {
+                    shown["sent"] = Value::from("unless the same was sent for this identity already");
+                }
+                shown
+            })
+            .collect();
+        serde_json::json!({
+            "endpoint": self.settings.endpoint,
+            "gzip": self.settings.gzip,
+            "calls": calls,
+        })
+    }
+
+    fn wire_size(&self, wire: &RudderWire) -> usize {
+        wire.messages
+            .iter()
+            .map(|message| message.json.len() + SENT_AT_LENGTH + 1)
+            .sum()
+    }
+
+    async fn send(&self, batch: &[&RudderWire]) -> Result<Vec<Result<(), RudderError>>, RudderError> {
+        let sent_at = calls::iso_time(now_ms()).unwrap_or_default();
+        let Some(body) = self.body(batch, &sent_at) else {
+            // Every call was a repeated identify or group: nothing to send, nothing lost.
+            return Ok(batch.iter().map(|_| Ok(())).collect());
+        };
+        let result = self.post(body).await;
+        if result.is_err() {
+            self.forget(batch);
+        }
+        result.map(|()| batch.iter().map(|_| Ok(())).collect())
+    }
+
+    fn classify(&self, error: &RudderError) -> ErrorClass {
+        match error {
+            RudderError::Status { status, .. } if *status == 429 || *status == 408 || *status >= 500 => {
+                ErrorClass::Retryable
+            }
+            RudderError::Status { .. } => ErrorClass::Fatal,
+            RudderError::Transport(error) if error.is_builder() => ErrorClass::Fatal,
+            RudderError::Transport(_) => ErrorClass::Retryable,
+            RudderError::Compress(_) => ErrorClass::Fatal,
+        }
+    }
+
+    fn retry_after(&self, error: &RudderError) -> Option<Duration> {
+        match error {
+            RudderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), RudderError> {
+        Ok(())
+    }
+}
+
+impl RudderStackDestination {
+    /// POSTs one body, gzipped when `gzip` is on, with the SDK's headers.
+    async fn post(&self, body: Vec<u8>) -> Result<(), RudderError> {
+        let request = self
+            .client
+            .post(&self.settings.endpoint)
+            .basic_auth(self.settings.write_key.expose(), None::<&str>);
+        let request = if self.settings.gzip {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::default());
+            encoder.write_all(&body).map_err(RudderError::Compress)?;
+            let compressed = encoder.finish().map_err(RudderError::Compress)?;
+            // The Node SDK labels its gzipped JSON this way; the data plane expects it.
+            request
+                .header(reqwest::header::CONTENT_ENCODING, "gzip")
+                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(compressed)
+        } else {
+            request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+        };
+        let response = request.send().await.map_err(RudderError::Transport)?;
+        let status = response.status();
+        if status.is_success() {
+            // Read the (small) answer so the connection can be reused.
+            let _ = response.bytes().await;
+            return Ok(());
+        }
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        let mut body: String = text.chars().take(ERROR_BODY_LIMIT).collect();
+        if body.len() < text.len() {
+            body.push('…');
+        }
+        Err(RudderError::Status {
+            status: status.as_u16(),
+            body,
+            retry_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn destination(settings: Value) -> RudderStackDestination {
+        let mut errors = ConfigErrors::default();
+        let settings = RudderSettings::parse(Some(&settings), "s", &|_| None, &mut errors).expect("valid settings");
+        RudderStackDestination::new(settings).unwrap()
+    }
+
+    fn wire(destination: &RudderStackDestination, event_id: &str, calls: Vec<Call>) -> RudderWire {
+        RudderWire {
+            messages: calls
+                .into_iter()
+                .map(|call| destination.message(call, event_id, "2026-11-24T10:00:00.000Z"))
+                .collect(),
+            sent: OnceLock::new(),
+        }
+    }
+
+    fn call(kind: CallKind, user: &str, traits: u64) -> Call {
+        let mut params = Map::new();
+        params.insert("userId".into(), Value::from(user));
+        Call {
+            kind,
+            params,
+            dedup: (kind == CallKind::Identify).then_some(calls::Dedup {
+                identity: user.len() as u64,
+                value: traits,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_body_is_exactly_its_overhead_plus_its_wire_sizes() {
+        let destination = destination(json!({"writeKey": "k", "dataPlaneUrl": "http://127.0.0.1:1"}));
+        let wires = [
+            wire(
+                &destination,
+                "e1",
+                vec![call(CallKind::Identify, "u", 1), call(CallKind::Track, "u", 0)],
+            ),
+            wire(&destination, "e2", vec![call(CallKind::Track, "uu", 0)]),
+        ];
+        let batch: Vec<&RudderWire> = wires.iter().collect();
+        let body = destination.body(&batch, "2026-11-24T10:00:01.000Z").unwrap();
+        let sizes: usize = wires.iter().map(|w| destination.wire_size(w)).sum();
+        assert_eq!(body.len(), BODY_OVERHEAD + sizes);
+        let parsed: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["batch"].as_array().unwrap().len(), 3);
+        assert_eq!(parsed["batch"][2]["sentAt"], "2026-11-24T10:00:01.000Z");
+    }
+
+    #[test]
+    fn message_ids_follow_the_event_id_and_the_call() {
+        let destination = destination(json!({"writeKey": "k", "dataPlaneUrl": "http://127.0.0.1:1"}));
+        let id = |event: &str, kind| {
+            let message = destination.message(call(kind, "u", 0), event, "2026-11-24T10:00:00.000Z");
+            serde_json::from_slice::<Value>(&message.json).unwrap()["messageId"].clone()
+        };
+        assert_eq!(id("e1", CallKind::Track), id("e1", CallKind::Track));
+        assert_ne!(id("e1", CallKind::Track), id("e2", CallKind::Track));
+        assert_ne!(id("e1", CallKind::Track), id("e1", CallKind::Identify));
+    }
+
+    #[test]
+    fn a_decision_holds_for_retries_and_a_failure_forgets_the_identity() {
+        let destination = destination(json!({"writeKey": "k", "dataPlaneUrl": "http://127.0.0.1:1"}));
+        let first = wire(
+            &destination,
+            "e1",
+            vec![call(CallKind::Identify, "u", 7), call(CallKind::Track, "u", 0)],
+        );
+        assert_eq!(destination.decide(&first), 0b11);
+        // Retrying the same batch sends the same messages.
+        assert_eq!(destination.decide(&first), 0b11);
+        let second = wire(
+            &destination,
+            "e2",
+            vec![call(CallKind::Identify, "u", 7), call(CallKind::Track, "u", 0)],
+        );
+        assert_eq!(destination.decide(&second), 0b10, "same traits: track only");
+        destination.forget(&[&first]);
+        let third = wire(&destination, "e3", vec![call(CallKind::Identify, "u", 7)]);
+        assert_eq!(
+            destination.decide(&third),
+            0b1,
+            "after a failure the identity identifies again"
+        );
+        let batch = [&second];
+        assert!(destination.body(&batch, "2026-11-24T10:00:01.000Z").is_some());
+        let only_repeats = wire(&destination, "e4", vec![call(CallKind::Identify, "u", 7)]);
+        assert!(destination.body(&[&only_repeats], "2026-11-24T10:00:01.000Z").is_none());
+    }
+}
