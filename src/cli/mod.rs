@@ -1,10 +1,11 @@
-//! The `weir` command line: `serve`, `validate`, `explain`.
+//! The `weir` command line: `serve`, `validate`, `explain`, `streams`, `doctor`.
 //!
 //! Each subcommand is a thin edge over the library; errors become a message on stderr and a
 //! non-zero exit status here, and nowhere else.
 
 mod explain;
 mod serve;
+mod streams;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,17 @@ enum Command {
         source: Option<String>,
         /// JSON-lines file of events; `-` or nothing reads stdin.
         events: Option<PathBuf>,
+    },
+    /// Redis Streams operations: provision, verify.
+    Streams {
+        #[command(subcommand)]
+        command: streams::StreamsCommand,
+    },
+    /// Is this Redis fit to carry streams that must not lose entries? One verdict per line;
+    /// exit 0 (all OK), 1 (a WARN), 2 (a FAIL), 3 (cannot connect).
+    Doctor {
+        #[command(flatten)]
+        redis: streams::RedisArgs,
     },
 }
 
@@ -118,6 +130,8 @@ pub fn main() -> ExitCode {
                 Err(errors) => report(&file, &errors),
             }
         }
+        Command::Streams { command } => streams::streams(command),
+        Command::Doctor { redis } => streams::doctor(&redis),
         Command::Explain {
             config,
             flow,

@@ -1,4 +1,7 @@
-//! Redis Streams: what the destination that writes them and the consumer that reads them
-//! share. Today: message signing.
+//! Redis Streams: what the destination that writes them, the consumer that reads them and the
+//! operations CLI share — message signing — and the CLI's own jobs: provisioning and
+//! verifying streams and groups, and judging whether a Redis is fit to carry them.
 
+pub mod doctor;
+pub mod provision;
 pub mod signing;

@@ -15,13 +15,11 @@
 
 pub mod settings;
 
-use std::sync::OnceLock;
-
 use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, RedisError, TlsCertificates};
+use redis::{Cmd, RedisError};
 use serde_json::Value;
 
 pub use settings::{RedisRuleSettings, RedisSettings, Serialization};
@@ -50,14 +48,6 @@ pub struct RedisDestination {
     connection: tokio::sync::OnceCell<Connection>,
 }
 
-/// rustls needs a process-wide crypto provider before the first TLS connection.
-fn install_crypto_provider() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl RedisDestination {
     pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<RedisDestination> {
         let settings = RedisSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
@@ -71,31 +61,10 @@ impl RedisDestination {
         }
     }
 
-    fn certificates(&self) -> Option<TlsCertificates> {
-        let tls = self.settings.connection.tls.as_ref()?;
-        if tls.ca.is_none() && tls.client.is_none() {
-            return None;
-        }
-        Some(TlsCertificates {
-            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
-            root_cert: tls.ca.clone(),
-        })
-    }
-
-    fn single_client(&self, node: &redis::ConnectionInfo) -> Result<redis::Client, RedisError> {
-        match self.certificates() {
-            Some(certificates) => redis::Client::build_with_tls(node.clone(), certificates),
-            None => redis::Client::open(node.clone()),
-        }
-    }
-
     async fn open(&self) -> Result<Connection, RedisError> {
         let connection = &self.settings.connection;
         if connection.tls.is_some() {
-            install_crypto_provider();
+            settings::install_crypto_provider();
         }
         if connection.cluster {
             let mut builder = ClusterClientBuilder::new(connection.nodes.clone())
@@ -112,13 +81,13 @@ impl RedisDestination {
                     redis::TlsMode::Secure
                 });
             }
-            if let Some(certificates) = self.certificates() {
+            if let Some(certificates) = connection.certificates() {
                 builder = builder.certs(certificates);
             }
             let client = builder.build()?;
             return Ok(Connection::Cluster(client.get_async_connection().await?));
         }
-        let client = self.single_client(&connection.nodes[0])?;
+        let client = connection.client(&connection.nodes[0])?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connection.connect_timeout))
             // redis-rs would time replies out after 500 ms; under load a big pipeline takes
@@ -135,8 +104,7 @@ impl RedisDestination {
     /// ACLs) is skipped, never fatal.
     async fn check_server(&self) -> Result<(), RedisError> {
         // One node is enough: cluster nodes are configured alike.
-        let client = self.single_client(&self.settings.connection.nodes[0])?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut connection = self.settings.connection.connect_first().await?;
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await?;
         let version = info
             .lines()
@@ -200,7 +168,7 @@ impl RedisDestination {
 }
 
 /// `7.0.15` → (7, 0); anything unreadable → (0, 0).
-fn parse_version(version: &str) -> (u32, u32) {
+pub fn parse_version(version: &str) -> (u32, u32) {
     let mut parts = version.split('.').map(|part| part.trim().parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }

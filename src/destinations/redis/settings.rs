@@ -134,6 +134,62 @@ pub struct RedisRuleSettings {
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Parses only the connection keys of a Redis settings block (`url`, `options`, `cluster`,
+/// `passwordFile`): for the streams CLI and the stream consumer, which share the
+/// destination's connection code. Other keys are ignored here.
+pub fn parse_connection(
+    value: &Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+) -> Option<Connection> {
+    let raw = typed::parse::<Raw>(value, path, errors)?;
+    connection(&raw, path, env, errors)
+}
+
+impl Connection {
+    /// TLS certificates to give redis-rs, when the settings name any.
+    pub fn certificates(&self) -> Option<redis::TlsCertificates> {
+        let tls = self.tls.as_ref()?;
+        if tls.ca.is_none() && tls.client.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: tls.ca.clone(),
+        })
+    }
+
+    /// A client for one node (the first of a cluster's, unless `node` says otherwise).
+    pub fn client(&self, node: &ConnectionInfo) -> redis::RedisResult<redis::Client> {
+        if self.tls.is_some() {
+            install_crypto_provider();
+        }
+        match self.certificates() {
+            Some(certificates) => redis::Client::build_with_tls(node.clone(), certificates),
+            None => redis::Client::open(node.clone()),
+        }
+    }
+
+    /// One multiplexed connection to the first node, within the connect timeout.
+    pub async fn connect_first(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let client = self.client(&self.nodes[0])?;
+        let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout));
+        client.get_multiplexed_async_connection_with_config(&config).await
+    }
+}
+
+/// rustls needs a process-wide crypto provider before the first TLS connection.
+pub fn install_crypto_provider() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl RedisSettings {
     /// Checks `settings` (the destination's `settings` block, at `path`); `env` looks up
     /// environment variables.

@@ -1,0 +1,177 @@
+//! `weir streams …` and `weir doctor`: operations on the Redis that carries the streams.
+//!
+//! The connection comes from `--url` (else `REDIS_URL`, else `redis://127.0.0.1:6379`; a
+//! `rediss://` URL is TLS, `--tls-ca` names a private CA), the password from the URL or
+//! `REDIS_PASSWORD` / `REDIS_PASSWORD_FILE`: the Redis destination's connection code. Every
+//! command prints readable lines, or one JSON document with `--json`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::destinations::redis::settings::parse_connection;
+use crate::streams::doctor::{self, Verdict};
+use crate::streams::provision::{self, StreamsFile};
+
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis URL (redis:// or rediss://).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    url: String,
+    /// PEM file of the CA that signed the server's certificate (rediss:// only).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// One JSON document instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StreamsCommand {
+    /// Create the file's streams and consumer groups; idempotent, never trims or deletes.
+    Provision {
+        file: PathBuf,
+        /// Show what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Check that the file's streams and groups exist and that provisioning again would
+    /// change nothing; exits 1 naming what failed.
+    Verify {
+        file: PathBuf,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+}
+
+/// A current-thread runtime and a connection to the first node.
+fn connect(args: &RedisArgs) -> anyhow::Result<(tokio::runtime::Runtime, redis::aio::MultiplexedConnection)> {
+    let mut block = json!({"url": args.url});
+    if let Some(ca) = &args.tls_ca {
+        block["options"] = json!({"tls": {"caFile": ca}});
+    }
+    let mut errors = crate::config::ConfigErrors::default();
+    let connection = parse_connection(&block, "--url", &|name| std::env::var(name).ok(), &mut errors)
+        .ok_or_else(|| anyhow!("{errors}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let redis = runtime
+        .block_on(connection.connect_first())
+        .with_context(|| format!("cannot connect to {}", connection.describe))?;
+    Ok((runtime, redis))
+}
+
+fn load(file: &Path) -> anyhow::Result<StreamsFile> {
+    StreamsFile::load(file).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|error| format!("{}: {error}", file.display()))
+            .collect();
+        anyhow!(lines.join("\n"))
+    })
+}
+
+pub fn streams(command: StreamsCommand) -> ExitCode {
+    let result = match command {
+        StreamsCommand::Provision { file, dry_run, redis } => provision_command(&file, dry_run, &redis),
+        StreamsCommand::Verify { file, redis } => verify_command(&file, &redis),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("weir streams: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn provision_command(file: &Path, dry_run: bool, args: &RedisArgs) -> anyhow::Result<ExitCode> {
+    let file = load(file)?;
+    let (runtime, mut redis) = connect(args)?;
+    let report = runtime.block_on(provision::provision(&mut redis, &file, dry_run))?;
+    if args.json {
+        let mut document = serde_json::to_value(&report)?;
+        document["changes"] = json!(report.changes());
+        document["dryRun"] = json!(dry_run);
+        println!("{document}");
+    } else {
+        for action in &report.actions {
+            println!("{}", action.describe(!dry_run));
+        }
+        for warning in &report.warnings {
+            eprintln!("{warning}");
+        }
+        for error in &report.errors {
+            eprintln!("error: {error}");
+        }
+        let changes = match report.changes() {
+            1 => "1 change".to_owned(),
+            n => format!("{n} changes"),
+        };
+        match dry_run {
+            true => println!("dry run: {changes} to make"),
+            false => println!("redis streams provisioned: {changes}"),
+        }
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn verify_command(file: &Path, args: &RedisArgs) -> anyhow::Result<ExitCode> {
+    let file = load(file)?;
+    let (runtime, mut redis) = connect(args)?;
+    let checks = runtime.block_on(provision::verify(&mut redis, &file))?;
+    let failed: Vec<&provision::Check> = checks.iter().filter(|check| !check.ok).collect();
+    if args.json {
+        println!("{}", json!({"ok": failed.is_empty(), "checks": checks}));
+    } else {
+        for check in &checks {
+            println!("{}", check.line());
+        }
+        if failed.is_empty() {
+            println!("verified: {} checks passed", checks.len());
+        } else {
+            let names: Vec<&str> = failed.iter().map(|check| check.check.as_str()).collect();
+            eprintln!("verify failed: {}", names.join(", "));
+        }
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `weir doctor`: exit 0 when every verdict is OK (or unknown), 1 with a WARN, 2 with a FAIL.
+pub fn doctor(args: &RedisArgs) -> ExitCode {
+    let run = || -> anyhow::Result<ExitCode> {
+        let (runtime, mut redis) = connect(args)?;
+        let findings = runtime.block_on(doctor::examine(&mut redis))?;
+        let worst = findings.iter().map(|f| f.verdict).max().unwrap_or(Verdict::Ok);
+        if args.json {
+            println!("{}", json!({"worst": worst, "findings": findings}));
+        } else {
+            for finding in &findings {
+                println!(
+                    "{:<7} {:<17} {}",
+                    finding.verdict.label(),
+                    finding.check,
+                    finding.detail
+                );
+            }
+        }
+        Ok(match worst {
+            Verdict::Ok | Verdict::Unknown => ExitCode::SUCCESS,
+            Verdict::Warn => ExitCode::from(1),
+            Verdict::Fail => ExitCode::from(2),
+        })
+    };
+    run().unwrap_or_else(|error| {
+        eprintln!("weir doctor: {error:#}");
+        ExitCode::from(3)
+    })
+}

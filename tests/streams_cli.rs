@@ -1,0 +1,201 @@
+//! `weir streams provision|verify` and `weir doctor` against a real redis-server started by
+//! each test.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use support::redis::RedisServer;
+
+/// Runs weir with `args` against `server` (password, if any, from a file via the
+/// environment); returns (exit code, stdout, stderr).
+fn weir(server: &RedisServer, args: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(support::weir_binary());
+    command
+        .args(args)
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", server.port))
+        .env_remove("REDIS_PASSWORD")
+        .env_remove("REDIS_PASSWORD_FILE");
+    if let Some(password) = &server.password {
+        let file = server.dir.path().join("password");
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        command.env("REDIS_PASSWORD_FILE", file);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/streams.toml");
+
+#[test]
+fn provisioning_twice_changes_nothing_the_second_time() {
+    let server = RedisServer::start();
+    let (code, out, err) = weir(&server, &["streams", "provision", EXAMPLE]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("created  group audit-ingestor on caracal.audit.events (from $)"),
+        "{out}"
+    );
+    assert!(out.ends_with("redis streams provisioned: 10 changes\n"), "{out}");
+    let groups = server.cli(&["XINFO", "GROUPS", "caracal.audit.events"]);
+    assert!(
+        groups.contains("audit-ingestor") && groups.contains("siem-export"),
+        "{groups}"
+    );
+
+    for _ in 0..2 {
+        let (code, out, err) = weir(&server, &["streams", "provision", EXAMPLE]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.ends_with("redis streams provisioned: 0 changes\n"), "{out}");
+        assert!(
+            out.contains("exists   group sts-keys on caracal.keys.invalidate"),
+            "{out}"
+        );
+    }
+    // The seed entry is written once, not once per run as Caracal's provisioner does.
+    assert_eq!(server.cli(&["XLEN", "caracal.providers.ratelimit"]).trim(), "1");
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_json_says_what_it_would_do() {
+    let server = RedisServer::start();
+    let (code, out, _) = weir(&server, &["streams", "provision", EXAMPLE, "--dry-run", "--json"]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["changes"], 10);
+    assert_eq!(report["dryRun"], true);
+    assert_eq!(report["actions"][0]["action"], "create_group");
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0", "nothing was created");
+}
+
+#[test]
+fn a_stream_longer_than_its_bound_is_warned_about_never_trimmed() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "streams.yaml",
+        "streams:\n  jobs:\n    groups: {workers: \"0\"}\n    maxLen: 10\n",
+    );
+    for n in 0..11 {
+        server.cli(&["XADD", "jobs", "*", "n", &n.to_string()]);
+    }
+    let (code, out, err) = weir(&server, &["streams", "provision", &file]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err.trim(), "warn: jobs length 11 exceeds intended bound 10");
+    assert!(out.contains("created  group workers on jobs (from 0)"), "{out}");
+    assert_eq!(server.cli(&["XLEN", "jobs"]).trim(), "11");
+}
+
+#[test]
+fn verify_names_what_is_missing_or_wrong() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "streams.json",
+        r#"{"streams": {"a": {"groups": ["audit-ingestor"]}, "b": {"groups": ["g"]}, "c": {"groups": ["g"]}}}"#,
+    );
+    // `a` has a group whose name contains the wanted one's prefix; `b` is a string; `c` is missing.
+    server.cli(&["XGROUP", "CREATE", "a", "audit", "$", "MKSTREAM"]);
+    server.cli(&["SET", "b", "x"]);
+    let (code, out, err) = weir(&server, &["streams", "verify", &file]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("ok   stream a\n"), "{out}");
+    assert!(
+        out.contains("FAIL group a/audit-ingestor: not found"),
+        "exact names: {out}"
+    );
+    assert!(out.contains("FAIL stream b: type string (expected stream)"), "{out}");
+    assert!(out.contains("FAIL stream c: missing"), "{out}");
+    assert!(out.contains("FAIL provisioning again changes nothing: "), "{out}");
+    assert!(
+        err.contains("verify failed: group a/audit-ingestor, stream b, group b/g, stream c, group c/g"),
+        "{err}"
+    );
+
+    // Provisioning fixes what it can and leaves the string alone.
+    let (code, _, err) = weir(&server, &["streams", "provision", &file]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("error: b is a string, not a stream: left as it is"),
+        "{err}"
+    );
+    server.cli(&["DEL", "b"]);
+    let (code, _, _) = weir(&server, &["streams", "provision", &file]);
+    assert_eq!(code, 0);
+    let (code, out, _) = weir(&server, &["streams", "verify", &file, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], true);
+}
+
+#[test]
+fn a_bad_file_is_reported_with_paths() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "s.toml",
+        "[streams.x]\nmaxlen = 5\n[streams.y]\ngroups = [\"g\"]\n",
+    );
+    let (code, _, err) = weir(&server, &["streams", "provision", &file]);
+    assert_eq!(code, 1);
+    assert!(err.contains("streams.x.maxlen: unknown key"), "{err}");
+    assert!(err.contains("streams.x: has neither groups nor a seed entry"), "{err}");
+}
+
+#[test]
+fn doctor_fails_eviction_and_warns_without_appendonly() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru", "--appendonly", "no"]);
+    let (code, out, _) = weir(&server, &["doctor"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("FAIL    maxmemory-policy  allkeys-lru: "), "{out}");
+    assert!(out.contains("WARN    appendonly        no: "), "{out}");
+    assert!(out.contains("OK      role              master"), "{out}");
+}
+
+#[test]
+fn doctor_passes_a_server_fit_for_streams_with_a_password_from_a_file() {
+    let server = RedisServer::start_with(&[
+        "--requirepass",
+        "s3cret-pass",
+        "--appendonly",
+        "yes",
+        "--maxmemory",
+        "256mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
+    let (code, out, err) = weir(&server, &["doctor", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["worst"], "OK", "{report:#}");
+    assert_eq!(report["findings"].as_array().unwrap().len(), 9);
+
+    // Without the password: a clear error, no verdicts.
+    let output = Command::new(support::weir_binary())
+        .args(["doctor", "--url", &format!("redis://127.0.0.1:{}", server.port)])
+        .env_remove("REDIS_PASSWORD")
+        .env_remove("REDIS_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("NOAUTH") || err.contains("Authentication required"),
+        "{err}"
+    );
+}
