@@ -83,13 +83,16 @@ fn examples() -> Vec<(&'static str, Value, Value, Option<Value>)> {
     vec![
         (
             "defaultTrack",
-            json!({"name": "product view", "timestamp": 1_700_000_100u64, "user": user}),
+            // getEvent gives every event data; with no data mapping, properties stay {}.
+            json!({"name": "product view", "timestamp": 1_700_000_100u64, "user": user,
+                   "data": {"id": "ers", "name": "Everyday Ruck Snack", "price": 420}}),
             json!({}),
             None,
         ),
         (
             "mappedEventName",
-            json!({"name": "order complete", "timestamp": 1_700_000_101u64, "user": user}),
+            json!({"name": "order complete", "timestamp": 1_700_000_101u64, "user": user,
+                   "data": {"id": "0rd3r1d", "total": 555}}),
             json!({}),
             Some(json!({"order": {"complete": {"name": "Order Completed"}}})),
         ),
@@ -298,6 +301,23 @@ fn the_wire_is_the_node_sdks() {
         assert_eq!(message["integrations"], json!({"All": true, "Amplitude": false}));
     }
     assert_ne!(first[0]["messageId"], first[1]["messageId"]);
+    // walkerOS's parameters in its key order, then the SDK's.
+    let keys = |message: &Value| message.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let sdk = [
+        "integrations",
+        "context",
+        "type",
+        "channel",
+        "originalTimestamp",
+        "messageId",
+        "sentAt",
+    ];
+    let expected = |params: &[&str]| params.iter().chain(&sdk).map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(keys(&first[0]), expected(&["userId", "timestamp", "traits"]));
+    assert_eq!(
+        keys(&first[1]),
+        expected(&["userId", "event", "properties", "timestamp"])
+    );
     // The second time the traits are unchanged: track only, with the first track's id.
     let second = requests[1].messages();
     assert_eq!(second.len(), 1);
@@ -504,4 +524,73 @@ fn explain_shows_the_calls() {
     assert_eq!(calls[0]["message"]["traits"], json!({"email": "a@x"}));
     assert_eq!(calls[1]["call"], "track");
     assert!(recorder.requests().is_empty(), "explain sends nothing");
+}
+
+/// A batch that never reached the data plane forgets its identities: the next event for the
+/// same user identifies again instead of never.
+#[test]
+fn a_failed_identify_is_sent_again_with_the_next_event() {
+    let recorder = Recorder::start(WRITE_KEY);
+    recorder.script([Reply::status(400)]);
+    let settings = json!({"flushAt": 1, "identify": {"map": {"traits": {"map": {"email": "user.email"}}}}});
+    let weir = Weir::start(&flow(&recorder, settings, None, json!({})));
+    let event = json!({"name": "page view", "user": {"id": "u1", "email": "a@x"}});
+    assert_eq!(post(&weir, &event).status(), 500);
+    assert_eq!(post(&weir, &event).status(), 200);
+    let delivered = recorder.delivered();
+    let types: Vec<&str> = delivered.iter().map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["identify", "track"]);
+}
+
+#[test]
+fn request_timeouts_from_the_data_plane_are_retried() {
+    let recorder = Recorder::start(WRITE_KEY);
+    recorder.script([Reply::status(408)]);
+    let weir = Weir::start(&flow(&recorder, json!({"flushAt": 1}), None, json!({})));
+    assert_eq!(post(&weir, &json!({"name": "a b", "user": {"id": "u"}})).status(), 200);
+    assert_eq!(
+        recorder.requests().iter().map(|r| r.status).collect::<Vec<_>>(),
+        [408, 200]
+    );
+}
+
+/// A redirect is not followed (a followed 302 turns the POST into a GET whose 200 would
+/// acknowledge nothing); the batch is dead-lettered saying where the data plane pointed.
+#[test]
+fn a_redirect_is_dead_lettered_not_followed() {
+    let recorder = Recorder::start(WRITE_KEY);
+    let elsewhere = format!("{}/moved", recorder.base);
+    recorder.script([Reply::status(302).header("location", &elsewhere)]);
+    let weir = Weir::start(&flow(&recorder, json!({"flushAt": 1}), None, json!({})));
+    assert_eq!(post(&weir, &json!({"name": "a b", "user": {"id": "u"}})).status(), 500);
+    assert_eq!(recorder.requests().len(), 1, "{:?}", recorder.requests());
+    let reason = weir.json_lines("dead.jsonl")[0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("302") && reason.contains(&elsewhere), "{reason}");
+}
+
+#[test]
+fn page_true_sends_a_page_call_with_an_empty_name() {
+    let recorder = Recorder::start(WRITE_KEY);
+    let mapping = json!({"page": {"view": {"silent": true, "settings": {"page": true}}}});
+    let weir = Weir::start(&flow(&recorder, json!({"flushAt": 1}), Some(mapping), json!({})));
+    let event = json!({"name": "page view", "timestamp": 1_700_000_000u64, "user": {"id": "u", "session": "s"}});
+    assert_eq!(post(&weir, &event).status(), 200);
+    let calls: Vec<Value> = recorder.delivered().iter().map(as_call).collect();
+    assert_eq!(
+        calls,
+        [json!(["page", {"userId": "u", "anonymousId": "s", "timestamp": "1970-01-20T16:13:20.000Z", "name": ""}])]
+    );
+}
+
+#[test]
+fn an_event_too_big_for_one_request_is_dead_lettered() {
+    let recorder = Recorder::start(WRITE_KEY);
+    let settings =
+        json!({"flushAt": 1, "maxQueueSize": 1000, "identify": {"map": {"traits": {"map": {"bio": "user.bio"}}}}});
+    let weir = Weir::start(&flow(&recorder, settings, None, json!({})));
+    let event = json!({"name": "a b", "user": {"id": "u", "bio": "x".repeat(2000)}});
+    assert_eq!(post(&weir, &event).status(), 500);
+    assert!(recorder.requests().is_empty());
+    let reason = weir.json_lines("dead.jsonl")[0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("more than maxQueueSize (1000)"), "{reason}");
 }

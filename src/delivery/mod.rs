@@ -119,7 +119,8 @@ pub trait Destination: Send + Sync + Sized + 'static {
     /// Runs on the request path, on many threads at once, and also for `weir explain`, for
     /// events that may yet be refused (a full queue): state that depends on event order
     /// (RudderStack's identify de-duplication) belongs in `send`, which the worker calls in
-    /// queue order.
+    /// queue order when one batch is in flight at a time (`concurrency` 1) and the rules have
+    /// no batch settings of their own.
     fn render(&self, input: &RenderInput<'_, Self::RuleSettings>) -> Result<Rendered<Self::Wire>, String>;
 
     /// The wire form as `weir explain` prints it.

@@ -78,7 +78,7 @@ pub struct ValueContext<'a> {
     pub collector_consent: &'a Object,
 }
 
-/// A value spec inside a destination's typed settings (RudderStack `identify`, Kafka `key`):
+/// A value spec inside a destination's typed settings (RudderStack's `identify`, `group`):
 /// parsed as [`ValueSpec::parse`] does, its problems reported as one error at that key.
 impl<'de> serde::Deserialize<'de> for ValueSpec {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

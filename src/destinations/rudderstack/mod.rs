@@ -6,7 +6,8 @@
 //! Each event is rendered once, on the request path, into its messages (JSON text without
 //! `sentAt`, which is spliced in at send time). identify and group are de-duplicated per
 //! identity (a bounded LRU of the last traits sent per user, and per user the last group),
-//! decided when a batch is first sent, in queue order, and kept for that batch's retries.
+//! decided when a batch is first sent — in queue order with the default concurrency of 1 —
+//! and kept for that batch's retries.
 //! A batch that fails forgets its identities, so the next event for them identifies again:
 //! a repeated identify is harmless, a lost one is not.
 //!
@@ -34,13 +35,16 @@ use crate::mapping::ValueContext;
 /// Identities whose last identify / group weir remembers.
 const DEDUP_CAPACITY: usize = 100_000;
 
-/// A body is `{"batch":[` (10 bytes), the messages with a comma between each, then
-/// `],"timestamp":"…","sentAt":"…"}` (77 with two 24-byte times): 87 bytes plus the
-/// messages and one comma fewer than messages. With [`Destination::wire_size`] counting a
-/// comma per message, a body is exactly this plus the sum of its wires' sizes.
+/// A body is `{"batch":[` (10 bytes), the messages separated by commas, then
+/// `],"timestamp":"…","sentAt":"…"}` (77 bytes with two 24-byte times). [`wire_size`]
+/// counts a comma after every message, one more than the body has, so a body is exactly
+/// 10 + 77 − 1 = 86 bytes plus the sum of its wires' sizes.
+///
+/// [`wire_size`]: Destination::wire_size
 const BODY_OVERHEAD: usize = 86;
 
-/// Bytes `,"sentAt":"2026-11-24T10:00:00.000Z"` adds to a message (it also closes it).
+/// How much longer a message gets in the body: its closing `}` is replaced by
+/// `,"sentAt":"2026-11-24T10:00:00.000Z"}` (37 bytes), net 36.
 const SENT_AT_LENGTH: usize = 36;
 
 /// Longest piece of an error response kept for the dead-letter record.
@@ -114,6 +118,9 @@ impl RudderStackDestination {
     pub fn new(settings: RudderSettings) -> Result<RudderStackDestination, reqwest::Error> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+            // A followed 301/302 turns the POST into a bodyless GET whose 2xx would
+            // acknowledge a batch that never arrived: a redirect is an answer, not a detour.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         let capacity = NonZeroUsize::new(DEDUP_CAPACITY).expect("capacity is not zero");
@@ -249,6 +256,21 @@ impl RudderStackDestination {
     }
 }
 
+/// Forgets a batch's identities when dropped before its send was confirmed.
+struct ForgetUnlessConfirmed<'a> {
+    destination: &'a RudderStackDestination,
+    batch: &'a [&'a RudderWire],
+    confirmed: bool,
+}
+
+impl Drop for ForgetUnlessConfirmed<'_> {
+    fn drop(&mut self) {
+        if !self.confirmed {
+            self.destination.forget(self.batch);
+        }
+    }
+}
+
 /// Whether to send, and remembers what was sent: true when `key.identity` has no entry or
 /// a different value.
 fn remember(cache: &mut lru::LruCache<u64, u64>, key: calls::Dedup) -> bool {
@@ -265,16 +287,19 @@ fn now_ms() -> f64 {
         .map_or(0.0, |elapsed| elapsed.as_millis() as f64)
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by RudderStack's gateway).
+/// `Retry-After`: seconds, or an HTTP date (proxies in front of a data plane send either).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let seconds = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(Duration::from_secs(seconds))
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    match httpdate::parse_http_date(text) {
+        Ok(date) => Some(date.duration_since(SystemTime::now()).unwrap_or_default()),
+        Err(_) => {
+            tracing::debug!(retry_after = %text, "unreadable Retry-After; backing off as usual");
+            None
+        }
+    }
 }
 
 impl Destination for RudderStackDestination {
@@ -384,11 +409,16 @@ impl Destination for RudderStackDestination {
             // Every call was a repeated identify or group: nothing to send, nothing lost.
             return Ok(batch.iter().map(|_| Ok(())).collect());
         };
-        let result = self.post(body).await;
-        if result.is_err() {
-            self.forget(batch);
-        }
-        result.map(|()| batch.iter().map(|_| Ok(())).collect())
+        // Unless the data plane answers 2xx, the batch's identities are forgotten — also when
+        // the attempt is cut off by the delivery timeout, which drops this future mid-way.
+        let mut unconfirmed = ForgetUnlessConfirmed {
+            destination: self,
+            batch,
+            confirmed: false,
+        };
+        self.post(body).await?;
+        unconfirmed.confirmed = true;
+        Ok(batch.iter().map(|_| Ok(())).collect())
     }
 
     fn classify(&self, error: &RudderError) -> ErrorClass {
@@ -445,7 +475,17 @@ impl RudderStackDestination {
             return Ok(());
         }
         let retry_after = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let text = match (status.is_redirection(), location) {
+            (true, Some(location)) => {
+                format!("redirected to {location}: set dataPlaneUrl to the address the data plane answers at")
+            }
+            _ => response.text().await.unwrap_or_default(),
+        };
         let mut body: String = text.chars().take(ERROR_BODY_LIMIT).collect();
         if body.len() < text.len() {
             body.push('…');
