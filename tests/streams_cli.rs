@@ -199,3 +199,82 @@ fn doctor_passes_a_server_fit_for_streams_with_a_password_from_a_file() {
         "{err}"
     );
 }
+
+#[test]
+fn status_numbers_match_xinfo() {
+    let server = RedisServer::start();
+    let ids: Vec<String> = (0..5)
+        .map(|n| {
+            server
+                .cli(&["XADD", "orders", "*", "n", &n.to_string()])
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    server.cli(&["XADD", "other", "*", "x", "1"]);
+    server.cli(&["SET", "not-a-stream", "x"]);
+    server.cli(&["XGROUP", "CREATE", "orders", "billing", "0"]);
+    server.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "billing",
+        "c1",
+        "COUNT",
+        "3",
+        "STREAMS",
+        "orders",
+        ">",
+    ]);
+    server.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "billing",
+        "c2",
+        "COUNT",
+        "1",
+        "STREAMS",
+        "orders",
+        ">",
+    ]);
+    server.cli(&["XACK", "orders", "billing", &ids[3]]);
+
+    let (code, out, err) = weir(&server, &["streams", "status", "ord*", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let streams = report["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 1, "only streams matching the pattern: {report:#}");
+    let orders = &streams[0];
+    assert_eq!(orders["stream"], "orders");
+    assert_eq!(orders["length"], 5);
+    assert_eq!(orders["firstId"], ids[0].as_str());
+    assert_eq!(orders["lastId"], ids[4].as_str());
+    assert!(orders["memoryBytes"].as_u64().unwrap() > 0);
+    let group = &orders["groups"][0];
+    assert_eq!(group["group"], "billing");
+    assert_eq!(group["consumers"], 2);
+    assert_eq!(group["pending"], 3);
+    assert_eq!(group["lag"], 1);
+    assert_eq!(group["lastDeliveredId"], ids[3].as_str());
+    assert!(group["oldestPendingAgeMs"].as_u64().is_some());
+    let consumers: Vec<(String, u64)> = group["consumerList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["consumer"].as_str().unwrap().to_owned(),
+                c["pending"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(consumers, [("c1".to_owned(), 3), ("c2".to_owned(), 0)]);
+
+    // Piped, without --json: one key=value line per stream, group and consumer.
+    let (_, out, _) = weir(&server, &["streams", "status"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[0].starts_with("stream=orders length=5 "), "{out}");
+    assert!(lines[1].contains("group=billing consumers=2 pending=3 lag=1"), "{out}");
+    assert!(lines[2].contains("consumer=c1 pending=3"), "{out}");
+    assert!(lines[4].starts_with("stream=other length=1 "), "{out}");
+}

@@ -5,6 +5,7 @@
 //! `REDIS_PASSWORD` / `REDIS_PASSWORD_FILE`: the Redis destination's connection code. Every
 //! command prints readable lines, or one JSON document with `--json`.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,6 +16,7 @@ use serde_json::json;
 use crate::destinations::redis::settings::parse_connection;
 use crate::streams::doctor::{self, Verdict};
 use crate::streams::provision::{self, StreamsFile};
+use crate::streams::status;
 
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
@@ -44,6 +46,16 @@ pub enum StreamsCommand {
     /// change nothing; exits 1 naming what failed.
     Verify {
         file: PathBuf,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Length, first/last entry and memory per stream; consumers, pending, lag, last
+    /// delivered id and oldest pending age per group; pending, idle and inactive per
+    /// consumer. A table on a terminal, key=value lines when piped.
+    Status {
+        /// Which streams (a glob, default all).
+        #[arg(default_value = "*")]
+        pattern: String,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -79,6 +91,7 @@ pub fn streams(command: StreamsCommand) -> ExitCode {
     let result = match command {
         StreamsCommand::Provision { file, dry_run, redis } => provision_command(&file, dry_run, &redis),
         StreamsCommand::Verify { file, redis } => verify_command(&file, &redis),
+        StreamsCommand::Status { pattern, redis } => status_command(&pattern, &redis),
     };
     result.unwrap_or_else(|error| {
         eprintln!("weir streams: {error:#}");
@@ -144,6 +157,35 @@ fn verify_command(file: &Path, args: &RedisArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn status_command(pattern: &str, args: &RedisArgs) -> anyhow::Result<ExitCode> {
+    let (runtime, mut redis) = connect(args)?;
+    let all = runtime.block_on(status::status(&mut redis, pattern))?;
+    if args.json {
+        println!("{}", json!({ "streams": all }));
+    } else if std::io::stdout().is_terminal() {
+        let rows = status::rows(&all);
+        let widths: Vec<usize> = (0..6)
+            .map(|column| rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in &rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            println!("{}", cells.join("  ").trim_end());
+        }
+    } else {
+        for line in status::plain_lines(&all) {
+            println!("{line}");
+        }
+    }
+    if all.is_empty() {
+        eprintln!("no stream matches {pattern}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `weir doctor`: exit 0 when every verdict is OK (or unknown), 1 with a WARN, 2 with a FAIL.

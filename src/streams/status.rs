@@ -108,7 +108,11 @@ pub async fn status(connection: &mut MultiplexedConnection, pattern: &str) -> Re
 }
 
 async fn stream_status(connection: &mut MultiplexedConnection, stream: &str, now_ms: u64) -> RedisResult<StreamStatus> {
-    let info: redis::Value = redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(connection).await?;
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(connection)
+        .await?;
     let first_id = entry_id(field(&info, "first-entry"));
     let last_id = entry_id(field(&info, "last-entry"));
     let memory_bytes: Option<u64> = redis::cmd("MEMORY")
@@ -117,12 +121,22 @@ async fn stream_status(connection: &mut MultiplexedConnection, stream: &str, now
         .query_async(connection)
         .await
         .ok();
-    let groups_reply: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(connection).await?;
+    let groups_reply: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(connection)
+        .await?;
     let mut groups = Vec::new();
     for reply in &groups_reply {
-        let Some(group) = field(reply, "name").and_then(as_text) else { continue };
+        let Some(group) = field(reply, "name").and_then(as_text) else {
+            continue;
+        };
         // XPENDING summary: [count, smallest id, greatest id, [[consumer, count]...]].
-        let summary: redis::Value = redis::cmd("XPENDING").arg(stream).arg(&group).query_async(connection).await?;
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&group)
+            .query_async(connection)
+            .await?;
         let oldest = match &summary {
             redis::Value::Array(parts) => parts.get(1).and_then(as_text),
             _ => None,
@@ -219,9 +233,10 @@ pub fn rows(all: &[StreamStatus]) -> Vec<[String; 6]> {
                     String::new(),
                     String::new(),
                     format!("idle {}", duration(consumer.idle_ms)),
-                    consumer
-                        .inactive_ms
-                        .map_or_else(|| "-".to_owned(), |ms| if ms < 0 { "never".into() } else { duration(ms as u64) }),
+                    consumer.inactive_ms.map_or_else(
+                        || "-".to_owned(),
+                        |ms| if ms < 0 { "never".into() } else { duration(ms as u64) },
+                    ),
                 ]);
             }
         }
