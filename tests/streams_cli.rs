@@ -278,3 +278,166 @@ fn status_numbers_match_xinfo() {
     assert!(lines[2].contains("consumer=c1 pending=3"), "{out}");
     assert!(lines[4].starts_with("stream=other length=1 "), "{out}");
 }
+
+/// A dead letter as weir's stream consumer writes it.
+fn dead_letter(server: &RedisServer, reason: &str, src_id: &str, fields: &[&str]) -> String {
+    let mut args = vec![
+        "XADD",
+        "orders.dlq",
+        "*",
+        "reason",
+        reason,
+        "src_id",
+        src_id,
+        "attempts",
+        "5",
+    ];
+    args.extend(["consumer", "c1", "received_at", "1700000000000"]);
+    args.extend(fields);
+    server.cli(&args).trim().to_owned()
+}
+
+#[test]
+fn dead_letters_list_replay_and_purge() {
+    let server = RedisServer::start();
+    dead_letter(
+        &server,
+        "max_deliveries",
+        "1-1",
+        &["event", "{\"name\":\"a b\"}", "id", "evt-1"],
+    );
+    dead_letter(
+        &server,
+        "bad_signature",
+        "1-2",
+        &["event", "{\"name\":\"c d\"}", "_sig", "00"],
+    );
+    server.cli(&["XADD", "orders.dlq", "*", "note", "not a dead letter"]);
+
+    let (code, out, err) = weir(&server, &["streams", "dlq", "list", "orders"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains("max_deliveries  src 1-1  attempts 5  consumer c1"),
+        "{out}"
+    );
+    assert!(err.contains("1 entries are not weir dead letters; left alone"), "{err}");
+
+    let (_, out, _) = weir(
+        &server,
+        &["streams", "dlq", "show", "orders", "--reason", "max", "--json"],
+    );
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    let letters = shown["deadLetters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0]["srcId"], "1-1",
+        "an original `id` field does not shadow src_id"
+    );
+    assert_eq!(
+        letters[0]["fields"],
+        serde_json::json!([["event", "{\"name\":\"a b\"}"], ["id", "evt-1"]])
+    );
+
+    // Replay one reason: back into the stream with its fields, gone from the dead letters.
+    let (code, out, err) = weir(
+        &server,
+        &["streams", "dlq", "replay", "orders", "--reason", "max_deliveries"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 1 entries into orders"), "{out}");
+    let replayed = server.xrange("orders");
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(
+        replayed[0].1,
+        [
+            ("event".to_owned(), "{\"name\":\"a b\"}".to_owned()),
+            ("id".to_owned(), "evt-1".to_owned())
+        ]
+    );
+    assert_eq!(server.cli(&["XLEN", "orders.dlq"]).trim(), "2");
+
+    // Re-signed on replay: the old signature goes, a valid new one comes.
+    let key = "ab".repeat(32);
+    let output = Command::new(support::weir_binary())
+        .args([
+            "streams",
+            "dlq",
+            "replay",
+            "orders",
+            "--reason",
+            "bad_signature",
+            "--sign",
+        ])
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", server.port))
+        .env("STREAMS_HMAC_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let entries = server.xrange("orders");
+    let fields = &entries[1].1;
+    assert_eq!(fields[0], ("event".to_owned(), "{\"name\":\"c d\"}".to_owned()));
+    assert_eq!(fields[1].0, "_sig");
+    let signing = weir::streams::signing::SigningKey::from_hex(&key).unwrap();
+    assert!(signing.verify("orders", &[("event", b"{\"name\":\"c d\"}")], &fields[1].1));
+
+    // Purge asks first; the foreign entry stays either way.
+    dead_letter(&server, "max_deliveries", "1-3", &["event", "{}"]);
+    let (code, _, err) = weir(&server, &["streams", "dlq", "purge", "orders"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("1 dead letters match in orders.dlq; add --yes"), "{err}");
+    let (code, out, _) = weir(&server, &["streams", "dlq", "purge", "orders", "--yes"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted 1 dead letters from orders.dlq"), "{out}");
+    assert_eq!(server.cli(&["XLEN", "orders.dlq"]).trim(), "1");
+}
+
+#[test]
+fn gc_never_removes_anything_with_pending_entries() {
+    let server = RedisServer::start();
+    server.cli(&["XADD", "feed", "*", "n", "1"]);
+    for group in ["billing", "feed:host-a", "feed:host-b"] {
+        server.cli(&["XGROUP", "CREATE", "feed", group, "0"]);
+    }
+    // billing: c-busy holds the entry, c-idle has nothing pending.
+    server.cli(&["XREADGROUP", "GROUP", "billing", "c-busy", "STREAMS", "feed", ">"]);
+    server.cli(&["XGROUP", "CREATECONSUMER", "feed", "billing", "c-idle"]);
+    // host-a read and acknowledged everything; host-b still holds its entry.
+    let read = server.cli(&["XREADGROUP", "GROUP", "feed:host-a", "a1", "STREAMS", "feed", ">"]);
+    let id = read.lines().nth(1).unwrap().trim().to_owned();
+    server.cli(&["XACK", "feed", "feed:host-a", &id]);
+    server.cli(&["XREADGROUP", "GROUP", "feed:host-b", "b1", "STREAMS", "feed", ">"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let (code, out, _) = weir(&server, &["streams", "gc", "--idle", "10ms", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("would remove consumer c-idle of feed/billing"), "{out}");
+    assert!(out.contains("would remove broadcast group feed/feed:host-a"), "{out}");
+    assert!(out.contains("gc: would remove 2"), "{out}");
+    assert!(
+        server.cli(&["XINFO", "GROUPS", "feed"]).contains("feed:host-a"),
+        "a dry run removes nothing"
+    );
+
+    let (code, out, _) = weir(&server, &["streams", "gc", "--idle", "10ms"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gc: removed 2"), "{out}");
+    let groups = server.cli(&["XINFO", "GROUPS", "feed"]);
+    assert!(
+        !groups.contains("feed:host-a") && groups.contains("feed:host-b") && groups.contains("billing"),
+        "{groups}"
+    );
+    let consumers = server.cli(&["XINFO", "CONSUMERS", "feed", "billing"]);
+    assert!(
+        consumers.contains("c-busy") && !consumers.contains("c-idle"),
+        "{consumers}"
+    );
+    assert!(
+        server
+            .cli(&["XINFO", "CONSUMERS", "feed", "feed:host-b"])
+            .contains("b1")
+    );
+    // Nothing long idle: nothing goes.
+    let (_, out, _) = weir(&server, &["streams", "gc"]);
+    assert!(out.contains("gc: removed 0 (idle limit 1day)"), "{out}");
+}

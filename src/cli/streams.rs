@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::destinations::redis::settings::parse_connection;
 use crate::streams::doctor::{self, Verdict};
 use crate::streams::provision::{self, StreamsFile};
-use crate::streams::status;
+use crate::streams::{dlq, gc, status};
 
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
@@ -49,6 +49,26 @@ pub enum StreamsCommand {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Dead letters of a stream: list, show, replay into the stream, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Remove consumers idle past --idle with nothing pending, and broadcast groups
+    /// (`<group>:<instance>`) whose instance is gone; never anything with pending entries.
+    Gc {
+        /// Which streams (a glob, default all).
+        #[arg(default_value = "*")]
+        pattern: String,
+        /// How long a consumer must have been idle, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        idle: std::time::Duration,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
     /// Length, first/last entry and memory per stream; consumers, pending, lag, last
     /// delivered id and oldest pending age per group; pending, idle and inactive per
     /// consumer. A table on a terminal, key=value lines when piped.
@@ -56,6 +76,88 @@ pub enum StreamsCommand {
         /// Which streams (a glob, default all).
         #[arg(default_value = "*")]
         pattern: String,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+}
+
+/// Which dead letters, of which dead-letter stream.
+#[derive(Args, Debug, Clone)]
+pub struct DlqArgs {
+    /// The source stream.
+    stream: String,
+    /// The dead-letter stream (default `<stream>.dlq`).
+    #[arg(long)]
+    dlq: Option<String>,
+    /// Only reasons starting with this.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only dead letters this recent (`2h`) or since this time (`2026-11-24T10:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+}
+
+impl DlqArgs {
+    fn dlq(&self) -> String {
+        self.dlq.clone().unwrap_or_else(|| dlq::default_dlq(&self.stream))
+    }
+
+    fn filter(&self) -> anyhow::Result<dlq::Filter> {
+        let since_ms = match &self.since {
+            None => None,
+            Some(text) => {
+                let at = match humantime::parse_duration(text) {
+                    Ok(ago) => std::time::SystemTime::now() - ago,
+                    Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+                        anyhow!("--since {text}: neither a duration (2h) nor a time (2026-11-24T10:00:00Z)")
+                    })?,
+                };
+                Some(
+                    at.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                )
+            }
+        };
+        Ok(dlq::Filter {
+            reason: self.reason.clone(),
+            since_ms,
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// One line per dead letter: id, age, reason, source entry, attempts, consumer.
+    List {
+        #[command(flatten)]
+        which: DlqArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Dead letters in full, with the failed entry's fields.
+    Show {
+        #[command(flatten)]
+        which: DlqArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Add the failed entries back to the stream, then delete their dead letters.
+    Replay {
+        #[command(flatten)]
+        which: DlqArgs,
+        /// Sign the replayed entries afresh (`_sig`) with STREAMS_HMAC_KEY / STREAMS_HMAC_KEY_FILE.
+        #[arg(long)]
+        sign: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Delete dead letters (asks for --yes).
+    Purge {
+        #[command(flatten)]
+        which: DlqArgs,
+        /// Really delete them.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -92,6 +194,13 @@ pub fn streams(command: StreamsCommand) -> ExitCode {
         StreamsCommand::Provision { file, dry_run, redis } => provision_command(&file, dry_run, &redis),
         StreamsCommand::Verify { file, redis } => verify_command(&file, &redis),
         StreamsCommand::Status { pattern, redis } => status_command(&pattern, &redis),
+        StreamsCommand::Dlq { command } => dlq_command(command),
+        StreamsCommand::Gc {
+            pattern,
+            idle,
+            dry_run,
+            redis,
+        } => gc_command(&pattern, idle, dry_run, &redis),
     };
     result.unwrap_or_else(|error| {
         eprintln!("weir streams: {error:#}");
@@ -157,6 +266,140 @@ fn verify_command(file: &Path, args: &RedisArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn dlq_command(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let (which, redis_args) = match &command {
+        DlqCommand::List { which, redis }
+        | DlqCommand::Show { which, redis }
+        | DlqCommand::Replay { which, redis, .. }
+        | DlqCommand::Purge { which, redis, .. } => (which, redis),
+    };
+    let filter = which.filter()?;
+    let dead_letters = which.dlq();
+    let (runtime, mut redis) = connect(redis_args)?;
+    let (letters, foreign) = runtime.block_on(dlq::read(&mut redis, &dead_letters, &filter))?;
+    if foreign > 0 {
+        eprintln!("{dead_letters}: {foreign} entries are not weir dead letters; left alone");
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match &command {
+        DlqCommand::List { .. } | DlqCommand::Show { .. } if redis_args.json => {
+            println!("{}", json!({"dlq": dead_letters, "deadLetters": letters}));
+        }
+        DlqCommand::List { .. } => {
+            for letter in &letters {
+                let age =
+                    now_ms.saturating_sub(letter.id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0));
+                println!(
+                    "{}  {:>8} ago  {}  src {}  attempts {}  consumer {}",
+                    letter.id,
+                    status::duration(age),
+                    letter.reason,
+                    letter.src_id,
+                    letter.attempts,
+                    letter.consumer
+                );
+            }
+            eprintln!("{} dead letters in {dead_letters}", letters.len());
+        }
+        DlqCommand::Show { .. } => {
+            for letter in &letters {
+                println!("{}", letter.id);
+                println!("  reason       {}", letter.reason);
+                println!("  src_id       {}", letter.src_id);
+                println!("  attempts     {}", letter.attempts);
+                println!("  consumer     {}", letter.consumer);
+                println!("  received_at  {}", letter.received_at);
+                for (name, value) in &letter.fields {
+                    println!("  | {name} = {}", String::from_utf8_lossy(value));
+                }
+            }
+        }
+        DlqCommand::Replay { sign, .. } => {
+            let key = match *sign {
+                false => None,
+                true => {
+                    let mut errors = crate::config::ConfigErrors::default();
+                    let key = crate::destinations::redis::settings::signing_key(
+                        &serde_json::Value::Bool(true),
+                        "--sign",
+                        &|name| std::env::var(name).ok(),
+                        &mut errors,
+                    );
+                    Some(key.ok_or_else(|| anyhow!("{errors}"))?)
+                }
+            };
+            let bar = indicatif::ProgressBar::new(letters.len() as u64);
+            if letters.len() < 100 {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let outcome = runtime.block_on(dlq::replay(
+                &mut redis,
+                &which.stream,
+                &dead_letters,
+                &letters,
+                key.as_ref(),
+                &|| bar.inc(1),
+            ));
+            bar.finish_and_clear();
+            let replayed = outcome.with_context(|| {
+                format!(
+                    "replay stopped after {} of {}; the rest is still in {dead_letters}",
+                    bar.position(),
+                    letters.len()
+                )
+            })?;
+            if redis_args.json {
+                println!(
+                    "{}",
+                    json!({"replayed": replayed, "stream": which.stream, "dlq": dead_letters})
+                );
+            } else {
+                println!(
+                    "replayed {replayed} entries into {} and removed them from {dead_letters}",
+                    which.stream
+                );
+            }
+        }
+        DlqCommand::Purge { yes, .. } => {
+            if !*yes {
+                eprintln!(
+                    "{} dead letters match in {dead_letters}; add --yes to delete them",
+                    letters.len()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            let deleted = runtime.block_on(dlq::purge(&mut redis, &dead_letters, &letters))?;
+            if redis_args.json {
+                println!("{}", json!({"deleted": deleted, "dlq": dead_letters}));
+            } else {
+                println!("deleted {deleted} dead letters from {dead_letters}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc_command(pattern: &str, idle: std::time::Duration, dry_run: bool, args: &RedisArgs) -> anyhow::Result<ExitCode> {
+    let (runtime, mut redis) = connect(args)?;
+    let removed = runtime.block_on(gc::collect(&mut redis, pattern, idle, dry_run))?;
+    if args.json {
+        println!("{}", json!({"dryRun": dry_run, "removed": removed}));
+    } else {
+        for removal in &removed {
+            println!("{}", removal.describe(!dry_run));
+        }
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "gc: {verb} {} (idle limit {})",
+            removed.len(),
+            humantime::format_duration(idle)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status_command(pattern: &str, args: &RedisArgs) -> anyhow::Result<ExitCode> {

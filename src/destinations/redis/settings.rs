@@ -451,7 +451,7 @@ fn tls_material(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<
 
 /// `sign = true` (key from `STREAMS_HMAC_KEY` / `STREAMS_HMAC_KEY_FILE`, Caracal's names) or
 /// `sign = {key = "...", keyFile = "..."}` (hex).
-fn signing_key(
+pub fn signing_key(
     value: &Value,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
