@@ -441,3 +441,28 @@ fn gc_never_removes_anything_with_pending_entries() {
     let (_, out, _) = weir(&server, &["streams", "gc"]);
     assert!(out.contains("gc: removed 0 (idle limit 1day)"), "{out}");
 }
+
+#[test]
+fn the_commands_speak_tls_with_a_private_ca() {
+    let server = RedisServer::start_tls(&["--maxmemory-policy", "noeviction"]);
+    let ca = server.ca_file.clone().unwrap();
+    let output = Command::new(support::weir_binary())
+        .args(["streams", "status", "--json", "--url", &server.url(), "--tls-ca"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["streams"], serde_json::json!([]));
+    // Without the CA the server's certificate is not trusted.
+    let output = Command::new(support::weir_binary())
+        .args(["doctor", "--url", &server.url()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
