@@ -142,19 +142,36 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
     }
 
     for (index, source) in sources.iter().enumerate() {
-        let SourceConfig::Http(http) = source;
-        if sources[..index]
+        let takers: Vec<&Arc<dyn Route>> = routes.iter().filter(|route| route.takes_source(source.id())).collect();
+        if takers.is_empty() {
+            warnings.push(format!("events from source \"{}\" reach no destination", source.id()));
+        }
+        let largest_batch = match source {
+            SourceConfig::Http(http) => http.max_batch_size,
+            SourceConfig::RedisStream(stream) => stream.batch_size,
+        };
+        for route in &takers {
+            if route.queue_capacity() < largest_batch {
+                errors.push(
+                    format!("destinations.{}.config.queueMax", route.id()),
+                    format!(
+                        "{} is less than the {} events of a full batch from source \"{}\", which could never be queued",
+                        route.queue_capacity(),
+                        largest_batch,
+                        source.id()
+                    ),
+                );
+            }
+        }
+        let SourceConfig::Http(http) = source else { continue };
+        let clashes = sources[..index]
             .iter()
-            .any(|SourceConfig::Http(other)| other.listen == http.listen)
-        {
+            .any(|other| matches!(other, SourceConfig::Http(other) if other.listen == http.listen));
+        if clashes {
             errors.push(
                 format!("sources.{}.config.settings", http.id),
                 format!("listen address {} is used by another source", http.listen),
             );
-        }
-        let takers: Vec<&Arc<dyn Route>> = routes.iter().filter(|route| route.takes_source(&http.id)).collect();
-        if takers.is_empty() {
-            warnings.push(format!("events from source \"{}\" reach no destination", http.id));
         }
         for route in takers {
             let linger = route.batch_linger();
@@ -167,17 +184,6 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
                     route.id(),
                     linger.as_millis()
                 ));
-            }
-            if route.queue_capacity() < http.max_batch_size {
-                errors.push(
-                    format!("destinations.{}.config.queueMax", route.id()),
-                    format!(
-                        "{} is less than the {} events of a full batch from source \"{}\", which could never be queued",
-                        route.queue_capacity(),
-                        http.max_batch_size,
-                        http.id
-                    ),
-                );
             }
         }
     }

@@ -47,6 +47,13 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
                 let router = source.router();
                 servers.spawn(serve_http(listener, router, stop.clone()));
             }
+            SourceConfig::RedisStream(config) => {
+                servers.spawn(crate::sources::redis_stream::run(
+                    config,
+                    built.runtime.clone(),
+                    stop.clone(),
+                ));
+            }
         }
     }
 

@@ -31,11 +31,19 @@ pub struct EventOutcome {
     /// Problems, one per destination that did not deliver; empty means every destination
     /// delivered the event or deliberately did not take it (ignored, consent, skipped).
     pub problems: Vec<String>,
+    /// A destination neither delivered nor dead-lettered it: the event is not safe anywhere.
+    pub failed: bool,
 }
 
 impl EventOutcome {
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Every destination delivered it or holds it in its dead-letter sink: a stream consumer
+    /// may acknowledge the entry.
+    pub fn is_accounted(&self) -> bool {
+        !self.failed
     }
 }
 
@@ -130,6 +138,7 @@ impl AckToken {
         let Some((state, index)) = self.target.take() else {
             return;
         };
+        let failed = matches!(delivery, Delivery::Failed { .. });
         let problem = match delivery {
             Delivery::Delivered => None,
             Delivery::DeadLettered { destination, reason } => Some(format!(
@@ -140,9 +149,9 @@ impl AckToken {
             }
         };
         if let Some(problem) = problem {
-            state.outcomes.lock().expect("ack lock poisoned")[index]
-                .problems
-                .push(problem);
+            let mut outcomes = state.outcomes.lock().expect("ack lock poisoned");
+            outcomes[index].failed |= failed;
+            outcomes[index].problems.push(problem);
         }
         state.release();
     }

@@ -1,26 +1,29 @@
-//! Sources: where events come from. This issue ships the HTTP source (walkerOS's express
-//! source, wire-compatible); the Redis Streams consumer comes later.
+//! Sources: where events come from — the HTTP source (walkerOS's express source,
+//! wire-compatible) and the Redis Streams consumer.
 
 pub mod cors;
 pub mod http;
 pub mod query;
+pub mod redis_stream;
 
 use crate::config::ConfigErrors;
 use crate::config::flow::Step;
 
 /// The source types weir knows, for error messages.
-pub const KINDS: [&str; 1] = ["http"];
+pub const KINDS: [&str; 2] = ["http", "redis_stream"];
 
 /// A checked source entry.
 #[derive(Debug)]
 pub enum SourceConfig {
     Http(http::HttpSourceConfig),
+    RedisStream(redis_stream::RedisStreamConfig),
 }
 
 impl SourceConfig {
     pub fn id(&self) -> &str {
         match self {
             SourceConfig::Http(http) => &http.id,
+            SourceConfig::RedisStream(stream) => &stream.id,
         }
     }
 }
@@ -33,6 +36,8 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<SourceConfig> {
         "http" => {
             http::HttpSourceConfig::from_step(&step.id, &step.config, &config_path, errors).map(SourceConfig::Http)
         }
+        "redis_stream" => redis_stream::RedisStreamConfig::from_step(&step.id, &step.config, &config_path, errors)
+            .map(SourceConfig::RedisStream),
         other => {
             errors.push(
                 crate::config::join(&step.path, "type"),
