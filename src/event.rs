@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::ser::SerializeMap;
@@ -91,6 +91,16 @@ pub struct Event {
     /// Top-level keys beyond the 15 (a policy may add them), in the order added.
     extra: Vec<(String, Value)>,
     tree: OnceLock<Value>,
+    /// The stream entry the event was read from, when a stream source read it: its id is
+    /// the SSE `id:` and where `Last-Event-ID` resumes.
+    origin: Option<Arc<StreamOrigin>>,
+}
+
+/// Where in Redis an event was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOrigin {
+    pub stream: String,
+    pub id: String,
 }
 
 /// Builds an event field by field (the collector's job).
@@ -145,11 +155,21 @@ impl EventBuilder {
             slots: self.slots,
             extra: Vec::new(),
             tree: OnceLock::new(),
+            origin: None,
         }
     }
 }
 
 impl Event {
+    /// The stream entry this event came from, if it came from one.
+    pub fn origin(&self) -> Option<&StreamOrigin> {
+        self.origin.as_deref()
+    }
+
+    pub fn set_origin(&mut self, origin: StreamOrigin) {
+        self.origin = Some(Arc::new(origin));
+    }
+
     fn slot_text(&self, start: u32, end: u32) -> &str {
         &self.text[start as usize..end as usize]
     }
@@ -247,6 +267,7 @@ impl Event {
                 slots: std::array::from_fn(|_| Slot::Absent),
                 extra: Vec::new(),
                 tree: OnceLock::new(),
+                origin: None,
             };
         };
         let mut slots: [Slot; 15] = std::array::from_fn(|_| Slot::Absent);
@@ -262,6 +283,7 @@ impl Event {
             slots,
             extra,
             tree: OnceLock::new(),
+            origin: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub type WorkerTask = Box<dyn FnOnce(Lifecycle) -> BoxFuture<'static, WorkerRepo
 pub struct Runtime {
     pub collector: Collector,
     routes: Vec<Arc<dyn Route>>,
+    /// Routes destinations serve on every HTTP listener (the SSE hub).
+    endpoints: Vec<axum::Router>,
 }
 
 /// One line of `weir explain`: what happens to one event at one destination.
@@ -34,7 +36,15 @@ pub struct ExplainLine {
 
 impl Runtime {
     pub fn new(collector: Collector, routes: Vec<Arc<dyn Route>>) -> Runtime {
-        Runtime { collector, routes }
+        Runtime {
+            collector,
+            routes,
+            endpoints: Vec::new(),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[axum::Router] {
+        &self.endpoints
     }
 
     pub fn routes(&self) -> &[Arc<dyn Route>] {
@@ -125,6 +135,7 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
         .collect();
     let mut routes = Vec::new();
     let mut workers = Vec::new();
+    let mut endpoints = Vec::new();
     let mut destination_steps = Vec::new();
     for step in &flow.destinations {
         if let Some(names) = &step.sources {
@@ -137,6 +148,16 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
         if let Some(built) = crate::destinations::build(step, &mut errors) {
             routes.push(built.route);
             workers.push(built.worker);
+            if let Some((path, router)) = built.endpoint {
+                if let Some((_, other, _)) = endpoints.iter().find(|(taken, _, _)| *taken == path) {
+                    errors.push(
+                        join(&step.path, "config.settings.path"),
+                        format!("{path} is served by destination \"{other}\" already"),
+                    );
+                } else {
+                    endpoints.push((path, step.id.clone(), router));
+                }
+            }
             destination_steps.push(step);
         }
     }
@@ -164,6 +185,19 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
             }
         }
         let SourceConfig::Http(http) = source else { continue };
+        for (path, destination, _) in &endpoints {
+            let clash = http.paths.iter().any(|collect| collect.path == *path)
+                || crate::sources::http::RESERVED_PATHS.contains(&path.as_str());
+            if clash {
+                errors.push(
+                    format!("destinations.{destination}.config.settings.path"),
+                    format!(
+                        "{path} is also a path of source \"{}\" or one weir serves itself",
+                        http.id
+                    ),
+                );
+            }
+        }
         let clashes = sources[..index]
             .iter()
             .any(|other| matches!(other, SourceConfig::Http(other) if other.listen == http.listen));
@@ -192,7 +226,9 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
     if !errors.is_empty() {
         return Err(errors);
     }
-    let runtime = Arc::new(Runtime::new(Collector::new(&flow.collector), routes));
+    let mut runtime = Runtime::new(Collector::new(&flow.collector), routes);
+    runtime.endpoints = endpoints.into_iter().map(|(_, _, router)| router).collect();
+    let runtime = Arc::new(runtime);
     Ok(BuiltFlow {
         runtime,
         sources,

@@ -144,6 +144,11 @@ pub trait Destination: Send + Sync + Sized + 'static {
         None
     }
 
+    /// The path and routes this destination serves on weir's HTTP listeners (the SSE hub).
+    fn http_endpoint(&self) -> Option<(String, axum::Router)> {
+        None
+    }
+
     /// Flushes and closes. Called once, after the last batch was sent.
     fn shutdown(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

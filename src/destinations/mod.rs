@@ -11,6 +11,7 @@ pub mod blackhole;
 pub mod file;
 pub mod redis;
 pub mod rudderstack;
+pub mod sse;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ use crate::mapping::{BatchSpec, DestinationMapping};
 use crate::runtime::WorkerTask;
 
 /// The destination types weir knows, for error messages.
-pub const KINDS: [&str; 5] = ["file", "stdout", "blackhole", "redis", "rudderstack"];
+pub const KINDS: [&str; 6] = ["file", "stdout", "blackhole", "redis", "rudderstack", "sse"];
 
 /// Default dead-letter file.
 pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
@@ -42,6 +43,8 @@ pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
 pub struct BuiltDestination {
     pub route: Arc<dyn Route>,
     pub worker: WorkerTask,
+    /// The path and routes it serves on weir's HTTP listeners.
+    pub endpoint: Option<(String, axum::Router)>,
 }
 
 /// Builds the destination of a flow-file entry; `None` (with errors recorded) when the
@@ -82,6 +85,10 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
         }
         "rudderstack" => {
             let destination = rudderstack::RudderStackDestination::from_settings(settings, &settings_path, errors);
+            wire(destination, step, &config, &path, errors)
+        }
+        "sse" => {
+            let destination = sse::SseDestination::from_settings(settings, &settings_path, errors);
             wire(destination, step, &config, &path, errors)
         }
         "blackhole" => {
@@ -240,6 +247,7 @@ fn wire<D: Destination>(
 
     let destination = destination?;
     let mapping = mapping?;
+    let endpoint = destination.http_endpoint();
     let (pipeline, worker) = pipeline::build(
         destination,
         PipelineConfig {
@@ -260,6 +268,7 @@ fn wire<D: Destination>(
     Some(BuiltDestination {
         route: Arc::new(pipeline),
         worker: Box::new(move |lifecycle| Box::pin(worker.run(lifecycle))),
+        endpoint,
     })
 }
 

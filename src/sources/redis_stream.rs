@@ -424,7 +424,11 @@ impl Consumer {
                 }
             }
             match decode(&entry, &self.runtime) {
-                Ok(event) => {
+                Ok(mut event) => {
+                    event.set_origin(crate::event::StreamOrigin {
+                        stream: self.stream.clone(),
+                        id: entry.id.clone(),
+                    });
                     events.push((events.len(), Arc::new(event)));
                     ids.push(entry.id);
                 }

@@ -94,15 +94,20 @@ impl HttpSource {
             }
             router = router.route(&collect.path, methods);
         }
-        let router = router
+        let mut router = router
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
-            .fallback(fallback);
+            .fallback(fallback)
+            .with_state(self.clone());
+        // Destinations' own routes (the SSE hub), under the same CORS headers.
+        for endpoint in self.runtime.endpoints() {
+            router = router.merge(endpoint.clone());
+        }
         // Headers every response carries. With a fixed CORS origin (the default `*`) they
         // are static and a plain response mapper adds them; only an origin list needs the
         // request's `Origin`, and so a middleware.
-        let router = if self.config.cors.needs_request_origin() {
+        if self.config.cors.needs_request_origin() {
             router.layer(middleware::from_fn_with_state(self.clone(), common_headers))
         } else {
             let cors = self.config.cors.clone();
@@ -110,8 +115,7 @@ impl HttpSource {
                 add_common_headers(&cors, None, response.headers_mut());
                 response
             }))
-        };
-        router.with_state(self.clone())
+        }
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {

@@ -1,0 +1,202 @@
+//! The SSE hub end to end: events posted over HTTP go into a Redis stream, weir's stream
+//! source reads them back, and the `sse` destination fans them out to clients.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::{Weir, client, eventually};
+
+/// HTTP → redis (stream `events`) → redis_stream source → sse; `sse` adds SSE settings.
+fn hub(server: &RedisServer, sse: Value) -> Weir {
+    let mut settings = json!({"replay": {"url": server.url(), "stream": "events"}});
+    settings
+        .as_object_mut()
+        .unwrap()
+        .extend(sse.as_object().cloned().unwrap_or_default());
+    let flow = json!({
+        "sources": {
+            "http": {"type": "http", "config": {"settings": {"maxBatchSize": 5000}}},
+            "events": {"type": "redis_stream", "config": {"settings": {
+                "url": server.url(), "stream": "events", "group": "sse", "consumer": "hub", "block": 50, "batchSize": 100}}}
+        },
+        "destinations": {
+            "stream": {"type": "redis", "sources": ["http"], "config": {
+                "settings": {"redis": {"url": server.url(), "streamKey": "events"}}, "queueMax": 10000}},
+            "notifications": {"type": "sse", "sources": ["events"], "config": {"settings": settings}}
+        }
+    });
+    let weir = Weir::start(&toml::to_string(&flow).unwrap());
+    assert!(
+        eventually(Duration::from_secs(10), || weir.log().contains("reading the stream")),
+        "{}",
+        weir.log()
+    );
+    weir
+}
+
+/// One SSE frame.
+#[derive(Debug, Clone, PartialEq)]
+struct Frame {
+    id: String,
+    event: String,
+    data: Value,
+}
+
+struct Client {
+    lines: BufReader<reqwest::blocking::Response>,
+}
+
+impl Client {
+    fn connect(weir: &Weir, query: &str, headers: &[(&str, &str)]) -> Client {
+        let mut request = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+            .get(weir.url(&format!("/v1/notifications/event-stream{query}")));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Client {
+            lines: BufReader::new(response),
+        }
+    }
+
+    /// The next frame (heartbeat comments skipped).
+    fn frame(&mut self) -> Frame {
+        let (mut id, mut event, mut data) = (String::new(), String::new(), Value::Null);
+        loop {
+            let mut line = String::new();
+            assert!(self.lines.read_line(&mut line).unwrap() > 0, "the stream ended");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if !id.is_empty() {
+                    return Frame { id, event, data };
+                }
+                continue;
+            }
+            if let Some(value) = line.strip_prefix("id: ") {
+                id = value.to_owned();
+            } else if let Some(value) = line.strip_prefix("event: ") {
+                event = value.to_owned();
+            } else if let Some(value) = line.strip_prefix("data: ") {
+                data = serde_json::from_str(value).unwrap();
+            }
+        }
+    }
+}
+
+fn post(weir: &Weir, events: Value) {
+    let response = client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/json")
+        .body(events.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+}
+
+fn stream_ids(server: &RedisServer) -> Vec<String> {
+    server.xrange("events").into_iter().map(|(id, _)| id).collect()
+}
+
+#[test]
+fn clients_receive_events_with_their_stream_ids_and_filters_apply() {
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({}));
+    let mut everything = Client::connect(&weir, "", &[]);
+    let mut orders = Client::connect(&weir, "?filter=order%20complete,order%20refund", &[]);
+    post(
+        &weir,
+        json!([{"name": "page view"}, {"name": "order complete", "data": {"total": 5}}, {"name": "page view"}]),
+    );
+    let ids = stream_ids(&server);
+    let frames: Vec<Frame> = (0..3).map(|_| everything.frame()).collect();
+    assert_eq!(frames.iter().map(|f| f.id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(frames[1].event, "order complete");
+    assert_eq!(frames[1].data["data"], json!({"total": 5}));
+    let only = orders.frame();
+    assert_eq!(
+        (only.id.as_str(), only.event.as_str()),
+        (ids[1].as_str(), "order complete")
+    );
+}
+
+/// A client that reconnects with Last-Event-ID gets what it missed from the stream, then
+/// live events, without gaps or repeats.
+#[test]
+fn last_event_id_replays_what_was_missed_then_goes_live() {
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({}));
+    post(
+        &weir,
+        json!([{"name": "a one"}, {"name": "a two"}, {"name": "a three"}]),
+    );
+    assert!(eventually(Duration::from_secs(5), || stream_ids(&server).len() == 3));
+    let ids = stream_ids(&server);
+    let mut client = Client::connect(&weir, "", &[("last-event-id", &ids[0])]);
+    assert_eq!(client.frame().id, ids[1]);
+    assert_eq!(client.frame().id, ids[2]);
+    post(&weir, json!({"name": "a four"}));
+    let live = client.frame();
+    assert_eq!(live.event, "a four");
+    assert_eq!(live.id, stream_ids(&server)[3]);
+}
+
+#[test]
+fn a_bearer_token_guards_the_stream() {
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({"bearerToken": "let-me-in"}));
+    let url = weir.url("/v1/notifications/event-stream");
+    assert_eq!(client().get(&url).send().unwrap().status(), 401);
+    let mut authorized = Client::connect(&weir, "", &[("authorization", "Bearer let-me-in")]);
+    post(&weir, json!({"name": "a b"}));
+    assert_eq!(authorized.frame().event, "a b");
+}
+
+/// A client that stops reading falls off the ring and is disconnected; the others keep
+/// receiving everything.
+#[test]
+fn a_slow_client_is_disconnected_and_the_others_keep_up() {
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({"clientQueue": 256}));
+    let _stalled = Client::connect(&weir, "", &[]);
+    let mut reader = Client::connect(&weir, "", &[]);
+    let total = 4000;
+    let padding = "x".repeat(4000);
+    let reading = std::thread::spawn(move || (0..total).map(|_| reader.frame().id).collect::<Vec<_>>());
+    // 200 events of 4 kB a request: under the 1 MB body limit.
+    for chunk in 0..(total / 200) {
+        let events: Vec<Value> = (0..200)
+            .map(|n| json!({"name": "bulk event", "data": {"n": chunk * 200 + n, "pad": padding}}))
+            .collect();
+        post(&weir, Value::Array(events));
+    }
+    let received = reading.join().unwrap();
+    assert_eq!(
+        received,
+        stream_ids(&server),
+        "the reading client got every event, in order"
+    );
+    let dropped = || {
+        let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+        metrics.contains("weir_sse_clients_dropped_total{path=\"/v1/notifications/event-stream\"} 1")
+    };
+    assert!(eventually(Duration::from_secs(10), dropped), "{}", weir.log());
+}
+
+#[test]
+fn idle_connections_get_heartbeat_comments() {
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({"heartbeat": 50}));
+    let mut client = Client::connect(&weir, "", &[]);
+    let mut line = String::new();
+    client.lines.read_line(&mut line).unwrap();
+    assert_eq!(line, ": heartbeat\n");
+}
