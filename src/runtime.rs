@@ -184,6 +184,21 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
                 );
             }
         }
+        if let SourceConfig::RedisStream(reader) = source {
+            for route in &takers {
+                for stream in route.stream_targets() {
+                    if reader.streams.contains(&stream) {
+                        errors.push(
+                            format!("destinations.{}.config.settings.redis.streamKey", route.id()),
+                            format!(
+                                "writes into stream \"{stream}\", which source \"{}\" reads and hands back to it: every event would go round forever (list the destination's `sources`)",
+                                reader.id
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         let SourceConfig::Http(http) = source else { continue };
         for (path, destination, _) in &endpoints {
             let clash = http.paths.iter().any(|collect| collect.path == *path)

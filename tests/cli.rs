@@ -276,3 +276,59 @@ retry = { maxRetrys = 3 }
         "{stdout}"
     );
 }
+
+/// A destination that writes into the stream its own source reads would loop forever; an SSE
+/// path that another route has would never be reached.
+#[test]
+fn validate_catches_stream_loops_and_sse_path_clashes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flow.toml"),
+        r#"
+[sources.http]
+type = "http"
+
+[sources.events]
+type = "redis_stream"
+[sources.events.config.settings]
+url = "redis://127.0.0.1:6379"
+streams = ["events", "orders"]
+
+[destinations.copy]
+type = "redis"
+[destinations.copy.config.settings.redis]
+url = "redis://127.0.0.1:6379"
+streamKey = "orders"
+
+[destinations.safe]
+type = "redis"
+sources = ["http"]
+[destinations.safe.config.settings.redis]
+url = "redis://127.0.0.1:6379"
+streamKey = "events"
+
+[destinations.hub]
+type = "sse"
+sources = ["events"]
+[destinations.hub.config.settings]
+path = "/metrics"
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(dir.path(), &["validate", "flow.toml"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "destinations.copy.config.settings.redis.streamKey: writes into stream \"orders\", which source \"events\" reads"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("destinations.safe"),
+        "a destination that only takes HTTP events is fine: {stderr}"
+    );
+    assert!(
+        stderr.contains("destinations.hub.config.settings.path: /metrics is also a path of source \"http\""),
+        "{stderr}"
+    );
+}

@@ -200,3 +200,120 @@ fn idle_connections_get_heartbeat_comments() {
     client.lines.read_line(&mut line).unwrap();
     assert_eq!(line, ": heartbeat\n");
 }
+
+/// The Optimizely scenario: two weir instances behind different ports, each with SSE
+/// clients, reading one stream in broadcast mode. Events posted to either reach every client
+/// on both.
+#[test]
+fn events_posted_to_either_instance_reach_every_client_on_both() {
+    let server = RedisServer::start();
+    let instance = |name: &str| {
+        let flow = json!({
+            "sources": {
+                "http": {"type": "http"},
+                "events": {"type": "redis_stream", "config": {"settings": {
+                    "url": server.url(), "stream": "events", "group": "notifications", "mode": "broadcast",
+                    "consumer": name, "block": 50}}}
+            },
+            "destinations": {
+                "stream": {"type": "redis", "sources": ["http"], "config": {
+                    "settings": {"redis": {"url": server.url(), "streamKey": "events"}}}},
+                "notifications": {"type": "sse", "sources": ["events"]}
+            }
+        });
+        let weir = Weir::start(&toml::to_string(&flow).unwrap());
+        assert!(
+            eventually(Duration::from_secs(10), || weir.log().contains("reading the stream")),
+            "{}",
+            weir.log()
+        );
+        weir
+    };
+    let (a, b) = (instance("host-a"), instance("host-b"));
+    let mut clients: Vec<Client> = (0..3)
+        .flat_map(|_| [Client::connect(&a, "", &[]), Client::connect(&b, "", &[])])
+        .collect();
+    post(&a, json!({"name": "posted to a"}));
+    post(&b, json!({"name": "posted to b"}));
+    let ids = stream_ids(&server);
+    assert_eq!(ids.len(), 2);
+    for client in &mut clients {
+        let mut received: Vec<(String, String)> = (0..2).map(|_| client.frame()).map(|f| (f.id, f.event)).collect();
+        received.sort();
+        assert_eq!(
+            received,
+            [
+                (ids[0].clone(), "posted to a".to_owned()),
+                (ids[1].clone(), "posted to b".to_owned())
+            ]
+        );
+    }
+    let groups = server.cli(&["XINFO", "GROUPS", "events"]);
+    assert!(
+        groups.contains("notifications:host-a") && groups.contains("notifications:host-b"),
+        "{groups}"
+    );
+}
+
+/// A thousand clients at once, each on its own connection, all get the event.
+#[test]
+fn a_thousand_clients_all_receive_the_event() {
+    use std::io::{Read, Write};
+    raise_open_files_limit(4096);
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({}));
+    let address = weir.base.trim_start_matches("http://").to_owned();
+    let mut sockets: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| {
+            let mut socket = std::net::TcpStream::connect(&address).unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            write!(
+                socket,
+                "GET /v1/notifications/event-stream HTTP/1.1\r\nHost: {address}\r\n\r\n"
+            )
+            .unwrap();
+            socket
+        })
+        .collect();
+    // Every client is subscribed once its response headers arrived.
+    for socket in &mut sockets {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    }
+    post(&weir, json!({"name": "to all thousand"}));
+    for socket in &mut sockets {
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("event: to all thousand") {
+            let read = socket.read(&mut buffer).unwrap();
+            assert!(read > 0, "a client's stream ended");
+            seen.extend_from_slice(&buffer[..read]);
+        }
+    }
+    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains("weir_sse_clients{path=\"/v1/notifications/event-stream\"} 1000"),
+        "{metrics}"
+    );
+}
+
+/// A thousand sockets here and a thousand in weir (which inherits the limit) need more than
+/// the usual soft limit of 1 024 open files; raise it up to the hard limit.
+fn raise_open_files_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -144,6 +144,11 @@ pub trait Destination: Send + Sync + Sized + 'static {
         None
     }
 
+    /// The Redis streams it writes to (the destination-level key; rules may add others).
+    fn stream_targets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The path and routes this destination serves on weir's HTTP listeners (the SSE hub).
     fn http_endpoint(&self) -> Option<(String, axum::Router)> {
         None

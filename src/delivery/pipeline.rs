@@ -70,6 +70,8 @@ pub trait Route: Send + Sync {
     fn queue_capacity(&self) -> usize;
     /// The longest an event may be held back to fill a batch (`batch` `wait`/`age`).
     fn batch_linger(&self) -> std::time::Duration;
+    /// Redis streams it writes to (for `weir validate`'s loop check).
+    fn stream_targets(&self) -> Vec<String>;
     /// Maps and renders `events` (each with its index in the source's batch) for queuing.
     fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_>;
     /// What would happen to `event`, with its wire form, without queuing anything.
@@ -298,6 +300,10 @@ impl<D: Destination> Route for Pipeline<D> {
 
     fn queue_capacity(&self) -> usize {
         self.queue.capacity
+    }
+
+    fn stream_targets(&self) -> Vec<String> {
+        self.destination.stream_targets()
     }
 
     fn batch_linger(&self) -> std::time::Duration {

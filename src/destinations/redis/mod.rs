@@ -310,6 +310,10 @@ impl Destination for RedisDestination {
         wire.size
     }
 
+    fn stream_targets(&self) -> Vec<String> {
+        vec![self.settings.stream_key.clone()]
+    }
+
     async fn send(&self, batch: &[&Xadd]) -> Result<Vec<Result<(), RedisError>>, RedisError> {
         let connection = self.connected()?;
         if !matches!(connection, Connection::Cluster(_)) {
