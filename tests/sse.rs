@@ -317,3 +317,66 @@ fn raise_open_files_limit(wanted: u64) {
         }
     }
 }
+
+/// A real browser: headless Chromium opens an `EventSource` on weir, posts an event to weir's
+/// collect path itself, and shows what arrived (scripts/test.sh installs Debian's chromium).
+#[test]
+fn a_browser_receives_events_through_event_source() {
+    let chromium = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(chromium).exists(),
+        "{chromium} is missing: scripts/test.sh installs it (Debian package chromium)"
+    );
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({}));
+    let page = weir.dir.path().join("page.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<!doctype html><html><body><ul id="got"></ul><script>
+const base = '{base}';
+const source = new EventSource(base + '/v1/notifications/event-stream');
+source.addEventListener('open', () => {{
+  // text/plain, as sendBeacon sends: no preflight.
+  fetch(base + '/collect', {{method: 'POST', headers: {{'content-type': 'text/plain'}},
+    body: JSON.stringify({{name: 'browser check', data: {{from: 'chromium'}}}})}});
+}});
+source.addEventListener('browser check', (event) => {{
+  const item = document.createElement('li');
+  item.id = 'received';
+  item.textContent = event.lastEventId + ' ' + JSON.parse(event.data).data.from;
+  document.getElementById('got').appendChild(item);
+  source.close();
+}});
+</script></body></html>"#,
+            base = weir.base
+        ),
+    )
+    .unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let ids = stream_ids(&server);
+    assert_eq!(ids.len(), 1, "the browser's POST reached the stream: {dom}");
+    assert!(
+        dom.contains(&format!(r#"<li id="received">{} chromium</li>"#, ids[0])),
+        "{dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
