@@ -289,3 +289,45 @@ fn entries_stay_pending_until_delivered_across_a_crash() {
     );
     assert!(eventually(Duration::from_secs(5), || pending(&source) == 0));
 }
+
+/// Pub/Sub both ways: events published by the `redis_pubsub` destination are heard by the
+/// stream source in `mode = "pubsub"` (what Redis before 5.0 is limited to).
+#[test]
+fn pubsub_mode_hears_what_redis_pubsub_publishes() {
+    let server = RedisServer::start();
+    let flow = json!({
+        "sources": {
+            "http": {"type": "http"},
+            "live": {"type": "redis_stream", "config": {"settings": {
+                "url": server.url(), "stream": "live", "mode": "pubsub"}}}
+        },
+        "destinations": {
+            "publish": {"type": "redis_pubsub", "sources": ["http"], "config": {
+                "settings": {"redis": {"url": server.url(), "channel": "live"}}}},
+            "file": {"type": "file", "sources": ["live"], "config": {"settings": {"path": "events.jsonl"}}}
+        }
+    });
+    let weir = Weir::start(&toml::to_string(&flow).unwrap());
+    assert!(
+        eventually(Duration::from_secs(10), || weir.log().contains("subscribing (Pub/Sub")),
+        "{}",
+        weir.log()
+    );
+    // The subscription is live once Redis counts a subscriber on the channel.
+    assert!(eventually(Duration::from_secs(10), || server
+        .cli(&["PUBSUB", "NUMSUB", "live"])
+        .contains('1')));
+    let response = support::client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/json")
+        .body(json!({"name": "live update", "data": {"n": 1}}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || names(&weir) == ["live update"]),
+        "{}",
+        weir.log()
+    );
+    assert_eq!(weir.json_lines("events.jsonl")[0]["data"], json!({"n": 1}));
+}

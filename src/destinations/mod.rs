@@ -10,6 +10,7 @@
 pub mod blackhole;
 pub mod file;
 pub mod redis;
+pub mod redis_pubsub;
 pub mod rudderstack;
 pub mod sse;
 pub mod stdout;
@@ -34,7 +35,15 @@ use crate::mapping::{BatchSpec, DestinationMapping};
 use crate::runtime::WorkerTask;
 
 /// The destination types weir knows, for error messages.
-pub const KINDS: [&str; 6] = ["file", "stdout", "blackhole", "redis", "rudderstack", "sse"];
+pub const KINDS: [&str; 7] = [
+    "file",
+    "stdout",
+    "blackhole",
+    "redis",
+    "redis_pubsub",
+    "rudderstack",
+    "sse",
+];
 
 /// Default dead-letter file.
 pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
@@ -85,6 +94,10 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
         }
         "rudderstack" => {
             let destination = rudderstack::RudderStackDestination::from_settings(settings, &settings_path, errors);
+            wire(destination, step, &config, &path, errors)
+        }
+        "redis_pubsub" => {
+            let destination = redis_pubsub::RedisPubsubDestination::from_settings(settings, &settings_path, errors);
             wire(destination, step, &config, &path, errors)
         }
         "sse" => {

@@ -37,6 +37,9 @@ use crate::streams::signing::{SIGNATURE_FIELD, SigningKey};
 pub enum GroupMode {
     Shared,
     Broadcast,
+    /// SUBSCRIBE to channels named like the streams: fire-and-forget, as Redis before 5.0
+    /// forces (chosen by itself then).
+    Pubsub,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +78,7 @@ struct Raw {
 #[derive(Debug, Clone)]
 pub struct RedisStreamConfig {
     pub id: String,
+    pub mode: GroupMode,
     pub connection: Connection,
     pub streams: Vec<String>,
     /// The group as created in Redis (with the instance suffix in broadcast mode).
@@ -142,8 +146,9 @@ impl RedisStreamConfig {
         };
         let consumer = raw.consumer.clone().unwrap_or_else(host_name);
         let base_group = raw.group.clone().unwrap_or_else(|| "weir".to_owned());
-        let group = match raw.mode.unwrap_or(GroupMode::Shared) {
-            GroupMode::Shared => base_group,
+        let mode = raw.mode.unwrap_or(GroupMode::Shared);
+        let group = match mode {
+            GroupMode::Shared | GroupMode::Pubsub => base_group,
             GroupMode::Broadcast => format!("{base_group}:{consumer}"),
         };
         let verify = raw
@@ -155,6 +160,7 @@ impl RedisStreamConfig {
         }
         Some(RedisStreamConfig {
             id: id.to_owned(),
+            mode,
             connection: connection?,
             streams,
             group,
@@ -258,6 +264,10 @@ fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> {
 /// Reads one source until `stop`; a task per stream.
 pub async fn run(config: RedisStreamConfig, runtime: Arc<Runtime>, stop: CancellationToken) -> std::io::Result<()> {
     let config = Arc::new(config);
+    if config.mode == GroupMode::Pubsub || !streams_supported(&config, &stop).await {
+        pubsub(config, runtime, stop).await;
+        return Ok(());
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for stream in config.streams.clone() {
         tasks.spawn(consume(config.clone(), stream, runtime.clone(), stop.clone()));
@@ -266,6 +276,113 @@ pub async fn run(config: RedisStreamConfig, runtime: Arc<Runtime>, stop: Cancell
         done.map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+/// Whether the server has streams (Redis 5.0): `INFO server`, as Optimizely Agent decides.
+async fn streams_supported(config: &RedisStreamConfig, stop: &CancellationToken) -> bool {
+    let info = with_retries(config, stop, "reading INFO server", || async {
+        let mut connection = config.connection.connect_first().await?;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut connection)
+            .await
+    })
+    .await;
+    let Some(info) = info else { return true };
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or("0")
+        .trim()
+        .to_owned();
+    let supported = crate::destinations::redis::parse_version(&version) >= (5, 0);
+    if !supported {
+        tracing::warn!(
+            source = %config.id, version = %version,
+            "Redis before 5.0 has no streams: subscribing with Pub/Sub instead, which is fire-and-forget (what is published while weir is not listening is lost)"
+        );
+    }
+    supported
+}
+
+/// Pub/Sub: SUBSCRIBE to channels named like the streams and hand each message on, with no
+/// acknowledgement to wait for (there is no one to tell). Resubscribes after a lost connection.
+async fn pubsub(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, stop: CancellationToken) {
+    use futures_util::StreamExt;
+    tracing::info!(source = %config.id, channels = ?config.streams, "subscribing (Pub/Sub: fire-and-forget)");
+    while !stop.is_cancelled() {
+        let subscribed = with_retries(&config, &stop, "subscribing", || async {
+            let client = config.connection.client(&config.connection.nodes[0])?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            for channel in &config.streams {
+                pubsub.subscribe(channel).await?;
+            }
+            Ok(pubsub)
+        })
+        .await;
+        let Some(pubsub) = subscribed else { return };
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                () = stop.cancelled() => return,
+            };
+            let Some(message) = message else {
+                tracing::warn!(source = %config.id, "Pub/Sub connection lost; subscribing again");
+                break;
+            };
+            let entry = Entry {
+                id: String::new(),
+                fields: vec![("event".to_owned(), message.get_payload_bytes().to_vec())],
+            };
+            match decode(&entry, &runtime) {
+                Ok(event) => {
+                    let events = [(0, Arc::new(event))];
+                    if runtime.dispatch(&config.id, &events, None).is_err() {
+                        metrics::counter!("weir_pubsub_dropped_total", "source" => config.id.clone()).increment(1);
+                        tracing::warn!(source = %config.id, "queues full: a Pub/Sub message is dropped (Pub/Sub cannot wait)");
+                    }
+                }
+                Err(reason) => {
+                    metrics::counter!("weir_pubsub_dropped_total", "source" => config.id.clone()).increment(1);
+                    tracing::warn!(source = %config.id, channel = %message.get_channel_name(), reason, "undecodable Pub/Sub message dropped");
+                }
+            }
+        }
+    }
+}
+
+/// Errors worth retrying, as Optimizely Agent lists them (systems.md §F.3): connection
+/// refused or reset, timeouts, unreachable networks, broken pipes, EOF, exhausted pools,
+/// unknown hosts, and Redis's `LOADING`, `READONLY`, `CLUSTERDOWN`. Everything else
+/// (`WRONGTYPE`, `NOAUTH`, syntax errors, `OOM`) will not pass by waiting.
+pub fn retryable(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || matches!(error.code(), Some("LOADING" | "READONLY" | "CLUSTERDOWN"))
+        || retryable_message(&error.to_string())
+}
+
+fn retryable_message(text: &str) -> bool {
+    const MARKERS: [&str; 10] = [
+        "connection refused",
+        "connection reset",
+        "timeout",
+        "timed out",
+        "network is unreachable",
+        "broken pipe",
+        "eof",
+        "connection pool exhausted",
+        "no such host",
+        "failed to lookup address",
+    ];
+    let lower = text.to_ascii_lowercase();
+    MARKERS.iter().any(|marker| lower.contains(marker))
+        || ["LOADING", "READONLY", "CLUSTERDOWN"]
+            .iter()
+            .any(|code| text.contains(code))
 }
 
 /// Retries `attempt` with backoff until it succeeds or `stop`; `None` when stopped.
@@ -284,7 +401,13 @@ where
         match attempt().await {
             Ok(value) => return Some(value),
             Err(error) => {
-                tracing::warn!(source = %config.id, error = %error, retry_in = ?delay, "{what} failed");
+                if retryable(&error) {
+                    tracing::warn!(source = %config.id, error = %error, retry_in = ?delay, "{what} failed");
+                } else {
+                    // Waiting will not fix it; an operator will. Keep trying, slowly, loudly.
+                    delay = config.max_retry_delay;
+                    tracing::error!(source = %config.id, error = %error, retry_in = ?delay, "{what} failed and needs fixing");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = stop.cancelled() => return None,
@@ -381,8 +504,13 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
             },
             Ok(_) => Vec::new(),
             Err(error) => {
-                tracing::warn!(source = %config.id, error = %error, "reading the stream failed; retrying");
-                tokio::time::sleep(config.retry_delay).await;
+                let delay = if retryable(&error) {
+                    config.retry_delay
+                } else {
+                    config.max_retry_delay
+                };
+                tracing::warn!(source = %config.id, error = %error, retry_in = ?delay, "reading the stream failed");
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
@@ -599,4 +727,35 @@ impl Consumer {
 /// A bounded metric label: the reason up to its first `:` (details vary per entry).
 fn reason_label(reason: &str) -> String {
     reason.split(':').next().unwrap_or(reason).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Optimizely Agent's table (redis_streams_error_test.go).
+    #[test]
+    fn retryable_errors_are_optimizely_agents() {
+        for text in [
+            "dial tcp: connection refused",
+            "read: connection reset by peer",
+            "i/o timeout",
+            "network is unreachable",
+            "write: broken pipe",
+            "EOF",
+            "connection pool exhausted",
+            "LOADING Redis is loading the dataset in memory",
+            "READONLY You can't write against a read only replica.",
+            "CLUSTERDOWN The cluster is down",
+        ] {
+            assert!(retryable_message(text), "{text}");
+        }
+        for text in [
+            "ERR syntax error",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "NOAUTH Authentication required.",
+        ] {
+            assert!(!retryable_message(text), "{text}");
+        }
+    }
 }
