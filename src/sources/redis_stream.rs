@@ -459,24 +459,22 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
         return;
     }
     tracing::info!(source = %config.id, stream = %stream, group = %config.group, consumer = %config.consumer, "reading the stream");
-    let consumer = Consumer {
+    let consumer = Arc::new(Consumer {
         config: config.clone(),
         stream: stream.clone(),
         runtime,
         commands,
-    };
+    });
 
     // This consumer's own pending entries first, then new ones; the reaper alongside.
     let reaper = {
-        let consumer = Consumer {
-            config: config.clone(),
-            stream: stream.clone(),
-            runtime: consumer.runtime.clone(),
-            commands: consumer.commands.clone(),
-        };
-        let stop = stop.clone();
+        let (consumer, stop) = (consumer.clone(), stop.clone());
         tokio::spawn(async move { consumer.reap(stop).await })
     };
+    // The next batch is read while earlier ones are delivered: a few batches in flight keep
+    // the round trips to Redis and the wait for acknowledgements from adding up.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut delivering = tokio::task::JoinSet::new();
     let mut cursor = "0".to_owned();
     while !stop.is_cancelled() {
         let mut command = redis::cmd("XREADGROUP");
@@ -522,16 +520,42 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
             }
         }
         if !batch.is_empty() {
-            consumer.handle(batch).await;
+            // Queued here, in stream order; only the wait for delivery runs alongside.
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            if let Some(dispatched) = consumer.dispatch(batch).await {
+                let consumer = consumer.clone();
+                delivering.spawn(async move {
+                    consumer.acknowledge(dispatched).await;
+                    drop(permit);
+                });
+            }
+            while delivering.try_join_next().is_some() {}
         }
     }
+    // Stopped reading: what was read is still delivered and acknowledged.
+    while delivering.join_next().await.is_some() {}
     reaper.abort();
 }
+
+/// Batches read ahead of their delivery.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 impl Consumer {
     /// Verifies, decodes and delivers a batch, then XACKs what every destination accounted
     /// for; dead-letters what cannot be an event.
     async fn handle(&self, batch: Vec<Entry>) {
+        if let Some(dispatched) = self.dispatch(batch).await {
+            self.acknowledge(dispatched).await;
+        }
+    }
+
+    /// Verifies and decodes a batch and queues its events at the destinations, in stream
+    /// order; dead-letters what cannot be an event. The acknowledgements are still to come.
+    async fn dispatch(&self, batch: Vec<Entry>) -> Option<(Vec<String>, crate::delivery::ack::AckWait)> {
         let mut events = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
         for entry in batch {
@@ -564,7 +588,7 @@ impl Consumer {
             }
         }
         if events.is_empty() {
-            return;
+            return None;
         }
         let (acks, wait) = AckSet::new(events.len());
         let mut delay = self.config.retry_delay;
@@ -574,6 +598,11 @@ impl Consumer {
             delay = (delay * 2).min(self.config.max_retry_delay);
         }
         acks.seal();
+        Some((ids, wait))
+    }
+
+    /// Waits for a dispatched batch's outcomes and XACKs what every destination accounted for.
+    async fn acknowledge(&self, (ids, wait): (Vec<String>, crate::delivery::ack::AckWait)) {
         let outcomes = wait.outcomes().await;
         let done: Vec<&String> = ids
             .iter()

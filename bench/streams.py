@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Reading Redis Streams back: consumer throughput against a minimal XREADGROUP + XACK loop,
+and XADD → SSE latency with many clients (benches/streams.rs does the measuring).
+
+  * throughput: N entries of weir's benchmark event, read through a fresh group by the minimal
+    loop (redis-rs, COUNT 100, XACK per batch), then by weir's `redis_stream` source into
+    `blackhole` (decode, enrich, dispatch, acknowledgement, XACK). Ratio per round.
+  * latency: a fresh `weir serve` per setting (`redis_stream` → `sse`), C SSE clients in the
+    bench process, R events/s XADDed for S seconds carrying their send time; send → frame
+    received, measured on 50 of the clients.
+
+Usage: bench/streams.py [--rounds 3] [--entries 200000] [--seconds 4]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, free_port, wait_port
+
+SETTINGS = [(100, 1_000), (1_000, 1_000), (100, 10_000), (1_000, 10_000)]
+
+
+def bench(*args):
+    out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "streams", "--", *args], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def weir_flow(path, redis_port, http_port):
+    path.write_text(f"""
+[sources.http]
+type = "http"
+[sources.http.config.settings]
+listen = "127.0.0.1:{http_port}"
+[sources.ticks]
+type = "redis_stream"
+[sources.ticks.config.settings]
+url = "redis://127.0.0.1:{redis_port}"
+stream = "ticks"
+group = "sse"
+batchSize = 100
+[destinations.hub]
+type = "sse"
+sources = ["ticks"]
+""")
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--entries", type=int, default=200_000)
+    parser.add_argument("--seconds", type=int, default=4)
+    args = parser.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "bench", "--quiet", "--bench", "streams", "--no-run"], cwd=ROOT, check=True,
+                   capture_output=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        port = free_port()
+        server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", str(tmp)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}"
+        try:
+            wait_port(port)
+            throughput = []
+            latency = {setting: [] for setting in SETTINGS}
+            for number in range(args.rounds):
+                result = bench("throughput", "--url", url, "--entries", str(args.entries))
+                throughput.append(result)
+                print(f"round {number + 1} throughput: {json.dumps(result)}", file=sys.stderr)
+                for clients, rate in SETTINGS:
+                    subprocess.run(["redis-cli", "-p", str(port), "DEL", "ticks"], check=True, capture_output=True)
+                    http_port = free_port()
+                    flow = weir_flow(tmp / "sse.toml", port, http_port)
+                    weir = subprocess.Popen([str(ROOT / "target/release/weir"), "serve", "--config", str(flow)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    try:
+                        wait_port(http_port)
+                        time.sleep(0.5)
+                        result = bench("latency", "--url", url, "--sse",
+                                       f"http://127.0.0.1:{http_port}/v1/notifications/event-stream",
+                                       "--clients", str(clients), "--rate", str(rate), "--seconds", str(args.seconds))
+                    finally:
+                        weir.terminate()
+                        weir.wait(timeout=30)
+                    latency[(clients, rate)].append(result)
+                    print(f"round {number + 1} latency: {json.dumps(result)}", file=sys.stderr)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+
+    median = lambda values: statistics.median(values)
+    minimal = median(r["minimal_per_second"] for r in throughput)
+    weir = median(r["weir_per_second"] for r in throughput)
+    ratios = [r["weir_per_second"] / r["minimal_per_second"] for r in throughput]
+    print(f"\n{args.rounds} rounds, medians; {os.cpu_count()} cores shared by everything\n")
+    print("| consumer | entries/s | ÷ minimal loop |")
+    print("|---|---:|---:|")
+    print(f"| minimal XREADGROUP + XACK loop (reference) | {minimal:,.0f} | 1.00 |")
+    print(f"| weir `redis_stream` → `blackhole` | {weir:,.0f} | **{median(ratios):.2f}** |")
+    print()
+    print("| SSE clients | events/s | frames/s | p50 ms | p99 ms | frames received |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for clients, rate in SETTINGS:
+        runs = latency[(clients, rate)]
+        received = median(r["samples"] / r["expected"] for r in runs)
+        print(f"| {clients:,} | {rate:,} | {clients * rate:,} | {median(r['p50_ms'] for r in runs):.1f} "
+              f"| {median(r['p99_ms'] for r in runs):.1f} | {received:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
