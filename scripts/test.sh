@@ -24,6 +24,23 @@ if ((${#missing[@]})); then
   if command -v systemctl >/dev/null 2>&1; then $sudo systemctl stop redis-server 2>/dev/null || true; fi
   $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
+# The Kafka-protocol broker the Kafka tests start (tansu, built from crates.io once into a
+# cache: ~9 minutes) and the second, independent Kafka client they check weir's records with
+# (Python's confluent-kafka, in a virtualenv in the same cache). Reused while versions match.
+TANSU_VERSION=0.6.0
+CONFLUENT_KAFKA_VERSION=2.16.1
+tools="${WEIR_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir-tools}"
+export WEIR_TANSU="$tools/tansu-$TANSU_VERSION/bin/tansu"
+if ! "$WEIR_TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  echo "installing tansu $TANSU_VERSION into $tools (once; about 9 minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
+    --root "$tools/tansu-$TANSU_VERSION" --quiet
+fi
+export WEIR_PYTHON="$tools/python-kafka/bin/python"
+if ! "$WEIR_PYTHON" -c "import confluent_kafka, sys; sys.exit(confluent_kafka.__version__ != '$CONFLUENT_KAFKA_VERSION')" 2>/dev/null; then
+  python3 -m venv "$tools/python-kafka"
+  "$WEIR_PYTHON" -m pip install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+fi
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$component"

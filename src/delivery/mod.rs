@@ -51,6 +51,10 @@ pub struct DeliveryDefaults {
     /// Queue bound, when the flow file's `queueMax` is unset (RudderStack's
     /// `maxInternalQueueSize`).
     pub queue_max: Option<usize>,
+    /// Per-attempt timeout when the flow file's `timeout` is unset, and its least allowed
+    /// value: a client that reports each record's fate itself within a bound (Kafka's message
+    /// timeout) must be given that long.
+    pub attempt_timeout: Option<std::time::Duration>,
 }
 
 impl Default for DeliveryDefaults {
@@ -62,6 +66,7 @@ impl Default for DeliveryDefaults {
             batch_age: None,
             max_retries: None,
             queue_max: None,
+            attempt_timeout: None,
         }
     }
 }

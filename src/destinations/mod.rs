@@ -9,6 +9,7 @@
 
 pub mod blackhole;
 pub mod file;
+pub mod kafka;
 pub mod redis;
 pub mod redis_pubsub;
 pub mod rudderstack;
@@ -35,11 +36,12 @@ use crate::mapping::{BatchSpec, DestinationMapping};
 use crate::runtime::WorkerTask;
 
 /// The destination types weir knows, for error messages.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "file",
     "stdout",
     "blackhole",
     "redis",
+    "kafka",
     "redis_pubsub",
     "rudderstack",
     "sse",
@@ -90,6 +92,10 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
         }
         "redis" => {
             let destination = redis::RedisDestination::from_settings(settings, &settings_path, errors);
+            wire(destination, step, &config, &path, errors)
+        }
+        "kafka" => {
+            let destination = kafka::KafkaDestination::from_settings(settings, &settings_path, errors);
             wire(destination, step, &config, &path, errors)
         }
         "rudderstack" => {
@@ -221,15 +227,30 @@ fn wire<D: Destination>(
             .max_retry_delay
             .map_or(retry.max_retry_delay, Duration::from_millis);
     }
+    let default_timeout = defaults.attempt_timeout.unwrap_or(DEFAULT_TIMEOUT);
     let timeout = match config.get("timeout") {
-        None => DEFAULT_TIMEOUT,
+        None => default_timeout,
         // walkerOS: 0 or unset means the default.
         Some(value) => match value.as_u64() {
-            Some(0) => DEFAULT_TIMEOUT,
+            Some(0) => default_timeout,
+            Some(ms)
+                if defaults
+                    .attempt_timeout
+                    .is_some_and(|least| Duration::from_millis(ms) < least) =>
+            {
+                errors.push(
+                    join(path, "timeout"),
+                    format!(
+                        "must be at least {} ms: the client reports each record within its own timeout",
+                        default_timeout.as_millis()
+                    ),
+                );
+                default_timeout
+            }
             Some(ms) => Duration::from_millis(ms),
             None => {
                 errors.push(join(path, "timeout"), "must be a number of milliseconds");
-                DEFAULT_TIMEOUT
+                default_timeout
             }
         },
     };

@@ -165,5 +165,15 @@ pub fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+pub mod kafka;
 pub mod recorder;
 pub mod redis;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

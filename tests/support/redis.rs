@@ -15,13 +15,7 @@ pub struct RedisServer {
     pub ca_file: Option<PathBuf>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::free_port;
 
 impl RedisServer {
     /// A server without persistence.

@@ -318,6 +318,7 @@ impl Destination for RudderStackDestination {
             batch_age: Some(self.settings.flush_interval),
             max_retries: Some(self.settings.retry_count),
             queue_max: Some(self.settings.max_internal_queue_size),
+            attempt_timeout: None,
         }
     }
 

@@ -1,0 +1,398 @@
+//! `kafka`: events into Apache Kafka as walkerOS's Kafka destination writes them (systems.md
+//! §D.2), but acknowledged by the broker.
+//!
+//! Record: key = the key path's value when it is a non-empty string, else the event name with
+//! whitespace runs as `_`; value = the mapped `data` when it is a non-empty object, else the
+//! full event JSON; headers `content-type: application/json` plus the static ones; timestamp =
+//! the event's timestamp in milliseconds. Topic and key path can be overridden per rule.
+//!
+//! The client is librdkafka (rdkafka's `FutureProducer`): it batches, compresses and retries
+//! transient broker errors itself, idempotently by default. An event counts as delivered only
+//! when its delivery report says the broker took it; a full producer queue makes `send` wait
+//! (backpressure, not an error). What librdkafka gives up on comes back as an error the
+//! delivery machinery retries (timeouts) or dead-letters (message too large, unknown topic,
+//! authorization) with the reason.
+
+pub mod settings;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::{Value, json};
+
+pub use settings::{KafkaRuleSettings, KafkaSettings};
+
+use crate::config::ConfigErrors;
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::event::{Event, FieldRef, key};
+
+/// One record, rendered once.
+pub struct KafkaRecord {
+    topic: String,
+    key: String,
+    value: Vec<u8>,
+    timestamp: i64,
+}
+
+/// Why a record did not reach the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaFailure {
+    #[error(
+        "Kafka topic \"{topic}\" not found on cluster {brokers}. weir does not create topics: create it first (for example `kafka-topics.sh --bootstrap-server {brokers} --create --topic {topic} --partitions N --replication-factor N`)"
+    )]
+    UnknownTopic { topic: String, brokers: String },
+    #[error("Kafka push to topic \"{topic}\" failed: {error}")]
+    Produce { topic: String, error: KafkaError },
+    #[error("the Kafka producer stopped before reporting on the message")]
+    Canceled,
+    #[error("Kafka client: {0}")]
+    Client(KafkaError),
+    #[error("not connected to Kafka yet")]
+    NotConnected,
+}
+
+/// librdkafka's log lines and errors, into weir's log.
+struct KafkaLog;
+
+impl ClientContext for KafkaLog {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "weir::kafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "weir::kafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "weir::kafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "weir::kafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker connection trouble: librdkafka reconnects and retries by itself; the
+        // messages it cannot deliver in time come back through their delivery reports.
+        tracing::warn!(target: "weir::kafka", error = %error, "{reason}");
+    }
+}
+
+type Client = FutureProducer<KafkaLog>;
+
+pub struct KafkaDestination {
+    settings: KafkaSettings,
+    /// The static headers, built once and cloned per record.
+    headers: OwnedHeaders,
+    producer: tokio::sync::OnceCell<Arc<Client>>,
+}
+
+impl KafkaDestination {
+    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<KafkaDestination> {
+        let settings = KafkaSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
+        Some(KafkaDestination::new(settings))
+    }
+
+    pub fn new(settings: KafkaSettings) -> KafkaDestination {
+        let mut headers = OwnedHeaders::new_with_capacity(settings.headers.len());
+        for (name, value) in &settings.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        KafkaDestination {
+            settings,
+            headers,
+            producer: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn brokers(&self) -> String {
+        self.settings.brokers.join(",")
+    }
+
+    fn failure(&self, topic: &str, error: KafkaError) -> KafkaFailure {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                KafkaFailure::UnknownTopic {
+                    topic: topic.to_owned(),
+                    brokers: self.brokers(),
+                }
+            }
+            _ => KafkaFailure::Produce {
+                topic: topic.to_owned(),
+                error,
+            },
+        }
+    }
+}
+
+/// The text of a top-level event field as a JSON value.
+fn field_value(field: FieldRef<'_>) -> Option<Value> {
+    match field {
+        FieldRef::Text(text) => serde_json::from_str(text).ok(),
+        FieldRef::Value(value) => Some(value.clone()),
+    }
+}
+
+/// walkerOS `getMappingValue(event, keyPath)` for a plain path. The first segment names a
+/// top-level field, so only that field is parsed, not the whole event.
+fn key_at(event: &Event, path: &str) -> Option<Value> {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    match key::of(head) {
+        Some(index) => {
+            let field = field_value(event.field(index)?)?;
+            match rest {
+                None => Some(field),
+                Some(rest) => crate::mapping::path::get_by_path(&field, rest),
+            }
+        }
+        None => crate::mapping::path::get_by_path(event.tree(), path),
+    }
+}
+
+/// The event name with each run of whitespace as one `_` (walkerOS: `replace(/\s+/g, '_')`).
+fn name_key(name: &str) -> String {
+    let mut key = String::with_capacity(name.len());
+    let mut in_space = false;
+    for c in name.chars() {
+        if c.is_whitespace() {
+            if !in_space {
+                key.push('_');
+            }
+            in_space = true;
+        } else {
+            key.push(c);
+            in_space = false;
+        }
+    }
+    key
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+impl Destination for KafkaDestination {
+    type RuleSettings = KafkaRuleSettings;
+    type Wire = KafkaRecord;
+    type Error = KafkaFailure;
+    const KIND: &'static str = "kafka";
+
+    fn delivery_defaults(&self) -> DeliveryDefaults {
+        DeliveryDefaults {
+            // librdkafka batches per partition itself; these bound what is waiting for
+            // delivery reports at once (8 × 1 000 records).
+            batch_size: 1000,
+            concurrency: 8,
+            // An attempt ends with librdkafka's own delivery report, which comes within its
+            // message timeout: the machinery waits a little longer than that.
+            attempt_timeout: Some(self.settings.message_timeout + Duration::from_secs(5)),
+            ..DeliveryDefaults::default()
+        }
+    }
+
+    async fn connect(&self) -> Result<(), KafkaFailure> {
+        let client = self.settings.client.clone();
+        let topic = self.settings.topic.clone();
+        let brokers = self.brokers();
+        // Creating the client and asking for metadata block: off the async threads.
+        let producer = tokio::task::spawn_blocking(move || -> Result<Client, KafkaFailure> {
+            let producer: Client = client.create_with_context(KafkaLog).map_err(KafkaFailure::Client)?;
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(KafkaFailure::Client)?;
+            let known = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if known {
+                tracing::info!(brokers = %brokers, topic = %topic, brokers_seen = metadata.brokers().len(), "Kafka connected");
+            } else {
+                // Not fatal: the topic may be created after weir starts. Records for it are
+                // dead-lettered with this advice until it exists.
+                tracing::error!(
+                    "{}",
+                    KafkaFailure::UnknownTopic {
+                        topic: topic.clone(),
+                        brokers: brokers.clone()
+                    }
+                );
+            }
+            Ok(producer)
+        })
+        .await
+        .map_err(|_| KafkaFailure::Canceled)??;
+        let _ = self.producer.set(Arc::new(producer));
+        Ok(())
+    }
+
+    fn render(&self, input: &RenderInput<'_, KafkaRuleSettings>) -> Result<Rendered<KafkaRecord>, String> {
+        if input.silent {
+            return Ok(Rendered::Skip("the matching rule is silent".into()));
+        }
+        let rule = input.rule_settings;
+        let topic = rule
+            .and_then(|rule| rule.topic.as_deref())
+            .unwrap_or(&self.settings.topic)
+            .to_owned();
+        // The event already carries a rule's `name`.
+        let key_path = rule
+            .and_then(|rule| rule.key.as_deref())
+            .or(self.settings.key.as_deref());
+        let key = match key_path.and_then(|path| key_at(input.event, path)) {
+            Some(Value::String(key)) if !key.is_empty() => key,
+            _ => name_key(input.event.name()),
+        };
+        let value = match input.data {
+            Some(Value::Object(data)) if !data.is_empty() => crate::json::to_vec(data),
+            _ => input.event.to_json(),
+        };
+        let timestamp = match input.event.field(key::TIMESTAMP).and_then(field_value) {
+            Some(Value::Number(ms)) => ms.as_f64().map_or_else(now_ms, |ms| ms as i64),
+            _ => now_ms(),
+        };
+        Ok(Rendered::Send(KafkaRecord {
+            topic,
+            key,
+            value,
+            timestamp,
+        }))
+    }
+
+    /// walkerOS's `producer.send` record.
+    fn explain(&self, record: &KafkaRecord) -> Value {
+        let headers: serde_json::Map<String, Value> = self
+            .settings
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::from(value.as_str())))
+            .collect();
+        json!({
+            "topic": record.topic,
+            "messages": [{
+                "key": record.key,
+                "value": String::from_utf8_lossy(&record.value),
+                "headers": headers,
+                "timestamp": record.timestamp.to_string(),
+            }],
+            "acks": self.settings.acks,
+            "compression": self.settings.compression.code(),
+        })
+    }
+
+    fn wire_size(&self, record: &KafkaRecord) -> usize {
+        record.topic.len() + record.key.len() + record.value.len()
+    }
+
+    async fn send(&self, batch: &[&KafkaRecord]) -> Result<Vec<Result<(), KafkaFailure>>, KafkaFailure> {
+        let producer = self.producer.get().ok_or(KafkaFailure::NotConnected)?;
+        let mut reports = Vec::with_capacity(batch.len());
+        for record in batch {
+            let report = loop {
+                let message = FutureRecord::to(&record.topic)
+                    .key(&record.key)
+                    .payload(&record.value)
+                    .timestamp(record.timestamp)
+                    .headers(self.headers.clone());
+                match producer.send_result(message) {
+                    Ok(delivery) => break Ok(delivery),
+                    // The producer's queue is full: wait for it to drain (backpressure).
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((error, _)) => break Err(error),
+                }
+            };
+            reports.push(report);
+        }
+        let outcomes = join_all(reports.into_iter().zip(batch).map(|(report, record)| async move {
+            match report {
+                Err(error) => Err(self.failure(&record.topic, error)),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(self.failure(&record.topic, error)),
+                    Err(_) => Err(KafkaFailure::Canceled),
+                },
+            }
+        }))
+        .await;
+        Ok(outcomes)
+    }
+
+    fn classify(&self, failure: &KafkaFailure) -> ErrorClass {
+        let error = match failure {
+            KafkaFailure::UnknownTopic { .. } => return ErrorClass::Fatal,
+            KafkaFailure::Canceled | KafkaFailure::NotConnected => return ErrorClass::Retryable,
+            KafkaFailure::Produce { error, .. } | KafkaFailure::Client(error) => error,
+        };
+        match error.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::InvalidRequiredAcks,
+            ) => ErrorClass::Fatal,
+            _ => ErrorClass::Retryable,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), KafkaFailure> {
+        // Every batch's delivery reports have been awaited; flush whatever librdkafka still
+        // holds (nothing, normally) and let it close its connections.
+        if let Some(producer) = self.producer.get() {
+            let producer = producer.clone();
+            let timeout = self.settings.message_timeout;
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await
+                .map_err(|_| KafkaFailure::Canceled)?
+                .map_err(KafkaFailure::Client)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whitespace_runs_become_one_underscore() {
+        assert_eq!(name_key("page view"), "page_view");
+        assert_eq!(name_key("order  \t complete"), "order_complete");
+        assert_eq!(name_key("purchase"), "purchase");
+        assert_eq!(name_key(" lead "), "_lead_");
+    }
+
+    #[test]
+    fn key_paths_read_one_field_or_the_whole_event() {
+        let event = Event::from_tree(serde_json::json!({
+            "name": "user signup",
+            "user": {"id": "usr-789", "n": 5},
+            "data": {"items": [{"id": "a"}]}
+        }));
+        assert_eq!(key_at(&event, "user.id"), Some(Value::from("usr-789")));
+        assert_eq!(key_at(&event, "user.n"), Some(Value::from(5)));
+        assert_eq!(key_at(&event, "data.items.0.id"), Some(Value::from("a")));
+        assert_eq!(key_at(&event, "user.missing"), None);
+        assert_eq!(key_at(&event, "name"), Some(Value::from("user signup")));
+    }
+}

@@ -1,0 +1,665 @@
+//! The Kafka destination's settings, under `settings.kafka` as walkerOS has them (systems.md
+//! §D.2), turned into a librdkafka producer configuration.
+//!
+//! walkerOS hands its settings to kafkajs; weir hands them to librdkafka, so each key is
+//! translated to the librdkafka property that does the same job. Where the defaults differ on
+//! purpose, weir's are: `clientId` `weir`, `idempotent` **true** (walkerOS: false), a
+//! Java-compatible key partitioner (`murmur2_random`) and a 10 ms linger. Options walkerOS
+//! accepts that weir cannot honour (`aws` and `oauthbearer` SASL, TLS `servername`) are config
+//! errors naming their path, never ignored. `librdkafkaOptions` (weir's) passes further
+//! librdkafka properties through for tuning; the ones weir sets from walkerOS's keys cannot be
+//! overridden there. The SASL password also comes from `sasl.passwordFile` or
+//! `KAFKA_SASL_PASSWORD` / `KAFKA_SASL_PASSWORD_FILE`, and never appears in logs.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::typed::{self, Secret};
+use crate::config::{ConfigErrors, join};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    brokers: Option<Vec<String>>,
+    topic: Option<String>,
+    client_id: Option<String>,
+    key: Option<String>,
+    headers: Option<IndexMap<String, String>>,
+    acks: Option<i64>,
+    compression: Option<String>,
+    idempotent: Option<bool>,
+    allow_auto_topic_creation: Option<bool>,
+    ssl: Option<Value>,
+    sasl: Option<Value>,
+    connection_timeout: Option<u64>,
+    request_timeout: Option<u64>,
+    timeout: Option<u64>,
+    retry: Option<RawRetry>,
+    librdkafka_options: Option<IndexMap<String, Value>>,
+}
+
+/// kafkajs's `retry` block.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRetry {
+    max_retry_time: Option<u64>,
+    initial_retry_time: Option<u64>,
+    retries: Option<u32>,
+}
+
+/// kafkajs's `ssl` object (Node's `tls.connect` options): PEM text or, in weir, a file path.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    passphrase: Option<String>,
+    reject_unauthorized: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSasl {
+    mechanism: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+}
+
+/// Per-rule settings: `mapping.<entity>.<action>.settings`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaRuleSettings {
+    /// Overrides the destination's topic.
+    pub topic: Option<String>,
+    /// Overrides the destination's key path.
+    pub key: Option<String>,
+}
+
+/// Checked settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: Vec<String>,
+    pub topic: String,
+    /// The mapping path whose value keys each record (else the event name).
+    pub key: Option<String>,
+    /// `content-type: application/json` first, then the static headers (which may override it).
+    pub headers: Vec<(String, String)>,
+    /// walkerOS's `acks`: -1 (all in-sync replicas), 0 or 1.
+    pub acks: i64,
+    pub compression: Compression,
+    /// How long librdkafka may try to deliver one message, retries included.
+    pub message_timeout: Duration,
+    /// The librdkafka producer configuration.
+    pub client: ClientConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    const NAMES: [&'static str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+
+    fn parse(name: &str) -> Option<Compression> {
+        Some(match name {
+            "none" => Compression::None,
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            _ => return None,
+        })
+    }
+
+    /// librdkafka's `compression.codec` name.
+    pub fn codec(self) -> &'static str {
+        Compression::NAMES[self.code() as usize]
+    }
+
+    /// kafkajs's `CompressionTypes` code, as walkerOS puts it in the record.
+    pub fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+}
+
+/// How long librdkafka may spend delivering one message (its `message.timeout.ms`): kafkajs's
+/// request timeout. The delivery machinery's attempt timeout for Kafka is a little longer, so
+/// the producer's own delivery report always decides an attempt.
+pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Properties weir sets from walkerOS's keys; `librdkafkaOptions` may not set them.
+const OWNED_PROPERTIES: [&str; 16] = [
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "client.id",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "compression.codec",
+    "compression.type",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.ca.pem",
+    "ssl.key.pem",
+];
+
+impl KafkaSettings {
+    /// Checks `settings` (the destination's `settings` block, at `path`); `env` looks up
+    /// environment variables.
+    pub fn parse(
+        settings: Option<&Value>,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        errors: &mut ConfigErrors,
+    ) -> Option<KafkaSettings> {
+        if let Some(Value::Object(outer)) = settings {
+            for key in outer.keys().filter(|key| *key != "kafka") {
+                errors.push(join(path, key), "unknown key");
+            }
+        }
+        let path = join(path, "kafka");
+        let Some(kafka) = settings.and_then(|settings| settings.get("kafka")) else {
+            errors.push(path, "Config settings kafka missing (it needs brokers and topic)");
+            return None;
+        };
+        let raw = typed::parse::<Raw>(kafka, &path, errors)?;
+        let brokers = match raw.brokers {
+            Some(brokers) if !brokers.is_empty() => {
+                for (index, broker) in brokers.iter().enumerate() {
+                    if !is_host_port(broker) {
+                        errors.push(
+                            join(&path, &format!("brokers.{index}")),
+                            format!("\"{broker}\" is not host:port"),
+                        );
+                    }
+                }
+                Some(brokers)
+            }
+            _ => {
+                errors.push(join(&path, "brokers"), "Config settings kafka.brokers missing");
+                None
+            }
+        };
+        let topic = match raw.topic {
+            Some(topic) if !topic.is_empty() => Some(topic),
+            _ => {
+                errors.push(join(&path, "topic"), "Config settings kafka.topic missing");
+                None
+            }
+        };
+        let acks = raw.acks.unwrap_or(-1);
+        if ![-1, 0, 1].contains(&acks) {
+            errors.push(join(&path, "acks"), format!("{acks} is not -1, 0 or 1"));
+        }
+        // weir's default is idempotent, which needs acks=all: with acks 0 or 1 and no explicit
+        // `idempotent`, idempotence is off (as the user asked for weaker acknowledgements).
+        let idempotent = raw.idempotent.unwrap_or(acks == -1);
+        if idempotent && acks != -1 {
+            errors.push(
+                join(&path, "idempotent"),
+                "an idempotent producer needs acks -1 (all in-sync replicas); set idempotent false to use acks 0 or 1",
+            );
+        }
+        // walkerOS's default codec is gzip.
+        let compression = match raw.compression.as_deref() {
+            None => Compression::Gzip,
+            Some(name) => Compression::parse(name).unwrap_or_else(|| {
+                errors.push(
+                    join(&path, "compression"),
+                    format!("\"{name}\" is not one of {}", Compression::NAMES.join(", ")),
+                );
+                Compression::Gzip
+            }),
+        };
+
+        let mut client = ClientConfig::new();
+        client
+            .set("client.id", raw.client_id.as_deref().unwrap_or("weir"))
+            .set("acks", acks.to_string())
+            .set("enable.idempotence", idempotent.to_string())
+            .set("compression.codec", compression.codec())
+            // Java's partitioner, so keys land where Java and Go clients put them.
+            .set("partitioner", "murmur2_random")
+            // Batches worth compressing at analytics rates, at little added latency.
+            .set("linger.ms", "10")
+            .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string())
+            .set(
+                "allow.auto.create.topics",
+                raw.allow_auto_topic_creation.unwrap_or(false).to_string(),
+            );
+        if let Some(brokers) = &brokers {
+            client.set("bootstrap.servers", brokers.join(","));
+        }
+        let mut milliseconds = |property: &str, value: Option<u64>, key: &str, min: u64, errors: &mut ConfigErrors| {
+            if let Some(ms) = value {
+                if ms < min {
+                    errors.push(join(&path, key), format!("must be at least {min} ms"));
+                } else {
+                    client.set(property, ms.to_string());
+                }
+            }
+        };
+        milliseconds(
+            "socket.connection.setup.timeout.ms",
+            raw.connection_timeout,
+            "connectionTimeout",
+            1000,
+            errors,
+        );
+        milliseconds("socket.timeout.ms", raw.request_timeout, "requestTimeout", 10, errors);
+        // kafkajs's `timeout`: how long the broker may take to acknowledge a produce request.
+        milliseconds("request.timeout.ms", raw.timeout, "timeout", 1, errors);
+        if let Some(retry) = &raw.retry {
+            milliseconds(
+                "retry.backoff.ms",
+                retry.initial_retry_time,
+                "retry.initialRetryTime",
+                1,
+                errors,
+            );
+            milliseconds(
+                "retry.backoff.max.ms",
+                retry.max_retry_time,
+                "retry.maxRetryTime",
+                1,
+                errors,
+            );
+        }
+        if let Some(retry) = &raw.retry {
+            let retry_path = join(&path, "retry");
+            if let Some(retries) = retry.retries {
+                if retries == 0 && idempotent {
+                    errors.push(
+                        join(&retry_path, "retries"),
+                        "an idempotent producer needs retries; set idempotent false to disable them",
+                    );
+                } else {
+                    client.set("message.send.max.retries", retries.to_string());
+                }
+            }
+        }
+
+        let tls = match &raw.ssl {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(value @ Value::Object(_)) => {
+                let ssl_path = join(&path, "ssl");
+                if let Some(fields) = value.as_object() {
+                    for key in ["servername", "checkServerIdentity", "ciphers", "secureProtocol"] {
+                        if fields.contains_key(key) {
+                            errors.push(join(&ssl_path, key), "is not supported by weir's Kafka client");
+                        }
+                    }
+                }
+                let mut trimmed = value.clone();
+                if let Some(fields) = trimmed.as_object_mut() {
+                    fields.retain(|key, _| {
+                        !["servername", "checkServerIdentity", "ciphers", "secureProtocol"].contains(&key.as_str())
+                    });
+                }
+                if let Some(options) = typed::parse::<RawTls>(&trimmed, &ssl_path, errors) {
+                    pem_or_file(
+                        &mut client,
+                        options.ca.as_deref(),
+                        "ssl.ca",
+                        &join(&ssl_path, "ca"),
+                        errors,
+                    );
+                    pem_or_file(
+                        &mut client,
+                        options.cert.as_deref(),
+                        "ssl.certificate",
+                        &join(&ssl_path, "cert"),
+                        errors,
+                    );
+                    pem_or_file(
+                        &mut client,
+                        options.key.as_deref(),
+                        "ssl.key",
+                        &join(&ssl_path, "key"),
+                        errors,
+                    );
+                    if let Some(passphrase) = &options.passphrase {
+                        client.set("ssl.key.password", passphrase);
+                    }
+                    if options.reject_unauthorized == Some(false) {
+                        client.set("enable.ssl.certificate.verification", "false");
+                    }
+                }
+                true
+            }
+            Some(_) => {
+                errors.push(join(&path, "ssl"), "must be true, false or an object (ca, cert, key)");
+                false
+            }
+        };
+        let sasl = match &raw.sasl {
+            None => false,
+            Some(value) => {
+                let sasl_path = join(&path, "sasl");
+                sasl_settings(&mut client, value, &sasl_path, env, errors);
+                true
+            }
+        };
+        client.set(
+            "security.protocol",
+            match (tls, sasl) {
+                (false, false) => "plaintext",
+                (true, false) => "ssl",
+                (false, true) => "sasl_plaintext",
+                (true, true) => "sasl_ssl",
+            },
+        );
+
+        let mut message_timeout = MESSAGE_TIMEOUT;
+        if let Some(options) = &raw.librdkafka_options {
+            let options_path = join(&path, "librdkafkaOptions");
+            for (property, value) in options {
+                let at = join(&options_path, property);
+                if OWNED_PROPERTIES.contains(&property.as_str())
+                    || property.starts_with("ssl.")
+                    || property.starts_with("sasl.")
+                {
+                    errors.push(at, "is set from walkerOS's settings; set it there");
+                    continue;
+                }
+                let text = match value {
+                    Value::String(text) => text.clone(),
+                    Value::Number(number) => number.to_string(),
+                    Value::Bool(flag) => flag.to_string(),
+                    _ => {
+                        errors.push(at, "must be a string, number or boolean");
+                        continue;
+                    }
+                };
+                if property == "message.timeout.ms" {
+                    match text.parse::<u64>() {
+                        Ok(ms) if ms > 0 => message_timeout = Duration::from_millis(ms),
+                        _ => {
+                            errors.push(at, "must be a positive number of milliseconds");
+                            continue;
+                        }
+                    }
+                }
+                client.set(property, text);
+            }
+        }
+        // librdkafka itself checks every property name and value, without connecting.
+        if let Err(error) = client.create_native_config() {
+            errors.push(&path, format!("librdkafka refuses the configuration: {error}"));
+        }
+
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        for (name, value) in raw.headers.unwrap_or_default() {
+            match headers.iter_mut().find(|(existing, _)| *existing == name) {
+                Some(slot) => slot.1 = value,
+                None => headers.push((name, value)),
+            }
+        }
+        Some(KafkaSettings {
+            brokers: brokers?,
+            topic: topic?,
+            key: raw.key.filter(|key| !key.is_empty()),
+            headers,
+            acks,
+            compression,
+            message_timeout,
+            client,
+        })
+    }
+}
+
+fn is_host_port(broker: &str) -> bool {
+    match broker.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0),
+        None => false,
+    }
+}
+
+/// A TLS item given as PEM text (kafkajs's way) or, in weir, as a file path.
+fn pem_or_file(client: &mut ClientConfig, value: Option<&str>, prefix: &str, path: &str, errors: &mut ConfigErrors) {
+    let Some(value) = value else { return };
+    if value.trim_start().starts_with("-----BEGIN") {
+        client.set(format!("{prefix}.pem"), value);
+    } else if std::path::Path::new(value).is_file() {
+        client.set(format!("{prefix}.location"), value);
+    } else {
+        errors.push(path, format!("\"{value}\" is neither PEM text nor a readable file"));
+    }
+}
+
+fn sasl_settings(
+    client: &mut ClientConfig,
+    value: &Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+) {
+    if let Some(mechanism) = value.get("mechanism").and_then(Value::as_str)
+        && matches!(mechanism, "aws" | "oauthbearer")
+    {
+        errors.push(
+            join(path, "mechanism"),
+            format!("SASL \"{mechanism}\" is not supported by weir (plain, scram-sha-256 and scram-sha-512 are)"),
+        );
+        return;
+    }
+    let Some(raw) = typed::parse::<RawSasl>(value, path, errors) else {
+        return;
+    };
+    let mechanism = match raw.mechanism.as_str() {
+        "plain" => "PLAIN",
+        "scram-sha-256" => "SCRAM-SHA-256",
+        "scram-sha-512" => "SCRAM-SHA-512",
+        other => {
+            errors.push(
+                join(path, "mechanism"),
+                format!("\"{other}\" is not one of plain, scram-sha-256, scram-sha-512"),
+            );
+            return;
+        }
+    };
+    let password = Secret::resolve(
+        raw.password.filter(|password| !password.is_empty()),
+        raw.password_file.as_deref(),
+        path,
+        "passwordFile",
+        errors,
+    )
+    .or_else(|| Secret::from_environment(env, "KAFKA_SASL_PASSWORD", path, errors));
+    let username = raw.username.filter(|username| !username.is_empty());
+    if username.is_none() {
+        errors.push(join(path, "username"), "SASL needs a username");
+    }
+    let Some(password) = password else {
+        errors.push(
+            join(path, "password"),
+            "SASL needs a password (or passwordFile, or KAFKA_SASL_PASSWORD)",
+        );
+        return;
+    };
+    client
+        .set("sasl.mechanism", mechanism)
+        .set("sasl.username", username.unwrap_or_default())
+        .set("sasl.password", password.expose());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(kafka: Value, env: &[(&str, &str)]) -> (Option<KafkaSettings>, String) {
+        let mut errors = ConfigErrors::default();
+        let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        let settings = json!({ "kafka": kafka });
+        let parsed = KafkaSettings::parse(Some(&settings), "d.config.settings", &lookup, &mut errors);
+        (parsed, errors.to_string())
+    }
+
+    fn property<'a>(settings: &'a KafkaSettings, name: &str) -> Option<&'a str> {
+        settings.client.get(name)
+    }
+
+    #[test]
+    fn defaults_are_walkeros_except_idempotence_and_client_id() {
+        let (parsed, errors) = parse(json!({"brokers": ["localhost:9092"], "topic": "walkeros-events"}), &[]);
+        assert_eq!(errors, "");
+        let settings = parsed.unwrap();
+        assert_eq!(settings.acks, -1);
+        assert_eq!(settings.compression, Compression::Gzip);
+        assert_eq!(
+            settings.headers,
+            vec![("content-type".into(), "application/json".into())]
+        );
+        for (name, value) in [
+            ("bootstrap.servers", "localhost:9092"),
+            ("client.id", "weir"),
+            ("acks", "-1"),
+            ("enable.idempotence", "true"),
+            ("compression.codec", "gzip"),
+            ("partitioner", "murmur2_random"),
+            ("allow.auto.create.topics", "false"),
+            ("security.protocol", "plaintext"),
+        ] {
+            assert_eq!(property(&settings, name), Some(value), "{name}");
+        }
+    }
+
+    #[test]
+    fn missing_and_wrong_keys_name_their_path() {
+        let (parsed, errors) = parse(
+            json!({"acks": 2, "compression": "brotli", "brokers": ["nohost"], "extra": 1, "connectionTimeout": 5}),
+            &[],
+        );
+        assert!(parsed.is_none());
+        for expected in [
+            "d.config.settings.kafka.extra: unknown key",
+            "d.config.settings.kafka.topic: Config settings kafka.topic missing",
+            "d.config.settings.kafka.brokers.0: \"nohost\" is not host:port",
+            "d.config.settings.kafka.acks: 2 is not -1, 0 or 1",
+            "d.config.settings.kafka.compression: \"brotli\" is not one of none, gzip, snappy, lz4, zstd",
+            "d.config.settings.kafka.connectionTimeout: must be at least 1000 ms",
+        ] {
+            assert!(errors.contains(expected), "{expected} not in:\n{errors}");
+        }
+        let (_, errors) = parse(json!({"topic": "t"}), &[]);
+        assert!(
+            errors.contains("d.config.settings.kafka.brokers: Config settings kafka.brokers missing"),
+            "{errors}"
+        );
+        let mut errors = ConfigErrors::default();
+        assert!(KafkaSettings::parse(None, "d.config.settings", &|_| None, &mut errors).is_none());
+        assert!(
+            errors
+                .to_string()
+                .contains("d.config.settings.kafka: Config settings kafka missing")
+        );
+    }
+
+    #[test]
+    fn unsupported_options_are_errors_not_ignored() {
+        let base = json!({"brokers": ["b:9092"], "topic": "t"});
+        let with = |key: &str, value: Value| {
+            let mut kafka = base.clone();
+            kafka[key] = value;
+            parse(kafka, &[]).1
+        };
+        let errors = with("sasl", json!({"mechanism": "aws", "accessKeyId": "x"}));
+        assert!(
+            errors.contains("d.config.settings.kafka.sasl.mechanism: SASL \"aws\" is not supported"),
+            "{errors}"
+        );
+        let errors = with("sasl", json!({"mechanism": "oauthbearer"}));
+        assert!(errors.contains("SASL \"oauthbearer\" is not supported"), "{errors}");
+        let errors = with("ssl", json!({"servername": "kafka.example"}));
+        assert!(
+            errors.contains("d.config.settings.kafka.ssl.servername: is not supported"),
+            "{errors}"
+        );
+        let errors = with("acks", json!(1));
+        assert!(errors.is_empty(), "acks 1 turns idempotence off by itself: {errors}");
+        let mut kafka = base.clone();
+        kafka["acks"] = json!(0);
+        kafka["idempotent"] = json!(true);
+        assert!(
+            parse(kafka, &[])
+                .1
+                .contains("kafka.idempotent: an idempotent producer needs acks -1")
+        );
+        let errors = with("librdkafkaOptions", json!({"client.id": "x", "no.such.property": 1}));
+        assert!(
+            errors.contains("kafka.librdkafkaOptions.client.id: is set from walkerOS's settings"),
+            "{errors}"
+        );
+        assert!(errors.contains("librdkafka refuses the configuration"), "{errors}");
+    }
+
+    #[test]
+    fn sasl_password_comes_from_config_file_or_environment() {
+        let base = json!({"brokers": ["b:9092"], "topic": "t"});
+        let mut kafka = base.clone();
+        kafka["sasl"] = json!({"mechanism": "scram-sha-512", "username": "u"});
+        let (parsed, errors) = parse(kafka.clone(), &[]);
+        assert!(parsed.is_none() || !errors.is_empty());
+        assert!(
+            errors.contains("kafka.sasl.password: SASL needs a password"),
+            "{errors}"
+        );
+        let (parsed, errors) = parse(kafka.clone(), &[("KAFKA_SASL_PASSWORD", "from-env")]);
+        assert_eq!(errors, "");
+        let settings = parsed.unwrap();
+        assert_eq!(property(&settings, "sasl.password"), Some("from-env"));
+        assert_eq!(property(&settings, "sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(property(&settings, "security.protocol"), Some("sasl_plaintext"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        kafka["sasl"]["passwordFile"] = json!(file.to_str().unwrap());
+        kafka["ssl"] = json!(true);
+        let (parsed, errors) = parse(kafka, &[]);
+        assert_eq!(errors, "");
+        let settings = parsed.unwrap();
+        assert_eq!(property(&settings, "sasl.password"), Some("from-file"));
+        assert_eq!(property(&settings, "security.protocol"), Some("sasl_ssl"));
+        // The password is not in the settings' debug form (librdkafka's config hides it).
+        assert!(!format!("{settings:?}").contains("from-file"));
+    }
+
+    #[test]
+    fn static_headers_follow_content_type_and_may_override_it() {
+        let (parsed, errors) = parse(
+            json!({"brokers": ["b:9092"], "topic": "t", "headers": {"x-source": "weir", "content-type": "text/plain"}}),
+            &[],
+        );
+        assert_eq!(errors, "");
+        assert_eq!(
+            parsed.unwrap().headers,
+            vec![
+                ("content-type".to_owned(), "text/plain".to_owned()),
+                ("x-source".to_owned(), "weir".to_owned())
+            ]
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The `kafka` destination against a real Kafka-protocol broker (tansu) started by each test.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::kafka::{KafkaBroker, Record, python_with_confluent_kafka};
+use support::{Weir, client, eventually};
+
+fn vectors() -> Value {
+    serde_json::from_str(include_str!("vectors/walkeros-destinations-and-mapping.json")).unwrap()
+}
+
+fn post(weir: &Weir, body: &Value) -> reqwest::blocking::Response {
+    client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+}
+
+/// A flow with an HTTP source and one `kafka` destination; `kafka` goes under
+/// `settings.kafka`, `extra` is merged into the destination's `config`.
+fn flow(kafka: Value, mapping: Option<&Value>, extra: Value) -> String {
+    let mut config = json!({
+        "settings": {"kafka": kafka},
+        "retry": {"maxRetries": 2, "retryDelay": 10},
+        "dlq": {"path": "dead.jsonl"}
+    });
+    if let Some(mapping) = mapping {
+        config["mapping"] = mapping.clone();
+    }
+    for (key, value) in extra.as_object().into_iter().flatten() {
+        config[key] = value.clone();
+    }
+    let flow = json!({
+        "collector": {"release": "4.4.0"},
+        "sources": {"http": {"type": "http"}},
+        "destinations": {"kafka": {"type": "kafka", "config": config}}
+    });
+    toml::to_string(&flow).unwrap()
+}
+
+/// Runs `weir explain` on one event; the JSON record it prints.
+fn explain(flow_text: &str, event: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flow.toml"), flow_text).unwrap();
+    std::fs::write(dir.path().join("events.jsonl"), event.to_string()).unwrap();
+    let output = std::process::Command::new(support::weir_binary())
+        .args(["explain", "--config", "flow.toml", "events.jsonl"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The record as walkerOS's examples write a message: key, value, headers, timestamp.
+fn as_walkeros_message(record: &Record) -> Value {
+    let headers: serde_json::Map<String, Value> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+        .collect();
+    json!({
+        "key": record.key,
+        "value": record.value,
+        "headers": headers,
+        "timestamp": record.timestamp.map(|ms| ms.to_string()),
+    })
+}
+
+/// Every Kafka example of walkerOS: `weir explain` shows the `producer.send` record walkerOS
+/// made, and the record consumed back from a real broker carries exactly that key, value,
+/// headers and timestamp.
+#[test]
+fn walkeros_kafka_vectors_through_explain_and_a_real_broker() {
+    let vectors = vectors();
+    let cases = vectors["kafka"].as_object().unwrap();
+    assert_eq!(cases.len(), 6, "walkerOS has six Kafka examples");
+    for (name, case) in cases {
+        let broker = KafkaBroker::start();
+        let event = case["in"].clone();
+        let mapping = case
+            .get("mapping")
+            .map(|rule| json!({event["entity"].as_str().unwrap(): {event["action"].as_str().unwrap(): rule}}));
+        let mut kafka = case["settings"]["kafka"].clone();
+        if kafka.is_null() {
+            kafka = json!({"brokers": ["localhost:9092"], "topic": "walkeros-events"});
+        }
+        kafka["brokers"] = json!([broker.bootstrap()]);
+        let flow_text = flow(kafka, mapping.as_ref(), json!({}));
+
+        let record = explain(&flow_text, &event);
+        let calls = case["calls"].as_array().unwrap();
+        if calls.is_empty() {
+            assert_eq!(record["outcome"], "ignored", "{name}");
+            continue;
+        }
+        assert_eq!(record["wire"], calls[0], "{name}");
+
+        let topic = calls[0]["topic"].as_str().unwrap();
+        broker.create_topic(topic, 1);
+        let weir = Weir::start(&flow_text);
+        let response = post(&weir, &event);
+        assert_eq!(response.status(), 200, "{name}: {}", response.text().unwrap());
+        let records = broker.consume(topic, 1, Duration::from_secs(20));
+        assert_eq!(records.len(), 1, "{name}: {records:?}\n{}", weir.log());
+        assert_eq!(as_walkeros_message(&records[0]), calls[0]["messages"][0], "{name}");
+    }
+}
+
+/// A second client, independent of weir's code (Python's confluent-kafka), reads the same
+/// bytes back: key, value, headers and timestamp as walkerOS's defaultEvent example has them.
+#[test]
+fn an_independent_client_reads_what_weir_produced() {
+    let vectors = vectors();
+    let case = &vectors["kafka"]["defaultEvent"];
+    let broker = KafkaBroker::start();
+    broker.create_topic("walkeros-events", 1);
+    let weir = Weir::start(&flow(
+        json!({"brokers": [broker.bootstrap()], "topic": "walkeros-events", "compression": "zstd"}),
+        None,
+        json!({}),
+    ));
+    let response = post(&weir, &case["in"]);
+    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+
+    let script = r#"
+import json, sys
+from confluent_kafka import Consumer, TopicPartition
+consumer = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "second-client", "enable.auto.commit": False})
+consumer.assign([TopicPartition("walkeros-events", 0, 0)])
+message = None
+for _ in range(100):
+    message = consumer.poll(0.2)
+    if message is not None and message.error() is None:
+        break
+kind, timestamp = message.timestamp()
+print(json.dumps({
+    "key": message.key().decode(),
+    "value": message.value().decode(),
+    "headers": {k: v.decode() for k, v in (message.headers() or [])},
+    "timestamp": str(timestamp),
+}))
+consumer.close()
+"#;
+    let output = std::process::Command::new(python_with_confluent_kafka())
+        .args(["-c", script, &broker.bootstrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(read, case["calls"][0]["messages"][0]);
+}
+
+/// Every codec walkerOS names, several partitions, keys from a path: everything arrives, each
+/// key always in the same partition.
+#[test]
+fn codecs_partitions_and_keys() {
+    let broker = KafkaBroker::start();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("events-{codec}");
+        broker.create_topic(&topic, 3);
+        let weir = Weir::start(&flow(
+            json!({"brokers": [broker.bootstrap()], "topic": topic, "compression": codec, "key": "user.id"}),
+            None,
+            json!({}),
+        ));
+        let batch: Vec<Value> = (0..60)
+            .map(|n| json!({"name": "page view", "data": {"n": n}, "user": {"id": format!("user-{}", n % 6)}}))
+            .collect();
+        let response = post(&weir, &Value::Array(batch));
+        assert_eq!(response.status(), 200, "{codec}: {}", response.text().unwrap());
+        let records = broker.consume(&topic, 60, Duration::from_secs(20));
+        assert_eq!(records.len(), 60, "{codec}");
+        let mut partition_of = std::collections::HashMap::new();
+        for record in &records {
+            let key = record.key.clone().unwrap();
+            let partition = *partition_of.entry(key.clone()).or_insert(record.partition);
+            assert_eq!(partition, record.partition, "{codec}: key {key} in two partitions");
+            let value: Value = serde_json::from_str(&record.value).unwrap();
+            assert_eq!(value["user"]["id"], key.as_str(), "{codec}");
+        }
+        assert_eq!(partition_of.len(), 6, "{codec}");
+        let used: std::collections::HashSet<i32> = partition_of.values().copied().collect();
+        assert!(used.len() > 1, "{codec}: six keys all in one partition");
+    }
+}
+
+/// A topic that does not exist and a record larger than the broker takes are dead-lettered
+/// with the reason (the topic one says how to create it); the source hears of each.
+#[test]
+fn unknown_topics_and_oversized_records_are_dead_lettered_with_the_reason() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 1);
+    let weir = Weir::start(&flow(
+        json!({
+            "brokers": [broker.bootstrap()],
+            "topic": "events",
+            "librdkafkaOptions": {"topic.metadata.propagation.max.ms": 1000, "message.max.bytes": 10000}
+        }),
+        Some(&json!({"missing": {"*": {"settings": {"topic": "no-such-topic"}}}})),
+        json!({}),
+    ));
+    // With ack = "delivered" the client hears of a dead letter at once, with the reason.
+    let response = post(&weir, &json!({"name": "missing topic", "data": {"n": 1}}));
+    assert_eq!(response.status(), 500);
+    let answer = response.text().unwrap();
+    assert!(
+        answer.contains("Kafka topic \\\"no-such-topic\\\" not found on cluster")
+            && answer.contains("--create --topic no-such-topic"),
+        "{answer}"
+    );
+    let big = "x".repeat(20_000);
+    let response = post(&weir, &json!({"name": "page view", "data": {"big": big}}));
+    assert_eq!(response.status(), 500);
+    let answer = response.text().unwrap();
+    assert!(answer.contains("too large"), "{answer}");
+    let response = post(&weir, &json!({"name": "page view", "data": {"small": true}}));
+    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+
+    // Both are in the dead-letter sink, with their events.
+    let dead = weir.json_lines("dead.jsonl");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let text = serde_json::to_string(&dead).unwrap();
+    assert!(
+        text.contains("no-such-topic") && text.contains("missing topic"),
+        "{text}"
+    );
+    assert!(text.contains(&big), "the oversized event is kept whole");
+    let records = broker.consume("events", 1, Duration::from_secs(10));
+    assert_eq!(records.len(), 1);
+    assert!(records[0].value.contains("\"small\":true"));
+}
+
+/// With no broker there, weir is not ready; once one starts, weir connects by itself and
+/// delivers.
+#[test]
+fn not_ready_until_the_broker_answers_then_delivers() {
+    let port = support::free_port();
+    let weir = Weir::start(&flow(
+        json!({"brokers": [format!("127.0.0.1:{port}")], "topic": "events"}),
+        None,
+        json!({}),
+    ));
+    let ready = || client().get(weir.url("/readyz")).send().unwrap().status();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ready(), 503);
+    let broker = KafkaBroker::start_on(port);
+    broker.create_topic("events", 1);
+    assert!(eventually(Duration::from_secs(30), || ready() == 200), "{}", weir.log());
+    let response = post(&weir, &json!({"name": "page view", "data": {"late": true}}));
+    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    let records = broker.consume("events", 1, Duration::from_secs(10));
+    assert_eq!(records.len(), 1);
+    assert!(records[0].value.contains("\"late\":true"));
+}
+
+/// SCRAM-SHA-256 and -512 against a broker that requires them, the password from a file;
+/// a wrong password keeps weir not ready and says why.
+#[test]
+fn scram_authentication() {
+    let mut broker = KafkaBroker::start_sqlite(&[]);
+    broker.create_user("SCRAM-SHA-512", "weir512", "s3cret-512");
+    broker.create_user("SCRAM-SHA-256", "weir256", "s3cret-256");
+    broker.create_topic("events", 1);
+    broker.restart_with_authentication("SCRAM-SHA-512", "weir512", "s3cret-512");
+
+    for (mechanism, user, password) in [
+        ("scram-sha-512", "weir512", "s3cret-512"),
+        ("scram-sha-256", "weir256", "s3cret-256"),
+    ] {
+        let secrets = tempfile::tempdir().unwrap();
+        let password_file = secrets.path().join("password");
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        let weir = Weir::start(&flow(
+            json!({
+                "brokers": [broker.bootstrap()],
+                "topic": "events",
+                "sasl": {"mechanism": mechanism, "username": user, "passwordFile": password_file.to_str().unwrap()}
+            }),
+            None,
+            json!({}),
+        ));
+        let response = post(&weir, &json!({"name": "page view", "data": {"mechanism": mechanism}}));
+        assert_eq!(
+            response.status(),
+            200,
+            "{mechanism}: {}\n{}",
+            response.text().unwrap(),
+            weir.log()
+        );
+    }
+    let records = broker.consume("events", 2, Duration::from_secs(20));
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records[0].value.contains("scram-sha-512") && records[1].value.contains("scram-sha-256"));
+
+    let weir = Weir::start(&flow(
+        json!({
+            "brokers": [broker.bootstrap()],
+            "topic": "events",
+            "sasl": {"mechanism": "scram-sha-512", "username": "weir512", "password": "wrong"}
+        }),
+        None,
+        json!({}),
+    ));
+    assert!(
+        eventually(Duration::from_secs(20), || weir.log().contains("Authentication")
+            || weir.log().contains("authentication")),
+        "{}",
+        weir.log()
+    );
+    assert_eq!(client().get(weir.url("/readyz")).send().unwrap().status(), 503);
+    assert!(
+        !weir.log().contains("wrong"),
+        "the password is in the log:\n{}",
+        weir.log()
+    );
+}
