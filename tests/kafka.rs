@@ -21,6 +21,17 @@ fn post(weir: &Weir, body: &Value) -> reqwest::blocking::Response {
         .unwrap()
 }
 
+/// Posts `count` page views numbered from 0, in batches of 100 (the source's largest).
+fn post_events(weir: &Weir, count: usize) {
+    for start in (0..count).step_by(100) {
+        let batch: Vec<Value> = (start..(start + 100).min(count))
+            .map(|n| json!({"name": "page view", "data": {"n": n}}))
+            .collect();
+        let response = post(weir, &Value::Array(batch));
+        assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    }
+}
+
 /// A flow with an HTTP source and one `kafka` destination; `kafka` goes under
 /// `settings.kafka`, `extra` is merged into the destination's `config`.
 fn flow(kafka: Value, mapping: Option<&Value>, extra: Value) -> String {
@@ -319,4 +330,49 @@ fn scram_authentication() {
         "the password is in the log:\n{}",
         weir.log()
     );
+}
+
+/// A producer queue far smaller than what arrives is backpressure, not an error: every event
+/// is delivered, none dead-lettered.
+#[test]
+fn a_full_producer_queue_is_backpressure() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 2);
+    let weir = Weir::start(&flow(
+        json!({
+            "brokers": [broker.bootstrap()],
+            "topic": "events",
+            "librdkafkaOptions": {"queue.buffering.max.messages": 5}
+        }),
+        None,
+        json!({}),
+    ));
+    post_events(&weir, 500);
+    let records = broker.consume("events", 500, Duration::from_secs(30));
+    assert_eq!(records.len(), 500);
+    assert!(weir.json_lines("dead.jsonl").is_empty());
+}
+
+/// Events answered before delivery (`ack = "received"`) are still in the broker after a
+/// SIGTERM right behind them: shutdown delivers and flushes.
+#[test]
+fn shutdown_delivers_what_was_accepted() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 1);
+    let mut flow: toml::Table = flow(
+        json!({"brokers": [broker.bootstrap()], "topic": "events"}),
+        None,
+        json!({}),
+    )
+    .parse()
+    .unwrap();
+    flow["sources"]["http"]
+        .as_table_mut()
+        .unwrap()
+        .insert("config".into(), toml::Value::Table(toml::toml! { ack = "received" }));
+    let mut weir = Weir::start(&flow.to_string());
+    post_events(&weir, 300);
+    assert!(weir.terminate(Duration::from_secs(30)).success(), "{}", weir.log());
+    let records = broker.consume("events", 300, Duration::from_secs(20));
+    assert_eq!(records.len(), 300, "{}", weir.log());
 }

@@ -87,7 +87,9 @@ pub struct KafkaDestination {
     settings: KafkaSettings,
     /// The static headers, built once and cloned per record.
     headers: OwnedHeaders,
-    producer: tokio::sync::OnceCell<Arc<Client>>,
+    /// Replaced when librdkafka reports a fatal error (an idempotent producer that lost its
+    /// sequence): such a producer refuses everything from then on.
+    producer: std::sync::RwLock<Option<Arc<Client>>>,
 }
 
 impl KafkaDestination {
@@ -107,7 +109,33 @@ impl KafkaDestination {
         KafkaDestination {
             settings,
             headers,
-            producer: tokio::sync::OnceCell::new(),
+            producer: std::sync::RwLock::new(None),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Client>> {
+        self.producer
+            .read()
+            .expect("the producer lock is never poisoned")
+            .clone()
+    }
+
+    /// librdkafka raised a fatal error: this producer refuses everything from now on. A new
+    /// one takes its place (creating it does not block: it connects in the background); the
+    /// records that failed are retried by the delivery machinery through it.
+    fn replace_fatal(&self, failed: &Arc<Client>, (code, reason): (RDKafkaErrorCode, String)) {
+        let mut slot = self.producer.write().expect("the producer lock is never poisoned");
+        if !slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, failed)) {
+            return; // another batch replaced it already
+        }
+        match self.settings.client.create_with_context::<_, Client>(KafkaLog) {
+            Ok(fresh) => {
+                tracing::error!(code = ?code, reason = %reason, "the Kafka producer hit a fatal error; a new producer replaces it");
+                *slot = Some(Arc::new(fresh));
+            }
+            Err(error) => {
+                tracing::error!(code = ?code, reason = %reason, error = %error, "the Kafka producer hit a fatal error and cannot be recreated");
+            }
         }
     }
 
@@ -233,7 +261,7 @@ impl Destination for KafkaDestination {
         })
         .await
         .map_err(|_| KafkaFailure::Canceled)??;
-        let _ = self.producer.set(Arc::new(producer));
+        *self.producer.write().expect("the producer lock is never poisoned") = Some(Arc::new(producer));
         Ok(())
     }
 
@@ -296,7 +324,7 @@ impl Destination for KafkaDestination {
     }
 
     async fn send(&self, batch: &[&KafkaRecord]) -> Result<Vec<Result<(), KafkaFailure>>, KafkaFailure> {
-        let producer = self.producer.get().ok_or(KafkaFailure::NotConnected)?;
+        let producer = self.current().ok_or(KafkaFailure::NotConnected)?;
         let mut reports = Vec::with_capacity(batch.len());
         for record in batch {
             let report = loop {
@@ -327,6 +355,9 @@ impl Destination for KafkaDestination {
             }
         }))
         .await;
+        if let Some(reason) = producer.client().fatal_error() {
+            self.replace_fatal(&producer, reason);
+        }
         Ok(outcomes)
     }
 
@@ -358,8 +389,7 @@ impl Destination for KafkaDestination {
     async fn shutdown(&self) -> Result<(), KafkaFailure> {
         // Every batch's delivery reports have been awaited; flush whatever librdkafka still
         // holds (nothing, normally) and let it close its connections.
-        if let Some(producer) = self.producer.get() {
-            let producer = producer.clone();
+        if let Some(producer) = self.current() {
             let timeout = self.settings.message_timeout;
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await
