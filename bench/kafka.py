@@ -64,13 +64,13 @@ def create_topics(bootstrap, *topics):
 def collector(flow_path, events):
     out = subprocess.run(
         ["cargo", "bench", "--quiet", "--bench", "collector", "--", "--flow", str(flow_path), "--events", str(events),
-         "--in-flight", "16"],
+         "--in-flight", "64"],
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def http(bootstrap, topic, codec, workdir, body, duration):
+def http(bootstrap, topic, codec, workdir, body, duration, connections):
     listen_port = free_port()
     flow_path = flow(bootstrap, topic, codec, workdir / "http.toml", listen=f"127.0.0.1:{listen_port}")
     process = subprocess.Popen([str(ROOT / "target/release/weir"), "serve", "--config", str(flow_path)],
@@ -79,8 +79,8 @@ def http(bootstrap, topic, codec, workdir, body, duration):
     try:
         wait_port(listen_port)
         url = f"http://127.0.0.1:{listen_port}/collect"
-        wrk(url, body, 2, 16, workdir)
-        batch = wrk(url, body, duration, 16, workdir)["rps"] * 100
+        wrk(url, body, 2, connections, workdir)
+        batch = wrk(url, body, duration, connections, workdir)["rps"] * 100
         rss = peak_rss_mib(process.pid)
     finally:
         process.terminate()
@@ -94,6 +94,7 @@ def main():
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--codec", default="gzip")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (requests in flight)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
@@ -133,7 +134,7 @@ def main():
                      str(tmp / "record.json"), str(args.events), args.codec],
                     check=True, capture_output=True, text=True).stdout)
                 from_collector = collector(flow(bootstrap, topics[1], args.codec, tmp / "collector.toml"), args.events)
-                over_http = http(bootstrap, topics[2], args.codec, tmp, body, args.duration)
+                over_http = http(bootstrap, topics[2], args.codec, tmp, body, args.duration, args.connections)
                 rounds.append({"reference": reference["messages_per_second"], "reference_rss": reference["peak_rss_mib"],
                                "collector": from_collector["events_per_second"],
                                "collector_rss": from_collector["peak_rss_mib"],
@@ -146,12 +147,12 @@ def main():
     median = lambda key: statistics.median(r[key] for r in rounds)
     reference = median("reference")
     print(f"\n{args.rounds} rounds, medians; record value {len(record['value'])} B, {args.codec}, acks=all, idempotent, "
-          f"linger 10 ms, into tansu memory://; {os.cpu_count()} cores shared by everything\n")
+          f"linger 5 ms, into tansu memory://; {os.cpu_count()} cores shared by everything\n")
     print("| producer | events/s | ÷ confluent-kafka | peak RSS MiB |")
     print("|---|---:|---:|---:|")
     print(f"| confluent-kafka (librdkafka), same records (reference) | {reference:,.0f} | 1.00 | {median('reference_rss'):.0f} |")
     for label, key, rss in [("weir from the collector (in-process)", "collector", "collector_rss"),
-                            ("weir over HTTP, 100-event batches, ack delivered", "http_batch", "http_rss")]:
+                            (f"weir over HTTP, 100-event batches, ack delivered, {args.connections} connections", "http_batch", "http_rss")]:
         print(f"| {label} | {median(key):,.0f} | {median(key) / reference:.2f} | {median(rss):.0f} |")
 
 

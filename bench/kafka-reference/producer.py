@@ -25,7 +25,7 @@ producer = Producer({
     "acks": "all",
     "enable.idempotence": True,
     "compression.codec": codec,
-    "linger.ms": 10,
+    "linger.ms": 5,
     "partitioner": "murmur2_random",
 })
 delivered = 0

@@ -4,7 +4,7 @@
 //! walkerOS hands its settings to kafkajs; weir hands them to librdkafka, so each key is
 //! translated to the librdkafka property that does the same job. Where the defaults differ on
 //! purpose, weir's are: `clientId` `weir`, `idempotent` **true** (walkerOS: false), a
-//! Java-compatible key partitioner (`murmur2_random`) and a 10 ms linger. Options walkerOS
+//! Java-compatible key partitioner (`murmur2_random`) and a 5 ms linger. Options walkerOS
 //! accepts that weir cannot honour (`aws` and `oauthbearer` SASL, TLS `servername`) are config
 //! errors naming their path, never ignored. `librdkafkaOptions` (weir's) passes further
 //! librdkafka properties through for tuning; the ones weir sets from walkerOS's keys cannot be
@@ -144,6 +144,9 @@ impl Compression {
 /// the producer's own delivery report always decides an attempt.
 pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long librdkafka holds records to batch them.
+pub const LINGER_MS: &str = "5";
+
 /// Properties weir sets from walkerOS's keys; `librdkafkaOptions` may not set them.
 const OWNED_PROPERTIES: [&str; 16] = [
     "bootstrap.servers",
@@ -241,8 +244,9 @@ impl KafkaSettings {
             .set("compression.codec", compression.codec())
             // Java's partitioner, so keys land where Java and Go clients put them.
             .set("partitioner", "murmur2_random")
-            // Batches worth compressing at analytics rates, at little added latency.
-            .set("linger.ms", "10")
+            // librdkafka's default, said out loud: a client waiting for `ack = "delivered"`
+            // waits this long at least, and at analytics rates it still fills batches.
+            .set("linger.ms", LINGER_MS)
             .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string())
             .set(
                 "allow.auto.create.topics",
