@@ -222,7 +222,8 @@ impl KafkaBroker {
     }
 
     /// Reads `topic` from the earliest offset of every partition until `count` records
-    /// arrived or `within` passed; sorted by partition and offset.
+    /// arrived or `within` passed, then on until nothing more comes for a second (so that
+    /// duplicates show); sorted by partition and offset.
     pub fn consume(&self, topic: &str, count: usize, within: Duration) -> Vec<Record> {
         let consumer: BaseConsumer = self
             .config()
@@ -241,10 +242,18 @@ impl KafkaBroker {
         consumer.assign(&assignment).unwrap();
         let mut records = Vec::new();
         let deadline = Instant::now() + within;
-        while records.len() < count && Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+        let mut quiet_since = None;
+        while Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                if records.len() >= count {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(1) {
+                        break;
+                    }
+                }
                 continue;
             };
+            quiet_since = None;
             let message = message.unwrap();
             let headers = message
                 .headers()

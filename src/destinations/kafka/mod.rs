@@ -145,12 +145,13 @@ impl KafkaDestination {
 
     fn failure(&self, topic: &str, error: KafkaError) -> KafkaFailure {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-                KafkaFailure::UnknownTopic {
-                    topic: topic.to_owned(),
-                    brokers: self.brokers(),
-                }
-            }
+            // librdkafka's own verdict after waiting for the topic to appear. The broker's
+            // UNKNOWN_TOPIC_OR_PARTITION is also what a partition without a leader gets
+            // during an election: that one stays retryable.
+            Some(RDKafkaErrorCode::UnknownTopic) => KafkaFailure::UnknownTopic {
+                topic: topic.to_owned(),
+                brokers: self.brokers(),
+            },
             _ => KafkaFailure::Produce {
                 topic: topic.to_owned(),
                 error,
@@ -306,7 +307,7 @@ impl Destination for KafkaDestination {
             .iter()
             .map(|(name, value)| (name.clone(), Value::from(value.as_str())))
             .collect();
-        json!({
+        let mut sent = json!({
             "topic": record.topic,
             "messages": [{
                 "key": record.key,
@@ -316,7 +317,11 @@ impl Destination for KafkaDestination {
             }],
             "acks": self.settings.acks,
             "compression": self.settings.compression.code(),
-        })
+        });
+        if let Some(timeout) = self.settings.timeout {
+            sent["timeout"] = Value::from(timeout);
+        }
+        sent
     }
 
     fn wire_size(&self, record: &KafkaRecord) -> usize {
@@ -380,7 +385,10 @@ impl Destination for KafkaDestination {
                 | RDKafkaErrorCode::ClusterAuthorizationFailed
                 | RDKafkaErrorCode::SaslAuthenticationFailed
                 | RDKafkaErrorCode::Authentication
-                | RDKafkaErrorCode::InvalidRequiredAcks,
+                | RDKafkaErrorCode::InvalidRequiredAcks
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::UnsupportedForMessageFormat,
             ) => ErrorClass::Fatal,
             _ => ErrorClass::Retryable,
         }

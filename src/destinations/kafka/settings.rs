@@ -58,7 +58,8 @@ struct RawTls {
     ca: Option<String>,
     cert: Option<String>,
     key: Option<String>,
-    passphrase: Option<String>,
+    /// A secret: read as any JSON value so a wrong type is reported without echoing it.
+    passphrase: Option<Value>,
     reject_unauthorized: Option<bool>,
 }
 
@@ -67,7 +68,8 @@ struct RawTls {
 struct RawSasl {
     mechanism: String,
     username: Option<String>,
-    password: Option<String>,
+    /// A secret: read as any JSON value so a wrong type is reported without echoing it.
+    password: Option<Value>,
     password_file: Option<String>,
 }
 
@@ -81,8 +83,9 @@ pub struct KafkaRuleSettings {
     pub key: Option<String>,
 }
 
-/// Checked settings.
-#[derive(Debug, Clone)]
+/// Checked settings. Its `Debug` leaves the client configuration out: it may hold a
+/// private key.
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub brokers: Vec<String>,
     pub topic: String,
@@ -93,10 +96,24 @@ pub struct KafkaSettings {
     /// walkerOS's `acks`: -1 (all in-sync replicas), 0 or 1.
     pub acks: i64,
     pub compression: Compression,
+    /// kafkajs's `timeout`, shown in the record as walkerOS sends it.
+    pub timeout: Option<u64>,
     /// How long librdkafka may try to deliver one message, retries included.
     pub message_timeout: Duration,
     /// The librdkafka producer configuration.
     pub client: ClientConfig,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("acks", &self.acks)
+            .field("compression", &self.compression)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,7 +361,7 @@ impl KafkaSettings {
                         &join(&ssl_path, "key"),
                         errors,
                     );
-                    if let Some(passphrase) = &options.passphrase {
+                    if let Some(passphrase) = secret_text(options.passphrase, &join(&ssl_path, "passphrase"), errors) {
                         client.set("ssl.key.password", passphrase);
                     }
                     if options.reject_unauthorized == Some(false) {
@@ -397,11 +414,12 @@ impl KafkaSettings {
                         continue;
                     }
                 };
-                if property == "message.timeout.ms" {
+                // The message timeout (and its alias) bounds every attempt: it must be finite.
+                if property == "message.timeout.ms" || property == "delivery.timeout.ms" {
                     match text.parse::<u64>() {
                         Ok(ms) if ms > 0 => message_timeout = Duration::from_millis(ms),
                         _ => {
-                            errors.push(at, "must be a positive number of milliseconds");
+                            errors.push(at, "must be a positive number of milliseconds (0, no limit, would let a record outlive weir's retries)");
                             continue;
                         }
                     }
@@ -409,8 +427,12 @@ impl KafkaSettings {
                 client.set(property, text);
             }
         }
-        // librdkafka itself checks every property name and value, without connecting.
-        if let Err(error) = client.create_native_config() {
+        // librdkafka itself checks every property name and value, and creating a producer
+        // checks how they fit together (idempotence, TLS files); without brokers to
+        // bootstrap from, it connects to nothing.
+        let mut offline = client.clone();
+        offline.remove("bootstrap.servers");
+        if let Err(error) = offline.create::<rdkafka::producer::BaseProducer>() {
             errors.push(&path, format!("librdkafka refuses the configuration: {error}"));
         }
 
@@ -428,9 +450,21 @@ impl KafkaSettings {
             headers,
             acks,
             compression,
+            timeout: raw.timeout,
             message_timeout,
             client,
         })
+    }
+}
+
+/// A secret given inline: it must be a string; the error never shows the value.
+fn secret_text(value: Option<Value>, path: &str, errors: &mut ConfigErrors) -> Option<String> {
+    match value? {
+        Value::String(text) => Some(text),
+        _ => {
+            errors.push(path, "must be a string");
+            None
+        }
     }
 }
 
@@ -448,6 +482,9 @@ fn pem_or_file(client: &mut ClientConfig, value: Option<&str>, prefix: &str, pat
         client.set(format!("{prefix}.pem"), value);
     } else if std::path::Path::new(value).is_file() {
         client.set(format!("{prefix}.location"), value);
+    } else if prefix == "ssl.key" {
+        // A private key's text is never echoed.
+        errors.push(path, "is neither PEM text nor a readable file");
     } else {
         errors.push(path, format!("\"{value}\" is neither PEM text nor a readable file"));
     }
@@ -484,8 +521,9 @@ fn sasl_settings(
             return;
         }
     };
+    let inline = secret_text(raw.password, &join(path, "password"), errors);
     let password = Secret::resolve(
-        raw.password.filter(|password| !password.is_empty()),
+        inline.filter(|password| !password.is_empty()),
         raw.password_file.as_deref(),
         path,
         "passwordFile",
@@ -618,6 +656,21 @@ mod tests {
             "{errors}"
         );
         assert!(errors.contains("librdkafka refuses the configuration"), "{errors}");
+        // Checks librdkafka makes only when a producer is created: idempotence needs in-flight ≤ 5.
+        let errors = with("librdkafkaOptions", json!({"max.in.flight.requests.per.connection": 6}));
+        assert!(errors.contains("librdkafka refuses the configuration"), "{errors}");
+        for alias in ["message.timeout.ms", "delivery.timeout.ms"] {
+            let errors = with("librdkafkaOptions", json!({ alias: 0 }));
+            assert!(
+                errors.contains("must be a positive number of milliseconds"),
+                "{alias}: {errors}"
+            );
+        }
+        let mut kafka = base.clone();
+        kafka["librdkafkaOptions"] = json!({"delivery.timeout.ms": 60000});
+        let (parsed, errors) = parse(kafka, &[]);
+        assert_eq!(errors, "");
+        assert_eq!(parsed.unwrap().message_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -647,8 +700,23 @@ mod tests {
         let settings = parsed.unwrap();
         assert_eq!(property(&settings, "sasl.password"), Some("from-file"));
         assert_eq!(property(&settings, "security.protocol"), Some("sasl_ssl"));
-        // The password is not in the settings' debug form (librdkafka's config hides it).
+        // The password is not in the settings' debug form.
         assert!(!format!("{settings:?}").contains("from-file"));
+        // A secret of the wrong type, or a private key that is neither PEM nor a file, is an
+        // error that does not show it.
+        let mut kafka = base.clone();
+        kafka["sasl"] = json!({"mechanism": "plain", "username": "u", "password": 987654321});
+        kafka["ssl"] = json!({"key": "not-a-key-secret-text", "passphrase": 123456789});
+        let (_, errors) = parse(kafka, &[]);
+        assert!(errors.contains("kafka.sasl.password: must be a string"), "{errors}");
+        assert!(errors.contains("kafka.ssl.passphrase: must be a string"), "{errors}");
+        assert!(
+            errors.contains("kafka.ssl.key: is neither PEM text nor a readable file"),
+            "{errors}"
+        );
+        for secret in ["987654321", "not-a-key-secret-text", "123456789"] {
+            assert!(!errors.contains(secret), "{secret} in {errors}");
+        }
     }
 
     #[test]
