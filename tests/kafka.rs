@@ -388,7 +388,7 @@ fn a_full_producer_queue_is_backpressure() {
         json!({
             "brokers": [broker.bootstrap()],
             "topic": "events",
-            "librdkafkaOptions": {"queue.buffering.max.messages": 5}
+            "librdkafkaOptions": {"queue.buffering.max.messages": 5, "statistics.interval.ms": 1000}
         }),
         None,
         json!({}),
@@ -397,6 +397,23 @@ fn a_full_producer_queue_is_backpressure() {
     let records = broker.consume("events", 500, Duration::from_secs(30));
     assert_eq!(records.len(), 500);
     assert!(weir.json_lines("dead.jsonl").is_empty());
+
+    // librdkafka's statistics show in the metrics: the broker is up, the queue drained.
+    let metrics = || client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let broker_up = format!(
+        "weir_kafka_broker_up{{topic=\"events\",broker=\"{}\"}} 1",
+        broker.bootstrap()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || metrics().contains(&broker_up)),
+        "{broker_up} not in\n{}",
+        metrics()
+    );
+    let queue = format!(
+        "weir_kafka_queue_messages{{topic=\"events\",brokers=\"{}\"}} 0",
+        broker.bootstrap()
+    );
+    assert!(metrics().contains(&queue), "{queue} not in\n{}", metrics());
 }
 
 /// Events answered before delivery (`ack = "received"`) are still in the broker after a

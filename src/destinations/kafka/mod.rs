@@ -24,6 +24,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use serde_json::{Value, json};
 
 pub use settings::{KafkaRuleSettings, KafkaSettings};
@@ -57,10 +58,15 @@ pub enum KafkaFailure {
     NotConnected,
 }
 
-/// librdkafka's log lines and errors, into weir's log.
-struct KafkaLog;
+/// librdkafka's log lines and errors into weir's log, and its statistics into weir's
+/// metrics, labelled with the destination's topic and brokers.
+#[derive(Clone)]
+struct KafkaContext {
+    topic: String,
+    brokers: String,
+}
 
-impl ClientContext for KafkaLog {
+impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
@@ -79,9 +85,26 @@ impl ClientContext for KafkaLog {
         // messages it cannot deliver in time come back through their delivery reports.
         tracing::warn!(target: "weir::kafka", error = %error, "{reason}");
     }
+
+    /// Every `statistics.interval.ms` (5 s): the producer's queue, and per broker whether it
+    /// is up, its round trip and its errors.
+    fn stats(&self, statistics: Statistics) {
+        let labels = [("topic", self.topic.clone()), ("brokers", self.brokers.clone())];
+        metrics::gauge!("weir_kafka_queue_messages", &labels).set(statistics.msg_cnt as f64);
+        metrics::gauge!("weir_kafka_queue_bytes", &labels).set(statistics.msg_size as f64);
+        for broker in statistics.brokers.values().filter(|broker| broker.nodeid >= 0) {
+            let labels = [("topic", self.topic.clone()), ("broker", broker.nodename.clone())];
+            metrics::gauge!("weir_kafka_broker_up", &labels).set(if broker.state == "UP" { 1.0 } else { 0.0 });
+            if let Some(rtt) = &broker.rtt {
+                metrics::gauge!("weir_kafka_broker_rtt_p99_seconds", &labels).set(rtt.p99 as f64 / 1e6);
+            }
+            metrics::counter!("weir_kafka_broker_request_timeouts_total", &labels).absolute(broker.req_timeouts);
+            metrics::counter!("weir_kafka_broker_transmit_errors_total", &labels).absolute(broker.txerrs);
+        }
+    }
 }
 
-type Client = FutureProducer<KafkaLog>;
+type Client = FutureProducer<KafkaContext>;
 
 pub struct KafkaDestination {
     settings: KafkaSettings,
@@ -128,7 +151,7 @@ impl KafkaDestination {
         if !slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, failed)) {
             return; // another batch replaced it already
         }
-        match self.settings.client.create_with_context::<_, Client>(KafkaLog) {
+        match self.settings.client.create_with_context::<_, Client>(self.context()) {
             Ok(fresh) => {
                 tracing::error!(code = ?code, reason = %reason, "the Kafka producer hit a fatal error; a new producer replaces it");
                 *slot = Some(Arc::new(fresh));
@@ -136,6 +159,13 @@ impl KafkaDestination {
             Err(error) => {
                 tracing::error!(code = ?code, reason = %reason, error = %error, "the Kafka producer hit a fatal error and cannot be recreated");
             }
+        }
+    }
+
+    fn context(&self) -> KafkaContext {
+        KafkaContext {
+            topic: self.settings.topic.clone(),
+            brokers: self.brokers(),
         }
     }
 
@@ -232,11 +262,12 @@ impl Destination for KafkaDestination {
 
     async fn connect(&self) -> Result<(), KafkaFailure> {
         let client = self.settings.client.clone();
+        let context = self.context();
         let topic = self.settings.topic.clone();
         let brokers = self.brokers();
         // Creating the client and asking for metadata block: off the async threads.
         let producer = tokio::task::spawn_blocking(move || -> Result<Client, KafkaFailure> {
-            let producer: Client = client.create_with_context(KafkaLog).map_err(KafkaFailure::Client)?;
+            let producer: Client = client.create_with_context(context).map_err(KafkaFailure::Client)?;
             let metadata = producer
                 .client()
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))

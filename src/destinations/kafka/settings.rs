@@ -265,6 +265,8 @@ impl KafkaSettings {
             // waits this long at least, and at analytics rates it still fills batches.
             .set("linger.ms", LINGER_MS)
             .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string())
+            // Queue depth and broker health as metrics (`librdkafkaOptions` may change it).
+            .set("statistics.interval.ms", "5000")
             .set(
                 "allow.auto.create.topics",
                 raw.allow_auto_topic_creation.unwrap_or(false).to_string(),
