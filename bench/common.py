@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: loopback ports, peak RSS, wrk."""
 
+import json
 import re
 import socket
 import subprocess
@@ -57,3 +58,13 @@ def wrk(url, body_file, duration, connections, scripts):
         "p50": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
         "p99": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
     }
+
+
+def collector(flow_path, events, in_flight):
+    """weir in-process (`cargo bench --bench collector`) on a flow; its JSON result line."""
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "--bench", "collector", "--", "--flow", str(flow_path), "--events", str(events),
+         "--in-flight", str(in_flight)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])

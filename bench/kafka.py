@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, free_port, peak_rss_mib, wait_port, wrk
+from common import ROOT, collector, free_port, peak_rss_mib, wait_port, wrk
 
 TOOLS = Path(os.environ.get("WEIR_TOOLS_DIR", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "weir-tools"))
 TANSU = Path(os.environ.get("WEIR_TANSU", TOOLS / "tansu-0.6.0/bin/tansu"))
@@ -59,15 +59,6 @@ def create_topics(bootstrap, *topics):
               "admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n"
               "for f in admin.create_topics([NewTopic(t, 1, 1) for t in sys.argv[2:]]).values(): f.result(10)\n")
     subprocess.run([str(PYTHON), "-c", script, bootstrap, *topics], check=True)
-
-
-def collector(flow_path, events):
-    out = subprocess.run(
-        ["cargo", "bench", "--quiet", "--bench", "collector", "--", "--flow", str(flow_path), "--events", str(events),
-         "--in-flight", "64"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def http(bootstrap, topic, codec, workdir, body, duration, connections):
@@ -133,7 +124,7 @@ def main():
                     [str(PYTHON), str(ROOT / "bench/kafka-reference/producer.py"), bootstrap, topics[0],
                      str(tmp / "record.json"), str(args.events), args.codec],
                     check=True, capture_output=True, text=True).stdout)
-                from_collector = collector(flow(bootstrap, topics[1], args.codec, tmp / "collector.toml"), args.events)
+                from_collector = collector(flow(bootstrap, topics[1], args.codec, tmp / "collector.toml"), args.events, 64)
                 over_http = http(bootstrap, topics[2], args.codec, tmp, body, args.duration, args.connections)
                 rounds.append({"reference": reference["messages_per_second"], "reference_rss": reference["peak_rss_mib"],
                                "collector": from_collector["events_per_second"],

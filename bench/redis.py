@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, free_port, peak_rss_mib, wait_port, wrk
+from common import ROOT, collector, free_port, peak_rss_mib, wait_port, wrk
 
 
 
@@ -60,15 +60,6 @@ def redis_benchmark(port, payload, requests):
         check=True, capture_output=True, text=True,
     ).stdout
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
-
-
-def collector(flow_path, events):
-    out = subprocess.run(
-        ["cargo", "bench", "--quiet", "--bench", "collector", "--", "--flow", str(flow_path), "--events", str(events),
-         "--in-flight", "16"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def http(port, workdir, bodies, duration):
@@ -115,7 +106,7 @@ def main():
             wait_port(port)
             collector_flow = flow(port, tmp / "collector.toml")
             # weir's stored entry for the benchmark event: the reference writes the same bytes.
-            collector(collector_flow, 1000)
+            collector(collector_flow, 1000, 16)
             stored = cli(port, "XRANGE", "bench:weir", "-", "+", "COUNT", "1").splitlines()[-1]
             cli(port, "DEL", "bench:weir")
             template = subprocess.run(["cargo", "bench", "--quiet", "--bench", "collector", "--", "--print-template"],
@@ -127,7 +118,7 @@ def main():
             for number in range(args.rounds):
                 reference = redis_benchmark(port, stored, args.events)
                 cli(port, "DEL", "bench:reference")
-                from_collector = collector(collector_flow, args.events)
+                from_collector = collector(collector_flow, args.events, 16)
                 cli(port, "DEL", "bench:weir")
                 over_http = http(port, tmp, bodies, args.duration)
                 rounds.append({"reference": reference, "collector": from_collector["events_per_second"],

@@ -6,20 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::kafka::{KafkaBroker, Record, python_with_confluent_kafka};
-use support::{Weir, client, eventually};
-
-fn vectors() -> Value {
-    serde_json::from_str(include_str!("vectors/walkeros-destinations-and-mapping.json")).unwrap()
-}
-
-fn post(weir: &Weir, body: &Value) -> reqwest::blocking::Response {
-    client()
-        .post(weir.url("/collect"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap()
-}
+use support::{Weir, client, eventually, explain, post, vectors};
 
 /// Posts `count` page views numbered from 0, in batches of 100 (the source's largest).
 fn post_events(weir: &Weir, count: usize) {
@@ -52,20 +39,6 @@ fn flow(kafka: Value, mapping: Option<&Value>, extra: Value) -> String {
         "destinations": {"kafka": {"type": "kafka", "config": config}}
     });
     toml::to_string(&flow).unwrap()
-}
-
-/// Runs `weir explain` on one event; the JSON record it prints.
-fn explain(flow_text: &str, event: &Value) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("flow.toml"), flow_text).unwrap();
-    std::fs::write(dir.path().join("events.jsonl"), event.to_string()).unwrap();
-    let output = std::process::Command::new(support::weir_binary())
-        .args(["explain", "--config", "flow.toml", "events.jsonl"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// The record as walkerOS's examples write a message: key, value, headers, timestamp.

@@ -7,11 +7,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::kafka::KafkaBroker;
-use support::{Weir, client};
+use support::{Weir, client, post_retrying_unavailable};
 
 const EVENTS: usize = 400;
 const BATCH: usize = 10;
@@ -74,30 +74,12 @@ topic = "fault-events"
             acked.extend(batch * BATCH..(batch + 1) * BATCH);
             continue;
         }
-        let body = batch_body(batch);
-        let started = Instant::now();
-        loop {
-            let response = http
-                .post(weir.url("/collect"))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .unwrap();
-            match response.status().as_u16() {
-                200 => {
-                    acked.extend(batch * BATCH..(batch + 1) * BATCH);
-                    break;
-                }
-                503 => {
-                    unavailable += 1;
-                    assert!(started.elapsed() < Duration::from_secs(120), "503 for two minutes");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                status => {
-                    *other.entry(status).or_default() += 1;
-                    break;
-                }
-            }
+        let (status, answers_503) = post_retrying_unavailable(&http, &weir.url("/collect"), &batch_body(batch));
+        unavailable += answers_503;
+        if status == 200 {
+            acked.extend(batch * BATCH..(batch + 1) * BATCH);
+        } else {
+            *other.entry(status).or_default() += 1;
         }
     }
 

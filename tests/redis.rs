@@ -6,20 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::redis::RedisServer;
-use support::{Weir, client, eventually};
-
-fn vectors() -> Value {
-    serde_json::from_str(include_str!("vectors/walkeros-destinations-and-mapping.json")).unwrap()
-}
-
-fn post(weir: &Weir, body: &Value) -> reqwest::blocking::Response {
-    client()
-        .post(weir.url("/collect"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap()
-}
+use support::{Weir, client, eventually, explain, post, vectors};
 
 /// weir with an HTTP source and one `redis` destination: `source` and `config` are TOML
 /// lines of the source's and the destination's `config` blocks, `settings` of its
@@ -96,16 +83,7 @@ fn walkeros_redis_vectors_through_explain_and_a_real_server() {
         let flow_text = flow(settings, mapping.as_ref());
 
         // explain: the exact command walkerOS sent.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("flow.toml"), &flow_text).unwrap();
-        std::fs::write(dir.path().join("events.jsonl"), event.to_string()).unwrap();
-        let output = std::process::Command::new(support::weir_binary())
-            .args(["explain", "--config", "flow.toml", "events.jsonl"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let record: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let record = explain(&flow_text, &event);
         let calls = case["calls"].as_array().unwrap();
         if calls.is_empty() {
             assert_eq!(record["outcome"], "ignored", "{name}");

@@ -9,11 +9,11 @@ mod support;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::redis::RedisServer;
-use support::{Weir, client};
+use support::{Weir, client, post_retrying_unavailable};
 
 const EVENTS: usize = 100_000;
 const BATCH: usize = 100;
@@ -62,30 +62,12 @@ streamKey = "fault:events"
                         .map(|n| json!({"name": "fault test", "data": {"n": n}}))
                         .collect();
                     let body = Value::Array(events).to_string();
-                    let started = Instant::now();
-                    // A real client retries a 503 after Retry-After.
-                    loop {
-                        let response = http
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body.clone())
-                            .send()
-                            .unwrap();
-                        match response.status().as_u16() {
-                            200 => {
-                                acked.extend(batch * BATCH..(batch + 1) * BATCH);
-                                break;
-                            }
-                            503 => {
-                                unavailable += 1;
-                                assert!(started.elapsed() < Duration::from_secs(120), "503 for two minutes");
-                                std::thread::sleep(Duration::from_millis(100));
-                            }
-                            status => {
-                                *other.entry(status).or_default() += 1;
-                                break;
-                            }
-                        }
+                    let (status, answers_503) = post_retrying_unavailable(&http, &url, &body);
+                    unavailable += answers_503;
+                    if status == 200 {
+                        acked.extend(batch * BATCH..(batch + 1) * BATCH);
+                    } else {
+                        *other.entry(status).or_default() += 1;
                     }
                     done.fetch_add(1, Ordering::SeqCst);
                 }

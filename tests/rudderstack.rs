@@ -7,16 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use support::recorder::{Recorded, Recorder, Reply};
-use support::{Weir, client, eventually};
+use support::{Weir, client, eventually, post, vectors};
 
 const WRITE_KEY: &str = "test-write-key";
 
 /// Keys the Node SDK adds to walkerOS's call parameters.
 const SDK_KEYS: [&str; 6] = ["context", "type", "channel", "originalTimestamp", "messageId", "sentAt"];
-
-fn vectors() -> Value {
-    serde_json::from_str(include_str!("vectors/walkeros-destinations-and-mapping.json")).unwrap()
-}
 
 /// A flow: the HTTP source (`source` is its config) and one `rudderstack` destination whose
 /// settings are `settings` on top of the write key and the recorder's URL.
@@ -34,15 +30,6 @@ fn flow(recorder: &Recorder, settings: Value, mapping: Option<Value>, source: Va
         "destinations": {"rudderstack": {"type": "rudderstack", "config": config}}
     });
     toml::to_string(&flow).unwrap()
-}
-
-fn post(weir: &Weir, body: &Value) -> reqwest::blocking::Response {
-    client()
-        .post(weir.url("/collect"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap()
 }
 
 /// A message as the call walkerOS made: `[type, parameters]`.

@@ -177,3 +177,55 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// walkerOS's destination and mapping test vectors.
+pub fn vectors() -> serde_json::Value {
+    serde_json::from_str(include_str!("../vectors/walkeros-destinations-and-mapping.json")).unwrap()
+}
+
+/// POSTs `body` as JSON to weir's `/collect`.
+pub fn post(weir: &Weir, body: &serde_json::Value) -> reqwest::blocking::Response {
+    client()
+        .post(weir.url("/collect"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+}
+
+/// Runs `weir explain` with `flow_text` on one event; the JSON record it prints.
+pub fn explain(flow_text: &str, event: &serde_json::Value) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flow.toml"), flow_text).unwrap();
+    std::fs::write(dir.path().join("events.jsonl"), event.to_string()).unwrap();
+    let output = Command::new(weir_binary())
+        .args(["explain", "--config", "flow.toml", "events.jsonl"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// POSTs `body` (JSON) to `url` as a real client would: a 503 is retried after 100 ms, for at
+/// most two minutes. The final status and how many 503s came before it.
+pub fn post_retrying_unavailable(http: &reqwest::blocking::Client, url: &str, body: &str) -> (u16, usize) {
+    let started = Instant::now();
+    let mut unavailable = 0;
+    loop {
+        let response = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        match response.status().as_u16() {
+            503 => {
+                unavailable += 1;
+                assert!(started.elapsed() < Duration::from_secs(120), "503 for two minutes");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            status => return (status, unavailable),
+        }
+    }
+}
