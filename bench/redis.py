@@ -3,7 +3,7 @@
 
 Starts a private redis-server (no persistence) on a free loopback port, then per round:
   * redis-benchmark: XADD with weir's own stored event as the payload (same bytes),
-    -c 50 -P 16 (the pipeline depth DESIGN.md quotes);
+    -c 50 -P 16 (pipeline depth 16, the usual redis-benchmark setting);
   * weir from the collector: `cargo bench --bench collector` (in-process: enrichment,
     mapping, XADD rendering, delivery machinery, pipelined XADD, acknowledgement);
   * weir over HTTP: `weir serve` into the same Redis, wrk with single events and with

@@ -25,14 +25,15 @@ if ((${#missing[@]})); then
   $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 # The Kafka-protocol broker the Kafka tests start (tansu, built from crates.io once into a
-# cache: ~9 minutes) and the second, independent Kafka client they check weir's records with
+# cache: about 25 minutes on 2 cores, 35 with another build alongside; a whole first run on a
+# fresh machine, packages and weir's own build included, takes about 47 minutes) and the second, independent Kafka client they check weir's records with
 # (Python's confluent-kafka, in a virtualenv in the same cache). Reused while versions match.
 TANSU_VERSION=0.6.0
 CONFLUENT_KAFKA_VERSION=2.16.1
 tools="${WEIR_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir-tools}"
 export WEIR_TANSU="$tools/tansu-$TANSU_VERSION/bin/tansu"
 if ! "$WEIR_TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  echo "installing tansu $TANSU_VERSION into $tools (once; about 9 minutes)"
+  echo "installing tansu $TANSU_VERSION into $tools (once; about 25 minutes on 2 cores)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
     --root "$tools/tansu-$TANSU_VERSION" --quiet
 fi

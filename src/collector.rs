@@ -1,12 +1,13 @@
 //! The collector: flow-level state (`globals`, `user`, `consent`, `custom`) and the
 //! enrichment that turns a partial event into a full walkerOS v4 event.
 //!
-//! Follows walkerOS 4.4's `prepareEvent` + `createEvent` (systems.md §A.1): every key a
-//! client sends is kept, missing ones are filled, `globals` merge with the collector's
-//! (collector keys first, event values win), `user` and `consent` default to the
-//! collector's, and `source` is stamped with `count`, `trace` and `release`. Unlike
-//! walkerOS, the types of the known keys are checked, so a client sending `"data": 5`
-//! gets an error naming the field instead of a malformed event downstream.
+//! Follows walkerOS 4.4's `prepareEvent` + `createEvent` (`packages/collector/src/` in
+//! github.com/elbwalker/walkerOS): every key a client sends is kept, missing ones are
+//! filled, `globals` merge with the collector's (collector keys first, event values win),
+//! `user` and `consent` default to the collector's, and `source` is stamped with `count`,
+//! `trace` and `release`. Unlike walkerOS, the types of the known keys are checked, so a
+//! client sending `"data": 5` gets an error naming the field instead of a malformed event
+//! downstream.
 //!
 //! Enrichment reads the event's JSON text with its top-level keys borrowed as raw text;
 //! fields already written as `JSON.stringify` would write them are kept as text (see
@@ -57,8 +58,8 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The known top-level keys of a partial event, borrowed from its JSON text (absent or
-/// `null` is `None`). Other keys are dropped, as walkerOS's `createEvent` drops them; a key
+/// The known top-level keys of a partial event, borrowed from its JSON text (absent is
+/// `None`; a `null` is kept, see [`Collector::enrich_json`] for what each field makes of it). Other keys are dropped, as walkerOS's `createEvent` drops them; a key
 /// given twice counts once, the last time, as `JSON.parse` reads it.
 #[derive(Default)]
 struct GivenFields<'a> {
@@ -110,7 +111,7 @@ impl<'a> GivenFields<'a> {
                 "source" => &mut given.source,
                 _ => continue,
             };
-            *slot = (value != "null").then_some((value, scan));
+            *slot = Some((value, scan));
         }
         given
     }
@@ -163,6 +164,20 @@ fn place(
     Ok(())
 }
 
+/// `None` for a field given as `null`: walkerOS fills it in as if it were absent.
+fn null_is_absent(given: Option<(&str, Scan)>) -> Option<(&str, Scan)> {
+    given.filter(|(text, _)| *text != "null")
+}
+
+/// What an object field given as `null` becomes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IfNull {
+    /// Kept as `null`, as walkerOS keeps it.
+    Keep,
+    /// An error naming the field: walkerOS's collector throws on it and the event is lost.
+    Refuse,
+}
+
 /// An object field: given (checked), else `default` (canonical JSON text).
 fn object_field(
     builder: &mut EventBuilder,
@@ -170,6 +185,7 @@ fn object_field(
     field: &'static str,
     given: Option<(&str, Scan)>,
     default: &str,
+    if_null: IfNull,
 ) -> Result<(), InvalidEvent> {
     match given {
         None => {
@@ -177,11 +193,15 @@ fn object_field(
             Ok(())
         }
         Some((text, scan)) if text.starts_with('{') => place(builder, index, field, text, scan),
+        Some(("null", _)) if if_null == IfNull::Keep => {
+            builder.text(index, "null");
+            Ok(())
+        }
         Some((text, _)) => Err(type_error(field, "an object", text)),
     }
 }
 
-/// A string field: given (checked), else `default`.
+/// A string field: given (checked; `null` kept, as walkerOS keeps it), else `default`.
 fn string_or(
     builder: &mut EventBuilder,
     index: usize,
@@ -191,6 +211,7 @@ fn string_or(
 ) -> Result<(), InvalidEvent> {
     match given.map(|(text, _)| text) {
         None => builder.string(index, default),
+        Some("null") => builder.text(index, "null"),
         // A JSON string without escapes is already what JSON.stringify writes.
         Some(text) if text.starts_with('"') && !text.contains('\\') => builder.text(index, text),
         Some(text) if text.starts_with('"') => {
@@ -258,7 +279,7 @@ impl Collector {
         let escaped_name;
         let name: &str = match given.name.map(|(text, _)| text) {
             // walkerOS: a falsy name is missing.
-            None | Some("false") | Some("\"\"") => return Err(InvalidEvent::NameRequired),
+            None | Some("null") | Some("false") | Some("\"\"") => return Err(InvalidEvent::NameRequired),
             Some(number) if kind_of(number) == JsonKind::Number && number.parse::<f64>() == Ok(0.0) => {
                 return Err(InvalidEvent::NameRequired);
             }
@@ -276,24 +297,50 @@ impl Collector {
 
         let mut builder = EventBuilder::with_capacity(text.len() + 160);
         builder.string(key::NAME, name);
-        object_field(&mut builder, key::DATA, "data", given.data, "{}")?;
-        object_field(&mut builder, key::CONTEXT, "context", given.context, "{}")?;
+        // A `null` given for a field is what walkerOS 4.4 makes of it when run: kept for data,
+        // context, custom, nested, trigger, entity, action and timestamp; filled in as if
+        // absent for consent, id, timing and source; refused for globals and user (walkerOS's
+        // collector throws on those, and the event is lost).
+        object_field(&mut builder, key::DATA, "data", given.data, "{}", IfNull::Keep)?;
+        object_field(&mut builder, key::CONTEXT, "context", given.context, "{}", IfNull::Keep)?;
         match given.globals {
             Some((raw, _)) if !self.globals.is_empty() && raw.starts_with('{') => {
                 let own: Object = serde_json::from_str(raw).map_err(malformed)?;
                 builder.value(key::GLOBALS, Value::Object(assign(&self.globals, &own)));
             }
-            other => object_field(&mut builder, key::GLOBALS, "globals", other, &self.globals_text)?,
+            other => object_field(
+                &mut builder,
+                key::GLOBALS,
+                "globals",
+                other,
+                &self.globals_text,
+                IfNull::Refuse,
+            )?,
         }
-        object_field(&mut builder, key::CUSTOM, "custom", given.custom, "{}")?;
-        object_field(&mut builder, key::USER, "user", given.user, &self.user_text)?;
+        object_field(&mut builder, key::CUSTOM, "custom", given.custom, "{}", IfNull::Keep)?;
+        object_field(
+            &mut builder,
+            key::USER,
+            "user",
+            given.user,
+            &self.user_text,
+            IfNull::Refuse,
+        )?;
         match given.nested {
             None => builder.text(key::NESTED, "[]"),
+            Some(("null", _)) => builder.text(key::NESTED, "null"),
             Some((text, scan)) if text.starts_with('[') => place(&mut builder, key::NESTED, "nested", text, scan)?,
             Some((text, _)) => return Err(type_error("nested", "an array", text)),
         }
-        object_field(&mut builder, key::CONSENT, "consent", given.consent, &self.consent_text)?;
-        match given.id.map(|(text, _)| text) {
+        object_field(
+            &mut builder,
+            key::CONSENT,
+            "consent",
+            null_is_absent(given.consent),
+            &self.consent_text,
+            IfNull::Refuse,
+        )?;
+        match null_is_absent(given.id).map(|(text, _)| text) {
             Some(text) if text.starts_with('"') && text.len() > 2 && !text.contains('\\') => {
                 builder.text(key::ID, text)
             }
@@ -315,19 +362,20 @@ impl Collector {
         string_or(&mut builder, key::ACTION, "action", given.action, action)?;
         match given.timestamp {
             None => builder.value(key::TIMESTAMP, Value::from(now)),
+            Some(("null", _)) => builder.text(key::TIMESTAMP, "null"),
             Some((text, scan)) if kind_of(text) == JsonKind::Number => {
                 place(&mut builder, key::TIMESTAMP, "timestamp", text, scan)?;
             }
             Some((text, _)) => return Err(type_error("timestamp", "a number (ms since the epoch)", text)),
         }
-        match given.timing {
+        match null_is_absent(given.timing) {
             None => builder.value(key::TIMING, self.timing(now)),
             Some((text, scan)) if kind_of(text) == JsonKind::Number => {
                 place(&mut builder, key::TIMING, "timing", text, scan)?
             }
             Some((text, _)) => return Err(type_error("timing", "a number", text)),
         }
-        match given.source {
+        match null_is_absent(given.source) {
             None => {
                 let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
                 builder.write(key::SOURCE, |text| {
@@ -528,7 +576,7 @@ mod tests {
         })
     }
 
-    /// systems.md §A.4: a minimal server event stores exactly these bytes.
+    /// walkerOS's Redis destination (json mode): a minimal server event stores exactly these bytes.
     #[test]
     fn a_minimal_event_serializes_byte_for_byte_as_walkeros() {
         let event = collector(json!({}))

@@ -1,7 +1,7 @@
 //! The walkerOS v4 event: what a full event looks like and how it is held.
 //!
 //! An event has exactly walkerOS's 15 top-level keys, written in the order `createEvent`
-//! builds them (systems.md §A.1), so the stored bytes match walkerOS's. Each field is held
+//! builds them (walkerOS's `packages/core/src/types/walkeros.ts`), so the stored bytes match walkerOS's. Each field is held
 //! either as its JSON text, when the text is exactly what `JSON.stringify` writes (checked by
 //! [`crate::json::scan`]), or as a parsed value. Most events pass from request body to wire
 //! without their `data`, `context`, `user` or `nested` ever becoming a tree: parsing,
@@ -88,8 +88,9 @@ pub struct Event {
     /// The text of every [`Slot::Text`] field, one after another.
     text: Box<str>,
     slots: [Slot; 15],
-    /// Top-level keys beyond the 15 (a policy may add them), in the order added.
-    extra: Vec<(String, Value)>,
+    /// Top-level keys beyond the 15 (a policy may add them), in the order added; `None` is a
+    /// key a policy set to `undefined` (see [`Event::flat_fields`]).
+    extra: Vec<(String, Option<Value>)>,
     tree: OnceLock<Value>,
     /// The stream entry the event was read from, when a stream source read it: its id is
     /// the SSE `id:` and where `Last-Event-ID` resumes.
@@ -217,17 +218,16 @@ impl Event {
         self.str_field(key::ID)
     }
 
-    /// Sets (or with `None` removes) a top-level key.
+    /// Sets a top-level key; `None` is walkerOS's `undefined`: the key stays (in its place)
+    /// but has no value, so JSON leaves it out and the flat form writes `"undefined"`.
     pub fn set(&mut self, name: &str, value: Option<Value>) {
         self.tree = OnceLock::new();
-        match (key::of(name), value) {
-            (Some(index), Some(value)) => self.slots[index] = Slot::Value(value),
-            (Some(index), None) => self.slots[index] = Slot::Absent,
-            (None, Some(value)) => match self.extra.iter_mut().find(|(k, _)| k == name) {
+        match key::of(name) {
+            Some(index) => self.slots[index] = value.map_or(Slot::Absent, Slot::Value),
+            None => match self.extra.iter_mut().find(|(k, _)| k == name) {
                 Some((_, slot)) => *slot = value,
                 None => self.extra.push((name.to_owned(), value)),
             },
-            (None, None) => self.extra.retain(|(k, _)| k != name),
         }
     }
 
@@ -247,7 +247,9 @@ impl Event {
                 }
             }
             for (name, value) in &self.extra {
-                map.insert(name.clone(), value.clone());
+                if let Some(value) = value {
+                    map.insert(name.clone(), value.clone());
+                }
             }
             Value::Object(map)
         })
@@ -275,7 +277,7 @@ impl Event {
         for (name, value) in map {
             match key::of(&name) {
                 Some(index) => slots[index] = Slot::Value(value),
-                None => extra.push((name, value)),
+                None => extra.push((name, Some(value))),
             }
         }
         Event {
@@ -307,6 +309,7 @@ impl Event {
             }
         }
         for (name, value) in &self.extra {
+            let Some(value) = value else { continue };
             if !std::mem::take(&mut first) {
                 put(b",");
             }
@@ -329,16 +332,24 @@ impl Event {
         out
     }
 
-    /// Every top-level key with its field, in order (walkerOS's flat serialization).
+    /// Every top-level key that has a value, with its field, in order.
     pub fn fields(&self) -> impl Iterator<Item = (&str, FieldRef<'_>)> {
+        self.flat_fields()
+            .filter_map(|(name, field)| field.map(|field| (name, field)))
+    }
+
+    /// Every top-level key in order, `undefined` ones (`None`) included: what walkerOS's
+    /// flat serialization walks (`Object.entries` of the event, in which the 15 keys are
+    /// always present).
+    pub fn flat_fields(&self) -> impl Iterator<Item = (&str, Option<FieldRef<'_>>)> {
         EVENT_KEYS
             .iter()
             .enumerate()
-            .filter_map(|(index, name)| self.field(index).map(|field| (*name, field)))
+            .map(|(index, name)| (*name, self.field(index)))
             .chain(
                 self.extra
                     .iter()
-                    .map(|(name, value)| (name.as_str(), FieldRef::Value(value))),
+                    .map(|(name, value)| (name.as_str(), value.as_ref().map(FieldRef::Value))),
             )
     }
 }

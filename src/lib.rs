@@ -5,7 +5,7 @@
 //! rules and delivers them through one shared delivery machinery (queue, batcher, retrier,
 //! dead-letter sink, end-to-end acknowledgements).
 //!
-//! Layout, following the flow (`DESIGN.md` §1):
+//! Layout, following the flow (sources → collector → delivery → destinations):
 //! - [`sources`]: where events come from (HTTP).
 //! - [`collector`] and [`event`]: the walkerOS v4 event and its enrichment.
 //! - [`mapping`]: walkerOS's mapping rules, value language and consent.

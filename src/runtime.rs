@@ -241,6 +241,7 @@ pub fn build_flow(flow: &crate::config::Flow) -> Result<BuiltFlow, crate::config
     if !errors.is_empty() {
         return Err(errors);
     }
+    warnings.extend(errors.warnings.iter().map(ToString::to_string));
     let mut runtime = Runtime::new(Collector::new(&flow.collector), routes);
     runtime.endpoints = endpoints.into_iter().map(|(_, _, router)| router).collect();
     let runtime = Arc::new(runtime);

@@ -5,7 +5,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::weir_binary;
+use support::{explain_events as explain, weir_binary};
 
 fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(weir_binary())
@@ -18,17 +18,6 @@ fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
-}
-
-/// Runs `weir explain` on one flow (JSON) and events; returns the output records.
-fn explain(flow: &Value, events: &[Value]) -> Vec<Value> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("flow.json"), flow.to_string()).unwrap();
-    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
-    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n")).unwrap();
-    let (ok, stdout, stderr) = run(dir.path(), &["explain", "--config", "flow.json", "events.jsonl"]);
-    assert!(ok, "explain failed: {stderr}");
-    stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
 
 /// A walkerOS flow file with one `file` destination whose rule for the event's
@@ -329,6 +318,126 @@ path = "/metrics"
     );
     assert!(
         stderr.contains("destinations.hub.config.settings.path: /metrics is also a path of source \"http\""),
+        "{stderr}"
+    );
+}
+
+/// Runs `weir serve` on the embedded default with `env` set and stderr piped (not a terminal)
+/// until it says it listens; returns what it logged.
+fn serve_log(env: &[(&str, &str)], args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(weir_binary());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("NO_COLOR")
+        .env_remove("WEIR_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("HTTP source listening") {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    log
+}
+
+/// Logs to a pipe carry no colour codes; `--log-format json` (or `WEIR_LOG_FORMAT=json`) writes
+/// one JSON object per line.
+#[test]
+fn logs_to_a_pipe_are_plain_and_json_on_request() {
+    let text = serve_log(&[], &[]);
+    assert!(text.contains("HTTP source listening"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in a piped log:\n{text:?}");
+
+    for (env, args) in [
+        (vec![], vec!["--log-format", "json"]),
+        (vec![("WEIR_LOG_FORMAT", "json")], vec![]),
+    ] {
+        let json = serve_log(&env, &args);
+        let lines: Vec<Value> = json
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}")))
+            .collect();
+        let listening = lines
+            .iter()
+            .find(|line| line["fields"]["message"] == "HTTP source listening")
+            .unwrap_or_else(|| panic!("{json}"));
+        assert_eq!(listening["level"], "INFO");
+        assert!(
+            listening["fields"]["address"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:")
+        );
+    }
+}
+
+/// What walkerOS accepts and silently ignores loads, and `weir validate` says so, naming each
+/// key (what walkerOS does with them: tests/walkeros_fidelity.rs).
+#[test]
+fn validate_warns_about_what_walkeros_silently_ignores() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = json!({
+        "sources": {"http": {"type": "http"}},
+        "destinations": {
+            "stream": {"type": "redis", "config": {
+                "settings": {"redis": {"url": "redis://127.0.0.1:9", "streamKey": "events", "maxLen": 0}},
+                "include": ["globals", "bogus"],
+                "mapping": {"order": {"complete": {"settings": {"streamKey": 42}}}}}},
+            "kafka": {"type": "kafka", "config": {
+                "settings": {"kafka": {"brokers": ["127.0.0.1:9"], "topic": "events"}},
+                "mapping": {"order": {"complete": {"settings": {"topic": {}, "key": 7}}}}}},
+            "rudder": {"type": "rudderstack", "config": {
+                "settings": {"writeKey": "k", "dataPlaneUrl": "http://127.0.0.1:9", "identify": true},
+                "mapping": {"user": {"merge": {"settings": {"alias": true}}}}}}
+        }
+    });
+    std::fs::write(dir.path().join("flow.json"), flow.to_string()).unwrap();
+    let (ok, stdout, stderr) = run(dir.path(), &["validate", "flow.json"]);
+    assert!(ok, "{stderr}");
+    for expected in [
+        "warning: destinations.stream.config.settings.redis.maxLen: 0 means no trimming",
+        "warning: destinations.stream.config.include.1: \"bogus\" is not a section",
+        "warning: destinations.stream.config.mapping.order.complete.settings.streamKey: a number is ignored",
+        "warning: destinations.kafka.config.mapping.order.complete.settings.topic: an object is ignored",
+        "warning: destinations.kafka.config.mapping.order.complete.settings.key: a number is not a key path",
+        "warning: destinations.rudder.config.settings.identify: a boolean is not a mapping value and yields nothing",
+        "warning: destinations.rudder.config.mapping.user.merge.settings.alias: a boolean is not a mapping value",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("ok (1 sources, 3 destinations)"), "{stdout}");
+
+    // An empty rule topic is refused: brokers would refuse every record.
+    let mut bad = flow.clone();
+    bad["destinations"]["kafka"]["config"]["mapping"]["order"]["complete"]["settings"]["topic"] = json!("");
+    std::fs::write(dir.path().join("bad.json"), bad.to_string()).unwrap();
+    let (ok, _, stderr) = run(dir.path(), &["validate", "bad.json"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("destinations.kafka.config.mapping.order.complete.settings.topic: an empty topic"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: destinations.stream.config.settings.redis.maxLen"),
         "{stderr}"
     );
 }

@@ -247,6 +247,31 @@ fn delivered_events_are_in_the_file_when_the_answer_comes() {
     assert_eq!(body(response)["processed"], 2);
 }
 
+/// A `null` a client sends is taken as walkerOS 4.4 takes it (tests/walkeros_fidelity.rs
+/// has the cases): kept for `data` and the like, filled in for `id`, and for `globals` and
+/// `user` — where walkerOS's collector throws after answering 200 — a 400 naming the field.
+#[test]
+fn nulls_from_clients_are_taken_as_walkeros_takes_them() {
+    let weir = Weir::start(FILE_FLOW);
+    let response = post_json(&weir, r#"{"name":"page view","data":null,"trigger":null,"id":null}"#);
+    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    let event = &weir.json_lines("events.jsonl")[0];
+    assert_eq!(event["data"], Value::Null);
+    assert_eq!(event["trigger"], Value::Null);
+    assert_eq!(event["id"].as_str().unwrap().len(), 16, "{event}");
+    assert_eq!(event["context"], json!({}));
+    for field in ["globals", "user"] {
+        let response = post_json(&weir, &format!(r#"{{"name":"page view","{field}":null}}"#));
+        assert_eq!(response.status(), 400);
+        let text = response.text().unwrap();
+        assert!(
+            text.contains(&format!("Event field \\\"{field}\\\" must be an object, not null")),
+            "{text}"
+        );
+    }
+    assert_eq!(weir.json_lines("events.jsonl").len(), 1);
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     let weir = Weir::start(&FILE_FLOW.replace("maxBatchSize = 3", "maxBatchSize = 3\nmaxBodyBytes = 65536"));

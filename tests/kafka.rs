@@ -96,6 +96,42 @@ fn walkeros_kafka_vectors_through_explain_and_a_real_broker() {
     }
 }
 
+/// A timestamp with a fraction goes on the wire as the millisecond it falls in, one that is
+/// `null` as the time of producing; the record a real broker holds has what `weir explain`
+/// says. (walkerOS hands kafkajs the text "1700000100123.5" or "null".)
+#[test]
+fn record_timestamps_are_whole_milliseconds_as_explain_says() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("stamps", 1);
+    let flow_text = flow(
+        json!({"brokers": [broker.bootstrap()], "topic": "stamps"}),
+        None,
+        json!({}),
+    );
+    let fractional = json!({"name": "page view", "timestamp": 1_700_000_100_123.5_f64});
+    let explained = explain(&flow_text, &fractional);
+    assert_eq!(explained["wire"]["messages"][0]["timestamp"], "1700000100123");
+    let weir = Weir::start(&flow_text);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(post(&weir, &fractional).status(), 200);
+    assert_eq!(
+        post(&weir, &json!({"name": "page view", "timestamp": null})).status(),
+        200
+    );
+    let records = broker.consume("stamps", 2, Duration::from_secs(20));
+    assert_eq!(records.len(), 2, "{records:?}\n{}", weir.log());
+    assert_eq!(records[0].timestamp, Some(1_700_000_100_123));
+    let produced = records[1].timestamp.unwrap();
+    assert!(
+        produced >= before && produced < before + 60_000,
+        "{produced} vs {before}"
+    );
+    assert!(records[1].value.contains(r#""timestamp":null"#), "{}", records[1].value);
+}
+
 /// A second client, independent of weir's code (Python's confluent-kafka), reads the same
 /// bytes back: key, value, headers and timestamp as walkerOS's defaultEvent example has them.
 #[test]

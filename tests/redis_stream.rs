@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::redis::RedisServer;
@@ -12,14 +12,13 @@ use support::{Weir, eventually};
 /// weir reading stream `orders` of `server` as consumer `c1` (plus an HTTP source, which the
 /// harness needs to find weir), writing events to `events.jsonl`; `extra` adds settings.
 fn consumer(server: &RedisServer, extra: Value) -> Weir {
-    let mut settings = json!({
-        "url": server.url(), "stream": "orders", "group": "weir", "consumer": "c1",
-        "startId": "0", "block": 100, "claimIdle": 300, "maxDeliveries": 2
-    });
-    settings
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().cloned().unwrap_or_default());
+    let settings = support::merged(
+        json!({
+            "url": server.url(), "stream": "orders", "group": "weir", "consumer": "c1",
+            "startId": "0", "block": 100, "claimIdle": 300, "maxDeliveries": 2
+        }),
+        &extra,
+    );
     let flow = json!({
         "sources": {
             "http": {"type": "http"},
@@ -31,8 +30,7 @@ fn consumer(server: &RedisServer, extra: Value) -> Weir {
 }
 
 fn pending(server: &RedisServer) -> u64 {
-    let summary = server.cli(&["XPENDING", "orders", "weir"]);
-    summary.lines().next().unwrap_or("0").trim().parse().unwrap_or(u64::MAX)
+    server.pending("orders", "weir")
 }
 
 fn names(weir: &Weir) -> Vec<String> {
@@ -330,4 +328,60 @@ fn pubsub_mode_hears_what_redis_pubsub_publishes() {
         weir.log()
     );
     assert_eq!(weir.json_lines("events.jsonl")[0]["data"], json!({"n": 1}));
+}
+
+/// A source left idle with its default `block` (1 s), then entries a few seconds apart: each
+/// is delivered at once and acknowledged, and the idle source logs no warning. (A blocking
+/// read given up on by the client while Redis still answered it used to swallow each entry
+/// until the reaper claimed it, with a warning every 600 ms.) The bound asserted is generous
+/// for a loaded CI machine; the latency printed is the figure (a few ms here).
+fn idle_then_entries(mode: &str) {
+    let server = RedisServer::start();
+    let weir = consumer(
+        &server,
+        json!({"mode": mode, "startId": "$", "block": 1000, "claimIdle": 600_000}),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || weir.log().contains("reading the stream")),
+        "{}",
+        weir.log()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    for n in 0..3 {
+        let added = Instant::now();
+        server.cli(&[
+            "XADD",
+            "orders",
+            "*",
+            "event",
+            &json!({"name": format!("late {n}")}).to_string(),
+        ]);
+        assert!(
+            eventually(Duration::from_secs(1), || names(&weir).len() == n + 1),
+            "entry {n} not delivered within a second of its XADD:\n{}",
+            weir.log()
+        );
+        println!("{mode}: entry {n} delivered {:?} after its XADD", added.elapsed());
+        let group = if mode == "broadcast" { "weir:c1" } else { "weir" };
+        assert!(
+            eventually(Duration::from_secs(1), || server.pending("orders", group) == 0),
+            "entry {n} left pending"
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let log = weir.log();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "an idle source logs nothing:\n{log}"
+    );
+}
+
+#[test]
+fn an_idle_shared_source_delivers_new_entries_at_once() {
+    idle_then_entries("shared");
+}
+
+#[test]
+fn an_idle_broadcast_source_delivers_new_entries_at_once() {
+    idle_then_entries("broadcast");
 }

@@ -63,7 +63,7 @@ fn assert_sdk_fields(message: &Value) {
     }
 }
 
-/// walkerOS's ten step examples (rudder/examples/step.ts, systems.md §D.3): the event, the
+/// walkerOS's ten step examples (walkerOS `packages/server/destinations/rudderstack/examples/step.ts`): the event, the
 /// destination settings and the rule, by example name.
 fn examples() -> Vec<(&'static str, Value, Value, Option<Value>)> {
     let user = json!({"id": "us3r", "session": "s3ss10n"});
@@ -190,25 +190,61 @@ fn walkeros_examples_end_to_end() {
     }
 }
 
-/// The de-duplication probe (systems.md §D.3): five pushes, identify and group only when
-/// their traits or group changed.
-#[test]
-fn identify_and_group_are_deduplicated_like_walkeros() {
-    let recorder = Recorder::start(WRITE_KEY);
-    let settings = json!({
+/// The de-duplication probe's settings and pushes (walkerOS's destination run with them).
+fn dedup_settings() -> Value {
+    json!({
         "flushAt": 1,
         "identify": {"map": {"traits": {"map": {"email": "user.email"}}}},
         "group": {"map": {"groupId": "globals.org"}}
-    });
-    let weir = Weir::start(&flow(&recorder, settings, None, json!({})));
-    let pushes = [
+    })
+}
+
+fn dedup_pushes() -> [Value; 5] {
+    [
         json!({"name": "page view", "timestamp": 1, "user": {"id": "u1", "session": "s1", "email": "a@x"}, "globals": {"org": "o1"}}),
         json!({"name": "page view", "timestamp": 2, "user": {"id": "u1", "session": "s1", "email": "a@x"}, "globals": {"org": "o1"}}),
         json!({"name": "page view", "timestamp": 3, "user": {"id": "u1", "session": "s1", "email": "b@x"}, "globals": {"org": "o1"}}),
         json!({"name": "page view", "timestamp": 4, "user": {"session": "s2"}}),
         json!({"name": "page view", "timestamp": 5, "user": {}}),
-    ];
-    for push in &pushes {
+    ]
+}
+
+/// `weir explain` on the probe's five events, in one file, prints exactly the calls `serve`
+/// sends (and walkerOS makes): a repeated identify or group is listed as de-duplicated.
+#[test]
+fn explain_prints_the_calls_serve_sends() {
+    let flow = json!({
+        "sources": {"http": {"type": "http"}},
+        "destinations": {"rudderstack": {"type": "rudderstack", "config": {"settings": {
+            "writeKey": WRITE_KEY, "dataPlaneUrl": "http://127.0.0.1:9", "identify": dedup_settings()["identify"],
+            "group": dedup_settings()["group"]}}}}
+    });
+    let records = support::explain_events(&flow, &dedup_pushes());
+    let calls: Vec<Value> = records
+        .iter()
+        .filter_map(|record| record["wire"]["calls"].as_array())
+        .flatten()
+        .map(|call| as_call(&call["message"]))
+        .collect();
+    assert_eq!(Value::Array(calls), vectors()["rudderDedup"]);
+    assert_eq!(
+        records[1]["wire"]["deduplicated"],
+        json!([
+            {"call": "identify", "reason": "the same was sent for this identity already"},
+            {"call": "group", "reason": "the same was sent for this identity already"}
+        ]),
+        "{records:?}"
+    );
+    assert_eq!(records[4]["outcome"], "skipped", "no identity: no calls");
+}
+
+/// The de-duplication probe (walkerOS's destination run with these settings): five pushes, identify and group only when
+/// their traits or group changed.
+#[test]
+fn identify_and_group_are_deduplicated_like_walkeros() {
+    let recorder = Recorder::start(WRITE_KEY);
+    let weir = Weir::start(&flow(&recorder, dedup_settings(), None, json!({})));
+    for push in &dedup_pushes() {
         assert_eq!(post(&weir, push).status(), 200);
     }
     let calls: Vec<Value> = recorder.delivered().iter().map(as_call).collect();

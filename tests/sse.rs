@@ -12,11 +12,7 @@ use support::{Weir, client, eventually};
 
 /// HTTP → redis (stream `events`) → redis_stream source → sse; `sse` adds SSE settings.
 fn hub(server: &RedisServer, sse: Value) -> Weir {
-    let mut settings = json!({"replay": {"url": server.url(), "stream": "events"}});
-    settings
-        .as_object_mut()
-        .unwrap()
-        .extend(sse.as_object().cloned().unwrap_or_default());
+    let settings = support::merged(json!({"replay": {"url": server.url(), "stream": "events"}}), &sse);
     let flow = json!({
         "sources": {
             "http": {"type": "http", "config": {"settings": {"maxBatchSize": 5000}}},
@@ -29,7 +25,12 @@ fn hub(server: &RedisServer, sse: Value) -> Weir {
             "notifications": {"type": "sse", "sources": ["events"], "config": {"settings": settings}}
         }
     });
-    let weir = Weir::start(&toml::to_string(&flow).unwrap());
+    start_reading(&flow)
+}
+
+/// weir on `flow`, once its stream source reads.
+fn start_reading(flow: &Value) -> Weir {
+    let weir = Weir::start(&toml::to_string(flow).unwrap());
     assert!(
         eventually(Duration::from_secs(10), || weir.log().contains("reading the stream")),
         "{}",
@@ -201,34 +202,34 @@ fn idle_connections_get_heartbeat_comments() {
     assert_eq!(line, ": heartbeat\n");
 }
 
+/// One of the Optimizely scenario's instances: an HTTP source writing to stream `events`, and a
+/// broadcast-mode stream source (consumer `name`, `settings` added) reading it into an SSE hub.
+fn broadcast_instance(server: &RedisServer, name: &str, settings: Value) -> Weir {
+    let source = support::merged(
+        json!({"url": server.url(), "stream": "events", "group": "notifications", "mode": "broadcast", "consumer": name}),
+        &settings,
+    );
+    let flow = json!({
+        "sources": {
+            "http": {"type": "http"},
+            "events": {"type": "redis_stream", "config": {"settings": source}}
+        },
+        "destinations": {
+            "stream": {"type": "redis", "sources": ["http"], "config": {
+                "settings": {"redis": {"url": server.url(), "streamKey": "events"}}}},
+            "notifications": {"type": "sse", "sources": ["events"]}
+        }
+    });
+    start_reading(&flow)
+}
+
 /// The Optimizely scenario: two weir instances behind different ports, each with SSE
 /// clients, reading one stream in broadcast mode. Events posted to either reach every client
 /// on both.
 #[test]
 fn events_posted_to_either_instance_reach_every_client_on_both() {
     let server = RedisServer::start();
-    let instance = |name: &str| {
-        let flow = json!({
-            "sources": {
-                "http": {"type": "http"},
-                "events": {"type": "redis_stream", "config": {"settings": {
-                    "url": server.url(), "stream": "events", "group": "notifications", "mode": "broadcast",
-                    "consumer": name, "block": 50}}}
-            },
-            "destinations": {
-                "stream": {"type": "redis", "sources": ["http"], "config": {
-                    "settings": {"redis": {"url": server.url(), "streamKey": "events"}}}},
-                "notifications": {"type": "sse", "sources": ["events"]}
-            }
-        });
-        let weir = Weir::start(&toml::to_string(&flow).unwrap());
-        assert!(
-            eventually(Duration::from_secs(10), || weir.log().contains("reading the stream")),
-            "{}",
-            weir.log()
-        );
-        weir
-    };
+    let instance = |name: &str| broadcast_instance(&server, name, json!({"block": 50}));
     let (a, b) = (instance("host-a"), instance("host-b"));
     let mut clients: Vec<Client> = (0..3)
         .flat_map(|_| [Client::connect(&a, "", &[]), Client::connect(&b, "", &[])])
@@ -253,6 +254,85 @@ fn events_posted_to_either_instance_reach_every_client_on_both() {
         groups.contains("notifications:host-a") && groups.contains("notifications:host-b"),
         "{groups}"
     );
+}
+
+/// The Optimizely scenario on the stream source's defaults (`block` 1 s, `claimIdle` 60 s),
+/// posting starting `delay` after both instances started: one event every 50 ms, alternately to
+/// each, 40 in all. Every live client on both instances receives all 40 within seconds — none
+/// waits for the reaper (a blocking read abandoned by the client used to swallow entries).
+fn every_client_sees_every_event_when_posting_starts_after(delay: Duration) {
+    let server = RedisServer::start();
+    let (a, b) = (
+        broadcast_instance(&server, "host-a", json!({})),
+        broadcast_instance(&server, "host-b", json!({})),
+    );
+    let clients: Vec<Client> = (0..2)
+        .flat_map(|_| [Client::connect(&a, "", &[]), Client::connect(&b, "", &[])])
+        .collect();
+    std::thread::sleep(delay);
+    const EVENTS: usize = 40;
+    let (frames_tx, frames_rx) = std::sync::mpsc::channel();
+    for (index, mut client) in clients.into_iter().enumerate() {
+        let frames_tx = frames_tx.clone();
+        std::thread::spawn(move || {
+            for _ in 0..EVENTS {
+                let frame = client.frame();
+                if frames_tx.send((index, frame.id)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    for n in 0..EVENTS {
+        let instance = if n % 2 == 0 { &a } else { &b };
+        post(instance, json!({"name": format!("notice {n}")}));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut received: Vec<Vec<String>> = vec![Vec::new(); 4];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while received.iter().any(|ids| ids.len() < EVENTS) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok((index, id)) = frames_rx.recv_timeout(left) else {
+            break;
+        };
+        received[index].push(id);
+    }
+    let ids = stream_ids(&server);
+    assert_eq!(ids.len(), EVENTS);
+    for (index, got) in received.iter_mut().enumerate() {
+        got.sort();
+        assert_eq!(
+            got.len(),
+            EVENTS,
+            "client {index} ({}) received {} of {EVENTS} within 10 s of the last post\nhost-a:\n{}\nhost-b:\n{}",
+            if index % 2 == 0 { "host-a" } else { "host-b" },
+            got.len(),
+            a.log(),
+            b.log()
+        );
+        assert_eq!(*got, ids);
+    }
+    for group in ["notifications:host-a", "notifications:host-b"] {
+        assert!(
+            eventually(Duration::from_secs(5), || server.pending("events", group) == 0),
+            "{group} left entries pending"
+        );
+    }
+}
+
+#[test]
+fn two_instances_on_defaults_posting_at_once() {
+    every_client_sees_every_event_when_posting_starts_after(Duration::ZERO);
+}
+
+#[test]
+fn two_instances_on_defaults_posting_after_two_seconds() {
+    every_client_sees_every_event_when_posting_starts_after(Duration::from_secs(2));
+}
+
+#[test]
+fn two_instances_on_defaults_posting_after_ten_seconds() {
+    every_client_sees_every_event_when_posting_starts_after(Duration::from_secs(10));
 }
 
 /// A thousand clients at once, each on its own connection, all get the event.

@@ -13,6 +13,9 @@ use crate::runtime::build_flow;
 
 pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyhow::Result<()> {
     let built = build_flow(flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
+    for warning in &built.warnings {
+        eprintln!("warning: {warning}");
+    }
     let source = match source {
         Some(source) => source.to_owned(),
         None => flow.sources.first().map_or_else(|| "http".to_owned(), |s| s.id.clone()),

@@ -42,6 +42,9 @@ enum Command {
         /// Seconds to deliver what is queued after SIGTERM/SIGINT before dead-lettering it.
         #[arg(long, default_value_t = 10)]
         shutdown_timeout: u64,
+        /// Log lines as text (coloured only on a terminal) or JSON, one object per line.
+        #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t)]
+        log_format: crate::telemetry::LogFormat,
     },
     /// Check a flow file; prints every problem with its path and exits 1 if there are any.
     Validate {
@@ -84,8 +87,9 @@ pub fn main() -> ExitCode {
             flow,
             listen,
             shutdown_timeout,
+            log_format,
         } => {
-            crate::telemetry::init_logging();
+            crate::telemetry::init_logging(log_format);
             let flow = match &config {
                 Some(path) => match load(path, flow.as_deref()) {
                     Ok(flow) => flow,
@@ -161,6 +165,9 @@ fn report(path: &std::path::Path, errors: &ConfigErrors) -> ExitCode {
     eprintln!("{}: {} problem(s)", path.display(), errors.len());
     for error in errors.iter() {
         eprintln!("  {error}");
+    }
+    for warning in &errors.warnings {
+        eprintln!("warning: {warning}");
     }
     ExitCode::FAILURE
 }

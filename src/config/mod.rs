@@ -35,34 +35,47 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Every problem found in a flow file.
+/// Every problem found in a flow file, and the warnings: keys that load but do nothing, as
+/// walkerOS silently ignores them (`weir validate` prints them, `serve` logs them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
+}
 
 impl ConfigErrors {
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError {
+        self.errors.push(ConfigError {
             path: path.into(),
             message: message.into(),
         });
     }
 
+    /// A key that loads but has no effect.
+    pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// No errors (warnings do not count).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.errors.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.errors.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
-        self.0.iter()
+        self.errors.iter()
     }
 }
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
+        for (i, error) in self.errors.iter().enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }

@@ -148,8 +148,12 @@ mod tests {
         let mut errors = ConfigErrors::default();
         let parsed: Option<Settings> = parse(&json!({"streamKey": "s", "maxLen": "many"}), "settings", &mut errors);
         assert!(parsed.is_none());
-        assert_eq!(errors.0[0].path, "settings.maxLen");
-        assert!(errors.0[0].message.contains("invalid type"), "{}", errors.0[0].message);
+        assert_eq!(errors.errors[0].path, "settings.maxLen");
+        assert!(
+            errors.errors[0].message.contains("invalid type"),
+            "{}",
+            errors.errors[0].message
+        );
     }
 
     #[test]

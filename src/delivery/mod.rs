@@ -17,7 +17,6 @@ pub mod policy;
 
 use std::future::Future;
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::event::Event;
@@ -102,7 +101,7 @@ pub enum Rendered<W> {
 /// A destination: the part of delivery that differs per target system.
 pub trait Destination: Send + Sync + Sized + 'static {
     /// The destination-specific `settings` of a mapping rule (e.g. Redis `streamKey`).
-    type RuleSettings: DeserializeOwned + std::fmt::Debug + Send + Sync + 'static;
+    type RuleSettings: crate::mapping::RuleSettings + std::fmt::Debug + Send + Sync + 'static;
     /// One event in wire form, rendered once on the request path.
     type Wire: Send + Sync + 'static;
     type Error: std::error::Error + Send + Sync + 'static;

@@ -7,7 +7,7 @@ use rand::Rng;
 
 /// When a buffer of queued events is handed to the destination.
 ///
-/// walkerOS semantics (systems.md §B.5): reaching `size` flushes at once; `wait` is a
+/// walkerOS semantics (walkerOS's `packages/collector/src/destination.ts`): reaching `size` flushes at once; `wait` is a
 /// debounce (every new event restarts it); `age` bounds the time since the buffer's first
 /// event. A destination with no `batch` configured sends as soon as it can, taking whatever
 /// has queued up meanwhile (up to its default size): batching without added latency.
@@ -32,7 +32,7 @@ impl BatchPolicy {
     }
 }
 
-/// walkerOS's defaults for a `batch` block that leaves a field unset (systems.md §B.5).
+/// walkerOS's defaults for a `batch` block that leaves a field unset (walkerOS's `packages/collector/src/destination.ts`).
 pub const WALKEROS_BATCH_SIZE: usize = 1000;
 pub const WALKEROS_BATCH_WAIT: Duration = Duration::from_millis(30_000);
 pub const WALKEROS_BATCH_AGE: Duration = Duration::from_millis(30_000);

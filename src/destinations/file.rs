@@ -69,6 +69,8 @@ impl Default for FileSettings {
 #[serde(deny_unknown_fields)]
 pub struct NoRuleSettings {}
 
+impl crate::mapping::RuleSettings for NoRuleSettings {}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {path}: {source}")]
 pub struct FileError {

@@ -19,6 +19,8 @@ pub struct PubsubRuleSettings {
     pub channel: Option<String>,
 }
 
+impl crate::mapping::RuleSettings for PubsubRuleSettings {}
+
 /// One PUBLISH.
 pub struct Publish {
     channel: String,

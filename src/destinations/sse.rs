@@ -1,6 +1,6 @@
 //! `sse`: a Server-Sent-Events hub on weir's HTTP server (`GET /v1/notifications/event-stream`
 //! by default), the fan-out Optimizely Agent's notifications endpoint offers, made reliable
-//! (systems.md §F; DESIGN.md §5).
+//! (Optimizely Agent's `pkg/handlers/notification.go`).
 //!
 //! Each event is rendered once into its frame — `id:` (the stream entry id when a stream
 //! source read it, else the event id), `event:` (the event name), `data:` (the event JSON, or

@@ -1,4 +1,4 @@
-//! walkerOS's consent check (`getGrantedConsent`, systems.md §C.6).
+//! walkerOS's consent check (`getGrantedConsent`, walkerOS `packages/core/src/consent.ts`).
 //!
 //! The state is the collector's consent overlaid with the event's own (the event wins per
 //! group); the granted groups are those with a truthy value. A requirement is met when it
@@ -42,7 +42,7 @@ mod tests {
     }
 
     /// `grantedConsent` in vectors/walkeros-destinations-and-mapping.json (the file records
-    /// the results; the inputs are the calls systems.md §C.6 lists for them).
+    /// the results; the inputs are the calls walkerOS's own tests make).
     #[test]
     fn walkeros_vectors() {
         let vectors: Value = serde_json::from_str(include_str!(

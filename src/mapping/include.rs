@@ -1,12 +1,12 @@
 //! walkerOS's `include`: whole event sections flattened into the mapped data
 //! (`data_title`, `globals_pagegroup`, `context_shopping` = the context label...).
 //!
-//! One level only, values raw (nested objects stay objects); the `context` section takes the
-//! label (element 0) of each `[label, order]` tuple; `event` is a synthesized section of the
-//! event's own scalar fields; `all` means every section. This is what walkerOS's
-//! `flattenIncludeSections` does when run (checked against the published @walkeros/core
-//! package); systems.md §C.1's summary ("nested objects flattened with `_`") does not match
-//! the code, and weir follows the code.
+//! As walkerOS 4.4's `flattenIncludeSections` (`packages/core/src/include.ts`) does when run:
+//! nested objects are flattened all the way down, keys joined with `_`
+//! (`context: {nestedctx: {a: 1}}` → `context_nestedctx_a`), so an empty object adds nothing;
+//! arrays and `null` are leaves, kept whole; each `context` entry that is a `[label, order]`
+//! tuple contributes its label; `event` is a synthesized section of the event's own scalar
+//! fields; `all` means every section, in walkerOS's order.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -52,17 +52,29 @@ impl Section {
     }
 }
 
+/// The sections of an `include` list; a name walkerOS has no section for is skipped, as
+/// walkerOS skips it, with a warning.
 pub fn parse(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<Vec<Section>> {
-    match serde_json::from_value::<Vec<Section>>(value.clone()) {
-        Ok(sections) => Some(sections),
-        Err(_) => {
-            errors.push(
-                path,
-                "must be a list of sections: data, globals, context, user, source, event, all",
-            );
-            None
+    let Some(names) = value.as_array().filter(|names| names.iter().all(Value::is_string)) else {
+        errors.push(
+            path,
+            "must be a list of sections: data, globals, context, user, source, event, all",
+        );
+        return None;
+    };
+    let mut sections = Vec::with_capacity(names.len());
+    for (index, name) in names.iter().enumerate() {
+        match serde_json::from_value::<Section>(name.clone()) {
+            Ok(section) => sections.push(section),
+            Err(_) => errors.warn(
+                crate::config::join(path, &index.to_string()),
+                format!(
+                    "{name} is not a section and adds nothing, as in walkerOS (sections: data, globals, context, user, source, event, all)"
+                ),
+            ),
         }
     }
+    Some(sections)
 }
 
 /// The flattened sections of `event`.
@@ -89,13 +101,27 @@ pub fn flatten(sections: &[Section], event: &Value) -> Object {
         for (key, value) in fields {
             let value = match (section, value) {
                 (Section::Context, Value::Array(tuple)) => match tuple.first() {
-                    Some(label) => label.clone(),
+                    Some(label) => label,
                     None => continue,
                 },
-                _ => value.clone(),
+                _ => value,
             };
-            out.insert(format!("{prefix}_{key}"), value);
+            flatten_into(&mut out, format!("{prefix}_{key}"), value);
         }
     }
     out
+}
+
+/// A plain object's entries under `prefix_<key>`, recursively; anything else is a leaf.
+fn flatten_into(out: &mut Object, prefix: String, value: &Value) {
+    match value {
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                flatten_into(out, format!("{prefix}_{key}"), value);
+            }
+        }
+        leaf => {
+            out.insert(prefix, leaf.clone());
+        }
+    }
 }

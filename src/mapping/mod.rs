@@ -1,5 +1,5 @@
 //! walkerOS 4.4's mapping, per destination: consent, policies, rule lookup with `*`
-//! wildcards, rule fields and the value language (systems.md §C).
+//! wildcards, rule fields and the value language (walkerOS `packages/core/src/mapping.ts`).
 //!
 //! A destination's mapping is parsed once at config load into [`DestinationMapping`], with
 //! the destination's own rule `settings` type `S`, so every rule is checked (and every error
@@ -99,6 +99,16 @@ impl BatchSpec {
         }
     }
 }
+
+/// A destination's per-rule `settings` type: read with serde, then checked for what serde
+/// cannot say — values that load but do nothing, as walkerOS ignores them (warnings), and
+/// values walkerOS would send but no server accepts (errors).
+pub trait RuleSettings: DeserializeOwned {
+    /// Reports into `errors` (`path` is the rule's `settings`).
+    fn check(&self, _path: &str, _errors: &mut ConfigErrors) {}
+}
+
+impl RuleSettings for serde::de::IgnoredAny {}
 
 /// A policy: `{path: value spec}`, written into the event before mapping.
 pub type Policy = Vec<(String, ValueSpec)>;
@@ -200,7 +210,7 @@ pub struct Mapped<'m, 'e, S> {
     pub rule_key: String,
 }
 
-impl<S: DeserializeOwned> DestinationMapping<S> {
+impl<S: RuleSettings> DestinationMapping<S> {
     /// Parses `consent`, `policy`, `data`, `include` and `mapping` of a destination's
     /// `config` (found at `path`). `rule_batch` is called for each rule with its own `batch`
     /// and returns the rule's batch slot.
@@ -331,16 +341,28 @@ fn consent_stays(event: &Event, collector: &Collector) -> bool {
 
 /// The event after a policy: each entry reads the event as it was before the policy, then
 /// all are written.
+/// A top-level key set to nothing stays as walkerOS's `undefined` (a known key in its place,
+/// a new one after the others).
 fn with_policy(event: &Event, policy: &Policy, context: &ValueContext<'_>) -> Event {
     let tree = event.tree();
     let results: Vec<Option<Value>> = policy.iter().map(|(_, spec)| spec.value(tree, context)).collect();
     let mut tree = tree.clone();
+    let mut undefined = Vec::new();
     if let Value::Object(map) = &mut tree {
         for ((path, _), result) in policy.iter().zip(results) {
+            if result.is_none() && !path.contains('.') {
+                undefined.push(path.as_str());
+            }
             set_by_path(map, path, result);
         }
     }
-    Event::from_tree(tree)
+    let mut event = Event::from_tree(tree);
+    for name in undefined {
+        if !event.as_object().contains_key(name) {
+            event.set(name, None);
+        }
+    }
+    event
 }
 
 /// walkerOS `include`: the flattened sections under the data, explicit data winning.
@@ -373,7 +395,7 @@ fn parse_policy(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<
     Some(policy)
 }
 
-fn parse_rules<S: DeserializeOwned>(
+fn parse_rules<S: RuleSettings>(
     value: &Value,
     path: &str,
     errors: &mut ConfigErrors,
@@ -425,7 +447,7 @@ fn parse_rules<S: DeserializeOwned>(
     Rules(rules)
 }
 
-fn parse_rule<S: DeserializeOwned>(
+fn parse_rule<S: RuleSettings>(
     value: &Value,
     path: &str,
     errors: &mut ConfigErrors,
@@ -463,7 +485,12 @@ fn parse_rule<S: DeserializeOwned>(
                 _ => errors.push(at, "must be a string"),
             },
             "data" => rule.data = ValueSpec::parse(value, &at, errors),
-            "settings" => rule.settings = typed::parse::<S>(value, &at, errors),
+            "settings" => {
+                rule.settings = typed::parse::<S>(value, &at, errors);
+                if let Some(settings) = &rule.settings {
+                    settings.check(&at, errors);
+                }
+            }
             "policy" => rule.policy = parse_policy(value, &at, errors),
             "include" => rule.include = include::parse(value, &at, errors),
             "remove" => match serde_json::from_value::<Vec<String>>(value.clone()) {

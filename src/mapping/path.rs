@@ -1,4 +1,4 @@
-//! Paths into an event: walkerOS's `getByPath` / `setByPath` (systems.md §C.5).
+//! Paths into an event: walkerOS's `getByPath` / `setByPath` (walkerOS `packages/core/src/byPath.ts`).
 //!
 //! Dot notation; a numeric segment indexes an array (`items.1.id`); `*` maps the rest of the
 //! path over every item of an array (`items.*.id` → `["a","b"]`). A missing key yields

@@ -9,6 +9,8 @@ struct TestSettings {
     stream_key: Option<String>,
 }
 
+impl RuleSettings for TestSettings {}
+
 fn mapping(config: Value) -> DestinationMapping<TestSettings> {
     let mut errors = ConfigErrors::default();
     let mut slots = 0;

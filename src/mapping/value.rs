@@ -1,4 +1,5 @@
-//! walkerOS's value language (`getMappingValue` / `processMappingValue`, systems.md §C.5).
+//! walkerOS's value language (`getMappingValue` / `processMappingValue` in
+//! github.com/elbwalker/walkerOS `packages/core/src/mapping.ts`).
 //!
 //! A value spec is a path string (`"data.id"` ≡ `{"key": "data.id"}`), a config object
 //! (`key`, `value`, `map`, `loop`, `set`, `consent`), or an array of alternatives: at the top
@@ -11,7 +12,9 @@
 //! JSON `null` inside `value` is a hole unless `has_null` says a real `null` is in there.
 //!
 //! `fn`, `condition` and `validate` are JavaScript in walkerOS and cannot run here: a spec
-//! holding one is a config error naming its path.
+//! holding one is a config error naming its path. A boolean, number or `null` where a spec
+//! belongs yields nothing, as in walkerOS (which finds no keys in it); it loads, with a
+//! warning naming its path.
 
 use serde_json::{Map, Value};
 
@@ -28,6 +31,8 @@ pub enum ValueSpec {
     Key(String),
     Config(Box<ValueConfig>),
     Alternatives(Vec<ValueSpec>),
+    /// A boolean, number or `null` given as a spec: yields nothing.
+    Nothing(crate::event::JsonKind),
 }
 
 /// `{key, value, map, loop, set, consent}`.
@@ -112,14 +117,42 @@ impl ValueSpec {
             }
             Value::Object(map) => ValueConfig::parse(map, path, errors).map(|c| ValueSpec::Config(Box::new(c))),
             other => {
-                errors.push(
-                    path,
-                    format!(
-                        "a mapping value must be a path string, an object or a list, not {}",
-                        crate::event::JsonKind::of(other)
-                    ),
-                );
-                None
+                let spec = ValueSpec::Nothing(crate::event::JsonKind::of(other));
+                spec.warn_ignored(path, errors);
+                Some(spec)
+            }
+        }
+    }
+
+    /// Warns about every part of the spec that yields nothing because it is not a spec
+    /// (for specs read through serde, which has no path to report at).
+    pub fn warn_ignored(&self, path: &str, errors: &mut ConfigErrors) {
+        match self {
+            ValueSpec::Key(_) => {}
+            ValueSpec::Nothing(kind) => errors.warn(
+                path,
+                format!(
+                    "{kind} is not a mapping value and yields nothing, as in walkerOS (use a path string, an object or a list)"
+                ),
+            ),
+            ValueSpec::Alternatives(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    item.warn_ignored(&join(path, &index.to_string()), errors);
+                }
+            }
+            ValueSpec::Config(config) => {
+                for (key, spec) in config.map.iter().flatten() {
+                    spec.warn_ignored(&join(&join(path, "map"), key), errors);
+                }
+                for (index, spec) in config.set.iter().flatten().enumerate() {
+                    spec.warn_ignored(&join(&join(path, "set"), &index.to_string()), errors);
+                }
+                if let Some(looped) = &config.loop_over {
+                    if let LoopScope::Spec(scope) = &looped.0 {
+                        scope.warn_ignored(&join(path, "loop.0"), errors);
+                    }
+                    looped.1.warn_ignored(&join(path, "loop.1"), errors);
+                }
             }
         }
     }
@@ -144,6 +177,7 @@ impl ValueSpec {
                 .map(|(value, has_null)| Resolved { value, has_null })
                 .and_then(Resolved::cast),
             ValueSpec::Config(config) => config.process(input, context),
+            ValueSpec::Nothing(_) => None,
             ValueSpec::Alternatives(items) => {
                 // Nested list: the first truthy result, else the last result.
                 let mut last = None;
@@ -375,7 +409,7 @@ mod tests {
         })
     }
 
-    /// `mapping` in vectors/walkeros-destinations-and-mapping.json, inputs from systems.md §C.5
+    /// `mapping` in vectors/walkeros-destinations-and-mapping.json, inputs from walkerOS's
     /// (the `fn`, `condition` and `validate` vectors are JavaScript and are config errors here).
     #[test]
     fn walkeros_value_vectors() {

@@ -1,5 +1,5 @@
 //! CORS exactly as walkerOS's express source answers it, which is the behaviour of the npm
-//! `cors` middleware it installs (systems.md §E): with `cors: true` every response carries
+//! `cors` middleware it installs (`@walkeros/server-source-express`): with `cors: true` every response carries
 //! `Access-Control-Allow-Origin: *` and every `OPTIONS` request, on any path, is answered
 //! 204 with the methods `GET,HEAD,PUT,PATCH,POST,DELETE` and the requested headers echoed.
 //! Written by hand because `tower-http`'s CORS layer differs on the wire (which requests

@@ -1,5 +1,6 @@
 //! `redis_stream`: events read from Redis Streams through a consumer group, reliably — what
-//! Optimizely Agent's and Caracal's docs promise and their code does not (systems.md §F, §G.5).
+//! Optimizely Agent's and Caracal's docs promise and their code does not (Optimizely Agent's
+//! `pkg/syncer/redis_streams.go`, Caracal's Go consumers).
 //!
 //! Per stream: `XGROUP CREATE … MKSTREAM` (BUSYGROUP is fine); first this consumer's own
 //! pending entries (id `0`: a restarted consumer with its stable name finds what it held),
@@ -222,6 +223,15 @@ fn entries(list: &Reply) -> Vec<Entry> {
         .collect()
 }
 
+/// The id of the last entry of a reply list, deleted ones (nil fields) included.
+fn last_id(list: &Reply) -> Option<String> {
+    let Reply::Array(items) = list else { return None };
+    let Reply::Array(parts) = items.last()? else {
+        return None;
+    };
+    as_text(parts.first()?)
+}
+
 /// The event an entry carries: weir's and walkerOS's `event` field (JSON), walkerOS's flat
 /// fields (objects and arrays as JSON, scalars as text), or Optimizely Agent's `data` field.
 fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> {
@@ -352,7 +362,7 @@ async fn pubsub(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, stop: Can
     }
 }
 
-/// Errors worth retrying, as Optimizely Agent lists them (systems.md §F.3): connection
+/// Errors worth retrying, as Optimizely Agent lists them (`pkg/syncer/redis_streams.go`): connection
 /// refused or reset, timeouts, unreachable networks, broken pipes, EOF, exhausted pools,
 /// unknown hosts, and Redis's `LOADING`, `READONLY`, `CLUSTERDOWN`. Everything else
 /// (`WRONGTYPE`, `NOAUTH`, syntax errors, `OOM`) will not pass by waiting.
@@ -428,9 +438,6 @@ struct Consumer {
 
 async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Runtime>, stop: CancellationToken) {
     let connect = || config.connection.connect_first();
-    let Some(mut reads) = with_retries(&config, &stop, "connecting to Redis", connect).await else {
-        return;
-    };
     let Some(commands) = with_retries(&config, &stop, "connecting to Redis", connect).await else {
         return;
     };
@@ -475,8 +482,27 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
     // the round trips to Redis and the wait for acknowledgements from adding up.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let mut delivering = tokio::task::JoinSet::new();
+    // Blocking reads have a connection of their own, opened here and dropped after any
+    // failed read (see `connect_for_blocking_reads`). Each new connection starts by reading
+    // this consumer's own pending entries (cursor `0`): a read Redis answered after the old
+    // connection stopped listening left its entries there.
+    let mut reads = None;
     let mut cursor = "0".to_owned();
     while !stop.is_cancelled() {
+        let connection = match reads.as_mut() {
+            Some(connection) => connection,
+            None => {
+                let connect = || config.connection.connect_for_blocking_reads(config.block);
+                let Some(connection) = with_retries(&config, &stop, "connecting to Redis", connect).await else {
+                    break;
+                };
+                // What is still being delivered is pending too: let it settle first, so
+                // that reading the pending list does not hand it out a second time.
+                while delivering.join_next().await.is_some() {}
+                cursor = "0".to_owned();
+                reads.insert(connection)
+            }
+        };
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -489,35 +515,40 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
             .arg("STREAMS")
             .arg(&stream)
             .arg(&cursor);
-        let read = command.query_async::<Reply>(&mut reads);
+        let read = command.query_async::<Reply>(connection);
         let reply = tokio::select! {
             reply = read => reply,
             () = stop.cancelled() => break,
         };
-        let batch = match reply {
+        let (batch, last_id) = match reply {
             // [[stream, [entries]]], or nil on timeout.
             Ok(Reply::Array(streams)) => match streams.first() {
-                Some(Reply::Array(pair)) => pair.get(1).map(entries).unwrap_or_default(),
-                _ => Vec::new(),
+                Some(Reply::Array(pair)) => pair
+                    .get(1)
+                    .map(|list| (entries(list), last_id(list)))
+                    .unwrap_or_default(),
+                _ => Default::default(),
             },
-            Ok(_) => Vec::new(),
+            Ok(_) => Default::default(),
             Err(error) => {
                 let delay = if retryable(&error) {
                     config.retry_delay
                 } else {
                     config.max_retry_delay
                 };
-                tracing::warn!(source = %config.id, error = %error, retry_in = ?delay, "reading the stream failed");
-                tokio::time::sleep(delay).await;
+                tracing::warn!(source = %config.id, error = %error, retry_in = ?delay, "reading the stream failed; reconnecting");
+                reads = None;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => break,
+                }
                 continue;
             }
         };
         if cursor != ">" {
-            match batch.last() {
-                // Own pending entries are read by id: continue after the last one.
-                Some(last) => cursor = last.id.clone(),
-                None => cursor = ">".to_owned(),
-            }
+            // Own pending entries are read by id: continue after the last one (one deleted
+            // since counts too: a page of those is not the end of the list).
+            cursor = last_id.unwrap_or_else(|| ">".to_owned());
         }
         if !batch.is_empty() {
             // Queued here, in stream order; only the wait for delivery runs alongside.

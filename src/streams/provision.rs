@@ -1,5 +1,6 @@
 //! `weir streams provision` and `verify`: streams and consumer groups from a declarative file,
-//! the job Caracal does with two shell scripts (systems.md §G.1–G.3), done idempotently.
+//! the job Caracal does with two shell scripts (github.com/Garudex-Labs/caracal `infra/redis/provision-streams.sh` and
+//! `infra/redis/scripts/verify.sh`), done idempotently.
 //!
 //! The file (TOML, YAML or JSON) lists streams by name, each with its consumer groups (a list
 //! of names starting at `$`, or a table of name → start id), an intended length bound

@@ -1,4 +1,4 @@
-//! Signed stream messages, compatible with Caracal (systems.md §G.4).
+//! Signed stream messages, compatible with Caracal (github.com/Garudex-Labs/caracal `packages/core/go/crypto/streamsig.go`).
 //!
 //! The signed bytes are the stream name and a newline, then every field except `_sig`, in
 //! ascending byte order of the field name, as `<name>=<value>` and a newline. The signature
@@ -91,7 +91,7 @@ mod tests {
         SigningKey::from_hex(&"0123456789abcdef".repeat(4)).unwrap()
     }
 
-    /// Caracal's interoperability vectors (systems.md §G.4). A `null` field is simply absent
+    /// Caracal's interoperability vectors (github.com/Garudex-Labs/caracal `packages/core/go/crypto/streamsig.go`). A `null` field is simply absent
     /// from a Redis entry, so the second and third vectors sign the same fields.
     #[test]
     fn caracal_vectors() {

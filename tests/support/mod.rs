@@ -169,6 +169,14 @@ pub mod kafka;
 pub mod recorder;
 pub mod redis;
 
+/// `base` (an object) with the keys of `extra` (an object) added or replaced.
+pub fn merged(mut base: serde_json::Value, extra: &serde_json::Value) -> serde_json::Value {
+    if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+        base.extend(extra.clone());
+    }
+    base
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -205,6 +213,30 @@ pub fn explain(flow_text: &str, event: &serde_json::Value) -> serde_json::Value 
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Runs `weir explain` with `flow` (JSON) on `events`, in order, in one run; the records it
+/// prints.
+pub fn explain_events(flow: &serde_json::Value, events: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flow.json"), flow.to_string()).unwrap();
+    let lines: Vec<String> = events.iter().map(serde_json::Value::to_string).collect();
+    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n")).unwrap();
+    let output = Command::new(weir_binary())
+        .args(["explain", "--config", "flow.json", "events.jsonl"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "explain failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 /// POSTs `body` (JSON) to `url` as a real client would: a 503 is retried after 100 ms, for at

@@ -144,6 +144,13 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// How many entries `group` has pending on `stream` (XPENDING's summary); `u64::MAX` when
+    /// the group does not exist.
+    pub fn pending(&self, stream: &str, group: &str) -> u64 {
+        let summary = self.cli(&["XPENDING", stream, group]);
+        summary.lines().next().unwrap_or("").trim().parse().unwrap_or(u64::MAX)
+    }
+
     /// A synchronous client for checking what landed.
     pub fn client(&self) -> redis::Connection {
         let client = redis::Client::open(self.url()).unwrap();

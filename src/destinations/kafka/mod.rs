@@ -1,5 +1,5 @@
-//! `kafka`: events into Apache Kafka as walkerOS's Kafka destination writes them (systems.md
-//! §D.2), but acknowledged by the broker.
+//! `kafka`: events into Apache Kafka as walkerOS's Kafka destination writes them (walkerOS
+//! `packages/server/destinations/kafka/src/push.ts`), but acknowledged by the broker.
 //!
 //! Record: key = the key path's value when it is a non-empty string, else the event name with
 //! whitespace runs as `_`; value = the mapped `data` when it is a non-empty object, else the
@@ -27,7 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use serde_json::{Value, json};
 
-pub use settings::{KafkaRuleSettings, KafkaSettings};
+pub use settings::{KafkaRuleSettings, KafkaSettings, RuleKey};
 
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
@@ -235,6 +235,9 @@ fn name_key(name: &str) -> String {
     key
 }
 
+/// The latest time a JavaScript `Date` can hold (ms): later ones are not times.
+const MAX_TIMESTAMP_MS: f64 = 8.64e15;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -303,13 +306,15 @@ impl Destination for KafkaDestination {
         }
         let rule = input.rule_settings;
         let topic = rule
-            .and_then(|rule| rule.topic.as_deref())
+            .and_then(|rule| rule.topic())
             .unwrap_or(&self.settings.topic)
             .to_owned();
         // The event already carries a rule's `name`.
-        let key_path = rule
-            .and_then(|rule| rule.key.as_deref())
-            .or(self.settings.key.as_deref());
+        let key_path = match rule.map_or(RuleKey::Unset, KafkaRuleSettings::key) {
+            RuleKey::Unset => self.settings.key.as_deref(),
+            RuleKey::Path(path) => Some(path),
+            RuleKey::Nothing => None,
+        };
         let key = match key_path.and_then(|path| key_at(input.event, path)) {
             Some(Value::String(key)) if !key.is_empty() => key,
             _ => name_key(input.event.name()),
@@ -318,8 +323,14 @@ impl Destination for KafkaDestination {
             Some(Value::Object(data)) if !data.is_empty() => crate::json::to_vec(data),
             _ => input.event.to_json(),
         };
+        // A record's timestamp is whole milliseconds on the wire: the millisecond a fraction
+        // falls in; the time of producing for an event without one (or with one outside
+        // what Kafka can carry). walkerOS hands kafkajs `String(event.timestamp)` instead.
         let timestamp = match input.event.field(key::TIMESTAMP).and_then(field_value) {
-            Some(Value::Number(ms)) => ms.as_f64().map_or_else(now_ms, |ms| ms as i64),
+            Some(Value::Number(ms)) => ms
+                .as_f64()
+                .filter(|ms| (0.0..=MAX_TIMESTAMP_MS).contains(ms))
+                .map_or_else(now_ms, |ms| ms.floor() as i64),
             _ => now_ms(),
         };
         Ok(Rendered::Send(KafkaRecord {

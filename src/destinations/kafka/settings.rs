@@ -1,5 +1,5 @@
-//! The Kafka destination's settings, under `settings.kafka` as walkerOS has them (systems.md
-//! §D.2), turned into a librdkafka producer configuration.
+//! The Kafka destination's settings, under `settings.kafka` as walkerOS has them (walkerOS
+//! `packages/server/destinations/kafka/src/config.ts`), turned into a librdkafka producer configuration.
 //!
 //! walkerOS hands its settings to kafkajs; weir hands them to librdkafka, so each key is
 //! translated to the librdkafka property that does the same job. Where the defaults differ on
@@ -73,14 +73,67 @@ struct RawSasl {
     password_file: Option<String>,
 }
 
-/// Per-rule settings: `mapping.<entity>.<action>.settings`.
+/// Per-rule settings: `mapping.<entity>.<action>.settings`. As in walkerOS, a `topic` that is
+/// not a string is ignored (the destination's is used), and a `key` that is not a string
+/// resolves to nothing (the record is keyed by the event name); both with a warning.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaRuleSettings {
-    /// Overrides the destination's topic.
-    pub topic: Option<String>,
-    /// Overrides the destination's key path.
-    pub key: Option<String>,
+    topic: Option<Value>,
+    key: Option<Value>,
+}
+
+/// Where a rule says the record's key comes from.
+pub enum RuleKey<'a> {
+    /// The rule says nothing: the destination's key path.
+    Unset,
+    /// This path.
+    Path(&'a str),
+    /// A value that is not a path: nothing (walkerOS then keys by the event name).
+    Nothing,
+}
+
+impl KafkaRuleSettings {
+    /// The rule's topic, when it names one.
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_ref().and_then(Value::as_str)
+    }
+
+    pub fn key(&self) -> RuleKey<'_> {
+        match &self.key {
+            None => RuleKey::Unset,
+            Some(Value::String(path)) => RuleKey::Path(path),
+            Some(_) => RuleKey::Nothing,
+        }
+    }
+}
+
+impl crate::mapping::RuleSettings for KafkaRuleSettings {
+    fn check(&self, path: &str, errors: &mut ConfigErrors) {
+        match &self.topic {
+            Some(Value::String(topic)) if topic.is_empty() => errors.push(
+                join(path, "topic"),
+                "an empty topic: brokers refuse it, so every event would be dead-lettered (walkerOS sends it anyway); leave it out to use the destination's",
+            ),
+            None | Some(Value::String(_)) => {}
+            Some(other) => errors.warn(
+                join(path, "topic"),
+                format!(
+                    "{} is ignored: only a string names a topic (walkerOS ignores it too); the destination's topic is used",
+                    crate::event::JsonKind::of(other)
+                ),
+            ),
+        }
+        if let Some(other) = self.key.as_ref().filter(|key| !key.is_string()) {
+            errors.warn(
+                join(path, "key"),
+                format!(
+                    "{} is not a key path: records are keyed by the event name, as in walkerOS",
+                    crate::event::JsonKind::of(other)
+                ),
+            );
+        }
+    }
 }
 
 /// Checked settings. Its `Debug` leaves the client configuration out: it may hold a

@@ -1,5 +1,5 @@
 //! `redis`: events into Redis Streams with XADD, as walkerOS's Redis destination writes them
-//! (systems.md §D.1), but delivered for real: pipelined, acknowledged by Redis's reply,
+//! (walkerOS `packages/server/destinations/redis/src/push.ts`), but delivered for real: pipelined, acknowledged by Redis's reply,
 //! retried, dead-lettered.
 //!
 //! Wire form: `XADD <streamKey> [MAXLEN [~] n] * event <json>` (json) or the event's fields
@@ -242,7 +242,7 @@ impl Destination for RedisDestination {
         }
         let key = input
             .rule_settings
-            .and_then(|rule| rule.stream_key.as_deref())
+            .and_then(|rule| rule.stream_key())
             .unwrap_or(&self.settings.stream_key)
             .to_owned();
         // A non-empty mapped `data` object replaces the event (weir; walkerOS ignores it).
@@ -278,8 +278,8 @@ impl Destination for RedisDestination {
                 .collect(),
             (Serialization::Flat, None) => input
                 .event
-                .fields()
-                .map(|(name, field)| (name, flat_value(field)))
+                .flat_fields()
+                .map(|(name, field)| (name, field.map_or_else(|| b"undefined".to_vec(), flat_value)))
                 .collect(),
         };
         let mut size = key.len();

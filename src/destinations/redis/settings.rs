@@ -125,14 +125,48 @@ pub struct RedisSettings {
     pub sign: Option<SigningKey>,
 }
 
-/// Per-rule settings: `mapping.<entity>.<action>.settings.streamKey`.
+/// Per-rule settings: `mapping.<entity>.<action>.settings.streamKey`. As in walkerOS, only a
+/// string overrides the destination's stream; anything else is ignored (with a warning).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedisRuleSettings {
-    pub stream_key: Option<String>,
+    stream_key: Option<Value>,
+}
+
+impl RedisRuleSettings {
+    /// The rule's stream, when it names one.
+    pub fn stream_key(&self) -> Option<&str> {
+        self.stream_key.as_ref().and_then(Value::as_str)
+    }
+}
+
+impl crate::mapping::RuleSettings for RedisRuleSettings {
+    fn check(&self, path: &str, errors: &mut ConfigErrors) {
+        let at = join(path, "streamKey");
+        match &self.stream_key {
+            None => {}
+            Some(Value::String(key)) if key.is_empty() => errors.warn(
+                at,
+                "an empty streamKey writes to the stream named \"\" (as walkerOS does); leave it out to use the destination's",
+            ),
+            Some(Value::String(_)) => {}
+            Some(other) => errors.warn(
+                at,
+                format!(
+                    "{} is ignored: only a string names a stream (walkerOS ignores it too); the destination's streamKey is used",
+                    crate::event::JsonKind::of(other)
+                ),
+            ),
+        }
+    }
 }
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a command waits for its reply unless `options.commandTimeout` says otherwise.
+/// redis-rs's own default, 500 ms, is shorter than a busy server or a large XAUTOCLAIM can
+/// take, and a reply given up on may still have changed the server (claimed entries, say).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parses only the connection keys of a Redis settings block (`url`, `options`, `cluster`,
 /// `passwordFile`): for the streams CLI and the stream consumer, which share the
@@ -174,10 +208,36 @@ impl Connection {
         }
     }
 
-    /// One multiplexed connection to the first node, within the connect timeout.
+    /// One multiplexed connection to the first node, within the connect timeout; a reply
+    /// may take `commandTimeout` (default [`DEFAULT_COMMAND_TIMEOUT`]).
     pub async fn connect_first(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        self.connect_first_waiting(self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT))
+            .await
+    }
+
+    /// A connection of its own for blocking reads (`XREADGROUP … BLOCK block`), whose reply
+    /// may take `block` plus the command timeout. It must not carry anything else, and a
+    /// read that timed out must not be followed by another on it: Redis still answers a read
+    /// the client gave up on, and hands it the entries that arrive meanwhile — entries then
+    /// read by nobody (they stay pending until a claim), while every later command on the
+    /// connection queues behind the blocked one and times out in turn. The caller drops the
+    /// connection after any error.
+    pub async fn connect_for_blocking_reads(
+        &self,
+        block: Duration,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        self.connect_first_waiting(block + self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT))
+            .await
+    }
+
+    async fn connect_first_waiting(
+        &self,
+        reply_timeout: Duration,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         let client = self.client(&self.nodes[0])?;
-        let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(reply_timeout));
         client.get_multiplexed_async_connection_with_config(&config).await
     }
 }
@@ -227,9 +287,10 @@ impl RedisSettings {
             }
         };
         if raw.max_len == Some(0) {
-            errors.push(
+            // walkerOS reads 0 as "not set".
+            errors.warn(
                 join(&path, "maxLen"),
-                "must be a positive number (leave it out for no trimming)",
+                "0 means no trimming, as in walkerOS (leave it out to say so)",
             );
         }
         let connection = connection(&raw, &path, env, errors);

@@ -1,4 +1,4 @@
-//! walkerOS's RudderStack push algorithm (systems.md §D.3, steps 2–9): which Segment-spec
+//! walkerOS's RudderStack push algorithm (walkerOS `packages/server/destinations/rudderstack/src/push.ts`): which Segment-spec
 //! calls one mapped event makes, with the parameters walkerOS hands the Node SDK, in its key
 //! order. Pure: de-duplication of identify and group is decided later, in order, by the
 //! destination ([`Dedup`] says what to compare).

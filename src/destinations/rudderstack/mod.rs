@@ -1,5 +1,5 @@
 //! `rudderstack`: events as Segment-spec calls to RudderStack's `/v1/batch` HTTP API, the
-//! calls walkerOS's RudderStack destination makes (systems.md §D.3), written as RudderStack's
+//! calls walkerOS's RudderStack destination makes (walkerOS `packages/server/destinations/rudderstack/src/push.ts`), written as RudderStack's
 //! official Node SDK writes them on the wire — but delivered for real: batched, retried,
 //! dead-lettered, acknowledged only when the data plane answered 2xx.
 //!
@@ -375,26 +375,34 @@ impl Destination for RudderStackDestination {
         Ok(Rendered::Send(wire))
     }
 
+    /// The calls `serve` would send for this event: explain renders a file's events in order
+    /// on a destination of its own, so deciding here keeps the same per-identity state
+    /// `serve` keeps, and a repeated identify or group is listed as de-duplicated instead.
     fn explain(&self, wire: &RudderWire) -> Value {
-        let calls: Vec<Value> = wire
-            .messages
-            .iter()
-            .map(|message| {
-                let mut shown = serde_json::json!({
+        let mask = self.decide(wire);
+        let (mut calls, mut deduplicated) = (Vec::new(), Vec::new());
+        for (index, message) in wire.messages.iter().enumerate() {
+            if mask & (1 << index) == 0 {
+                deduplicated.push(serde_json::json!({
                     "call": message.kind.name(),
-                    "message": serde_json::from_slice::<Value>(&message.json).unwrap_or(Value::Null),
-                });
-                if message.dedup.is_some() {
-                    shown["sent"] = Value::from("unless the same was sent for this identity already");
-                }
-                shown
-            })
-            .collect();
-        serde_json::json!({
+                    "reason": "the same was sent for this identity already",
+                }));
+                continue;
+            }
+            calls.push(serde_json::json!({
+                "call": message.kind.name(),
+                "message": serde_json::from_slice::<Value>(&message.json).unwrap_or(Value::Null),
+            }));
+        }
+        let mut shown = serde_json::json!({
             "endpoint": self.settings.endpoint,
             "gzip": self.settings.gzip,
             "calls": calls,
-        })
+        });
+        if !deduplicated.is_empty() {
+            shown["deduplicated"] = Value::Array(deduplicated);
+        }
+        shown
     }
 
     fn wire_size(&self, wire: &RudderWire) -> usize {

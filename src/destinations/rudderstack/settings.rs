@@ -1,5 +1,5 @@
 //! The RudderStack destination's settings, flat under `settings` as walkerOS has them
-//! (systems.md §D.3): `writeKey`, `dataPlaneUrl`, the identity paths, destination-level
+//! (walkerOS `packages/server/destinations/rudderstack/src/config.ts`): `writeKey`, `dataPlaneUrl`, the identity paths, destination-level
 //! `identify` / `group`, `integrations`, and the Node SDK's options (`path`, `flushAt`,
 //! `flushInterval`, `maxQueueSize`, `maxInternalQueueSize`, `logLevel`, `retryCount`,
 //! `enable`, `gzip`). weir adds `writeKeyFile`; the key also comes from
@@ -67,6 +67,15 @@ pub enum NamedCall {
     Spec(ValueSpec),
 }
 
+impl NamedCall {
+    fn spec(&self) -> Option<&ValueSpec> {
+        match self {
+            NamedCall::Empty => None,
+            NamedCall::Spec(spec) => Some(spec),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for NamedCall {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
@@ -88,6 +97,24 @@ pub struct RudderRuleSettings {
     pub page: Option<NamedCall>,
     pub screen: Option<NamedCall>,
     pub alias: Option<ValueSpec>,
+}
+
+impl crate::mapping::RuleSettings for RudderRuleSettings {
+    /// A spec that yields nothing (`alias = true`...) makes no call, as in walkerOS: said.
+    fn check(&self, path: &str, errors: &mut ConfigErrors) {
+        let specs = [
+            ("identify", self.identify.as_ref()),
+            ("group", self.group.as_ref()),
+            ("alias", self.alias.as_ref()),
+            ("page", self.page.as_ref().and_then(NamedCall::spec)),
+            ("screen", self.screen.as_ref().and_then(NamedCall::spec)),
+        ];
+        for (key, spec) in specs {
+            if let Some(spec) = spec {
+                spec.warn_ignored(&join(path, key), errors);
+            }
+        }
+    }
 }
 
 /// The Node SDK's defaults.
@@ -117,6 +144,11 @@ impl RudderSettings {
             return None;
         };
         let raw = typed::parse::<Raw>(settings, path, errors)?;
+        for (key, spec) in [("identify", &raw.identify), ("group", &raw.group)] {
+            if let Some(spec) = spec {
+                spec.warn_ignored(&join(path, key), errors);
+            }
+        }
         let write_key = Secret::resolve(
             raw.write_key.clone().filter(|key| !key.is_empty()),
             raw.write_key_file.as_deref(),
@@ -262,12 +294,29 @@ mod tests {
             "d.config.settings.extra: unknown key",
             "d.config.settings.writeKey: Config settings writeKey missing",
             "d.config.settings.dataPlaneUrl: Config settings dataPlaneUrl missing",
-            "d.config.settings.userId: a mapping value must be a path string",
             "d.config.settings.flushAt: must be a positive number",
             "d.config.settings.logLevel: \"loud\" is not one of",
         ] {
             assert!(errors.contains(expected), "{expected} not in:\n{errors}");
         }
+        // A number where a path belongs yields nothing, as in walkerOS: it loads, with a warning.
+        let mut warned = ConfigErrors::default();
+        let lookup = |_: &str| None;
+        let parsed = RudderSettings::parse(
+            Some(&json!({"writeKey": "k", "dataPlaneUrl": "http://x", "userId": 5, "identify": true})),
+            "d.config.settings",
+            &lookup,
+            &mut warned,
+        );
+        assert!(parsed.is_some() && warned.is_empty(), "{warned}");
+        let warnings: Vec<String> = warned.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "d.config.settings.identify: a boolean is not a mapping value and yields nothing, as in walkerOS (use a path string, an object or a list)",
+                "d.config.settings.userId: a number is not a mapping value and yields nothing, as in walkerOS (use a path string, an object or a list)",
+            ]
+        );
         let (_, errors) = parse(json!({"writeKey": "k", "dataPlaneUrl": "ftp://x"}), &[]);
         assert!(
             errors.contains("\"ftp://x\" is not an http:// or https:// URL"),

@@ -1,4 +1,4 @@
-//! The HTTP source, wire-compatible with walkerOS's express source (systems.md §E).
+//! The HTTP source, wire-compatible with walkerOS's express source (`@walkeros/server-source-express`).
 //!
 //! `POST <path>` takes one event (object), a batch (array, or `{"batch": [...]}`) as JSON,
 //! `text/plain` (sendBeacon) or a form body; `GET <path>` takes one event from a
