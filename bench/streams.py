@@ -7,7 +7,8 @@ and XADD → SSE latency with many clients (benches/streams.rs does the measurin
     `blackhole` (decode, enrich, dispatch, acknowledgement, XACK). Ratio per round.
   * latency: a fresh `weir serve` per setting (`redis_stream` → `sse`), C SSE clients in the
     bench process, R events/s XADDed for S seconds carrying their send time; send → frame
-    received, measured on 50 of the clients.
+    received, measured on 50 of the clients. And after quiet: one client, one event every
+    3 s (longer than the source's 1 s `block`), 5 of them.
 
 Usage: bench/streams.py [--rounds 3] [--entries 200000] [--seconds 4]
 """
@@ -25,6 +26,9 @@ from pathlib import Path
 from common import ROOT, free_port, wait_port
 
 SETTINGS = [(100, 1_000), (1_000, 1_000), (100, 10_000), (1_000, 10_000)]
+# After quiet: (clients, None) sends one event every IDLE_GAP_MS instead of a rate.
+IDLE = (1, None)
+IDLE_GAP_MS = 3000
 
 
 def bench(*args):
@@ -72,12 +76,12 @@ def main():
         try:
             wait_port(port)
             throughput = []
-            latency = {setting: [] for setting in SETTINGS}
+            latency = {setting: [] for setting in SETTINGS + [IDLE]}
             for number in range(args.rounds):
                 result = bench("throughput", "--url", url, "--entries", str(args.entries))
                 throughput.append(result)
                 print(f"round {number + 1} throughput: {json.dumps(result)}", file=sys.stderr)
-                for clients, rate in SETTINGS:
+                for clients, rate in SETTINGS + [IDLE]:
                     subprocess.run(["redis-cli", "-p", str(port), "DEL", "ticks"], check=True, capture_output=True)
                     http_port = free_port()
                     flow = weir_flow(tmp / "sse.toml", port, http_port)
@@ -86,9 +90,11 @@ def main():
                     try:
                         wait_port(http_port)
                         time.sleep(0.5)
+                        load = (["--rate", str(rate), "--seconds", str(args.seconds)] if rate
+                                else ["--gap", str(IDLE_GAP_MS), "--seconds", "5"])
                         result = bench("latency", "--url", url, "--sse",
                                        f"http://127.0.0.1:{http_port}/v1/notifications/event-stream",
-                                       "--clients", str(clients), "--rate", str(rate), "--seconds", str(args.seconds))
+                                       "--clients", str(clients), *load)
                     finally:
                         weir.terminate()
                         weir.wait(timeout=30)
@@ -115,6 +121,12 @@ def main():
         received = median(r["samples"] / r["expected"] for r in runs)
         print(f"| {clients:,} | {rate:,} | {clients * rate:,} | {median(r['p50_ms'] for r in runs):.1f} "
               f"| {median(r['p99_ms'] for r in runs):.1f} | {received:.1%} |")
+    runs = latency[IDLE]
+    print()
+    print(f"After quiet (one event every {IDLE_GAP_MS / 1000:g} s, 5 per round, 1 client): "
+          f"p50 {median(r['p50_ms'] for r in runs):.1f} ms, "
+          f"max {max(r['max_ms'] for r in runs):.1f} ms, "
+          f"received {median(r['samples'] / r['expected'] for r in runs):.1%}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@
 //!   Opens C SSE connections to a running weir (`redis_stream` → `sse`), XADDs R events per
 //!   second for S seconds, each carrying its send time, and measures send → frame received
 //!   on 50 of the clients (every client gets every frame). One JSON line with p50/p99/max.
+//!   With `--gap MS` instead of a rate: one event every MS milliseconds (after MS of quiet
+//!   first), `--seconds` of them — how soon an entry arrives after the stream sat idle longer
+//!   than the source's `block`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -212,7 +215,18 @@ async fn client(
     }
 }
 
-async fn latency(url: &str, sse: &str, clients: u64, rate: u64, seconds: u64) -> serde_json::Value {
+/// How the latency run sends: `rate` events/s for `seconds`, or `count` single events `gap`
+/// apart.
+enum Load {
+    Rate { rate: u64, seconds: u64 },
+    Gaps { gap: Duration, count: u64 },
+}
+
+fn tick_event() -> String {
+    format!(r#"{{"name":"bench tick","data":{{"sent":{}}}}}"#, now_ns())
+}
+
+async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::Value {
     let address = sse.trim_start_matches("http://").split('/').next().unwrap().to_owned();
     let path = format!(
         "/{}",
@@ -232,31 +246,49 @@ async fn latency(url: &str, sse: &str, clients: u64, rate: u64, seconds: u64) ->
     }
     ready.wait().await;
     let mut redis = connect(url).await;
-    let total = rate * seconds;
-    let started = Instant::now();
-    let tick = Duration::from_millis(10);
-    let per_tick = (rate / 100).max(1);
-    let mut sent = 0;
-    while sent < total {
-        let mut pipeline = redis::pipe();
-        for _ in 0..per_tick.min(total - sent) {
-            let event = format!(r#"{{"name":"bench tick","data":{{"sent":{}}}}}"#, now_ns());
-            pipeline
-                .cmd("XADD")
-                .arg("ticks")
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(100_000)
-                .arg("*")
-                .arg("event")
-                .arg(event)
-                .ignore();
-            sent += 1;
+    let (total, shown) = match load {
+        Load::Rate { rate, seconds } => {
+            let total = rate * seconds;
+            let started = Instant::now();
+            let tick = Duration::from_millis(10);
+            let per_tick = (rate / 100).max(1);
+            let mut sent = 0;
+            while sent < total {
+                let mut pipeline = redis::pipe();
+                for _ in 0..per_tick.min(total - sent) {
+                    pipeline
+                        .cmd("XADD")
+                        .arg("ticks")
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(100_000)
+                        .arg("*")
+                        .arg("event")
+                        .arg(tick_event())
+                        .ignore();
+                    sent += 1;
+                }
+                let _: () = pipeline.query_async(&mut redis).await.unwrap();
+                let due = started + tick * (sent / per_tick) as u32;
+                tokio::time::sleep_until(due.into()).await;
+            }
+            (total, json!({"rate": rate, "seconds": seconds}))
         }
-        let _: () = pipeline.query_async(&mut redis).await.unwrap();
-        let due = started + tick * (sent / per_tick) as u32;
-        tokio::time::sleep_until(due.into()).await;
-    }
+        Load::Gaps { gap, count } => {
+            for _ in 0..count {
+                tokio::time::sleep(gap).await;
+                let _: String = redis::cmd("XADD")
+                    .arg("ticks")
+                    .arg("*")
+                    .arg("event")
+                    .arg(tick_event())
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+            }
+            (count, json!({"gap_ms": gap.as_millis() as u64, "count": count}))
+        }
+    };
     let expected = total * clients.min(50);
     let deadline = Instant::now() + Duration::from_secs(30);
     while (samples.lock().unwrap().len() as u64) < expected && Instant::now() < deadline {
@@ -273,7 +305,7 @@ async fn latency(url: &str, sse: &str, clients: u64, rate: u64, seconds: u64) ->
             .unwrap_or(0)
     };
     json!({
-        "clients": clients, "rate": rate, "seconds": seconds,
+        "clients": clients, "load": shown,
         "samples": all.len(), "expected": expected,
         "p50_ms": quantile(0.50) as f64 / 1000.0, "p99_ms": quantile(0.99) as f64 / 1000.0,
         "max_ms": all.last().copied().unwrap_or(0) as f64 / 1000.0,
@@ -301,14 +333,17 @@ fn main() {
             }
             "latency" => {
                 let sse = argument("--sse").expect("--sse URL");
-                let result = latency(
-                    &url,
-                    &sse,
-                    number("--clients", 1000),
-                    number("--rate", 10_000),
-                    number("--seconds", 5),
-                )
-                .await;
+                let load = match argument("--gap") {
+                    Some(_) => Load::Gaps {
+                        gap: Duration::from_millis(number("--gap", 3000)),
+                        count: number("--seconds", 5),
+                    },
+                    None => Load::Rate {
+                        rate: number("--rate", 10_000),
+                        seconds: number("--seconds", 5),
+                    },
+                };
+                let result = latency(&url, &sse, number("--clients", 1000), load).await;
                 println!("{result}");
             }
             // `cargo bench` runs every bench target with `--bench`: nothing to do then.

@@ -289,6 +289,31 @@ impl Event {
         }
     }
 
+    /// The event a policy made of `previous`: `tree` (the policy's result) with walkerOS's
+    /// `undefined` keys kept — those `previous` had, and the top-level names in `undefined`
+    /// the policy set to nothing — unless the policy gave them a value. An extra key
+    /// `previous` had keeps its place among the extra keys; new ones come after them.
+    pub fn after_policy(previous: &Event, tree: Value, undefined: &[&str]) -> Event {
+        let mut event = Event::from_tree(tree);
+        let mut valued = std::mem::take(&mut event.extra);
+        let mut extra = Vec::with_capacity(valued.len() + undefined.len());
+        for (name, before) in &previous.extra {
+            match valued.iter().position(|(n, _)| n == name) {
+                Some(at) => extra.push(valued.remove(at)),
+                None if before.is_none() || undefined.contains(&name.as_str()) => extra.push((name.clone(), None)),
+                None => {}
+            }
+        }
+        extra.append(&mut valued);
+        for name in undefined {
+            if key::of(name).is_none() && !extra.iter().any(|(n, _)| n == name) {
+                extra.push(((*name).to_owned(), None));
+            }
+        }
+        event.extra = extra;
+        event
+    }
+
     /// Writes the event as `JSON.stringify` writes it (into memory: a Vec or a command
     /// buffer, so writing cannot fail).
     pub fn write_json<W: std::io::Write>(&self, out: &mut W) {

@@ -342,20 +342,36 @@ fn serve_log(env: &[(&str, &str)], args: &[&str]) -> String {
         command.env(name, value);
     }
     let mut child = command.spawn().unwrap();
-    let mut log = String::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("HTTP source listening") {
-            break;
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
         }
-    }
+    });
+    let mut log = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let listening = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("HTTP source listening") {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     child.wait().unwrap();
+    assert!(listening, "weir did not say it listens within 20 s:\n{log}");
     log
 }
 

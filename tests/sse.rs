@@ -297,7 +297,8 @@ fn every_client_sees_every_event_when_posting_starts_after(delay: Duration) {
         };
         received[index].push(id);
     }
-    let ids = stream_ids(&server);
+    let mut ids = stream_ids(&server);
+    ids.sort();
     assert_eq!(ids.len(), EVENTS);
     for (index, got) in received.iter_mut().enumerate() {
         got.sort();

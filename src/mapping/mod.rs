@@ -341,8 +341,8 @@ fn consent_stays(event: &Event, collector: &Collector) -> bool {
 
 /// The event after a policy: each entry reads the event as it was before the policy, then
 /// all are written.
-/// A top-level key set to nothing stays as walkerOS's `undefined` (a known key in its place,
-/// a new one after the others).
+/// A top-level key set to nothing stays as walkerOS's `undefined` (see
+/// [`Event::after_policy`]).
 fn with_policy(event: &Event, policy: &Policy, context: &ValueContext<'_>) -> Event {
     let tree = event.tree();
     let results: Vec<Option<Value>> = policy.iter().map(|(_, spec)| spec.value(tree, context)).collect();
@@ -356,13 +356,7 @@ fn with_policy(event: &Event, policy: &Policy, context: &ValueContext<'_>) -> Ev
             set_by_path(map, path, result);
         }
     }
-    let mut event = Event::from_tree(tree);
-    for name in undefined {
-        if !event.as_object().contains_key(name) {
-            event.set(name, None);
-        }
-    }
-    event
+    Event::after_policy(event, tree, &undefined)
 }
 
 /// walkerOS `include`: the flattened sections under the data, explicit data winning.

@@ -218,3 +218,34 @@ fn every_rule_problem_is_reported_with_its_path() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+/// A key a policy sets to nothing stays as walkerOS's `undefined` through a later policy: in
+/// its place among the keys (the flat form writes `"undefined"` there), left out of the JSON.
+#[test]
+fn undefined_keys_keep_their_place_through_both_policies() {
+    let collector = collector(json!({}));
+    let config = mapping(json!({
+        "policy": {"trigger": "data.nope", "first": {"value": 1}, "second": {"value": 2}, "gone": "data.nope"},
+        "mapping": {"page": {"view": {"policy": {"first": "data.nope", "data.x": {"value": 1}}}}}
+    }));
+    let event = collector
+        .enrich(json!({"name": "page view", "trigger": "load"}))
+        .unwrap();
+    let MappingOutcome::Mapped(mapped) = config.apply(&event, &collector) else {
+        panic!("not mapped");
+    };
+    let flat: Vec<(&str, bool)> = mapped
+        .event
+        .flat_fields()
+        .map(|(name, field)| (name, field.is_some()))
+        .collect();
+    let names: Vec<&str> = flat.iter().map(|(name, _)| *name).collect();
+    assert_eq!(&names[..15], crate::event::EVENT_KEYS);
+    assert_eq!(&names[15..], ["first", "second", "gone"]);
+    let undefined: Vec<&str> = flat.iter().filter(|(_, has)| !has).map(|(name, _)| *name).collect();
+    assert_eq!(undefined, ["trigger", "first", "gone"]);
+    let json: Value = serde_json::from_slice(&mapped.event.to_json()).unwrap();
+    assert!(json.get("trigger").is_none() && json.get("first").is_none(), "{json}");
+    assert_eq!(json["second"], 2);
+    assert_eq!(json["data"]["x"], 1);
+}

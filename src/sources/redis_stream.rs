@@ -14,11 +14,20 @@
 //!
 //! `mode = "shared"`: one group, competing consumers (work is split). `mode = "broadcast"`:
 //! one group per instance, `<group>:<consumer>`, so every instance sees every entry.
+//!
+//! Two connections per stream. Blocking reads have their own, whose reply timeout outlasts
+//! `BLOCK`: Redis answers a read the client has given up on, handing it the entries that
+//! arrived meanwhile, so a read that timed out (or failed) means a new connection and the
+//! pending list read again, never another read on the old one. Everything else (XACK,
+//! claims, dead letters) goes over a connection that reconnects by itself.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::MultiplexedConnection;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult, Value as Reply};
 use serde::Deserialize;
 use serde_json::Value;
@@ -223,6 +232,19 @@ fn entries(list: &Reply) -> Vec<Entry> {
         .collect()
 }
 
+/// The ids of the entries of a reply list that were deleted from the stream while pending
+/// (nil fields): they can never be delivered.
+fn deleted_ids(list: &Reply) -> Vec<String> {
+    let Reply::Array(items) = list else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Reply::Array(parts) if matches!(parts.get(1), Some(Reply::Nil) | None) => as_text(parts.first()?),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The id of the last entry of a reply list, deleted ones (nil fields) included.
 fn last_id(list: &Reply) -> Option<String> {
     let Reply::Array(items) = list else { return None };
@@ -249,7 +271,9 @@ fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> {
     if field("name").is_some() {
         let mut object = serde_json::Map::new();
         for (name, value) in &entry.fields {
-            if name == SIGNATURE_FIELD {
+            // `undefined` is walkerOS's flat form of a field with no value (a policy set it
+            // to nothing): as if absent.
+            if name == SIGNATURE_FIELD || value == b"undefined" {
                 continue;
             }
             let value = text(value)?;
@@ -432,12 +456,17 @@ struct Consumer {
     config: Arc<RedisStreamConfig>,
     stream: String,
     runtime: Arc<Runtime>,
-    /// For XACK, XADD to the dead-letter stream, XAUTOCLAIM: never blocked by a read.
-    commands: MultiplexedConnection,
+    /// For XACK, XADD to the dead-letter stream, XAUTOCLAIM, XPENDING: never blocked by a
+    /// read, and reconnecting by itself after Redis restarts.
+    commands: ConnectionManager,
+    /// Entries handed to the destinations and not yet acknowledged. Reading the pending list
+    /// again (after a reconnect) or claiming skips them: an entry is never delivered twice at
+    /// once by this consumer.
+    in_flight: Mutex<HashSet<String>>,
 }
 
 async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Runtime>, stop: CancellationToken) {
-    let connect = || config.connection.connect_first();
+    let connect = || config.connection.connect_managed();
     let Some(commands) = with_retries(&config, &stop, "connecting to Redis", connect).await else {
         return;
     };
@@ -470,7 +499,8 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
         config: config.clone(),
         stream: stream.clone(),
         runtime,
-        commands,
+        commands: commands.clone(),
+        in_flight: Mutex::new(HashSet::new()),
     });
 
     // This consumer's own pending entries first, then new ones; the reaper alongside.
@@ -484,8 +514,9 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
     let mut delivering = tokio::task::JoinSet::new();
     // Blocking reads have a connection of their own, opened here and dropped after any
     // failed read (see `connect_for_blocking_reads`). Each new connection starts by reading
-    // this consumer's own pending entries (cursor `0`): a read Redis answered after the old
-    // connection stopped listening left its entries there.
+    // this consumer's own pending entries (cursor `0`; those still being delivered are
+    // skipped): a read Redis answered after the old connection stopped listening left its
+    // entries there.
     let mut reads = None;
     let mut cursor = "0".to_owned();
     while !stop.is_cancelled() {
@@ -496,9 +527,6 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
                 let Some(connection) = with_retries(&config, &stop, "connecting to Redis", connect).await else {
                     break;
                 };
-                // What is still being delivered is pending too: let it settle first, so
-                // that reading the pending list does not hand it out a second time.
-                while delivering.join_next().await.is_some() {}
                 cursor = "0".to_owned();
                 reads.insert(connection)
             }
@@ -520,16 +548,32 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
             reply = read => reply,
             () = stop.cancelled() => break,
         };
-        let (batch, last_id) = match reply {
+        let (batch, last_id, deleted) = match reply {
             // [[stream, [entries]]], or nil on timeout.
             Ok(Reply::Array(streams)) => match streams.first() {
                 Some(Reply::Array(pair)) => pair
                     .get(1)
-                    .map(|list| (entries(list), last_id(list)))
+                    .map(|list| (entries(list), last_id(list), deleted_ids(list)))
                     .unwrap_or_default(),
                 _ => Default::default(),
             },
             Ok(_) => Default::default(),
+            // The group is gone: Redis lost its data (restarted without persistence), or
+            // someone deleted it. Created again as at start (at `startId`), read on.
+            Err(error) if error.code() == Some("NOGROUP") => {
+                tracing::warn!(
+                    source = %config.id, stream = %stream, group = %config.group, start = %config.start_id,
+                    "the consumer group is gone (Redis lost its data, or it was deleted); creating it again"
+                );
+                if with_retries(&config, &stop, "creating the consumer group", create)
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
+                cursor = "0".to_owned();
+                continue;
+            }
             Err(error) => {
                 let delay = if retryable(&error) {
                     config.retry_delay
@@ -547,8 +591,13 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
         };
         if cursor != ">" {
             // Own pending entries are read by id: continue after the last one (one deleted
-            // since counts too: a page of those is not the end of the list).
+            // since counts too: a page of those is not the end of the list). A deleted one
+            // (trimmed while pending) can never be delivered: acknowledged, so it goes.
             cursor = last_id.unwrap_or_else(|| ">".to_owned());
+            if !deleted.is_empty() {
+                let ids: Vec<&String> = deleted.iter().collect();
+                consumer.ack(&ids).await;
+            }
         }
         if !batch.is_empty() {
             // Queued here, in stream order; only the wait for delivery runs alongside.
@@ -567,13 +616,18 @@ async fn consume(config: Arc<RedisStreamConfig>, stream: String, runtime: Arc<Ru
             while delivering.try_join_next().is_some() {}
         }
     }
-    // Stopped reading: what was read is still delivered and acknowledged.
+    // Stopped reading, and no read left open for Redis to hand entries to; what was read is
+    // still delivered and acknowledged.
+    drop(reads.take());
     while delivering.join_next().await.is_some() {}
     reaper.abort();
 }
 
 /// Batches read ahead of their delivery.
 const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Tries of one XACK before its entries are left to the reaper.
+const ACK_ATTEMPTS: u32 = 5;
 
 impl Consumer {
     /// Verifies, decodes and delivers a batch, then XACKs what every destination accounted
@@ -586,9 +640,16 @@ impl Consumer {
 
     /// Verifies and decodes a batch and queues its events at the destinations, in stream
     /// order; dead-letters what cannot be an event. The acknowledgements are still to come.
-    async fn dispatch(&self, batch: Vec<Entry>) -> Option<(Vec<String>, crate::delivery::ack::AckWait)> {
+    async fn dispatch(&self, mut batch: Vec<Entry>) -> Option<(Vec<String>, crate::delivery::ack::AckWait)> {
+        // Taken for this delivery, unless already being delivered (checked and taken at once:
+        // the read loop and the reaper both come here).
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            batch.retain(|entry| in_flight.insert(entry.id.clone()));
+        }
         let mut events = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
+        let mut settled = Vec::new();
         for entry in batch {
             if let Some(key) = &self.config.verify {
                 let signature = entry.fields.iter().find(|(n, _)| n == SIGNATURE_FIELD);
@@ -603,6 +664,7 @@ impl Consumer {
                 });
                 if !valid {
                     self.dead_letter(&entry, "bad_signature", 1).await;
+                    settled.push(entry.id);
                     continue;
                 }
             }
@@ -615,9 +677,13 @@ impl Consumer {
                     events.push((events.len(), Arc::new(event)));
                     ids.push(entry.id);
                 }
-                Err(reason) => self.dead_letter(&entry, &format!("undecodable: {reason}"), 1).await,
+                Err(reason) => {
+                    self.dead_letter(&entry, &format!("undecodable: {reason}"), 1).await;
+                    settled.push(entry.id);
+                }
             }
         }
+        self.release(&settled);
         if events.is_empty() {
             return None;
         }
@@ -650,19 +716,45 @@ impl Consumer {
         if !done.is_empty() {
             self.ack(&done).await;
         }
+        self.release(&ids);
     }
 
+    /// No longer being delivered (acknowledged, dead-lettered, or left pending).
+    fn release(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for id in ids {
+            in_flight.remove(id);
+        }
+    }
+
+    /// XACK, tried again while the error is one that passes (XACK is idempotent; the
+    /// connection reconnects by itself).
     async fn ack(&self, ids: &[&String]) {
-        let mut connection = self.commands.clone();
-        let result: RedisResult<u64> = redis::cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.config.group)
-            .arg(ids)
-            .query_async(&mut connection)
-            .await;
-        if let Err(error) = result {
-            // Not lost: the entries stay pending and are delivered again after claimIdle.
-            tracing::warn!(source = %self.config.id, error = %error, entries = ids.len(), "XACK failed");
+        let mut delay = self.config.retry_delay;
+        for attempt in 1..=ACK_ATTEMPTS {
+            let mut connection = self.commands.clone();
+            let result: RedisResult<u64> = redis::cmd("XACK")
+                .arg(&self.stream)
+                .arg(&self.config.group)
+                .arg(ids)
+                .query_async(&mut connection)
+                .await;
+            match result {
+                Ok(_) => return,
+                Err(error) if attempt < ACK_ATTEMPTS && retryable(&error) => {
+                    tracing::debug!(source = %self.config.id, error = %error, "XACK failed; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.config.max_retry_delay);
+                }
+                Err(error) => {
+                    // Not lost: the entries stay pending and are delivered again after claimIdle.
+                    tracing::warn!(source = %self.config.id, error = %error, entries = ids.len(), "XACK failed");
+                    return;
+                }
+            }
         }
     }
 
@@ -746,7 +838,16 @@ impl Consumer {
         }
     }
 
-    async fn handle_claimed(&self, claimed: Vec<Entry>) {
+    async fn handle_claimed(&self, mut claimed: Vec<Entry>) {
+        // This consumer's own entries still being delivered are claimed too once idle that
+        // long: they are not handed out again (nor dead-lettered) meanwhile.
+        {
+            let in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            claimed.retain(|entry| !in_flight.contains(&entry.id));
+        }
+        if claimed.is_empty() {
+            return;
+        }
         let counts = self.delivery_counts(&claimed).await.unwrap_or_default();
         let mut again = Vec::new();
         for entry in claimed {

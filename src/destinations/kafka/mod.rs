@@ -4,7 +4,8 @@
 //! Record: key = the key path's value when it is a non-empty string, else the event name with
 //! whitespace runs as `_`; value = the mapped `data` when it is a non-empty object, else the
 //! full event JSON; headers `content-type: application/json` plus the static ones; timestamp =
-//! the event's timestamp in milliseconds. Topic and key path can be overridden per rule.
+//! the event's timestamp as whole milliseconds (the millisecond a fraction falls in; the time
+//! of producing when there is no usable one). Topic and key path can be overridden per rule.
 //!
 //! The client is librdkafka (rdkafka's `FutureProducer`): it batches, compresses and retries
 //! transient broker errors itself, idempotently by default. An event counts as delivered only
@@ -329,7 +330,8 @@ impl Destination for KafkaDestination {
         let timestamp = match input.event.field(key::TIMESTAMP).and_then(field_value) {
             Some(Value::Number(ms)) => ms
                 .as_f64()
-                .filter(|ms| (0.0..=MAX_TIMESTAMP_MS).contains(ms))
+                // librdkafka reads 0 as "now" too.
+                .filter(|ms| (1.0..=MAX_TIMESTAMP_MS).contains(ms))
                 .map_or_else(now_ms, |ms| ms.floor() as i64),
             _ => now_ms(),
         };

@@ -163,9 +163,11 @@ impl crate::mapping::RuleSettings for RedisRuleSettings {
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a command waits for its reply unless `options.commandTimeout` says otherwise.
-/// redis-rs's own default, 500 ms, is shorter than a busy server or a large XAUTOCLAIM can
-/// take, and a reply given up on may still have changed the server (claimed entries, say).
+/// How long a command of the stream source, the CLI, the start-up checks and the SSE replay
+/// waits for its reply unless `options.commandTimeout` says otherwise. redis-rs's own
+/// default, 500 ms, is shorter than a busy server or a large XAUTOCLAIM can take, and a
+/// reply given up on may still have changed the server (claimed entries, say). (The Redis
+/// destination's XADDs are bounded by the delivery `timeout` instead.)
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parses only the connection keys of a Redis settings block (`url`, `options`, `cluster`,
@@ -213,6 +215,18 @@ impl Connection {
     pub async fn connect_first(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         self.connect_first_waiting(self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT))
             .await
+    }
+
+    /// A connection to the first node that reconnects by itself after a failure (the
+    /// command that met the failure returns its error), within the connect timeout; a reply
+    /// may take `commandTimeout` (default [`DEFAULT_COMMAND_TIMEOUT`]).
+    pub async fn connect_managed(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        let client = self.client(&self.nodes[0])?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT)))
+            .set_number_of_retries(1);
+        client.get_connection_manager_with_config(config).await
     }
 
     /// A connection of its own for blocking reads (`XREADGROUP … BLOCK block`), whose reply
