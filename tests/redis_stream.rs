@@ -33,6 +33,11 @@ fn pending(server: &RedisServer) -> u64 {
     server.pending("orders", "weir")
 }
 
+/// XADDs an entry to `orders` carrying an event named `name`.
+fn add(server: &RedisServer, name: &str) {
+    server.cli(&["XADD", "orders", "*", "event", &json!({"name": name}).to_string()]);
+}
+
 fn names(weir: &Weir) -> Vec<String> {
     weir.json_lines("events.jsonl")
         .iter()
@@ -93,13 +98,7 @@ fn a_restarted_consumer_delivers_what_it_held() {
     let server = RedisServer::start();
     server.cli(&["XGROUP", "CREATE", "orders", "weir", "0", "MKSTREAM"]);
     for n in 0..3 {
-        server.cli(&[
-            "XADD",
-            "orders",
-            "*",
-            "event",
-            &json!({"name": format!("held {n}")}).to_string(),
-        ]);
+        add(&server, &format!("held {n}"));
     }
     // c1 read them and died before delivering.
     server.cli(&["XREADGROUP", "GROUP", "weir", "c1", "STREAMS", "orders", ">"]);
@@ -351,13 +350,7 @@ fn idle_then_entries(mode: &str) {
     std::thread::sleep(Duration::from_secs(5));
     for n in 0..3 {
         let added = Instant::now();
-        server.cli(&[
-            "XADD",
-            "orders",
-            "*",
-            "event",
-            &json!({"name": format!("late {n}")}).to_string(),
-        ]);
+        add(&server, &format!("late {n}"));
         assert!(
             eventually(Duration::from_secs(1), || names(&weir).len() == n + 1),
             "entry {n} not delivered within a second of its XADD:\n{}",
@@ -410,13 +403,7 @@ fn a_restarted_redis_is_read_again_and_acknowledged() {
         server.kill();
         server.restart();
         for n in 0..3 {
-            server.cli(&[
-                "XADD",
-                "orders",
-                "*",
-                "event",
-                &json!({"name": format!("after {n}")}).to_string(),
-            ]);
+            add(&server, &format!("after {n}"));
         }
         assert!(
             eventually(Duration::from_secs(20), || names(&weir).len() == 4),
