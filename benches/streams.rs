@@ -144,8 +144,7 @@ async fn weir_source(url: &str, stream: &str, entries: u64) -> f64 {
             .query_async(&mut redis)
             .await
             .unwrap();
-        let field =
-            |name: &str| weir::streams::provision::field(&groups[0], name).and_then(weir::streams::provision::as_text);
+        let field = |name: &str| weir::redis::replies::field(&groups[0], name).and_then(weir::redis::replies::as_text);
         let pending: u64 = field("pending").and_then(|p| p.parse().ok()).unwrap_or(u64::MAX);
         let lag: u64 = field("lag").and_then(|p| p.parse().ok()).unwrap_or(u64::MAX);
         if pending == 0 && lag == 0 {

@@ -196,7 +196,7 @@ fn signed_entries_verify_with_the_consumer_side_code() {
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_bytes()))
         .collect();
-    let signing = weir::streams::signing::SigningKey::from_hex(&key).unwrap();
+    let signing = weir::redis::signing::SigningKey::from_hex(&key).unwrap();
     assert!(signing.verify("signed:events", &signed, signature));
     assert!(!signing.verify("other:stream", &signed, signature));
 }

@@ -165,7 +165,7 @@ fn stuck_entries_are_claimed_and_repeats_dead_lettered() {
 fn entries_with_a_bad_or_missing_signature_are_dead_lettered() {
     let server = RedisServer::start();
     let key_hex = "cd".repeat(32);
-    let key = weir::streams::signing::SigningKey::from_hex(&key_hex).unwrap();
+    let key = weir::redis::signing::SigningKey::from_hex(&key_hex).unwrap();
     let event = r#"{"name":"session revoke"}"#;
     let signature = key.sign("orders", &[("event", event.as_bytes())]);
     server.cli(&["XADD", "orders", "*", "event", event, "_sig", &signature]);

@@ -378,7 +378,7 @@ fn dead_letters_list_replay_and_purge() {
     let fields = &entries[1].1;
     assert_eq!(fields[0], ("event".to_owned(), "{\"name\":\"c d\"}".to_owned()));
     assert_eq!(fields[1].0, "_sig");
-    let signing = weir::streams::signing::SigningKey::from_hex(&key).unwrap();
+    let signing = weir::redis::signing::SigningKey::from_hex(&key).unwrap();
     assert!(signing.verify("orders", &[("event", b"{\"name\":\"c d\"}")], &fields[1].1));
 
     // Purge asks first; the foreign entry stays either way.

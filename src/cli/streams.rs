@@ -13,7 +13,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::destinations::redis::settings::parse_connection;
+use crate::redis::parse_connection;
 use crate::streams::doctor::{self, Verdict};
 use crate::streams::provision::{self, StreamsFile};
 use crate::streams::{dlq, gc, status};
@@ -99,7 +99,9 @@ pub struct DlqArgs {
 
 impl DlqArgs {
     fn dlq(&self) -> String {
-        self.dlq.clone().unwrap_or_else(|| dlq::default_dlq(&self.stream))
+        self.dlq
+            .clone()
+            .unwrap_or_else(|| crate::redis::dead_letters::default_dlq(&self.stream))
     }
 
     fn filter(&self) -> anyhow::Result<dlq::Filter> {
@@ -323,7 +325,7 @@ fn dlq_command(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 false => None,
                 true => {
                     let mut errors = crate::config::ConfigErrors::default();
-                    let key = crate::destinations::redis::settings::signing_key(
+                    let key = crate::redis::signing::signing_key(
                         &serde_json::Value::Bool(true),
                         "--sign",
                         &|name| std::env::var(name).ok(),

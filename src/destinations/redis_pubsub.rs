@@ -4,13 +4,14 @@
 //! was subscribed to is gone; the event counts as delivered once Redis accepted the PUBLISH.
 
 use redis::RedisError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{ConfigErrors, join};
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
-use crate::destinations::redis::settings::{Connection, parse_connection};
+use crate::redis::connection::report_unknown_keys;
+use crate::redis::{Connection, parse_connection};
 
 /// Per-rule settings: `mapping.<entity>.<action>.settings.channel`.
 #[derive(Debug, Deserialize)]
@@ -55,17 +56,9 @@ impl RedisPubsubDestination {
                 None
             }
         };
-        let keys: serde_json::Map<String, Value> = block
-            .iter()
-            .filter(|(key, _)| key.as_str() != "channel")
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
-        let connection = parse_connection(
-            &Value::Object(keys),
-            &redis_path,
-            &|name| std::env::var(name).ok(),
-            errors,
-        )?;
+        let block = Value::Object(block.clone());
+        report_unknown_keys(&block, &["channel"], &redis_path, errors);
+        let connection = parse_connection(&block, &redis_path, &|name| std::env::var(name).ok(), errors)?;
         if connection.cluster {
             errors.push(
                 join(&redis_path, "url"),
@@ -95,9 +88,7 @@ impl Destination for RedisPubsubDestination {
     }
 
     async fn connect(&self) -> Result<(), RedisError> {
-        let client = self.connection.client(&self.connection.nodes[0])?;
-        let config = ConnectionManagerConfig::new().set_connection_timeout(Some(self.connection.connect_timeout));
-        let manager = client.get_connection_manager_with_config(config).await?;
+        let manager = self.connection.connect_managed().await?;
         let _ = self.manager.set(manager);
         Ok(())
     }
@@ -144,7 +135,7 @@ impl Destination for RedisPubsubDestination {
     }
 
     fn classify(&self, error: &RedisError) -> ErrorClass {
-        if crate::sources::redis_stream::retryable(error) {
+        if crate::redis::retryable(error) {
             ErrorClass::Retryable
         } else {
             ErrorClass::Fatal

@@ -28,8 +28,9 @@ use tokio::sync::broadcast;
 use crate::config::typed::{self, Secret};
 use crate::config::{ConfigErrors, join};
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
-use crate::destinations::redis::settings::{Connection, parse_connection};
-use crate::streams::provision::as_text;
+use crate::redis::connection::report_unknown_keys;
+use crate::redis::replies::as_text;
+use crate::redis::{Connection, parse_connection};
 
 pub const DEFAULT_PATH: &str = "/v1/notifications/event-stream";
 
@@ -101,14 +102,8 @@ impl SseDestination {
         let replay = raw.replay.as_ref().and_then(|value| {
             let at = join(path, "replay");
             let stream = value.get("stream").and_then(Value::as_str).map(str::to_owned);
-            let keys: serde_json::Map<String, Value> = value
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(key, _)| key.as_str() != "stream")
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect();
-            let connection = parse_connection(&Value::Object(keys), &at, &|name| std::env::var(name).ok(), errors);
+            report_unknown_keys(value, &["stream"], &at, errors);
+            let connection = parse_connection(value, &at, &|name| std::env::var(name).ok(), errors);
             if stream.is_none() {
                 errors.push(join(&at, "stream"), "the stream to replay missed entries from");
             }

@@ -1,27 +1,14 @@
-//! Dead-letter streams: the entry format weir's stream consumer writes, and `weir streams dlq
-//! list|show|replay|purge`.
-//!
-//! A dead-letter entry is `reason`, `src_id` (the failed entry's id), `attempts`, `consumer`,
-//! `received_at` (unix ms), then the failed entry's own fields, in its order. The five come
-//! first and are read by position, so an original field with the same name (an event's own
-//! `id` or `reason`) can never shadow them — Caracal's `src_<field>` copy lets an `id` field
-//! overwrite `src_id`. Replay adds the original fields back to the source stream (signed
+//! `weir streams dlq list|show|replay|purge`: dead-letter streams, in the format of
+//! [`crate::redis::dead_letters`], read by position. Replay adds the original fields back to the source stream (signed
 //! afresh when a key is given) and deletes the dead letter only after that XADD succeeded.
 
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
 use serde::Serialize;
 
-use super::provision::as_text;
-use super::signing::{SIGNATURE_FIELD, SigningKey};
-
-/// The fixed fields, in order.
-pub const METADATA: [&str; 5] = ["reason", "src_id", "attempts", "consumer", "received_at"];
-
-/// The dead-letter stream of `stream` unless configured otherwise.
-pub fn default_dlq(stream: &str) -> String {
-    format!("{stream}.dlq")
-}
+use crate::redis::dead_letters::METADATA;
+use crate::redis::replies::as_text;
+use crate::redis::signing::{SIGNATURE_FIELD, SigningKey};
 
 /// One dead-letter entry.
 #[derive(Debug, Clone, Serialize)]
@@ -46,30 +33,6 @@ fn fields_as_text<S: serde::Serializer>(fields: &[(String, Vec<u8>)], serializer
         seq.serialize_element(&(name, String::from_utf8_lossy(value)))?;
     }
     seq.end()
-}
-
-/// The field/value pairs of a dead-letter entry, for the consumer to XADD.
-pub fn entry_fields(
-    reason: &str,
-    src_id: &str,
-    attempts: u64,
-    consumer: &str,
-    received_at_ms: u64,
-    original: &[(String, Vec<u8>)],
-) -> Vec<(String, Vec<u8>)> {
-    let metadata = [
-        reason.to_owned(),
-        src_id.to_owned(),
-        attempts.to_string(),
-        consumer.to_owned(),
-        received_at_ms.to_string(),
-    ];
-    METADATA
-        .iter()
-        .zip(metadata)
-        .map(|(name, value)| ((*name).to_owned(), value.into_bytes()))
-        .chain(original.iter().cloned())
-        .collect()
 }
 
 /// Which dead letters a command works on.
@@ -237,7 +200,8 @@ mod tests {
             ("id".to_owned(), b"evt-1".to_vec()),
             ("reason".to_owned(), b"theirs".to_vec()),
         ];
-        let fields = entry_fields("max_deliveries", "1-0", 6, "c1", 1_700_000_000_000, &original);
+        let fields =
+            crate::redis::dead_letters::entry_fields("max_deliveries", "1-0", 6, "c1", 1_700_000_000_000, &original);
         let flat: Vec<Value> = fields
             .iter()
             .flat_map(|(name, value)| {

@@ -37,20 +37,12 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// `key:value` lines of an `INFO` reply.
-pub fn info_fields(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|line| line.split_once(':'))
-        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
-        .collect()
-}
-
 /// Runs every check.
 pub async fn examine(connection: &mut MultiplexedConnection) -> RedisResult<Vec<Finding>> {
     let mut info = HashMap::new();
     for section in ["server", "memory", "persistence", "stats", "replication"] {
         let text: String = redis::cmd("INFO").arg(section).query_async(connection).await?;
-        info.extend(info_fields(&text));
+        info.extend(crate::redis::info::fields(&text));
     }
     let appendfsync: Option<String> = match redis::cmd("CONFIG")
         .arg("GET")
@@ -71,7 +63,7 @@ pub fn judge(info: &HashMap<String, String>, appendfsync: Option<&str>) -> Vec<F
     let mut add = |check, verdict, detail: String| findings.push(Finding { check, verdict, detail });
 
     let version = get("redis_version").unwrap_or("unknown");
-    let (major, minor) = crate::destinations::redis::parse_version(version);
+    let (major, minor) = crate::redis::info::parse_version(version);
     match (major, minor) {
         (0, 0) => add("version", Verdict::Unknown, format!("{version}: cannot read it")),
         v if v < (5, 0) => add(

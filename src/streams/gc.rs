@@ -13,8 +13,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Script};
 use serde::Serialize;
 
-use super::provision::{as_text, field};
 use super::status::streams_matching;
+use crate::redis::replies::{as_text, field};
 
 /// Deletes consumer ARGV[2] of group ARGV[1] on stream KEYS[1] if it has nothing pending and
 /// has been idle at least ARGV[3] ms: 1 deleted, 0 kept, -1 gone already.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{ConfigErrors, Format, join, parse_text, typed};
+use crate::redis::replies::{as_text, field};
 
 /// A provisioning file.
 // Unknown keys are reported by `typed::parse`, every one with its path.
@@ -183,31 +184,6 @@ pub async fn group_names(connection: &mut MultiplexedConnection, stream: &str) -
         .iter()
         .filter_map(|group| field(group, "name").and_then(as_text))
         .collect())
-}
-
-/// A field of a RESP2 flat map or RESP3 map reply.
-pub fn field<'a>(reply: &'a redis::Value, name: &str) -> Option<&'a redis::Value> {
-    match reply {
-        redis::Value::Array(items) => items
-            .chunks(2)
-            .find(|pair| pair.len() == 2 && as_text(&pair[0]).as_deref() == Some(name))
-            .map(|pair| &pair[1]),
-        redis::Value::Map(pairs) => pairs
-            .iter()
-            .find(|(key, _)| as_text(key).as_deref() == Some(name))
-            .map(|(_, value)| value),
-        _ => None,
-    }
-}
-
-pub fn as_text(value: &redis::Value) -> Option<String> {
-    match value {
-        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        redis::Value::SimpleString(text) => Some(text.clone()),
-        redis::Value::VerbatimString { text, .. } => Some(text.clone()),
-        redis::Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// A seed value as a stream field value: strings as they are, anything else as JSON.

@@ -7,7 +7,7 @@ use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
-use super::provision::{as_text, field};
+use crate::redis::replies::{as_text, field};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -27,7 +27,7 @@ pub use settings::{RedisRuleSettings, RedisSettings, Serialization};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
 use crate::event::FieldRef;
-use crate::streams::signing::SIGNATURE_FIELD;
+use crate::redis::signing::SIGNATURE_FIELD;
 
 /// One XADD, built once.
 pub struct Xadd {
@@ -64,7 +64,7 @@ impl RedisDestination {
     async fn open(&self) -> Result<Connection, RedisError> {
         let connection = &self.settings.connection;
         if connection.tls.is_some() {
-            settings::install_crypto_provider();
+            crate::redis::connection::install_crypto_provider();
         }
         if connection.cluster {
             let mut builder = ClusterClientBuilder::new(connection.nodes.clone())
@@ -105,14 +105,7 @@ impl RedisDestination {
     async fn check_server(&self) -> Result<(), RedisError> {
         // One node is enough: cluster nodes are configured alike.
         let mut connection = self.settings.connection.connect_first().await?;
-        let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await?;
-        let version = info
-            .lines()
-            .find_map(|line| line.strip_prefix("redis_version:"))
-            .map(str::trim)
-            .unwrap_or("unknown")
-            .to_owned();
-        let (major, minor) = parse_version(&version);
+        let (version, (major, minor)) = crate::redis::info::server_version(&mut connection).await?;
         if (major, minor) < (5, 0) {
             return Err(RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
@@ -165,12 +158,6 @@ impl RedisDestination {
             .cloned()
             .ok_or_else(|| RedisError::from((redis::ErrorKind::Io, "not connected to Redis yet")))
     }
-}
-
-/// `7.0.15` → (7, 0); anything unreadable → (0, 0).
-pub fn parse_version(version: &str) -> (u32, u32) {
-    let mut parts = version.split('.').map(|part| part.trim().parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// An event as one XADD argument, written as JSON directly into the command's buffer.
@@ -348,15 +335,10 @@ impl Destination for RedisDestination {
     }
 
     fn classify(&self, error: &RedisError) -> ErrorClass {
-        if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() || error.is_timeout() {
-            return ErrorClass::Retryable;
-        }
-        match error.code() {
-            Some("LOADING" | "READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "MOVED" | "ASK") => {
-                ErrorClass::Retryable
-            }
-            _ if error.kind() == redis::ErrorKind::Io => ErrorClass::Retryable,
-            _ => ErrorClass::Fatal,
+        if crate::redis::retryable(error) {
+            ErrorClass::Retryable
+        } else {
+            ErrorClass::Fatal
         }
     }
 
@@ -367,18 +349,5 @@ impl Destination for RedisDestination {
             let _: Result<(), RedisError> = redis::cmd("QUIT").query_async(&mut manager).await;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_parse_like_optimizely_agent_reads_them() {
-        assert_eq!(parse_version("7.0.15"), (7, 0));
-        assert_eq!(parse_version("6.2.5"), (6, 2));
-        assert_eq!(parse_version("5"), (5, 0));
-        assert_eq!(parse_version("abc"), (0, 0));
     }
 }

@@ -1,21 +1,15 @@
 //! The Redis destination's settings, under `settings.redis` as walkerOS has them
-//! (`streamKey`, `url` or ioredis-style `options`, `maxLen`, `exactTrimming`,
-//! `serialization`), plus weir's: a list of URLs (or `cluster = true`) for Redis Cluster,
-//! `passwordFile`, TLS files, and `sign` for Caracal-compatible message signing.
-//!
-//! The password is taken, first found, from the URL, `options.password`, `passwordFile`,
-//! then the environment (`REDIS_PASSWORD`, `REDIS_PASSWORD_FILE`); it never appears in logs
-//! or errors.
+//! (`streamKey`, the connection keys of [`crate::redis::connection`], `maxLen`,
+//! `exactTrimming`, `serialization`), plus weir's `sign` for Caracal-compatible message
+//! signing.
 
-use std::time::Duration;
-
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::typed::{self, Secret};
+use crate::config::typed;
 use crate::config::{ConfigErrors, join};
-use crate::streams::signing::SigningKey;
+use crate::redis::connection::{Connection, parse_connection, without_connection_keys};
+use crate::redis::signing::{SigningKey, signing_key};
 
 /// How an event is laid out in the stream entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -32,86 +26,10 @@ pub enum Serialization {
 #[serde(rename_all = "camelCase")]
 struct Raw {
     stream_key: Option<String>,
-    url: Option<Value>,
-    options: Option<Value>,
-    cluster: Option<bool>,
     max_len: Option<u64>,
     exact_trimming: Option<bool>,
     serialization: Option<Serialization>,
-    password_file: Option<String>,
     sign: Option<Value>,
-}
-
-/// ioredis connection options weir understands.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Options {
-    host: Option<String>,
-    port: Option<u16>,
-    username: Option<String>,
-    password: Option<String>,
-    db: Option<i64>,
-    tls: Option<Value>,
-    /// ms
-    connect_timeout: Option<u64>,
-    /// ms
-    command_timeout: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct TlsOptions {
-    /// PEM text of the CA certificate(s) to trust (instead of the system's).
-    ca: Option<String>,
-    ca_file: Option<String>,
-    /// Client certificate and key (PEM) for mutual TLS.
-    cert: Option<String>,
-    cert_file: Option<String>,
-    key: Option<String>,
-    key_file: Option<String>,
-    /// Skip certificate verification (testing only).
-    #[serde(default)]
-    insecure: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SignOptions {
-    /// Hex, at least 32 bytes.
-    key: Option<String>,
-    key_file: Option<String>,
-}
-
-/// TLS material, PEM.
-#[derive(Clone, Default)]
-pub struct Tls {
-    pub ca: Option<Vec<u8>>,
-    pub client: Option<(Vec<u8>, Vec<u8>)>,
-    pub insecure: bool,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls")
-            .field("ca", &self.ca.is_some())
-            .field("client", &self.client.is_some())
-            .field("insecure", &self.insecure)
-            .finish()
-    }
-}
-
-/// Where and how to connect.
-#[derive(Debug, Clone)]
-pub struct Connection {
-    /// One node, or the start-up nodes of a cluster.
-    pub nodes: Vec<ConnectionInfo>,
-    pub cluster: bool,
-    /// `Some` when the connection uses TLS.
-    pub tls: Option<Tls>,
-    pub connect_timeout: Duration,
-    pub command_timeout: Option<Duration>,
-    /// For log lines: the nodes without credentials.
-    pub describe: String,
 }
 
 /// Checked settings.
@@ -161,109 +79,6 @@ impl crate::mapping::RuleSettings for RedisRuleSettings {
     }
 }
 
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a command of the stream source, the CLI, the start-up checks and the SSE replay
-/// waits for its reply unless `options.commandTimeout` says otherwise. redis-rs's own
-/// default, 500 ms, is shorter than a busy server or a large XAUTOCLAIM can take, and a
-/// reply given up on may still have changed the server (claimed entries, say). (The Redis
-/// destination's XADDs are bounded by the delivery `timeout` instead.)
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Parses only the connection keys of a Redis settings block (`url`, `options`, `cluster`,
-/// `passwordFile`): for the streams CLI and the stream consumer, which share the
-/// destination's connection code. Other keys are ignored here.
-pub fn parse_connection(
-    value: &Value,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut ConfigErrors,
-) -> Option<Connection> {
-    let raw = typed::parse::<Raw>(value, path, errors)?;
-    connection(&raw, path, env, errors)
-}
-
-impl Connection {
-    /// TLS certificates to give redis-rs, when the settings name any.
-    pub fn certificates(&self) -> Option<redis::TlsCertificates> {
-        let tls = self.tls.as_ref()?;
-        if tls.ca.is_none() && tls.client.is_none() {
-            return None;
-        }
-        Some(redis::TlsCertificates {
-            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
-            root_cert: tls.ca.clone(),
-        })
-    }
-
-    /// A client for one node (the first of a cluster's, unless `node` says otherwise).
-    pub fn client(&self, node: &ConnectionInfo) -> redis::RedisResult<redis::Client> {
-        if self.tls.is_some() {
-            install_crypto_provider();
-        }
-        match self.certificates() {
-            Some(certificates) => redis::Client::build_with_tls(node.clone(), certificates),
-            None => redis::Client::open(node.clone()),
-        }
-    }
-
-    /// One multiplexed connection to the first node, within the connect timeout; a reply
-    /// may take `commandTimeout` (default [`DEFAULT_COMMAND_TIMEOUT`]).
-    pub async fn connect_first(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        self.connect_first_waiting(self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT))
-            .await
-    }
-
-    /// A connection to the first node that reconnects by itself after a failure (the
-    /// command that met the failure returns its error), within the connect timeout; a reply
-    /// may take `commandTimeout` (default [`DEFAULT_COMMAND_TIMEOUT`]).
-    pub async fn connect_managed(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
-        let client = self.client(&self.nodes[0])?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT)))
-            .set_number_of_retries(1);
-        client.get_connection_manager_with_config(config).await
-    }
-
-    /// A connection of its own for blocking reads (`XREADGROUP … BLOCK block`), whose reply
-    /// may take `block` plus the command timeout. It must not carry anything else, and a
-    /// read that timed out must not be followed by another on it: Redis still answers a read
-    /// the client gave up on, and hands it the entries that arrive meanwhile — entries then
-    /// read by nobody (they stay pending until a claim), while every later command on the
-    /// connection queues behind the blocked one and times out in turn. The caller drops the
-    /// connection after any error.
-    pub async fn connect_for_blocking_reads(
-        &self,
-        block: Duration,
-    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        self.connect_first_waiting(block + self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT))
-            .await
-    }
-
-    async fn connect_first_waiting(
-        &self,
-        reply_timeout: Duration,
-    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let client = self.client(&self.nodes[0])?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(reply_timeout));
-        client.get_multiplexed_async_connection_with_config(&config).await
-    }
-}
-
-/// rustls needs a process-wide crypto provider before the first TLS connection.
-pub fn install_crypto_provider() {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl RedisSettings {
     /// Checks `settings` (the destination's `settings` block, at `path`); `env` looks up
     /// environment variables.
@@ -291,7 +106,8 @@ impl RedisSettings {
             errors.push(path, "missing: settings.redis with at least a streamKey");
             return None;
         };
-        let raw = typed::parse::<Raw>(redis, &path, errors)?;
+        let connection = parse_connection(redis, &path, env, errors);
+        let raw = typed::parse::<Raw>(&without_connection_keys(redis), &path, errors)?;
         let stream_key = match raw.stream_key.clone() {
             Some(key) if !key.is_empty() => Some(key),
             _ => {
@@ -307,7 +123,6 @@ impl RedisSettings {
                 "0 means no trimming, as in walkerOS (leave it out to say so)",
             );
         }
-        let connection = connection(&raw, &path, env, errors);
         let sign = raw
             .sign
             .as_ref()
@@ -323,256 +138,10 @@ impl RedisSettings {
     }
 }
 
-fn connection(
-    raw: &Raw,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut ConfigErrors,
-) -> Option<Connection> {
-    let options = match &raw.options {
-        Some(value) => Some(typed::parse::<Options>(value, &join(path, "options"), errors)?),
-        None => None,
-    };
-    let mut tls = match options.as_ref().and_then(|o| o.tls.as_ref()) {
-        None | Some(Value::Bool(false)) => None,
-        Some(Value::Bool(true)) => Some(Tls::default()),
-        Some(value @ Value::Object(_)) => tls_material(value, &join(path, "options.tls"), errors),
-        Some(_) => {
-            errors.push(
-                join(path, "options.tls"),
-                "must be true, false or {ca, caFile, cert, certFile, key, keyFile}",
-            );
-            None
-        }
-    };
-    let urls: Vec<String> = match &raw.url {
-        None => Vec::new(),
-        Some(Value::String(url)) => vec![url.clone()],
-        Some(Value::Array(list)) if !list.is_empty() && list.iter().all(Value::is_string) => {
-            list.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect()
-        }
-        Some(_) => {
-            errors.push(
-                join(path, "url"),
-                "must be a redis:// or rediss:// URL, or a list of them (a cluster)",
-            );
-            return None;
-        }
-    };
-    if !urls.is_empty() && options.as_ref().is_some_and(|o| o.host.is_some() || o.port.is_some()) {
-        errors.push(join(path, "options"), "set either url or options.host/port, not both");
-    }
-    let cluster = raw.cluster.unwrap_or(urls.len() > 1);
-
-    let mut nodes = Vec::new();
-    let mut shown = Vec::new();
-    if urls.is_empty() {
-        let options_ref = options.as_ref();
-        let host = options_ref
-            .and_then(|o| o.host.clone())
-            .unwrap_or_else(|| "127.0.0.1".to_owned());
-        let port = options_ref.and_then(|o| o.port).unwrap_or(6379);
-        shown.push(format!(
-            "{}://{host}:{port}",
-            if tls.is_some() { "rediss" } else { "redis" }
-        ));
-        let addr = match &tls {
-            Some(tls) => ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: tls.insecure,
-                tls_params: None,
-            },
-            None => ConnectionAddr::Tcp(host, port),
-        };
-        match addr.into_connection_info() {
-            Ok(info) => nodes.push(info),
-            Err(error) => errors.push(join(path, "options"), error.to_string()),
-        }
-    } else {
-        for (index, url) in urls.iter().enumerate() {
-            let at = if urls.len() == 1 {
-                join(path, "url")
-            } else {
-                join(path, &format!("url.{index}"))
-            };
-            match url.as_str().into_connection_info() {
-                Ok(info) => {
-                    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) && tls.is_none() {
-                        tls = Some(Tls::default());
-                    }
-                    if let ConnectionAddr::TcpTls { insecure: true, .. } = info.addr()
-                        && let Some(tls) = tls.as_mut()
-                    {
-                        tls.insecure = true;
-                    }
-                    shown.push(redact(url));
-                    nodes.push(info);
-                }
-                // The error may quote the URL; do not echo a password.
-                Err(_) => errors.push(
-                    at,
-                    format!("\"{}\" is not a valid redis:// or rediss:// URL", redact(url)),
-                ),
-            }
-        }
-    }
-
-    // Credentials and database from options, then the password's other sources.
-    let password = Secret::resolve(
-        options.as_ref().and_then(|o| o.password.clone()),
-        raw.password_file.as_deref(),
-        path,
-        "passwordFile",
-        errors,
-    )
-    .or_else(|| Secret::from_environment(env, "REDIS_PASSWORD", path, errors));
-    let nodes = nodes
-        .into_iter()
-        .map(|info| {
-            let mut redis: RedisConnectionInfo = info.redis_settings().clone();
-            if redis.password().is_none()
-                && let Some(password) = &password
-            {
-                redis = redis.set_password(password.expose());
-            }
-            if let Some(options) = &options {
-                if let Some(username) = &options.username {
-                    redis = redis.set_username(username);
-                }
-                if let Some(db) = options.db {
-                    redis = redis.set_db(db);
-                }
-            }
-            info.set_redis_settings(redis)
-        })
-        .collect::<Vec<_>>();
-    if cluster && nodes.iter().any(|info| info.redis_settings().db() != 0) {
-        errors.push(path, "Redis Cluster has only database 0");
-    }
-    let options_ref = options.as_ref();
-    Some(Connection {
-        nodes,
-        cluster,
-        tls,
-        connect_timeout: options_ref
-            .and_then(|o| o.connect_timeout)
-            .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis),
-        command_timeout: options_ref.and_then(|o| o.command_timeout).map(Duration::from_millis),
-        describe: shown.join(", "),
-    })
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-fn read_pem(
-    inline: Option<&String>,
-    file: Option<&String>,
-    path: &str,
-    key: &str,
-    errors: &mut ConfigErrors,
-) -> Option<Vec<u8>> {
-    match (inline, file) {
-        (Some(_), Some(_)) => {
-            errors.push(join(path, key), format!("set {key} or {key}File, not both"));
-            None
-        }
-        (Some(text), None) => Some(text.clone().into_bytes()),
-        (None, Some(file)) => match std::fs::read(file) {
-            Ok(bytes) => Some(bytes),
-            Err(error) => {
-                errors.push(
-                    join(path, &format!("{key}File")),
-                    format!("cannot read {file}: {error}"),
-                );
-                None
-            }
-        },
-        (None, None) => None,
-    }
-}
-
-fn tls_material(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<Tls> {
-    let options = typed::parse::<TlsOptions>(value, path, errors)?;
-    let ca = read_pem(options.ca.as_ref(), options.ca_file.as_ref(), path, "ca", errors);
-    let cert = read_pem(options.cert.as_ref(), options.cert_file.as_ref(), path, "cert", errors);
-    let key = read_pem(options.key.as_ref(), options.key_file.as_ref(), path, "key", errors);
-    let client = match (cert, key) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        (None, None) => None,
-        _ => {
-            errors.push(path, "a client certificate needs both cert and key");
-            None
-        }
-    };
-    Some(Tls {
-        ca,
-        client,
-        insecure: options.insecure,
-    })
-}
-
-/// `sign = true` (key from `STREAMS_HMAC_KEY` / `STREAMS_HMAC_KEY_FILE`, Caracal's names) or
-/// `sign = {key = "...", keyFile = "..."}` (hex).
-pub fn signing_key(
-    value: &Value,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut ConfigErrors,
-) -> Option<SigningKey> {
-    let hex = match value {
-        Value::Bool(false) => return None,
-        Value::Bool(true) => match (env("STREAMS_HMAC_KEY"), env("STREAMS_HMAC_KEY_FILE")) {
-            (Some(key), _) => Some(key),
-            (None, Some(file)) => match std::fs::read_to_string(&file) {
-                Ok(text) => Some(text),
-                Err(error) => {
-                    errors.push(path, format!("STREAMS_HMAC_KEY_FILE {file}: {error}"));
-                    return None;
-                }
-            },
-            (None, None) => {
-                errors.push(
-                    path,
-                    "sign = true needs STREAMS_HMAC_KEY or STREAMS_HMAC_KEY_FILE in the environment",
-                );
-                return None;
-            }
-        },
-        Value::Object(_) => {
-            let options = typed::parse::<SignOptions>(value, path, errors)?;
-            Secret::resolve(options.key, options.key_file.as_deref(), path, "keyFile", errors)
-                .map(|secret| secret.expose().to_owned())
-        }
-        _ => {
-            errors.push(path, "must be true, false or {key, keyFile}");
-            return None;
-        }
-    }?;
-    match SigningKey::from_hex(&hex) {
-        Ok(key) => Some(key),
-        Err(error) => {
-            errors.push(path, error.to_string());
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redis::ConnectionAddr;
     use serde_json::json;
 
     fn parse(settings: Value, env: &[(&str, &str)]) -> (Option<RedisSettings>, String) {

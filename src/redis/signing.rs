@@ -1,4 +1,6 @@
-//! Signed stream messages, compatible with Caracal (github.com/Garudex-Labs/caracal `packages/core/go/crypto/streamsig.go`).
+//! Signed stream messages, compatible with Caracal (github.com/Garudex-Labs/caracal
+//! `packages/core/go/crypto/streamsig.go`), and the `sign` / `verify` settings that name the
+//! key.
 //!
 //! The signed bytes are the stream name and a newline, then every field except `_sig`, in
 //! ascending byte order of the field name, as `<name>=<value>` and a newline. The signature
@@ -7,7 +9,12 @@
 //! The same code signs on XADD and verifies on read (constant-time).
 
 use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use serde_json::Value;
 use sha2::Sha256;
+
+use crate::config::ConfigErrors;
+use crate::config::typed::{self, Secret};
 
 /// The field that carries the signature.
 pub const SIGNATURE_FIELD: &str = "_sig";
@@ -81,6 +88,60 @@ pub fn canonical(stream: &str, fields: &[(&str, &[u8])]) -> Vec<u8> {
         out.push(b'\n');
     }
     out
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignOptions {
+    /// Hex, at least 32 bytes.
+    key: Option<String>,
+    key_file: Option<String>,
+}
+
+/// `sign = true` (key from `STREAMS_HMAC_KEY` / `STREAMS_HMAC_KEY_FILE`, Caracal's names) or
+/// `sign = {key = "...", keyFile = "..."}` (hex).
+pub fn signing_key(
+    value: &Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+) -> Option<SigningKey> {
+    let hex = match value {
+        Value::Bool(false) => return None,
+        Value::Bool(true) => match (env("STREAMS_HMAC_KEY"), env("STREAMS_HMAC_KEY_FILE")) {
+            (Some(key), _) => Some(key),
+            (None, Some(file)) => match std::fs::read_to_string(&file) {
+                Ok(text) => Some(text),
+                Err(error) => {
+                    errors.push(path, format!("STREAMS_HMAC_KEY_FILE {file}: {error}"));
+                    return None;
+                }
+            },
+            (None, None) => {
+                errors.push(
+                    path,
+                    "sign = true needs STREAMS_HMAC_KEY or STREAMS_HMAC_KEY_FILE in the environment",
+                );
+                return None;
+            }
+        },
+        Value::Object(_) => {
+            let options = typed::parse::<SignOptions>(value, path, errors)?;
+            Secret::resolve(options.key, options.key_file.as_deref(), path, "keyFile", errors)
+                .map(|secret| secret.expose().to_owned())
+        }
+        _ => {
+            errors.push(path, "must be true, false or {key, keyFile}");
+            return None;
+        }
+    }?;
+    match SigningKey::from_hex(&hex) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            errors.push(path, error.to_string());
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,50 @@
+//! An entry as an event: weir's and walkerOS's `event` field (JSON), walkerOS's flat fields,
+//! or Optimizely Agent's `data` field.
+
+use serde_json::Value;
+
+use crate::event::Event;
+use crate::redis::replies::Entry;
+use crate::redis::signing::SIGNATURE_FIELD;
+use crate::runtime::Runtime;
+
+/// The event an entry carries: weir's and walkerOS's `event` field (JSON), walkerOS's flat
+/// fields (objects and arrays as JSON, scalars as text), or Optimizely Agent's `data` field.
+pub(super) fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> {
+    let field = |name: &str| entry.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| "a field is not UTF-8".to_owned());
+    let json = |bytes: &[u8]| -> Result<Event, String> {
+        let json = text(bytes)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| format!("not JSON: {e}"))?;
+        runtime.collector.enrich_json(&json).map_err(|e| e.to_string())
+    };
+    if let Some(event) = field("event") {
+        return json(event);
+    }
+    // walkerOS's flat form has a `name` (and a `data` field of its own); Optimizely's only `data`.
+    if field("name").is_some() {
+        let mut object = serde_json::Map::new();
+        for (name, value) in &entry.fields {
+            // `undefined` is walkerOS's flat form of a field with no value (a policy set it
+            // to nothing): as if absent.
+            if name == SIGNATURE_FIELD || value == b"undefined" {
+                continue;
+            }
+            let value = text(value)?;
+            let parsed = match name.as_str() {
+                // Text fields as walkerOS's String() wrote them.
+                "name" | "id" | "trigger" | "entity" | "action" => Value::String(value),
+                _ => serde_json::from_str(&value).unwrap_or(Value::String(value)),
+            };
+            object.insert(name.clone(), parsed);
+        }
+        return runtime
+            .collector
+            .enrich(Value::Object(object))
+            .map_err(|e| e.to_string());
+    }
+    if let Some(data) = field("data") {
+        return json(data);
+    }
+    Err("no `event`, `data` or walkerOS flat fields".to_owned())
+}
