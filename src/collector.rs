@@ -14,7 +14,6 @@
 //! [`crate::event`]), anything else is parsed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Number, Value};
 
@@ -51,12 +50,7 @@ pub struct Collector {
     started_ms: u64,
 }
 
-/// Milliseconds since the Unix epoch (JavaScript's `Date.now()`).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::event::now_ms;
 
 /// The known top-level keys of a partial event, borrowed from its JSON text (absent is
 /// `None`; a `null` is kept, see [`Collector::enrich_json`] for what each field makes of it). Other keys are dropped, as walkerOS's `createEvent` drops them; a key

@@ -1,14 +1,15 @@
 //! The walkerOS v4 event: what a full event looks like and how it is held.
 //!
 //! An event has exactly walkerOS's 15 top-level keys, written in the order `createEvent`
-//! builds them (walkerOS's `packages/core/src/types/walkeros.ts`), so the stored bytes match walkerOS's. Each field is held
+//! builds them (walkerOS's `packages/core/src/types/walkeros.ts`), so the stored bytes match
+//! walkerOS's; a policy may add more after them. Each field is held
 //! either as its JSON text, when the text is exactly what `JSON.stringify` writes (checked by
 //! [`crate::json::scan`]), or as a parsed value. Most events pass from request body to wire
 //! without their `data`, `context`, `user` or `nested` ever becoming a tree: parsing,
 //! hashing and allocating those trees was most of weir's per-event cost. The mapping
 //! language still sees the whole event as one JSON tree ([`Event::tree`]), built on first
-//! use and kept. [`Collector::enrich`](crate::collector::Collector::enrich) is the only way
-//! to make an event.
+//! use and kept. Events are made by [`Collector::enrich`](crate::collector::Collector::enrich)
+//! from what a client sent; a policy remakes one from its tree ([`Event::after_policy`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -474,6 +475,14 @@ impl fmt::Display for JsonKind {
             JsonKind::Object => "an object",
         })
     }
+}
+
+/// Milliseconds since the Unix epoch (JavaScript's `Date.now()`): an event's default
+/// `timestamp`, and every other "now" weir writes.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Splits `"entity action"` as walkerOS does: on single spaces, taking the first two parts;

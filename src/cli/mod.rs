@@ -65,7 +65,7 @@ enum Command {
         /// JSON-lines file of events; `-` or nothing reads stdin.
         events: Option<PathBuf>,
     },
-    /// Redis Streams operations: provision, verify.
+    /// Redis Streams operations: provision, verify, status, dead letters, gc.
     Streams {
         #[command(subcommand)]
         command: streams::StreamsCommand,

@@ -85,6 +85,40 @@ impl Secret {
     }
 }
 
+/// A bearer token that guards an endpoint (`bearerToken` / `bearerTokenFile`). Compared in
+/// constant time, so the time an answer takes says nothing about how much of a guess was right.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(Secret);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
+}
+
+impl BearerToken {
+    /// `bearerToken` or `bearerTokenFile` of a settings block at `path` (both set, an empty
+    /// token or an unreadable file are errors); `None` when neither is set.
+    pub fn resolve(
+        inline: Option<String>,
+        file: Option<&str>,
+        path: &str,
+        errors: &mut ConfigErrors,
+    ) -> Option<BearerToken> {
+        Secret::resolve(inline, file, path, "bearerTokenFile", errors).map(BearerToken)
+    }
+
+    /// Whether an `Authorization` header value carries this token (`Bearer <token>`; the
+    /// scheme name is case-insensitive, RFC 7235).
+    pub fn accepts(&self, authorization: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some((scheme, given)) = authorization.and_then(|value| value.split_once(' ')) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer") && bool::from(given.trim().as_bytes().ct_eq(self.0.expose().as_bytes()))
+    }
+}
+
 impl Secret {
     /// A secret from the environment: `name` itself, else the file named by `name_FILE`
     /// (trailing newline trimmed). An unreadable file is an error at `path`.
@@ -126,6 +160,30 @@ mod tests {
     struct Settings {
         stream_key: String,
         max_len: Option<u64>,
+    }
+
+    #[test]
+    fn a_bearer_token_is_accepted_only_whole_with_its_scheme() {
+        let mut errors = ConfigErrors::default();
+        let token = BearerToken::resolve(Some("s3cret".into()), None, "p", &mut errors).unwrap();
+        assert!(token.accepts(Some("Bearer s3cret")));
+        assert!(token.accepts(Some("bearer  s3cret ")));
+        for wrong in [
+            None,
+            Some("s3cret"),
+            Some("Basic s3cret"),
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("Bearer "),
+        ] {
+            assert!(!token.accepts(wrong), "{wrong:?}");
+        }
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert!(BearerToken::resolve(Some(String::new()), None, "p", &mut errors).is_none());
+        assert!(
+            errors.to_string().contains("p.bearerToken: the secret is empty"),
+            "{errors}"
+        );
     }
 
     #[test]

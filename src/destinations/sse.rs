@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::config::typed::{self, Secret};
+use crate::config::typed::{self, BearerToken};
 use crate::config::{ConfigErrors, join};
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
 use crate::redis::connection::report_unknown_keys;
@@ -68,7 +68,7 @@ struct Replay {
 pub struct Hub {
     path: String,
     heartbeat: Duration,
-    bearer_token: Option<Secret>,
+    bearer_token: Option<BearerToken>,
     replay: Option<Replay>,
     frames: broadcast::Sender<Arc<Frame>>,
     /// Frames the ring holds (`clientQueue`).
@@ -92,13 +92,8 @@ impl SseDestination {
         if !endpoint.starts_with('/') {
             errors.push(join(path, "path"), "must start with /");
         }
-        let bearer_token = Secret::resolve(
-            raw.bearer_token.clone(),
-            raw.bearer_token_file.as_deref(),
-            path,
-            "bearerTokenFile",
-            errors,
-        );
+        let bearer_token =
+            BearerToken::resolve(raw.bearer_token.clone(), raw.bearer_token_file.as_deref(), path, errors);
         let replay = raw.replay.as_ref().and_then(|value| {
             let at = join(path, "replay");
             let stream = value.get("stream").and_then(Value::as_str).map(str::to_owned);
@@ -314,13 +309,7 @@ async fn forward(
 
 async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     if let Some(token) = &hub.bearer_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        if given != Some(token.expose()) {
+        if !token.accepts(headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())) {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],

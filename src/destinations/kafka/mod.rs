@@ -240,9 +240,7 @@ fn name_key(name: &str) -> String {
 const MAX_TIMESTAMP_MS: f64 = 8.64e15;
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+    crate::event::now_ms() as i64
 }
 
 impl Destination for KafkaDestination {

@@ -21,7 +21,7 @@ use std::io::Write;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
@@ -282,9 +282,7 @@ fn remember(cache: &mut lru::LruCache<u64, u64>, key: calls::Dedup) -> bool {
 }
 
 fn now_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |elapsed| elapsed.as_millis() as f64)
+    crate::event::now_ms() as f64
 }
 
 /// `Retry-After`: seconds, or an HTTP date (proxies in front of a data plane send either).

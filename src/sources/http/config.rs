@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::typed::{self, Secret};
+use crate::config::typed::{self, BearerToken};
 use crate::config::{ConfigErrors, join};
 use crate::sources::cors::{Cors, CorsOptions};
 
@@ -96,7 +96,7 @@ pub struct HttpSourceConfig {
     pub max_batch_size: usize,
     pub max_body_bytes: usize,
     pub cors: Cors,
-    pub bearer_token: Option<Secret>,
+    pub bearer_token: Option<BearerToken>,
     pub get_ack: AckMode,
     pub post_ack: AckMode,
     /// With `ack = "delivered"`: answer 202 after this long instead of waiting on.
@@ -162,11 +162,10 @@ impl HttpSourceConfig {
                 Cors::Off
             }
         };
-        let bearer_token = Secret::resolve(
+        let bearer_token = BearerToken::resolve(
             settings.bearer_token,
             settings.bearer_token_file.as_deref(),
             &settings_path,
-            "bearerTokenFile",
             errors,
         );
         let max_batch_size = settings.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE);

@@ -119,18 +119,10 @@ impl HttpSource {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.config.bearer_token else {
-            return true;
-        };
-        // The scheme name is case-insensitive (RFC 7235).
-        let Some((scheme, given)) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-        else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case("bearer") && constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
+        self.config
+            .bearer_token
+            .as_ref()
+            .is_none_or(|token| token.accepts(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())))
     }
 
     /// Enriches `inputs`, queues the valid ones, and (when asked) waits for their outcomes.
@@ -192,13 +184,6 @@ struct Processed {
 }
 
 /// Compares secrets without leaking their length of common prefix through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::decode::decode;
 use super::settings::RedisStreamConfig;
-use super::{now_ms, with_retries};
+use super::with_retries;
 use crate::delivery::ack::{AckSet, AckWait};
+use crate::event::now_ms;
 use crate::redis::dead_letters::{Reason, entry_fields};
 use crate::redis::replies::{Entry, deleted_ids, entries, last_id};
 use crate::redis::retryable;

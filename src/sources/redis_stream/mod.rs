@@ -33,7 +33,6 @@ mod reaper;
 mod settings;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
@@ -108,10 +107,4 @@ where
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
