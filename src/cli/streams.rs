@@ -284,9 +284,7 @@ fn dlq_command(command: DlqCommand) -> anyhow::Result<ExitCode> {
     if foreign > 0 {
         eprintln!("{dead_letters}: {foreign} entries are not weir dead letters; left alone");
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::event::now_ms();
     match &command {
         DlqCommand::List { .. } | DlqCommand::Show { .. } if redis_args.json => {
             println!("{}", json!({"dlq": dead_letters, "deadLetters": letters}));

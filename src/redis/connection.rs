@@ -103,12 +103,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// destination's XADDs are bounded by the delivery `timeout` instead.)
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A settings block without its connection keys: what its user parses as its own.
+/// A settings block without its connection keys: what its user parses as its own. Anything
+/// but an object is returned as it is, for its user's parser to say what is wrong with it.
 pub fn without_connection_keys(settings: &Value) -> Value {
+    let Some(settings) = settings.as_object() else {
+        return settings.clone();
+    };
     let rest: Map<String, Value> = settings
-        .as_object()
-        .into_iter()
-        .flatten()
+        .iter()
         .filter(|(key, _)| !CONNECTION_KEYS.contains(&key.as_str()))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
@@ -424,4 +426,26 @@ fn tls_material(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<
         client,
         insecure: options.insecure,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn connection_keys_are_split_from_their_users_keys() {
+        let block = json!({"url": "redis://127.0.0.1:6390", "passwordFile": "/p", "stream": "s", "channel": "c"});
+        assert_eq!(without_connection_keys(&block), json!({"stream": "s", "channel": "c"}));
+        // Not an object: left for the user's parser to name what is wrong.
+        assert_eq!(without_connection_keys(&json!("redis://x")), json!("redis://x"));
+        let mut errors = ConfigErrors::default();
+        report_unknown_keys(&block, &["stream"], "s.replay", &mut errors);
+        assert_eq!(errors.to_string(), "s.replay.channel: unknown key");
+        let mut errors = ConfigErrors::default();
+        let block = json!({"url": "redis://127.0.0.1:6390", "stream": "s"});
+        let connection = parse_connection(&block, "s.replay", &|_| None, &mut errors);
+        assert!(errors.is_empty(), "{errors}");
+        assert_eq!(connection.unwrap().describe, "redis://127.0.0.1:6390");
+    }
 }

@@ -97,9 +97,7 @@ pub async fn streams_matching(connection: &mut MultiplexedConnection, pattern: &
 
 /// The status of every stream matching `pattern`.
 pub async fn status(connection: &mut MultiplexedConnection, pattern: &str) -> RedisResult<Vec<StreamStatus>> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let now_ms = crate::event::now_ms();
     let mut all = Vec::new();
     for stream in streams_matching(connection, pattern).await? {
         all.push(stream_status(connection, &stream, now_ms).await?);

@@ -183,7 +183,6 @@ struct Processed {
     outcomes: Vec<EventOutcome>,
 }
 
-/// Compares secrets without leaking their length of common prefix through timing.
 fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(

@@ -20,7 +20,6 @@
 //! arrived meanwhile, so a read that timed out (or failed) means a new connection and the
 //! pending list read again, never another read on the old one. Everything else (XACK,
 //! claims, dead letters) goes over a connection that reconnects by itself.
-
 //!
 //! Files: `settings` (the config), `decode` (an entry into an event), `consumer` (the read
 //! loop, delivery and acknowledgements), `reaper` (claims and repeats), `pubsub` (Redis

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult, Value as Reply};
 use tokio_util::sync::CancellationToken;
 
@@ -89,22 +90,41 @@ impl Consumer {
     }
 
     /// Times each entry was delivered: one XPENDING (extended form) for the page, over the
-    /// ids from its first to its last entry and this consumer only (the claim made them its).
+    /// ids from its first to its last entry and this consumer only (the claim made them its);
+    /// an entry that reply left out (this consumer holds others in that range) is asked for on
+    /// its own.
     async fn delivery_counts(&self, entries: &[Entry]) -> Result<Vec<(String, u64)>, RedisError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(Vec::new());
         };
-        // Between the first and the last, this consumer may hold entries it is delivering.
-        let room = entries.len() + self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
         let mut connection = self.commands.clone();
+        let mut counts = self
+            .pending_counts(&mut connection, &first.id, &last.id, entries.len())
+            .await?;
+        for entry in entries {
+            if !counts.iter().any(|(id, _)| *id == entry.id) {
+                counts.extend(self.pending_counts(&mut connection, &entry.id, &entry.id, 1).await?);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// XPENDING of this consumer's entries from `start` to `end`, `count` at most.
+    async fn pending_counts(
+        &self,
+        connection: &mut ConnectionManager,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<(String, u64)>, RedisError> {
         let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(&self.stream)
             .arg(&self.config.group)
-            .arg(&first.id)
-            .arg(&last.id)
-            .arg(room)
+            .arg(start)
+            .arg(end)
+            .arg(count)
             .arg(&self.config.consumer)
-            .query_async(&mut connection)
+            .query_async(connection)
             .await?;
         Ok(reply.into_iter().map(|(id, _, _, delivered)| (id, delivered)).collect())
     }
