@@ -12,9 +12,10 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use weir::assembly::build_flow;
 use weir::delivery::ack::AckSet;
 use weir::delivery::pipeline::Lifecycle;
-use weir::runtime::{build_flow, spawn_workers};
+use weir::delivery::pipeline::spawn_workers;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir::assembly::build_flow;
 use weir::delivery::pipeline::Lifecycle;
-use weir::runtime::{build_flow, spawn_workers};
+use weir::delivery::pipeline::spawn_workers;
 use weir::sources::SourceConfig;
 
 #[global_allocator]

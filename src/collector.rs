@@ -22,7 +22,7 @@ use crate::event::{
     Event, EventBuilder, InvalidEvent, JsonKind, Object, key, push_span_id, span_id, split_name, trace_id,
 };
 use crate::json::Scan;
-use crate::mapping::assign;
+use crate::json::assign;
 
 /// Deepest nesting accepted in an event field (serde_json's own limit for parsed JSON).
 pub const MAX_DEPTH: usize = 128;

@@ -12,6 +12,7 @@ use std::io;
 
 use serde::Serialize;
 use serde_json::ser::{CompactFormatter, Formatter, Serializer};
+use serde_json::{Map, Value};
 
 /// `CompactFormatter` with JavaScript's number formatting for floats.
 #[derive(Clone, Copy, Default)]
@@ -70,6 +71,42 @@ pub fn js_string(value: &serde_json::Value) -> Vec<u8> {
         Value::Number(n) => n.to_string().into_bytes(),
         Value::Array(_) | Value::Object(_) => to_vec(value),
     }
+}
+
+// JavaScript semantics on JSON values, shared by the collector, the mapping and the sources.
+
+/// JavaScript truthiness of a JSON value.
+pub fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// walkerOS's `assign(target, source)`: target's keys, then the source's new keys; source
+/// values win, except that two arrays are concatenated without duplicate scalars.
+pub fn assign(target: &Map<String, Value>, source: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = target.clone();
+    for (key, value) in source {
+        match (out.get_mut(key), value) {
+            (Some(Value::Array(existing)), Value::Array(incoming)) => {
+                for item in incoming {
+                    let scalar = !matches!(item, Value::Array(_) | Value::Object(_));
+                    if !(scalar && existing.contains(item)) {
+                        existing.push(item.clone());
+                    }
+                }
+            }
+            (Some(slot), _) => *slot = value.clone(),
+            (None, _) => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

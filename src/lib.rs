@@ -5,20 +5,21 @@
 //! rules and delivers them through one shared delivery machinery (queue, batcher, retrier,
 //! dead-letter sink, end-to-end acknowledgements).
 //!
-//! Layout, following the flow (sources → collector → delivery → destinations):
-//! - [`sources`]: where events come from (`http`, `redis_stream`).
-//! - [`collector`] and [`event`]: the walkerOS v4 event and its enrichment; [`json`]: JSON
-//!   written as JavaScript writes it.
-//! - [`mapping`]: walkerOS's mapping rules, value language and consent.
-//! - [`delivery`]: the machinery every destination runs on.
-//! - [`destinations`]: `redis`, `kafka`, `rudderstack`, `redis_pubsub`, `sse`, `file`, `stdout`,
-//!   `blackhole`.
-//! - [`redis`]: what every Redis user shares (connections, errors, replies, signing, dead
-//!   letters).
-//! - [`config`]: flow files (TOML, YAML, JSON in walkerOS's flow.json shape).
-//! - [`runtime`]: a running flow; [`streams`]: the streams operations; [`cli`]: the `weir`
-//!   command.
+//! Layout, bottom to top (ARCHITECTURE.md draws it; `tests/layering.rs` checks that a
+//! module uses only the ones below it):
+//! - [`json`] (JSON written as JavaScript writes it, JavaScript's truthiness and `assign`),
+//!   [`telemetry`] (logs, the metrics recorder), [`event`] (the walkerOS v4 event).
+//! - [`config`]: flow files (TOML, YAML, JSON in walkerOS's flow.json shape), typed settings.
+//! - [`collector`]: enrichment; [`mapping`]: walkerOS's mapping rules, value language, consent.
+//! - [`delivery`]: the machinery every destination runs on; [`redis`]: what every Redis user
+//!   shares (connections, errors, replies, signing, dead letters).
+//! - [`runtime`]: what sources hold while a flow runs (dispatch to every destination).
+//! - [`destinations`] (`redis`, `kafka`, `rudderstack`, `redis_pubsub`, `sse`, `file`,
+//!   `stdout`, `blackhole`, one registry) and [`sources`] (`http`, `redis_stream`).
+//! - [`streams`]: the streams operations; [`assembly`]: a flow file turned into a running
+//!   process (checks across entries, listeners); [`cli`]: the `weir` command.
 
+pub mod assembly;
 pub mod cli;
 pub mod collector;
 pub mod config;

@@ -129,6 +129,51 @@ fn clients_receive_events_with_their_stream_ids_and_filters_apply() {
     );
 }
 
+/// A flow with no HTTP source (a stream read and fanned out, Optimizely Agent's scenario
+/// without ingest) serves the process endpoints and its SSE path on the hub's `listen`.
+#[test]
+fn a_flow_without_an_http_source_serves_health_metrics_and_sse_on_the_hub_listener() {
+    let server = RedisServer::start();
+    let flow = json!({
+        "sources": {
+            "events": {"type": "redis_stream", "config": {"settings": {
+                "url": server.url(), "stream": "events", "group": "sse", "consumer": "hub", "block": 50}}}
+        },
+        "destinations": {
+            // `--listen 127.0.0.1:0` (the test harness) replaces this address: the flow's
+            // first listener is the hub's.
+            "notifications": {"type": "sse", "config": {"settings": {"listen": "127.0.0.1:8080"}}}
+        }
+    });
+    let weir = start_reading(&flow);
+    assert!(weir.log().contains("HTTP endpoints listening"), "{}", weir.log());
+    assert!(!weir.log().contains("HTTP source listening"), "{}", weir.log());
+    let ready = client().get(weir.url("/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().unwrap(), json!({"status": "ready"}));
+    assert_eq!(client().get(weir.url("/healthz")).send().unwrap().status(), 200);
+    let mut listener = Client::connect(&weir, "", &[]);
+    server.cli(&[
+        "XADD",
+        "events",
+        "*",
+        "event",
+        &json!({"name": "order complete"}).to_string(),
+    ]);
+    let frame = listener.frame();
+    assert_eq!(frame.event, "order complete");
+    assert_eq!(frame.id, stream_ids(&server)[0]);
+    let metrics = || client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let counted = |text: &str| text.contains("weir_events_delivered_total{destination=\"notifications\"} 1");
+    assert!(
+        eventually(Duration::from_secs(5), || counted(&metrics())),
+        "{}",
+        metrics()
+    );
+    let missing = client().get(weir.url("/collect")).send().unwrap();
+    assert_eq!(missing.status(), 404, "no HTTP source, so no collect path");
+}
+
 /// A client that reconnects with Last-Event-ID gets what it missed from the stream, then
 /// live events, without gaps or repeats.
 #[test]

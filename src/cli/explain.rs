@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{Map, Value};
 
+use crate::assembly::build_flow;
 use crate::config::Flow;
-use crate::runtime::build_flow;
 
 pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyhow::Result<()> {
     let built = build_flow(flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;

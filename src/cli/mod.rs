@@ -95,7 +95,7 @@ pub fn main() -> ExitCode {
                     Ok(flow) => flow,
                     Err(code) => return code,
                 },
-                None => crate::runtime::embedded_default(),
+                None => crate::assembly::embedded_default(),
             };
             let options = serve::ServeOptions {
                 listen,
@@ -118,7 +118,7 @@ pub fn main() -> ExitCode {
                 Ok(flow) => flow,
                 Err(code) => return code,
             };
-            match crate::runtime::build_flow(&flow) {
+            match crate::assembly::build_flow(&flow) {
                 Ok(built) => {
                     for warning in &built.warnings {
                         println!("warning: {warning}");

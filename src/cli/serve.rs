@@ -8,14 +8,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::assembly::build_flow;
 use crate::config::Flow;
-use crate::delivery::pipeline::Lifecycle;
-use crate::runtime::{build_flow, spawn_workers};
-use crate::sources::SourceConfig;
-use crate::sources::http::{HttpSource, bind};
+use crate::delivery::pipeline::{Lifecycle, spawn_workers};
 
 pub struct ServeOptions {
     pub listen: Option<String>,
@@ -33,31 +30,18 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     let mut workers = spawn_workers(built.workers, &lifecycle);
     tracing::info!(destinations = %built.runtime.describe(), "flow started");
 
+    let mut signals = Signals::install().context("cannot listen for SIGTERM and SIGINT")?;
     let stop = CancellationToken::new();
-    let mut servers = JoinSet::new();
-    let mut override_listen = options.listen.clone();
-    for source in built.sources {
-        match source {
-            SourceConfig::Http(config) => {
-                let source = HttpSource::new(config, built.runtime.clone());
-                let (listener, address) = bind(&source, override_listen.take().as_deref())
-                    .await
-                    .with_context(|| format!("cannot listen on {}", source.listen_address()))?;
-                tracing::info!(address = %address, "HTTP source listening");
-                let router = source.router();
-                servers.spawn(serve_http(listener, router, stop.clone()));
-            }
-            SourceConfig::RedisStream(config) => {
-                servers.spawn(crate::sources::redis_stream::run(
-                    config,
-                    built.runtime.clone(),
-                    stop.clone(),
-                ));
-            }
-        }
-    }
+    let mut servers = crate::assembly::start(
+        &built.runtime,
+        built.sources,
+        built.endpoints,
+        options.listen.as_deref(),
+        &stop,
+    )
+    .await?;
 
-    shutdown_signal().await;
+    signals.next().await;
     tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: no new requests, draining queues");
     let deadline = tokio::time::Instant::now() + options.shutdown_timeout;
     // In-flight requests may be waiting for events held back to fill a batch: send them now.
@@ -68,7 +52,7 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             // A second signal means "now": dead-letter what is left and exit.
-            () = shutdown_signal() => tracing::warn!("second signal: giving up on delivery"),
+            () = signals.next() => tracing::warn!("second signal: giving up on delivery"),
         }
         abort.cancel();
     });
@@ -110,61 +94,37 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves HTTP/1.1 connections until `stop`, then waits for in-flight requests to finish.
-///
-/// hyper's HTTP/1 connection directly rather than `axum::serve`: weir's sources speak only
-/// HTTP/1.1, and skipping the HTTP/2 detection `axum::serve` does on every connection is
-/// measurably cheaper on the ingest path (BENCHMARKS.md).
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+/// SIGTERM and SIGINT, listened for from before the first listener is bound: a signal sent
+/// the moment weir says it listens is never lost between binding and waiting.
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("cannot install the SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -13,7 +13,7 @@ use super::{ConfigErrors, join};
 /// error go into `errors`. `None` when `T` could not be built.
 pub fn parse<T: DeserializeOwned>(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<T> {
     let mut unknown = Vec::new();
-    let mut record = |ignored: serde_ignored::Path<'_>| unknown.push(ignored.to_string());
+    let mut record = |ignored: serde_ignored::Path<'_>| unknown.push(dotted(&ignored));
     let deserializer = serde_ignored::Deserializer::new(value, &mut record);
     let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
     for key in unknown {
@@ -31,6 +31,18 @@ pub fn parse<T: DeserializeOwned>(value: &Value, path: &str, errors: &mut Config
             errors.push(at, error.into_inner().to_string());
             None
         }
+    }
+}
+
+/// `a.b.0.c`: serde_ignored's path without its markers for `Option` and newtypes (which it
+/// writes as `?`), as a flow file's reader sees it.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join(&dotted(parent), &index.to_string()),
+        Path::Map { parent, key } => join(&dotted(parent), key),
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => dotted(parent),
     }
 }
 
@@ -199,6 +211,24 @@ mod tests {
             errors.to_string(),
             "destinations.r.config.settings.maxlen: unknown key\ndestinations.r.config.settings.extra: unknown key"
         );
+    }
+
+    #[test]
+    fn unknown_keys_inside_optional_blocks_are_named_by_their_path() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Option<Settings>,
+            list: Option<Vec<Settings>>,
+        }
+        let mut errors = ConfigErrors::default();
+        let parsed: Option<Outer> = parse(
+            &json!({"inner": {"streamKey": "s", "x": 1}, "list": [{"streamKey": "t", "y": 2}]}),
+            "c",
+            &mut errors,
+        );
+        assert!(parsed.is_some());
+        assert_eq!(errors.to_string(), "c.inner.x: unknown key\nc.list.0.y: unknown key");
     }
 
     #[test]

@@ -87,6 +87,13 @@ impl DeadLetterSink {
         DeadLetterSink::File(sink)
     }
 
+    /// The file dead letters are appended to.
+    pub fn file_path(&self) -> Option<&Path> {
+        match self {
+            DeadLetterSink::File(file) => Some(&file.path),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             DeadLetterSink::File(file) => format!("file {}", file.path.display()),

@@ -21,6 +21,16 @@ use serde_json::Value;
 
 use crate::event::Event;
 
+/// Routes a destination serves over HTTP, and where.
+pub struct Endpoint {
+    /// The path it answers (for clash checks and logs).
+    pub path: String,
+    pub router: axum::Router,
+    /// A listener of its own (`settings.listen`); `None` serves it on every HTTP source's
+    /// listener.
+    pub listen: Option<String>,
+}
+
 /// Whether sending again can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -108,6 +118,13 @@ pub trait Destination: Send + Sync + Sized + 'static {
 
     /// The `type` name in flow files.
     const KIND: &'static str;
+    /// walkerOS's npm package for this destination, which a flow file may name instead of
+    /// `type` (`@walkeros/server-destination-redis`).
+    const PACKAGE: Option<&'static str> = None;
+
+    /// Reads the entry's `config.settings` (found at `path`), reporting every problem into
+    /// `errors` with its path; `None` when the destination cannot be built.
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut crate::config::ConfigErrors) -> Option<Self>;
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults::default()
@@ -153,9 +170,15 @@ pub trait Destination: Send + Sync + Sized + 'static {
         Vec::new()
     }
 
-    /// The path and routes this destination serves on weir's HTTP listeners (the SSE hub).
-    fn http_endpoint(&self) -> Option<(String, axum::Router)> {
+    /// The routes this destination serves over HTTP (the SSE hub).
+    fn http_endpoint(&self) -> Option<Endpoint> {
         None
+    }
+
+    /// Files this destination writes into, so that two writers on one file are caught
+    /// before the flow starts.
+    fn written_files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
     }
 
     /// Flushes and closes. Called once, after the last batch was sent.

@@ -156,6 +156,18 @@ impl<W> Queue<W> {
     }
 }
 
+/// A destination's worker, ready to be spawned.
+pub type WorkerTask = Box<dyn FnOnce(Lifecycle) -> futures_util::future::BoxFuture<'static, WorkerReport> + Send>;
+
+/// Spawns every worker; the returned set yields their reports as they stop.
+pub fn spawn_workers(workers: Vec<WorkerTask>, lifecycle: &Lifecycle) -> JoinSet<WorkerReport> {
+    let mut set = JoinSet::new();
+    for worker in workers {
+        set.spawn(worker(lifecycle.clone()));
+    }
+    set
+}
+
 /// Start and stop signals shared by every worker of a flow.
 #[derive(Clone, Default)]
 pub struct Lifecycle {

@@ -18,9 +18,9 @@ use super::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
 use crate::collector::Collector;
 use crate::config::ConfigErrors;
 use crate::config::flow::CollectorConfig;
-use crate::destinations::file::NoRuleSettings;
 use crate::event::Event;
 use crate::mapping::DestinationMapping;
+use crate::mapping::NoRuleSettings;
 
 /// How one `send` call answers.
 #[derive(Clone)]
@@ -58,6 +58,12 @@ impl Destination for Arc<Scripted> {
     type Wire = u64;
     type Error = ScriptedError;
     const KIND: &'static str = "scripted";
+
+    /// Built by each test with its script, never from a flow file.
+    fn from_settings(_settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        errors.push(path, "the scripted destination is built by its test");
+        None
+    }
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults::default()

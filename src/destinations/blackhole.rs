@@ -4,18 +4,12 @@
 
 use serde_json::{Value, json};
 
-use super::file::{NoRuleSettings, render_json_line};
+use super::file::render_json_line;
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::mapping::NoRuleSettings;
 
 pub struct BlackholeDestination;
-
-impl BlackholeDestination {
-    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
-        super::no_settings("blackhole", settings, path, errors);
-        Some(BlackholeDestination)
-    }
-}
 
 /// Never constructed: the blackhole cannot fail.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +21,11 @@ impl Destination for BlackholeDestination {
     type Wire = Vec<u8>;
     type Error = Never;
     const KIND: &'static str = "blackhole";
+
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        super::no_settings("blackhole", settings, path, errors);
+        Some(BlackholeDestination)
+    }
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use crate::config::ConfigErrors;
 use crate::config::typed;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::mapping::NoRuleSettings;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -64,13 +65,6 @@ impl Default for FileSettings {
     }
 }
 
-/// Rule settings: the file destination has none.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoRuleSettings {}
-
-impl crate::mapping::RuleSettings for NoRuleSettings {}
-
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {path}: {source}")]
 pub struct FileError {
@@ -96,14 +90,6 @@ pub struct FileDestination {
 }
 
 impl FileDestination {
-    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<FileDestination> {
-        let settings = match settings {
-            Some(value) => typed::parse::<FileSettings>(value, path, errors)?,
-            None => FileSettings::default(),
-        };
-        Some(FileDestination::new(settings))
-    }
-
     pub fn new(settings: FileSettings) -> FileDestination {
         FileDestination {
             writer: Arc::new(Writer {
@@ -288,11 +274,23 @@ impl Destination for FileDestination {
     type Error = FileError;
     const KIND: &'static str = "file";
 
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        let settings = match settings {
+            Some(value) => typed::parse::<FileSettings>(value, path, errors)?,
+            None => FileSettings::default(),
+        };
+        Some(FileDestination::new(settings))
+    }
+
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {
             batch_size: 1000,
             ..DeliveryDefaults::default()
         }
+    }
+
+    fn written_files(&self) -> Vec<PathBuf> {
+        vec![self.writer.settings.path.clone()]
     }
 
     async fn connect(&self) -> Result<(), FileError> {

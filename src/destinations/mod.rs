@@ -25,27 +25,71 @@ use serde_json::Value;
 
 use crate::config::flow::Step;
 use crate::config::{ConfigErrors, join, typed};
-use crate::delivery::Destination;
 use crate::delivery::dead_letter::DeadLetterSink;
-use crate::delivery::pipeline::{self, PipelineConfig, Route};
+use crate::delivery::pipeline::{self, PipelineConfig, Route, WorkerTask};
 use crate::delivery::policy::{
     BatchPolicy, DEFAULT_QUEUE_MAX, DEFAULT_TIMEOUT, DeliveryPolicy, RetryPolicy, WALKEROS_BATCH_AGE,
     WALKEROS_BATCH_SIZE, WALKEROS_BATCH_WAIT,
 };
+use crate::delivery::{Destination, Endpoint};
 use crate::mapping::{BatchSpec, DestinationMapping};
-use crate::runtime::WorkerTask;
 
-/// The destination types weir knows, for error messages.
-pub const KINDS: [&str; 8] = [
-    "file",
-    "stdout",
-    "blackhole",
-    "redis",
-    "kafka",
-    "redis_pubsub",
-    "rudderstack",
-    "sse",
+/// One destination type: its `type` name, walkerOS's package for it, and its constructor.
+pub struct Kind {
+    pub name: &'static str,
+    pub package: Option<&'static str>,
+    build: fn(&Step, Option<Wrapper>, &mut ConfigErrors) -> Option<BuiltDestination>,
+}
+
+const fn kind<D: Destination>() -> Kind {
+    Kind {
+        name: D::KIND,
+        package: D::PACKAGE,
+        build: build_kind::<D>,
+    }
+}
+
+/// Every destination weir ships. Adding one is its folder and its line here.
+pub const REGISTRY: [Kind; 8] = [
+    kind::<file::FileDestination>(),
+    kind::<stdout::StdoutDestination>(),
+    kind::<blackhole::BlackholeDestination>(),
+    kind::<redis::RedisDestination>(),
+    kind::<kafka::KafkaDestination>(),
+    kind::<redis_pubsub::RedisPubsubDestination>(),
+    kind::<rudderstack::RudderStackDestination>(),
+    kind::<sse::SseDestination>(),
 ];
+
+/// The registry entry a step names by `type` or by walkerOS `package`; the error otherwise.
+fn find(step: &Step, errors: &mut ConfigErrors) -> Option<&'static Kind> {
+    let list = |names: &mut dyn Iterator<Item = &'static str>| names.collect::<Vec<_>>().join(", ");
+    if let Some(package) = step.package.as_deref().filter(|_| step.kind.is_empty()) {
+        let found = REGISTRY.iter().find(|kind| kind.package == Some(package));
+        if found.is_none() {
+            errors.push(
+                join(&step.path, "package"),
+                format!(
+                    "weir does not implement {package}; it knows {}",
+                    list(&mut REGISTRY.iter().filter_map(|kind| kind.package))
+                ),
+            );
+        }
+        return found;
+    }
+    let found = REGISTRY.iter().find(|kind| kind.name == step.kind);
+    if found.is_none() {
+        errors.push(
+            join(&step.path, "type"),
+            format!(
+                "unknown destination type \"{}\"; weir has {}",
+                step.kind,
+                list(&mut REGISTRY.iter().map(|kind| kind.name))
+            ),
+        );
+    }
+    found
+}
 
 /// Default dead-letter file.
 pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
@@ -54,79 +98,45 @@ pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
 pub struct BuiltDestination {
     pub route: Arc<dyn Route>,
     pub worker: WorkerTask,
-    /// The path and routes it serves on weir's HTTP listeners.
-    pub endpoint: Option<(String, axum::Router)>,
+    /// The routes it serves over HTTP (the SSE hub).
+    pub endpoint: Option<Endpoint>,
+    /// Files it writes: its data files, then its dead-letter file.
+    pub files: Vec<PathBuf>,
+    pub dead_letter_file: Option<PathBuf>,
 }
 
 /// Builds the destination of a flow-file entry; `None` (with errors recorded) when the
 /// entry is invalid or `disabled`.
 pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination> {
+    let path = join(&step.path, "config");
     let config = match &step.config {
         Value::Null => serde_json::Map::new(),
         Value::Object(config) => config.clone(),
         _ => {
-            errors.push(join(&step.path, "config"), "must be an object");
+            errors.push(path, "must be an object");
             return None;
         }
     };
-    let disabled = match config.get("disabled") {
-        None | Some(Value::Bool(false)) => false,
-        Some(Value::Bool(true)) => true,
-        Some(_) => {
-            errors.push(join(&step.path, "config.disabled"), "must be true or false");
-            false
-        }
-    };
-    let path = join(&step.path, "config");
-    let settings = config.get("settings");
-    let settings_path = join(&path, "settings");
     // A disabled entry is still checked, so a mistake in it shows before it is enabled.
-    let built = match step.kind.as_str() {
-        "file" => {
-            let destination = file::FileDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        "stdout" => {
-            let destination = stdout::StdoutDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        "redis" => {
-            let destination = redis::RedisDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        "kafka" => {
-            let destination = kafka::KafkaDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        "rudderstack" => {
-            let destination = rudderstack::RudderStackDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        "redis_pubsub" => {
-            let destination = redis_pubsub::RedisPubsubDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        "sse" => {
-            let destination = sse::SseDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        "blackhole" => {
-            let destination = blackhole::BlackholeDestination::from_settings(settings, &settings_path, errors);
-            wire(destination, step, &config, &path, errors)
-        }
-        other => {
-            errors.push(
-                join(&step.path, "type"),
-                format!("unknown destination type \"{other}\"; weir has {}", KINDS.join(", ")),
-            );
-            None
-        }
-    };
+    let wrapper = typed::parse::<Wrapper>(&Value::Object(config), &path, errors);
+    let disabled = wrapper.as_ref().and_then(|wrapper| wrapper.disabled) == Some(true);
+    let built = find(step, errors).and_then(|kind| (kind.build)(step, wrapper, errors));
     if disabled {
         tracing::info!(destination = %step.id, "destination disabled in the flow file");
         return None;
     }
     built
+}
+
+fn build_kind<D: Destination>(
+    step: &Step,
+    wrapper: Option<Wrapper>,
+    errors: &mut ConfigErrors,
+) -> Option<BuiltDestination> {
+    let path = join(&step.path, "config");
+    let settings = wrapper.as_ref().and_then(|wrapper| wrapper.settings.as_ref());
+    let destination = D::from_settings(settings, &join(&path, "settings"), errors);
+    wire(destination, step, wrapper, &path, errors)
 }
 
 /// For destinations without settings: every key given is an error.
@@ -142,6 +152,84 @@ fn no_settings(kind: &str, settings: Option<&Value>, path: &str, errors: &mut Co
     }
 }
 
+/// The walkerOS destination `config` block around a destination's own `settings`: every key
+/// it may hold, so that an unknown one is reported by the code that reads the known ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wrapper {
+    // Read by their owners: the destination (`settings`) and the mapping (the rest).
+    settings: Option<Value>,
+    consent: Option<Value>,
+    mapping: Option<Value>,
+    policy: Option<Value>,
+    data: Option<Value>,
+    include: Option<Value>,
+    // The delivery machinery's.
+    batch: Option<Value>,
+    retry: Option<RetryConfig>,
+    /// Per attempt, ms; 0 means the default (walkerOS).
+    timeout: Option<u64>,
+    queue_max: Option<u64>,
+    concurrency: Option<u64>,
+    dlq: Option<DlqConfig>,
+    disabled: Option<bool>,
+    // walkerOS keys with no effect in a server-side router: the instance id is the entry's
+    // key, weir connects every destination at start, there is no runtime-added destination
+    // to replay to, and weir's durable dead-letter sink and retrier replace the in-memory
+    // DLQ cap and the circuit breaker.
+    id: Option<Value>,
+    init: Option<Value>,
+    load_script: Option<Value>,
+    queue: Option<Value>,
+    logger: Option<Value>,
+    dlq_max: Option<Value>,
+    breaker: Option<Value>,
+    // walkerOS keys that need JavaScript or a browser at run time.
+    env: Option<Value>,
+    before: Option<Value>,
+    next: Option<Value>,
+    cache: Option<Value>,
+    state: Option<Value>,
+    mock: Option<Value>,
+    require: Option<Value>,
+    setup: Option<Value>,
+}
+
+impl Wrapper {
+    /// Reports the keys weir cannot honour and logs the ones it ignores.
+    fn check(&self, id: &str, path: &str, errors: &mut ConfigErrors) {
+        let unsupported = [
+            ("env", &self.env),
+            ("before", &self.before),
+            ("next", &self.next),
+            ("cache", &self.cache),
+            ("state", &self.state),
+            ("mock", &self.mock),
+            ("require", &self.require),
+            ("setup", &self.setup),
+        ];
+        for (key, value) in unsupported {
+            if value.is_some() {
+                errors.push(join(path, key), format!("`{key}` is not supported by weir"));
+            }
+        }
+        let ignored = [
+            ("id", &self.id),
+            ("init", &self.init),
+            ("loadScript", &self.load_script),
+            ("queue", &self.queue),
+            ("logger", &self.logger),
+            ("dlqMax", &self.dlq_max),
+            ("breaker", &self.breaker),
+        ];
+        for (key, value) in ignored {
+            if value.is_some() {
+                tracing::debug!(destination = %id, key = %key, "walkerOS key has no effect in weir");
+            }
+        }
+    }
+}
+
 /// `retry` block.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -153,39 +241,23 @@ struct RetryConfig {
 
 /// `dlq = { type = "file", path = "..." }` (the type defaults to `file`).
 #[derive(Debug, Deserialize)]
-struct FileDlqConfig {
-    path: PathBuf,
+struct DlqConfig {
+    #[serde(rename = "type", default)]
+    kind: DlqKind,
+    path: Option<PathBuf>,
 }
 
-fn dead_letter_sink(value: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> DeadLetterSink {
-    let default = || DeadLetterSink::file(&PathBuf::from(DEFAULT_DLQ_PATH));
-    let Some(value) = value else { return default() };
-    let Value::Object(fields) = value else {
-        errors.push(path, "must be {type = \"file\", path = \"...\"}");
-        return default();
-    };
-    let mut fields = fields.clone();
-    match fields.remove("type") {
-        None => {}
-        Some(Value::String(kind)) if kind == "file" => {}
-        Some(other) => {
-            errors.push(
-                join(path, "type"),
-                format!("{other} is not a dead-letter sink weir has (\"file\")"),
-            );
-            return default();
-        }
-    }
-    match typed::parse::<FileDlqConfig>(&Value::Object(fields), path, errors) {
-        Some(config) => DeadLetterSink::file(&config.path),
-        None => default(),
-    }
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DlqKind {
+    #[default]
+    File,
 }
 
 fn wire<D: Destination>(
     destination: Option<D>,
     step: &Step,
-    config: &serde_json::Map<String, Value>,
+    wrapper: Option<Wrapper>,
     path: &str,
     errors: &mut ConfigErrors,
 ) -> Option<BuiltDestination> {
@@ -193,8 +265,13 @@ fn wire<D: Destination>(
         .as_ref()
         .map(Destination::delivery_defaults)
         .unwrap_or_default();
-    let config_batch = config
-        .get("batch")
+    // A block with a type error (reported) is not wired; its settings are still checked.
+    let wrapper_read = wrapper.is_some();
+    let wrapper = wrapper.unwrap_or_default();
+    wrapper.check(&step.id, path, errors);
+    let config_batch = wrapper
+        .batch
+        .as_ref()
         .and_then(|value| BatchSpec::parse(value, &join(path, "batch"), errors));
     let mut batch = match (&config_batch, defaults.batch_age) {
         (Some(spec), _) => spec.policy(None),
@@ -209,7 +286,17 @@ fn wire<D: Destination>(
     };
     batch.max_bytes = defaults.batch_bytes;
     let mut rule_batches = Vec::new();
-    let mapping = DestinationMapping::<D::RuleSettings>::from_config(config, path, errors, &mut |rule_batch| {
+    let mapping_block: serde_json::Map<String, Value> = [
+        ("consent", &wrapper.consent),
+        ("mapping", &wrapper.mapping),
+        ("policy", &wrapper.policy),
+        ("data", &wrapper.data),
+        ("include", &wrapper.include),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
+    .collect();
+    let mapping = DestinationMapping::<D::RuleSettings>::from_config(&mapping_block, path, errors, &mut |rule_batch| {
         let mut policy = rule_batch.policy(config_batch.as_ref());
         policy.max_bytes = defaults.batch_bytes;
         rule_batches.push(policy);
@@ -218,9 +305,7 @@ fn wire<D: Destination>(
 
     let mut retry = RetryPolicy::default();
     retry.max_retries = defaults.max_retries.unwrap_or(retry.max_retries);
-    if let Some(value) = config.get("retry")
-        && let Some(parsed) = typed::parse::<RetryConfig>(value, &join(path, "retry"), errors)
-    {
+    if let Some(parsed) = &wrapper.retry {
         retry.max_retries = parsed.max_retries.unwrap_or(retry.max_retries);
         retry.retry_delay = parsed.retry_delay.map_or(retry.retry_delay, Duration::from_millis);
         retry.max_retry_delay = parsed
@@ -228,60 +313,46 @@ fn wire<D: Destination>(
             .map_or(retry.max_retry_delay, Duration::from_millis);
     }
     let default_timeout = defaults.attempt_timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let timeout = match config.get("timeout") {
-        None => default_timeout,
+    let timeout = match wrapper.timeout {
         // walkerOS: 0 or unset means the default.
-        Some(value) => match value.as_u64() {
-            Some(0) => default_timeout,
-            Some(ms)
-                if defaults
-                    .attempt_timeout
-                    .is_some_and(|least| Duration::from_millis(ms) < least) =>
-            {
-                errors.push(
-                    join(path, "timeout"),
-                    format!(
-                        "must be at least {} ms: the client reports each record within its own timeout",
-                        default_timeout.as_millis()
-                    ),
-                );
-                default_timeout
-            }
-            Some(ms) => Duration::from_millis(ms),
-            None => {
-                errors.push(join(path, "timeout"), "must be a number of milliseconds");
-                default_timeout
-            }
-        },
+        None | Some(0) => default_timeout,
+        Some(ms)
+            if defaults
+                .attempt_timeout
+                .is_some_and(|least| Duration::from_millis(ms) < least) =>
+        {
+            errors.push(
+                join(path, "timeout"),
+                format!(
+                    "must be at least {} ms: the client reports each record within its own timeout",
+                    default_timeout.as_millis()
+                ),
+            );
+            default_timeout
+        }
+        Some(ms) => Duration::from_millis(ms),
     };
-    let queue_max = positive(config, "queueMax", path, errors)
+    let queue_max = positive(wrapper.queue_max, "queueMax", path, errors)
         .or(defaults.queue_max)
         .unwrap_or(DEFAULT_QUEUE_MAX);
-    let concurrency = positive(config, "concurrency", path, errors).unwrap_or(defaults.concurrency);
-    let dead_letters = dead_letter_sink(config.get("dlq"), &join(path, "dlq"), errors);
-
-    for key in config.keys() {
-        let at = join(path, key);
-        match key.as_str() {
-            "settings" | "consent" | "mapping" | "policy" | "data" | "include" | "batch" | "retry" | "timeout"
-            | "queueMax" | "concurrency" | "dlq" | "disabled" => {}
-            // walkerOS keys with no effect in a server-side router: the instance id is the
-            // entry's key, weir connects every destination at start, there is no
-            // runtime-added destination to replay to, and weir's durable dead-letter sink
-            // and retrier replace the in-memory DLQ cap and the circuit breaker.
-            "id" | "init" | "loadScript" | "queue" | "logger" | "dlqMax" | "breaker" => {
-                tracing::debug!(destination = %step.id, key = %key, "walkerOS key has no effect in weir");
-            }
-            "env" | "before" | "next" | "cache" | "state" | "mock" | "require" | "setup" => {
-                errors.push(at, format!("`{key}` is not supported by weir"));
-            }
-            _ => errors.push(at, "unknown key"),
+    let concurrency = positive(wrapper.concurrency, "concurrency", path, errors).unwrap_or(defaults.concurrency);
+    let dead_letter_path = wrapper.dlq.and_then(|dlq| {
+        let DlqKind::File = dlq.kind;
+        if dlq.path.is_none() {
+            errors.push(join(path, "dlq.path"), "the file to append dead letters to");
         }
-    }
+        dlq.path
+    });
+    let dead_letters = DeadLetterSink::file(&dead_letter_path.unwrap_or_else(|| PathBuf::from(DEFAULT_DLQ_PATH)));
 
     let destination = destination?;
     let mapping = mapping?;
+    if !wrapper_read {
+        return None;
+    }
     let endpoint = destination.http_endpoint();
+    let files = destination.written_files();
+    let dead_letter_file = dead_letters.file_path().map(std::path::Path::to_path_buf);
     let (pipeline, worker) = pipeline::build(
         destination,
         PipelineConfig {
@@ -303,22 +374,19 @@ fn wire<D: Destination>(
         route: Arc::new(pipeline),
         worker: Box::new(move |lifecycle| Box::pin(worker.run(lifecycle))),
         endpoint,
+        files,
+        dead_letter_file,
     })
 }
 
-fn positive(
-    config: &serde_json::Map<String, Value>,
-    key: &str,
-    path: &str,
-    errors: &mut ConfigErrors,
-) -> Option<usize> {
-    let value = config.get(key)?;
-    match value.as_u64() {
-        Some(n) if n > 0 => Some(n as usize),
-        _ => {
+/// A count that must be at least 1.
+fn positive(value: Option<u64>, key: &str, path: &str, errors: &mut ConfigErrors) -> Option<usize> {
+    match value? {
+        0 => {
             errors.push(join(path, key), "must be a positive whole number");
             None
         }
+        n => Some(n as usize),
     }
 }
 

@@ -34,13 +34,14 @@ pub struct RedisPubsubDestination {
     manager: tokio::sync::OnceCell<ConnectionManager>,
 }
 
-impl RedisPubsubDestination {
+impl Destination for RedisPubsubDestination {
+    type RuleSettings = PubsubRuleSettings;
+    type Wire = Publish;
+    type Error = RedisError;
+    const KIND: &'static str = "redis_pubsub";
+
     /// `settings.redis`: the Redis destination's connection keys plus `channel`.
-    pub fn from_settings(
-        settings: Option<&Value>,
-        path: &str,
-        errors: &mut ConfigErrors,
-    ) -> Option<RedisPubsubDestination> {
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
         let redis_path = join(path, "redis");
         let Some(block) = settings
             .and_then(|settings| settings.get("redis"))
@@ -71,13 +72,6 @@ impl RedisPubsubDestination {
             manager: tokio::sync::OnceCell::new(),
         })
     }
-}
-
-impl Destination for RedisPubsubDestination {
-    type RuleSettings = PubsubRuleSettings;
-    type Wire = Publish;
-    type Error = RedisError;
-    const KIND: &'static str = "redis_pubsub";
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {

@@ -1,6 +1,7 @@
-//! `sse`: a Server-Sent-Events hub on weir's HTTP server (`GET /v1/notifications/event-stream`
-//! by default), the fan-out Optimizely Agent's notifications endpoint offers, made reliable
-//! (Optimizely Agent's `pkg/handlers/notification.go`).
+//! `sse`: a Server-Sent-Events hub (`GET /v1/notifications/event-stream` by default), the
+//! fan-out Optimizely Agent's notifications endpoint offers, made reliable (Optimizely
+//! Agent's `pkg/handlers/notification.go`). It is served on every HTTP source's listener, or
+//! on its own `listen` address; the assembly binds the listeners.
 //!
 //! Each event is rendered once into its frame — `id:` (the stream entry id when a stream
 //! source read it, else the event id), `event:` (the event name), `data:` (the event JSON, or
@@ -27,7 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::config::typed::{self, BearerToken};
 use crate::config::{ConfigErrors, join};
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, Endpoint, ErrorClass, RenderInput, Rendered};
 use crate::redis::connection::report_unknown_keys;
 use crate::redis::replies::as_text;
 use crate::redis::{Connection, parse_connection};
@@ -41,6 +42,8 @@ const COALESCE_BYTES: usize = 64 * 1024;
 #[serde(rename_all = "camelCase")]
 struct Raw {
     path: Option<String>,
+    /// A listener of the hub's own; unset: every HTTP source's listener.
+    listen: Option<String>,
     /// ms
     heartbeat: Option<u64>,
     client_queue: Option<usize>,
@@ -67,6 +70,7 @@ struct Replay {
 
 pub struct Hub {
     path: String,
+    listen: Option<String>,
     heartbeat: Duration,
     bearer_token: Option<BearerToken>,
     replay: Option<Replay>,
@@ -84,8 +88,28 @@ pub struct SseDestination {
 #[error("{0}")]
 pub struct SseError(String);
 
-impl SseDestination {
-    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<SseDestination> {
+/// `id:`, `event:` and `data:` lines; names and ids cannot break a frame.
+fn frame(id: &str, name: &str, data: &[u8]) -> Frame {
+    let clean = |text: &str| text.replace(['\r', '\n'], " ");
+    let (id, name) = (clean(id), clean(name));
+    let mut bytes = Vec::with_capacity(data.len() + id.len() + name.len() + 24);
+    bytes.extend_from_slice(format!("id: {id}\nevent: {name}\ndata: ").as_bytes());
+    bytes.extend_from_slice(data);
+    bytes.extend_from_slice(b"\n\n");
+    Frame {
+        id,
+        name,
+        bytes: Bytes::from(bytes),
+    }
+}
+
+impl Destination for SseDestination {
+    type RuleSettings = serde::de::IgnoredAny;
+    type Wire = Arc<Frame>;
+    type Error = SseError;
+    const KIND: &'static str = "sse";
+
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
         let empty = Value::Object(serde_json::Map::new());
         let raw = typed::parse::<Raw>(settings.unwrap_or(&empty), path, errors)?;
         let endpoint = raw.path.clone().unwrap_or_else(|| DEFAULT_PATH.to_owned());
@@ -112,6 +136,7 @@ impl SseDestination {
         Some(SseDestination {
             hub: Arc::new(Hub {
                 path: endpoint,
+                listen: raw.listen.clone(),
                 heartbeat: Duration::from_millis(raw.heartbeat.unwrap_or(15_000).max(10)),
                 bearer_token,
                 replay,
@@ -121,28 +146,6 @@ impl SseDestination {
             }),
         })
     }
-}
-
-/// `id:`, `event:` and `data:` lines; names and ids cannot break a frame.
-fn frame(id: &str, name: &str, data: &[u8]) -> Frame {
-    let clean = |text: &str| text.replace(['\r', '\n'], " ");
-    let (id, name) = (clean(id), clean(name));
-    let mut bytes = Vec::with_capacity(data.len() + id.len() + name.len() + 24);
-    bytes.extend_from_slice(format!("id: {id}\nevent: {name}\ndata: ").as_bytes());
-    bytes.extend_from_slice(data);
-    bytes.extend_from_slice(b"\n\n");
-    Frame {
-        id,
-        name,
-        bytes: Bytes::from(bytes),
-    }
-}
-
-impl Destination for SseDestination {
-    type RuleSettings = serde::de::IgnoredAny;
-    type Wire = Arc<Frame>;
-    type Error = SseError;
-    const KIND: &'static str = "sse";
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {
@@ -198,11 +201,15 @@ impl Destination for SseDestination {
         Ok(())
     }
 
-    fn http_endpoint(&self) -> Option<(String, Router)> {
+    fn http_endpoint(&self) -> Option<Endpoint> {
         let router = Router::new()
             .route(&self.hub.path, axum::routing::get(events))
             .with_state(self.hub.clone());
-        Some((self.hub.path.clone(), router))
+        Some(Endpoint {
+            path: self.hub.path.clone(),
+            router,
+            listen: self.hub.listen.clone(),
+        })
     }
 }
 

@@ -4,21 +4,13 @@
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use super::file::{NoRuleSettings, explain_json_line, render_json_line};
+use super::file::{explain_json_line, render_json_line};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::mapping::NoRuleSettings;
 
 pub struct StdoutDestination {
     out: tokio::sync::Mutex<tokio::io::Stdout>,
-}
-
-impl StdoutDestination {
-    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
-        super::no_settings("stdout", settings, path, errors);
-        Some(StdoutDestination {
-            out: tokio::sync::Mutex::new(tokio::io::stdout()),
-        })
-    }
 }
 
 impl Destination for StdoutDestination {
@@ -26,6 +18,13 @@ impl Destination for StdoutDestination {
     type Wire = Vec<u8>;
     type Error = std::io::Error;
     const KIND: &'static str = "stdout";
+
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        super::no_settings("stdout", settings, path, errors);
+        Some(StdoutDestination {
+            out: tokio::sync::Mutex::new(tokio::io::stdout()),
+        })
+    }
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {

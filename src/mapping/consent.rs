@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 
-use super::truthy;
 use crate::event::Object;
+use crate::json::truthy;
 
 /// The granted groups (in state order, then the event's new groups), or `None` when the
 /// requirement is not met.

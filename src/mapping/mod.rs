@@ -21,44 +21,12 @@ use serde_json::{Map, Value};
 use crate::collector::Collector;
 use crate::config::{ConfigErrors, join, typed};
 use crate::event::{Event, Object, split_name};
+use crate::json::assign;
 pub use consent::granted_consent;
 pub use include::Section;
 use path::{remove_by_path, set_by_path};
+
 pub use value::{ValueContext, ValueSpec};
-
-/// JavaScript truthiness of a JSON value.
-pub fn truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(_) | Value::Object(_) => true,
-    }
-}
-
-/// walkerOS's `assign(target, source)`: target's keys, then the source's new keys; source
-/// values win, except that two arrays are concatenated without duplicate scalars.
-pub fn assign(target: &Object, source: &Object) -> Object {
-    let mut out = target.clone();
-    for (key, value) in source {
-        match (out.get_mut(key), value) {
-            (Some(Value::Array(existing)), Value::Array(incoming)) => {
-                for item in incoming {
-                    let scalar = !matches!(item, Value::Array(_) | Value::Object(_));
-                    if !(scalar && existing.contains(item)) {
-                        existing.push(item.clone());
-                    }
-                }
-            }
-            (Some(slot), _) => *slot = value.clone(),
-            (None, _) => {
-                out.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    out
-}
 
 /// `batch` of a destination or a rule: a number (the debounce `wait`) or `{wait, size, age}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,6 +77,14 @@ pub trait RuleSettings: DeserializeOwned {
 }
 
 impl RuleSettings for serde::de::IgnoredAny {}
+
+/// Rule settings of a destination that has none (`file`, `stdout`, `blackhole`): any key in
+/// a rule's `settings` is reported as unknown.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoRuleSettings {}
+
+impl RuleSettings for NoRuleSettings {}
 
 /// A policy: `{path: value spec}`, written into the event before mapping.
 pub type Policy = Vec<(String, ValueSpec)>;

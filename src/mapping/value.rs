@@ -20,9 +20,9 @@ use serde_json::{Map, Value};
 
 use super::consent::granted_consent;
 use super::path::{contains_null, get_with_default};
-use super::truthy;
 use crate::config::{ConfigErrors, join};
 use crate::event::Object;
+use crate::json::truthy;
 
 /// A parsed value spec.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,31 @@ pub mod redis_stream;
 use crate::config::ConfigErrors;
 use crate::config::flow::Step;
 
-/// The source types weir knows, for error messages.
-pub const KINDS: [&str; 2] = ["http", "redis_stream"];
+/// One source type: its `type` name, walkerOS's package for it, and how its entry is read.
+pub struct Kind {
+    pub name: &'static str,
+    pub package: Option<&'static str>,
+    build: fn(&Step, &str, &mut ConfigErrors) -> Option<SourceConfig>,
+}
+
+/// Every source weir ships.
+pub const REGISTRY: [Kind; 2] = [
+    Kind {
+        name: "http",
+        package: Some("@walkeros/server-source-express"),
+        build: |step, path, errors| {
+            http::HttpSourceConfig::from_step(&step.id, &step.config, path, errors).map(SourceConfig::Http)
+        },
+    },
+    Kind {
+        name: "redis_stream",
+        package: None,
+        build: |step, path, errors| {
+            redis_stream::RedisStreamConfig::from_step(&step.id, &step.config, path, errors)
+                .map(SourceConfig::RedisStream)
+        },
+    },
+];
 
 /// A checked source entry.
 #[derive(Debug)]
@@ -26,26 +49,53 @@ impl SourceConfig {
             SourceConfig::RedisStream(stream) => &stream.id,
         }
     }
+
+    /// The most events one dispatch from this source can carry: every destination taking
+    /// it must have room for that many.
+    pub fn largest_batch(&self) -> usize {
+        match self {
+            SourceConfig::Http(http) => http.max_batch_size,
+            SourceConfig::RedisStream(stream) => stream.batch_size,
+        }
+    }
+
+    /// The Redis streams it reads (a destination writing into one would loop).
+    pub fn streams_read(&self) -> &[String] {
+        match self {
+            SourceConfig::Http(_) => &[],
+            SourceConfig::RedisStream(stream) => &stream.streams,
+        }
+    }
 }
 
 /// Checks a flow-file source entry; `None` (errors recorded) when invalid or `disabled`.
 pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<SourceConfig> {
     let config_path = crate::config::join(&step.path, "config");
-    // A disabled entry is still checked, so a mistake in it shows before it is enabled.
-    let built = match step.kind.as_str() {
-        "http" => {
-            http::HttpSourceConfig::from_step(&step.id, &step.config, &config_path, errors).map(SourceConfig::Http)
+    let kind = if step.kind.is_empty()
+        && let Some(package) = &step.package
+    {
+        let found = REGISTRY.iter().find(|kind| kind.package == Some(package.as_str()));
+        if found.is_none() {
+            let known: Vec<&str> = REGISTRY.iter().filter_map(|kind| kind.package).collect();
+            errors.push(
+                crate::config::join(&step.path, "package"),
+                format!("weir does not implement {package}; it knows {}", known.join(", ")),
+            );
         }
-        "redis_stream" => redis_stream::RedisStreamConfig::from_step(&step.id, &step.config, &config_path, errors)
-            .map(SourceConfig::RedisStream),
-        other => {
+        found
+    } else {
+        let found = REGISTRY.iter().find(|kind| kind.name == step.kind);
+        if found.is_none() {
+            let known: Vec<&str> = REGISTRY.iter().map(|kind| kind.name).collect();
             errors.push(
                 crate::config::join(&step.path, "type"),
-                format!("unknown source type \"{other}\"; weir has {}", KINDS.join(", ")),
+                format!("unknown source type \"{}\"; weir has {}", step.kind, known.join(", ")),
             );
-            None
         }
+        found
     };
+    // A disabled entry is still checked, so a mistake in it shows before it is enabled.
+    let built = kind.and_then(|kind| (kind.build)(step, &config_path, errors));
     if step.config.get("disabled") == Some(&serde_json::Value::Bool(true)) {
         tracing::info!(source = %step.id, "source disabled in the flow file");
         return None;

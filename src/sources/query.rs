@@ -77,7 +77,7 @@ fn assign(node: &mut Value, parts: &[&str], value: Value, budget: &mut usize) ->
         // A scalar cannot hold a nested key: JavaScript drops the write silently.
         _ => return Ok(()),
     };
-    if !crate::mapping::truthy(slot) {
+    if !crate::json::truthy(slot) {
         *slot = if parse_index(rest[0]).is_some() {
             Value::Array(Vec::new())
         } else {

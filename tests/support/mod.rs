@@ -50,7 +50,9 @@ impl Weir {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("HTTP source listening")
+                // The first listener: an HTTP source's, or in a flow without one, the
+                // process's own (health, metrics, SSE).
+                if (line.contains("HTTP source listening") || line.contains("HTTP endpoints listening"))
                     && let Some(address) = line.split("address=").nth(1)
                 {
                     let _ = address_tx.send(strip_ansi(address).trim().to_owned());

@@ -117,11 +117,6 @@ pub struct KafkaDestination {
 }
 
 impl KafkaDestination {
-    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<KafkaDestination> {
-        let settings = KafkaSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
-        Some(KafkaDestination::new(settings))
-    }
-
     pub fn new(settings: KafkaSettings) -> KafkaDestination {
         let mut headers = OwnedHeaders::new_with_capacity(settings.headers.len());
         for (name, value) in &settings.headers {
@@ -248,6 +243,12 @@ impl Destination for KafkaDestination {
     type Wire = KafkaRecord;
     type Error = KafkaFailure;
     const KIND: &'static str = "kafka";
+    const PACKAGE: Option<&'static str> = Some("@walkeros/server-destination-kafka");
+
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        let settings = KafkaSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
+        Some(KafkaDestination::new(settings))
+    }
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {

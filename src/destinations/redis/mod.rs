@@ -49,11 +49,6 @@ pub struct RedisDestination {
 }
 
 impl RedisDestination {
-    pub fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<RedisDestination> {
-        let settings = RedisSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
-        Some(RedisDestination::new(settings))
-    }
-
     pub fn new(settings: RedisSettings) -> RedisDestination {
         RedisDestination {
             settings,
@@ -205,6 +200,12 @@ impl Destination for RedisDestination {
     type Wire = Xadd;
     type Error = RedisError;
     const KIND: &'static str = "redis";
+    const PACKAGE: Option<&'static str> = Some("@walkeros/server-destination-redis");
+
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        let settings = RedisSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
+        Some(RedisDestination::new(settings))
+    }
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {

@@ -100,21 +100,6 @@ pub struct RudderStackDestination {
 }
 
 impl RudderStackDestination {
-    pub fn from_settings(
-        settings: Option<&Value>,
-        path: &str,
-        errors: &mut ConfigErrors,
-    ) -> Option<RudderStackDestination> {
-        let settings = RudderSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
-        match RudderStackDestination::new(settings) {
-            Ok(destination) => Some(destination),
-            Err(error) => {
-                errors.push(path, format!("cannot set up the HTTP client: {error}"));
-                None
-            }
-        }
-    }
-
     pub fn new(settings: RudderSettings) -> Result<RudderStackDestination, reqwest::Error> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
@@ -305,6 +290,18 @@ impl Destination for RudderStackDestination {
     type Wire = RudderWire;
     type Error = RudderError;
     const KIND: &'static str = "rudderstack";
+    const PACKAGE: Option<&'static str> = Some("@walkeros/server-destination-rudderstack");
+
+    fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        let settings = RudderSettings::parse(settings, path, &|name| std::env::var(name).ok(), errors)?;
+        match RudderStackDestination::new(settings) {
+            Ok(destination) => Some(destination),
+            Err(error) => {
+                errors.push(path, format!("cannot set up the HTTP client: {error}"));
+                None
+            }
+        }
+    }
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {

@@ -24,8 +24,6 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
 /// How long a request waits for its events' delivery before it is answered 202.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Paths weir serves itself on every HTTP listener.
-pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// When a request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,7 +279,7 @@ fn collect_paths(
                 at.clone(),
                 format!("\"{path}\" must start with / and use only letters, digits and / - _ . ~"),
             );
-        } else if RESERVED_PATHS.contains(&path.as_str()) {
+        } else if crate::runtime::PROCESS_PATHS.contains(&path.as_str()) {
             errors.push(at.clone(), format!("\"{path}\" is served by weir itself"));
         } else if out[..index].iter().any(|earlier| &earlier.path == path) {
             errors.push(at.clone(), format!("\"{path}\" is listed twice"));

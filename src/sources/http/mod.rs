@@ -9,13 +9,14 @@
 //! answered once every destination delivered or dead-lettered its events; with
 //! `"received"` once they are queued. Either way the events are validated first, so a
 //! client always learns about an invalid event (walkerOS's respond-first mode answers 200
-//! and drops it). `/healthz`, `/readyz` and `/metrics` are served beside the collect paths.
+//! and drops it). The process endpoints (`/healthz`, `/readyz`, `/metrics`) and
+//! destinations' routes are served beside the collect paths, on a listener the assembly
+//! binds.
 
 // Handlers return a ready `Response` as their error: it is what the client gets.
 #![allow(clippy::result_large_err)]
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -24,7 +25,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::MethodRouter;
 use http_body_util::BodyExt;
 use metrics::Counter;
 use serde_json::value::RawValue;
@@ -32,9 +33,7 @@ use serde_json::{Value, json};
 
 mod config;
 
-pub use config::{
-    AckMode, DEFAULT_LISTEN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, HttpSourceConfig, RESERVED_PATHS,
-};
+pub use config::{AckMode, DEFAULT_LISTEN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, HttpSourceConfig};
 
 use super::cors::Cors;
 use super::query::parse_query;
@@ -78,8 +77,10 @@ impl HttpSource {
         &self.config.listen
     }
 
-    /// The axum router serving this source.
-    pub fn router(self: &Arc<Self>) -> Router {
+    /// The axum router serving this source, with `shared`: the routes every listener of
+    /// the process carries (health, metrics, destinations' endpoints), under this source's
+    /// CORS headers.
+    pub fn router(self: &Arc<Self>, shared: Router) -> Router {
         let mut router = Router::new();
         for collect in &self.config.paths {
             let mut methods: MethodRouter<Arc<HttpSource>> = MethodRouter::new()
@@ -94,16 +95,7 @@ impl HttpSource {
             }
             router = router.route(&collect.path, methods);
         }
-        let mut router = router
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_text))
-            .fallback(fallback)
-            .with_state(self.clone());
-        // Destinations' own routes (the SSE hub), under the same CORS headers.
-        for endpoint in self.runtime.endpoints() {
-            router = router.merge(endpoint.clone());
-        }
+        let router = router.fallback(fallback).with_state(self.clone()).merge(shared);
         // Headers every response carries. With a fixed CORS origin (the default `*`) they
         // are static and a plain response mapper adds them; only an origin list needs the
         // request's `Origin`, and so a middleware.
@@ -309,29 +301,6 @@ fn html_escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-async fn healthz() -> Response {
-    json_response(StatusCode::OK, "{\"status\":\"ok\"}".into())
-}
-
-async fn readyz(State(source): State<Arc<HttpSource>>) -> Response {
-    match source.runtime.readiness() {
-        Ok(()) => json_response(StatusCode::OK, "{\"status\":\"ready\"}".into()),
-        Err(reason) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "not_ready", "reason": reason}).to_string(),
-        ),
-    }
-}
-
-async fn metrics_text() -> Response {
-    let mut response = crate::telemetry::prometheus().render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
 }
 
 /// How the body of a POST is to be read.
@@ -634,15 +603,4 @@ async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, ur
         },
         Err(response) => response,
     }
-}
-
-/// Binds the source's listener (`override_listen` wins over the flow file).
-pub async fn bind(
-    source: &HttpSource,
-    override_listen: Option<&str>,
-) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let address = override_listen.unwrap_or(&source.config.listen);
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
 }
