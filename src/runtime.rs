@@ -17,7 +17,9 @@ use crate::delivery::ack::AckSet;
 use crate::delivery::pipeline::{Explained, QueueFull, Route};
 use crate::event::Event;
 
-/// Paths weir itself serves on every HTTP listener (health, readiness, metrics).
+/// Paths weir itself serves on every HTTP listener (health, readiness, metrics). Here, below
+/// the sources and the assembly, because the HTTP source keeps its collect paths off them and
+/// the assembly serves them.
 pub const PROCESS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 pub struct Runtime {

@@ -5,7 +5,12 @@
 //! joins a source's listener of that address or gets one of its own. Every listener also
 //! serves the process endpoints: `/healthz` (the process is up), `/readyz` (every
 //! destination connected) and `/metrics` (Prometheus text). All listeners are bound before
-//! anything starts, so a taken port stops the start cleanly.
+//! any is served or any source reads, so a taken port stops the start before an event is
+//! taken in. Addresses are compared as written: `localhost:8080` and `127.0.0.1:8080` are two
+//! listeners, and the second fails to bind with a clear error.
+//!
+//! A listener of its own (no HTTP source on it) sends no CORS headers: a browser on another
+//! origin reaches an SSE hub through an HTTP source's listener, whose CORS settings apply.
 //!
 //! Connections are served by hyper's HTTP/1 connection directly rather than `axum::serve`:
 //! weir speaks only HTTP/1.1, and skipping the HTTP/2 detection `axum::serve` does on every
@@ -30,7 +35,7 @@ use crate::sources::http::{HttpSource, HttpSourceConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {address} ({serves}): {source}")]
+    #[error("cannot listen on {address} ({serves})")]
     Bind {
         address: String,
         serves: String,

@@ -8,7 +8,8 @@
 //! hold, the checked source configs and the destination workers, not yet spawned.
 //!
 //! [`listeners`] then binds the HTTP listeners the flow needs — one per HTTP source, plus
-//! one for each `listen` address a destination asks for — and spawns the sources. The
+//! one for each `listen` address of a destination that no source listens on — and spawns
+//! the sources. The
 //! listeners are the process's, not a source's: a flow that only reads a stream and fans
 //! it out over SSE still serves `/healthz`, `/readyz`, `/metrics` and its SSE path.
 //!
@@ -316,29 +317,25 @@ mod tests {
     }
 
     #[test]
-    fn the_destination_wrapper_reports_unknown_and_unsupported_keys() {
+    fn the_destination_wrapper_reports_every_problem_at_once() {
         let text = problems(json!({
             "destinations": {"f": {"type": "file", "config": {
                 "queueMax": 0, "retry": {"maxRetries": 2, "delay": 5}, "before": "x", "loadScript": true,
-                "dlq": {"type": "file"}, "qeueMax": 5, "timeout": "soon"
+                "dlq": {"type": "file"}, "qeueMax": 5, "timeout": "soon", "concurrency": null,
+                "disabled": "yes", "settings": {"pth": "x.jsonl"}, "consent": null
             }}}
         }));
         for expected in [
             "destinations.f.config.qeueMax: unknown key",
             "destinations.f.config.retry.delay: unknown key",
-            "destinations.f.config.timeout: invalid type",
-        ] {
-            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
-        }
-        let text = problems(json!({
-            "destinations": {"f": {"type": "file", "config": {
-                "queueMax": 0, "before": "x", "loadScript": true, "dlq": {"type": "file"}, "disabled": false
-            }}}
-        }));
-        for expected in [
+            "destinations.f.config.timeout: must be a number of milliseconds",
             "destinations.f.config.queueMax: must be a positive whole number",
+            "destinations.f.config.concurrency: must be a positive whole number",
+            "destinations.f.config.disabled: must be true or false",
             "destinations.f.config.before: `before` is not supported by weir",
-            "destinations.f.config.dlq.path: the file to append dead letters to",
+            "destinations.f.config.dlq: missing field `path`",
+            "destinations.f.config.settings.pth: unknown key",
+            "destinations.f.config.consent",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
@@ -360,6 +357,14 @@ mod tests {
             "destinations": {"hub": {"type": "sse", "config": {"settings": {"listen": "127.0.0.1:9000"}}}}
         }));
         assert_eq!(served, "");
+        let unusable = problems(json!({
+            "sources": {"events": stream_source()},
+            "destinations": {"hub": {"type": "sse", "config": {"settings": {"listen": "localhost"}}}}
+        }));
+        assert!(
+            unusable.contains("destinations.hub.config.settings.listen: \"localhost\" is not host:port"),
+            "{unusable}"
+        );
     }
 
     #[test]

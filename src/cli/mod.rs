@@ -36,7 +36,8 @@ enum Command {
         /// Which flow of a walkerOS file with several.
         #[arg(long)]
         flow: Option<String>,
-        /// Listen address for the (first) HTTP source, e.g. 127.0.0.1:0.
+        /// Listen address of the first HTTP source (in a flow without one, of the first
+        /// listener, e.g. an SSE hub's), e.g. 127.0.0.1:0.
         #[arg(long)]
         listen: Option<String>,
         /// Seconds to deliver what is queued after SIGTERM/SIGINT before dead-lettering it.

@@ -235,6 +235,45 @@ fn check_flow_config(value: &Value, path: &str, errors: &mut ConfigErrors) {
     }
 }
 
+/// The entry of a source or destination `registry` that `step` names: by `type`, or by
+/// walkerOS `package` when it has no type. `None`, with the error, when there is none.
+/// `what` is "source" or "destination", for the message.
+pub fn find_kind<'a, K>(
+    registry: &'a [K],
+    name: impl Fn(&K) -> &'static str,
+    package: impl Fn(&K) -> Option<&'static str>,
+    step: &Step,
+    what: &str,
+    errors: &mut ConfigErrors,
+) -> Option<&'a K> {
+    let known = |names: Vec<&str>| names.join(", ");
+    if step.kind.is_empty()
+        && let Some(wanted) = &step.package
+    {
+        let found = registry.iter().find(|kind| package(kind) == Some(wanted.as_str()));
+        if found.is_none() {
+            let packages = registry.iter().filter_map(&package).collect();
+            errors.push(
+                join(&step.path, "package"),
+                format!("weir does not implement {wanted}; it knows {}", known(packages)),
+            );
+        }
+        return found;
+    }
+    let found = registry.iter().find(|kind| name(kind) == step.kind);
+    if found.is_none() {
+        errors.push(
+            join(&step.path, "type"),
+            format!(
+                "unknown {what} type \"{}\"; weir has {}",
+                step.kind,
+                known(registry.iter().map(&name).collect())
+            ),
+        );
+    }
+    found
+}
+
 /// A package name without its version: `@scope/name@1.2.3` is `@scope/name`.
 fn package_name(package: &str) -> &str {
     match package.rfind('@') {

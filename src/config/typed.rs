@@ -46,6 +46,13 @@ fn dotted(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
+/// Whether `listen` is `host:port` (a listener's address).
+pub fn is_listen_address(listen: &str) -> bool {
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 /// A secret: from the config (usually `${VAR}`) or from a file (`*File` key). Its `Debug`
 /// never shows the value, so it cannot end up in a log line.
 #[derive(Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::flow::Step;
+use crate::config::flow::{Step, find_kind};
 use crate::config::{ConfigErrors, join, typed};
 use crate::delivery::dead_letter::DeadLetterSink;
 use crate::delivery::pipeline::{self, PipelineConfig, Route, WorkerTask};
@@ -38,7 +38,7 @@ use crate::mapping::{BatchSpec, DestinationMapping};
 pub struct Kind {
     pub name: &'static str,
     pub package: Option<&'static str>,
-    build: fn(&Step, Option<Wrapper>, &mut ConfigErrors) -> Option<BuiltDestination>,
+    build: fn(&Step, Wrapper, &mut ConfigErrors) -> Option<BuiltDestination>,
 }
 
 const fn kind<D: Destination>() -> Kind {
@@ -60,36 +60,6 @@ pub const REGISTRY: [Kind; 8] = [
     kind::<rudderstack::RudderStackDestination>(),
     kind::<sse::SseDestination>(),
 ];
-
-/// The registry entry a step names by `type` or by walkerOS `package`; the error otherwise.
-fn find(step: &Step, errors: &mut ConfigErrors) -> Option<&'static Kind> {
-    let list = |names: &mut dyn Iterator<Item = &'static str>| names.collect::<Vec<_>>().join(", ");
-    if let Some(package) = step.package.as_deref().filter(|_| step.kind.is_empty()) {
-        let found = REGISTRY.iter().find(|kind| kind.package == Some(package));
-        if found.is_none() {
-            errors.push(
-                join(&step.path, "package"),
-                format!(
-                    "weir does not implement {package}; it knows {}",
-                    list(&mut REGISTRY.iter().filter_map(|kind| kind.package))
-                ),
-            );
-        }
-        return found;
-    }
-    let found = REGISTRY.iter().find(|kind| kind.name == step.kind);
-    if found.is_none() {
-        errors.push(
-            join(&step.path, "type"),
-            format!(
-                "unknown destination type \"{}\"; weir has {}",
-                step.kind,
-                list(&mut REGISTRY.iter().map(|kind| kind.name))
-            ),
-        );
-    }
-    found
-}
 
 /// Default dead-letter file.
 pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
@@ -118,9 +88,25 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
         }
     };
     // A disabled entry is still checked, so a mistake in it shows before it is enabled.
-    let wrapper = typed::parse::<Wrapper>(&Value::Object(config), &path, errors);
-    let disabled = wrapper.as_ref().and_then(|wrapper| wrapper.disabled) == Some(true);
-    let built = find(step, errors).and_then(|kind| (kind.build)(step, wrapper, errors));
+    // Every value is kept as given, so this reads any object; unknown keys are reported.
+    let wrapper = typed::parse::<Wrapper>(&Value::Object(config), &path, errors).unwrap_or_default();
+    let disabled = match &wrapper.disabled {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => {
+            errors.push(join(&path, "disabled"), "must be true or false");
+            false
+        }
+    };
+    let kind = find_kind(
+        &REGISTRY,
+        |kind| kind.name,
+        |kind| kind.package,
+        step,
+        "destination",
+        errors,
+    );
+    let built = kind.and_then(|kind| (kind.build)(step, wrapper, errors));
     if disabled {
         tracing::info!(destination = %step.id, "destination disabled in the flow file");
         return None;
@@ -128,14 +114,9 @@ pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<BuiltDestination>
     built
 }
 
-fn build_kind<D: Destination>(
-    step: &Step,
-    wrapper: Option<Wrapper>,
-    errors: &mut ConfigErrors,
-) -> Option<BuiltDestination> {
+fn build_kind<D: Destination>(step: &Step, wrapper: Wrapper, errors: &mut ConfigErrors) -> Option<BuiltDestination> {
     let path = join(&step.path, "config");
-    let settings = wrapper.as_ref().and_then(|wrapper| wrapper.settings.as_ref());
-    let destination = D::from_settings(settings, &join(&path, "settings"), errors);
+    let destination = D::from_settings(wrapper.settings.as_ref(), &join(&path, "settings"), errors);
     wire(destination, step, wrapper, &path, errors)
 }
 
@@ -154,45 +135,80 @@ fn no_settings(kind: &str, settings: Option<&Value>, path: &str, errors: &mut Co
 
 /// The walkerOS destination `config` block around a destination's own `settings`: every key
 /// it may hold, so that an unknown one is reported by the code that reads the known ones.
+/// Each value is kept as given (a `null` too) and checked on its own, so that one wrong
+/// value does not hide the problems of the others.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Wrapper {
     // Read by their owners: the destination (`settings`) and the mapping (the rest).
+    #[serde(default, deserialize_with = "given")]
     settings: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     consent: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     mapping: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     policy: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     data: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     include: Option<Value>,
     // The delivery machinery's.
+    #[serde(default, deserialize_with = "given")]
     batch: Option<Value>,
-    retry: Option<RetryConfig>,
+    #[serde(default, deserialize_with = "given")]
+    retry: Option<Value>,
     /// Per attempt, ms; 0 means the default (walkerOS).
-    timeout: Option<u64>,
-    queue_max: Option<u64>,
-    concurrency: Option<u64>,
-    dlq: Option<DlqConfig>,
-    disabled: Option<bool>,
+    #[serde(default, deserialize_with = "given")]
+    timeout: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    queue_max: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    concurrency: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    dlq: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    disabled: Option<Value>,
     // walkerOS keys with no effect in a server-side router: the instance id is the entry's
     // key, weir connects every destination at start, there is no runtime-added destination
     // to replay to, and weir's durable dead-letter sink and retrier replace the in-memory
     // DLQ cap and the circuit breaker.
+    #[serde(default, deserialize_with = "given")]
     id: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     init: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     load_script: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     queue: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     logger: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     dlq_max: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     breaker: Option<Value>,
     // walkerOS keys that need JavaScript or a browser at run time.
+    #[serde(default, deserialize_with = "given")]
     env: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     before: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     next: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     cache: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     state: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     mock: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     require: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     setup: Option<Value>,
+}
+
+/// A key that is present holds its value, `null` included (serde reads `null` as absent).
+fn given<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 impl Wrapper {
@@ -241,23 +257,39 @@ struct RetryConfig {
 
 /// `dlq = { type = "file", path = "..." }` (the type defaults to `file`).
 #[derive(Debug, Deserialize)]
-struct DlqConfig {
-    #[serde(rename = "type", default)]
-    kind: DlqKind,
-    path: Option<PathBuf>,
+struct FileDlqConfig {
+    path: PathBuf,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum DlqKind {
-    #[default]
-    File,
+fn dead_letter_sink(value: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> DeadLetterSink {
+    let default = || DeadLetterSink::file(&PathBuf::from(DEFAULT_DLQ_PATH));
+    let Some(value) = value else { return default() };
+    let Value::Object(fields) = value else {
+        errors.push(path, "must be {type = \"file\", path = \"...\"}");
+        return default();
+    };
+    let mut fields = fields.clone();
+    match fields.remove("type") {
+        None => {}
+        Some(Value::String(kind)) if kind == "file" => {}
+        Some(other) => {
+            errors.push(
+                join(path, "type"),
+                format!("{other} is not a dead-letter sink weir has (\"file\")"),
+            );
+            return default();
+        }
+    }
+    match typed::parse::<FileDlqConfig>(&Value::Object(fields), path, errors) {
+        Some(config) => DeadLetterSink::file(&config.path),
+        None => default(),
+    }
 }
 
 fn wire<D: Destination>(
     destination: Option<D>,
     step: &Step,
-    wrapper: Option<Wrapper>,
+    wrapper: Wrapper,
     path: &str,
     errors: &mut ConfigErrors,
 ) -> Option<BuiltDestination> {
@@ -265,9 +297,6 @@ fn wire<D: Destination>(
         .as_ref()
         .map(Destination::delivery_defaults)
         .unwrap_or_default();
-    // A block with a type error (reported) is not wired; its settings are still checked.
-    let wrapper_read = wrapper.is_some();
-    let wrapper = wrapper.unwrap_or_default();
     wrapper.check(&step.id, path, errors);
     let config_batch = wrapper
         .batch
@@ -305,7 +334,9 @@ fn wire<D: Destination>(
 
     let mut retry = RetryPolicy::default();
     retry.max_retries = defaults.max_retries.unwrap_or(retry.max_retries);
-    if let Some(parsed) = &wrapper.retry {
+    if let Some(value) = &wrapper.retry
+        && let Some(parsed) = typed::parse::<RetryConfig>(value, &join(path, "retry"), errors)
+    {
         retry.max_retries = parsed.max_retries.unwrap_or(retry.max_retries);
         retry.retry_delay = parsed.retry_delay.map_or(retry.retry_delay, Duration::from_millis);
         retry.max_retry_delay = parsed
@@ -313,43 +344,41 @@ fn wire<D: Destination>(
             .map_or(retry.max_retry_delay, Duration::from_millis);
     }
     let default_timeout = defaults.attempt_timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let timeout = match wrapper.timeout {
+    let timeout = match &wrapper.timeout {
+        None => default_timeout,
         // walkerOS: 0 or unset means the default.
-        None | Some(0) => default_timeout,
-        Some(ms)
-            if defaults
-                .attempt_timeout
-                .is_some_and(|least| Duration::from_millis(ms) < least) =>
-        {
-            errors.push(
-                join(path, "timeout"),
-                format!(
-                    "must be at least {} ms: the client reports each record within its own timeout",
-                    default_timeout.as_millis()
-                ),
-            );
-            default_timeout
-        }
-        Some(ms) => Duration::from_millis(ms),
+        Some(value) => match value.as_u64() {
+            Some(0) => default_timeout,
+            Some(ms)
+                if defaults
+                    .attempt_timeout
+                    .is_some_and(|least| Duration::from_millis(ms) < least) =>
+            {
+                errors.push(
+                    join(path, "timeout"),
+                    format!(
+                        "must be at least {} ms: the client reports each record within its own timeout",
+                        default_timeout.as_millis()
+                    ),
+                );
+                default_timeout
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                errors.push(join(path, "timeout"), "must be a number of milliseconds");
+                default_timeout
+            }
+        },
     };
-    let queue_max = positive(wrapper.queue_max, "queueMax", path, errors)
+    let queue_max = positive(wrapper.queue_max.as_ref(), "queueMax", path, errors)
         .or(defaults.queue_max)
         .unwrap_or(DEFAULT_QUEUE_MAX);
-    let concurrency = positive(wrapper.concurrency, "concurrency", path, errors).unwrap_or(defaults.concurrency);
-    let dead_letter_path = wrapper.dlq.and_then(|dlq| {
-        let DlqKind::File = dlq.kind;
-        if dlq.path.is_none() {
-            errors.push(join(path, "dlq.path"), "the file to append dead letters to");
-        }
-        dlq.path
-    });
-    let dead_letters = DeadLetterSink::file(&dead_letter_path.unwrap_or_else(|| PathBuf::from(DEFAULT_DLQ_PATH)));
+    let concurrency =
+        positive(wrapper.concurrency.as_ref(), "concurrency", path, errors).unwrap_or(defaults.concurrency);
+    let dead_letters = dead_letter_sink(wrapper.dlq.as_ref(), &join(path, "dlq"), errors);
 
     let destination = destination?;
     let mapping = mapping?;
-    if !wrapper_read {
-        return None;
-    }
     let endpoint = destination.http_endpoint();
     let files = destination.written_files();
     let dead_letter_file = dead_letters.file_path().map(std::path::Path::to_path_buf);
@@ -380,13 +409,13 @@ fn wire<D: Destination>(
 }
 
 /// A count that must be at least 1.
-fn positive(value: Option<u64>, key: &str, path: &str, errors: &mut ConfigErrors) -> Option<usize> {
-    match value? {
-        0 => {
+fn positive(value: Option<&Value>, key: &str, path: &str, errors: &mut ConfigErrors) -> Option<usize> {
+    match value?.as_u64() {
+        Some(n) if n > 0 => Some(n as usize),
+        _ => {
             errors.push(join(path, key), "must be a positive whole number");
             None
         }
-        n => Some(n as usize),
     }
 }
 

@@ -116,6 +116,9 @@ impl Destination for SseDestination {
         if !endpoint.starts_with('/') {
             errors.push(join(path, "path"), "must start with /");
         }
+        if let Some(listen) = raw.listen.as_deref().filter(|listen| !typed::is_listen_address(listen)) {
+            errors.push(join(path, "listen"), format!("\"{listen}\" is not host:port"));
+        }
         let bearer_token =
             BearerToken::resolve(raw.bearer_token.clone(), raw.bearer_token_file.as_deref(), path, errors);
         let replay = raw.replay.as_ref().and_then(|value| {

@@ -7,7 +7,7 @@ pub mod query;
 pub mod redis_stream;
 
 use crate::config::ConfigErrors;
-use crate::config::flow::Step;
+use crate::config::flow::{Step, find_kind};
 
 /// One source type: its `type` name, walkerOS's package for it, and how its entry is read.
 pub struct Kind {
@@ -71,29 +71,7 @@ impl SourceConfig {
 /// Checks a flow-file source entry; `None` (errors recorded) when invalid or `disabled`.
 pub fn build(step: &Step, errors: &mut ConfigErrors) -> Option<SourceConfig> {
     let config_path = crate::config::join(&step.path, "config");
-    let kind = if step.kind.is_empty()
-        && let Some(package) = &step.package
-    {
-        let found = REGISTRY.iter().find(|kind| kind.package == Some(package.as_str()));
-        if found.is_none() {
-            let known: Vec<&str> = REGISTRY.iter().filter_map(|kind| kind.package).collect();
-            errors.push(
-                crate::config::join(&step.path, "package"),
-                format!("weir does not implement {package}; it knows {}", known.join(", ")),
-            );
-        }
-        found
-    } else {
-        let found = REGISTRY.iter().find(|kind| kind.name == step.kind);
-        if found.is_none() {
-            let known: Vec<&str> = REGISTRY.iter().map(|kind| kind.name).collect();
-            errors.push(
-                crate::config::join(&step.path, "type"),
-                format!("unknown source type \"{}\"; weir has {}", step.kind, known.join(", ")),
-            );
-        }
-        found
-    };
+    let kind = find_kind(&REGISTRY, |kind| kind.name, |kind| kind.package, step, "source", errors);
     // A disabled entry is still checked, so a mistake in it shows before it is enabled.
     let built = kind.and_then(|kind| (kind.build)(step, &config_path, errors));
     if step.config.get("disabled") == Some(&serde_json::Value::Bool(true)) {

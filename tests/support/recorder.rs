@@ -137,6 +137,11 @@ impl Recorder {
         self.state.script.lock().unwrap().extend(replies);
     }
 
+    /// Drops the replies not yet used: the next requests are answered 200 again.
+    pub fn unscript(&self) {
+        self.state.script.lock().unwrap().clear();
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
     }

@@ -145,7 +145,7 @@ impl HttpSourceConfig {
             (None, Some(port)) => format!("0.0.0.0:{port}"),
             (None, None) => DEFAULT_LISTEN.to_owned(),
         };
-        if !has_port(&listen) {
+        if !typed::is_listen_address(&listen) {
             errors.push(join(&settings_path, "listen"), format!("\"{listen}\" is not host:port"));
         }
         let paths = collect_paths(settings.paths.as_ref(), settings.path, &settings_path, errors);
@@ -221,12 +221,6 @@ fn ack_modes(config: &Map<String, Value>, path: &str, errors: &mut ConfigErrors)
         }
         (None, None) => (AckMode::Delivered, AckMode::Delivered),
     }
-}
-
-fn has_port(listen: &str) -> bool {
-    listen
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// `paths` (strings or `{path, methods}`), else the deprecated `path`, else `/collect`.

@@ -73,10 +73,6 @@ impl HttpSource {
         metrics::counter!("weir_requests_rejected_total", "source" => self.config.id.clone(), "reason" => reason)
     }
 
-    pub fn listen_address(&self) -> &str {
-        &self.config.listen
-    }
-
     /// The axum router serving this source, with `shared`: the routes every listener of
     /// the process carries (health, metrics, destinations' endpoints), under this source's
     /// CORS headers.
