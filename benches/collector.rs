@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use weir::assembly::build_flow;
 use weir::delivery::ack::AckSet;
-use weir::delivery::pipeline::Lifecycle;
-use weir::delivery::pipeline::spawn_workers;
+use weir::delivery::worker::Lifecycle;
+use weir::delivery::worker::spawn_workers;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

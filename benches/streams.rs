@@ -23,8 +23,8 @@ use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir::assembly::build_flow;
-use weir::delivery::pipeline::Lifecycle;
-use weir::delivery::pipeline::spawn_workers;
+use weir::delivery::worker::Lifecycle;
+use weir::delivery::worker::spawn_workers;
 use weir::sources::SourceConfig;
 
 #[global_allocator]

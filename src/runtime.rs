@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::collector::Collector;
 use crate::delivery::ack::AckSet;
-use crate::delivery::pipeline::{Explained, QueueFull, Route};
+use crate::delivery::route::{Explained, QueueFull, Route};
 use crate::event::Event;
 
 /// Paths weir itself serves on every HTTP listener (health, readiness, metrics). Here, below

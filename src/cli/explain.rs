@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::assembly::build_flow;
 use crate::config::Flow;
+use crate::delivery::route::Outcome;
 
 pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyhow::Result<()> {
     let built = build_flow(flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
@@ -47,7 +48,7 @@ pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyh
                 record.insert("event".into(), Value::from(index));
                 record.insert("id".into(), id.clone());
                 record.insert("destination".into(), Value::from(destination.as_str()));
-                record.insert("outcome".into(), Value::from("rejected"));
+                record.insert("outcome".into(), Value::from(Outcome::Rejected.label()));
                 record.insert("reason".into(), Value::from(reason.as_str()));
                 out.write_all(&crate::json::to_vec(&record))?;
                 out.write_all(b"\n")?;
@@ -77,7 +78,7 @@ pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyh
             record.insert("event".into(), Value::from(index));
             record.insert("id".into(), Value::from(event.id()));
             record.insert("destination".into(), Value::from(line.destination));
-            record.insert("outcome".into(), Value::from(line.explained.outcome));
+            record.insert("outcome".into(), Value::from(line.explained.outcome.label()));
             if let Some(reason) = line.explained.reason {
                 record.insert("reason".into(), Value::from(reason));
             }

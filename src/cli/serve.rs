@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::assembly::build_flow;
 use crate::config::Flow;
-use crate::delivery::pipeline::{Lifecycle, spawn_workers};
+use crate::delivery::worker::{Lifecycle, spawn_workers};
 
 pub struct ServeOptions {
     pub listen: Option<String>,

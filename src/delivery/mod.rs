@@ -2,18 +2,28 @@
 //!
 //! A destination implements [`Destination`]: connect and check, render one mapped event into
 //! its wire form, send a batch and report per-event outcomes, classify its errors as
-//! retryable or fatal, shut down. Everything else is here and the same for all of them
-//! ([`pipeline`]): mapping and consent per destination, a bounded queue, a batcher
-//! (`batch`: size / wait / age), a retrier (`retry`: exponential backoff with jitter), a
-//! dead-letter sink ([`dead_letter`]), metrics, and the end-to-end acknowledgement
-//! ([`ack`]) that tells the source, per event, whether it was delivered or dead-lettered.
+//! retryable or fatal, shut down. Everything else is here and the same for all of them, one
+//! file per role:
+//! - [`route`]: the request path — mapping and consent, rendering, a reservation for the
+//!   whole batch, queuing; `weir explain`'s outcome;
+//! - `queue`: the bounded queue between the two halves; `batcher`: batches by `batch`
+//!   (size / wait / age); `metrics`: the destination's counters;
+//! - [`worker`]: sending, retrying (`retry`: exponential backoff with jitter) and
+//!   dead-lettering ([`dead_letter`]), and shutdown;
+//! - [`ack`]: the end-to-end acknowledgement that tells the source, per event, whether it
+//!   was delivered or dead-lettered; [`policy`]: the settings all of it runs by.
+//!
 //! No destination catches and logs its own errors: it returns them, and the machinery
 //! retries, dead-letters and counts.
 
 pub mod ack;
+mod batcher;
 pub mod dead_letter;
-pub mod pipeline;
+mod metrics;
 pub mod policy;
+mod queue;
+pub mod route;
+pub mod worker;
 
 use std::future::Future;
 

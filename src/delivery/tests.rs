@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use super::ack::{AckSet, EventOutcome};
 use super::dead_letter::DeadLetterSink;
-use super::pipeline::{self, Lifecycle, PipelineConfig, Route};
 use super::policy::{BatchPolicy, DeliveryPolicy, RetryPolicy};
+use super::route::{self, PipelineConfig, Route};
+use super::worker::{self, Lifecycle};
 use super::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
 use crate::collector::Collector;
 use crate::config::ConfigErrors;
@@ -116,7 +117,7 @@ struct Harness {
     pipeline: Arc<dyn Route>,
     collector: Collector,
     lifecycle: Lifecycle,
-    worker: tokio::task::JoinHandle<pipeline::WorkerReport>,
+    worker: tokio::task::JoinHandle<worker::WorkerReport>,
     dlq: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -157,7 +158,7 @@ fn harness_with_mapping(answers: Vec<Answer>, delivery: DeliveryPolicy, config: 
         },
     )
     .unwrap();
-    let (pipeline, worker) = pipeline::build(
+    let (pipeline, worker) = route::build(
         scripted.clone(),
         PipelineConfig {
             id: "scripted".into(),
@@ -218,7 +219,7 @@ impl Harness {
         self.scripted.calls.lock().unwrap().clone()
     }
 
-    async fn stop(self) -> pipeline::WorkerReport {
+    async fn stop(self) -> worker::WorkerReport {
         self.lifecycle.drain.cancel();
         self.worker.await.unwrap()
     }
@@ -343,7 +344,7 @@ async fn a_full_queue_refuses_the_whole_batch_and_queues_nothing() {
 }
 
 impl Harness {
-    async fn stop_now(self) -> pipeline::WorkerReport {
+    async fn stop_now(self) -> worker::WorkerReport {
         self.lifecycle.drain.cancel();
         let report = self.worker.await.unwrap();
         let letters: Vec<Value> = std::fs::read_to_string(&self.dlq)

@@ -26,11 +26,12 @@ use serde_json::Value;
 use crate::config::flow::{Step, find_kind};
 use crate::config::{ConfigErrors, join, typed};
 use crate::delivery::dead_letter::DeadLetterSink;
-use crate::delivery::pipeline::{self, PipelineConfig, Route, WorkerTask};
 use crate::delivery::policy::{
     BatchPolicy, DEFAULT_QUEUE_MAX, DEFAULT_TIMEOUT, DeliveryPolicy, RetryPolicy, WALKEROS_BATCH_AGE,
     WALKEROS_BATCH_SIZE, WALKEROS_BATCH_WAIT,
 };
+use crate::delivery::route::{self, PipelineConfig, Route};
+use crate::delivery::worker::WorkerTask;
 use crate::delivery::{Destination, Endpoint};
 use crate::mapping::{BatchSpec, DestinationMapping};
 
@@ -382,7 +383,7 @@ fn wire<D: Destination>(
     let endpoint = destination.http_endpoint();
     let files = destination.written_files();
     let dead_letter_file = dead_letters.file_path().map(std::path::Path::to_path_buf);
-    let (pipeline, worker) = pipeline::build(
+    let (pipeline, worker) = route::build(
         destination,
         PipelineConfig {
             id: step.id.clone(),

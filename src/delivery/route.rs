@@ -1,0 +1,377 @@
+//! A destination's route: the request-path half of its pipeline, type-erased behind
+//! [`Route`] so the runtime holds every destination alike. It maps and renders each event on
+//! the caller's task (the HTTP handler's), so the CPU work of mapping and serializing spreads
+//! over every runtime thread; reserves room in the [`queue`](super::queue) for a whole batch
+//! at once; and queues. [`build`] wires a destination into a route and its
+//! [`Worker`](super::worker::Worker), which batches, sends, retries and dead-letters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ack::{AckSet, AckToken, Delivery};
+use super::dead_letter::DeadLetterSink;
+use super::metrics::DestinationMetrics;
+use super::policy::{BatchPolicy, DeliveryPolicy};
+use super::queue::{Envelope, Queue};
+use super::worker::Worker;
+use super::{Destination, RenderInput, Rendered};
+use crate::collector::Collector;
+use crate::event::Event;
+use crate::mapping::{DestinationMapping, MappingOutcome};
+
+/// What one destination does with one event, decided on the request path.
+pub enum Disposition<W> {
+    /// Queue it; `Err` holds a render error, which the worker dead-letters.
+    Send { wire: Result<W, String>, slot: usize },
+    /// A mapping rule says `ignore`.
+    Ignored,
+    /// The destination's (or the rule's) required consent is not granted.
+    Consent,
+    /// The destination chose not to send it (e.g. `silent`).
+    Skipped(String),
+}
+
+/// What `weir explain` prints for one event at one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub wire: Option<Value>,
+}
+
+/// What becomes of one event at one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Rendered and sent.
+    Send,
+    /// Rendering failed: dead-lettered with the reason.
+    Rejected,
+    /// A mapping rule says `ignore`.
+    Ignored,
+    /// Required consent is not granted.
+    Consent,
+    /// The destination chose not to send it.
+    Skipped,
+}
+
+impl Outcome {
+    /// The name `weir explain` prints (and `weir_events_not_sent_total` uses as `reason`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Send => "send",
+            Outcome::Rejected => "rejected",
+            Outcome::Ignored => "ignored",
+            Outcome::Consent => "consent",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// A destination's queue is full; the source should push back (HTTP 503).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("destination \"{destination}\" queue is full ({capacity} events)")]
+pub struct QueueFull {
+    pub destination: Arc<str>,
+    pub capacity: usize,
+}
+
+/// A destination as the collector sees it, whatever its wire type.
+pub trait Route: Send + Sync {
+    fn id(&self) -> &str;
+    fn kind(&self) -> &'static str;
+    /// Whether this destination takes events from `source` (its `sources` list; default all).
+    fn takes_source(&self, source: &str) -> bool;
+    /// Connected and checked (`/readyz`).
+    fn is_ready(&self) -> bool;
+    /// Events the queue holds at most (`queueMax`).
+    fn queue_capacity(&self) -> usize;
+    /// The longest an event may be held back to fill a batch (`batch` `wait`/`age`).
+    fn batch_linger(&self) -> std::time::Duration;
+    /// Redis streams it writes to (for `weir validate`'s loop check).
+    fn stream_targets(&self) -> Vec<String>;
+    /// Maps and renders `events` (each with its index in the source's batch) for queuing.
+    fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_>;
+    /// What would happen to `event`, with its wire form, without queuing anything.
+    fn explain(&self, event: &Event, collector: &Collector) -> Explained;
+}
+
+/// Events mapped and rendered for one destination, not yet queued.
+pub trait Staged: Send {
+    /// Reserves queue room for every event that needs sending. Dropping a reserved stage
+    /// without committing releases the room.
+    fn reserve(&mut self) -> Result<(), QueueFull>;
+    /// Queues the events (reserve first) and records the outcomes known already.
+    fn commit(self: Box<Self>, acks: Option<&AckSet>);
+}
+
+/// A destination wired into the machinery.
+pub struct Pipeline<D: Destination> {
+    id: Arc<str>,
+    destination: Arc<D>,
+    mapping: DestinationMapping<D::RuleSettings>,
+    sources: Option<Vec<String>>,
+    queue: Queue<D::Wire>,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<DestinationMetrics>,
+    /// Every batch policy (slot 0 the destination's), as the worker has them.
+    policies: Vec<BatchPolicy>,
+}
+
+/// Everything needed to wire one destination.
+pub struct PipelineConfig<S> {
+    pub id: String,
+    pub mapping: DestinationMapping<S>,
+    pub sources: Option<Vec<String>>,
+    /// Batch policies of rules with their own `batch`, in slot order (slot 1, 2, ...).
+    pub rule_batches: Vec<BatchPolicy>,
+    pub delivery: DeliveryPolicy,
+    pub dead_letters: DeadLetterSink,
+}
+
+pub fn build<D: Destination>(destination: D, config: PipelineConfig<D::RuleSettings>) -> (Pipeline<D>, Worker<D>) {
+    let id: Arc<str> = Arc::from(config.id.as_str());
+    let destination = Arc::new(destination);
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let depth = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(DestinationMetrics::new(&id));
+    let mut policies = vec![config.delivery.batch];
+    policies.extend(config.rule_batches);
+    let pipeline = Pipeline {
+        id: id.clone(),
+        destination: destination.clone(),
+        mapping: config.mapping,
+        sources: config.sources,
+        queue: Queue {
+            sender,
+            depth: depth.clone(),
+            capacity: config.delivery.queue_max,
+        },
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+        policies: policies.clone(),
+    };
+    let worker = Worker {
+        id,
+        destination,
+        receiver,
+        depth,
+        policies,
+        delivery: config.delivery,
+        dead_letters: config.dead_letters,
+        ready,
+        metrics,
+    };
+    (pipeline, worker)
+}
+
+impl<D: Destination> Pipeline<D> {
+    fn disposition(&self, event: &Event, collector: &Collector) -> Disposition<D::Wire> {
+        let mapped = match self.mapping.apply(event, collector) {
+            MappingOutcome::Ignored => return Disposition::Ignored,
+            MappingOutcome::Denied => return Disposition::Consent,
+            MappingOutcome::Mapped(mapped) => mapped,
+        };
+        let input = RenderInput {
+            event: &mapped.event,
+            data: mapped.data.as_ref(),
+            rule_settings: mapped.rule.and_then(|rule| rule.settings.as_ref()),
+            rule_name: mapped.rule.and_then(|rule| rule.name.as_deref()),
+            silent: mapped.rule.is_some_and(|rule| rule.silent),
+            collector,
+        };
+        let slot = mapped.rule.and_then(|rule| rule.batch_slot).unwrap_or(0);
+        match self.destination.render(&input) {
+            Ok(Rendered::Send(wire)) => Disposition::Send { wire: Ok(wire), slot },
+            Ok(Rendered::Skip(reason)) => Disposition::Skipped(reason),
+            Err(reason) => Disposition::Send {
+                wire: Err(reason),
+                slot: 0,
+            },
+        }
+    }
+}
+
+impl<D: Destination> Route for Pipeline<D> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> &'static str {
+        D::KIND
+    }
+
+    fn takes_source(&self, source: &str) -> bool {
+        self.sources
+            .as_ref()
+            .is_none_or(|sources| sources.iter().any(|s| s == source))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn queue_capacity(&self) -> usize {
+        self.queue.capacity
+    }
+
+    fn stream_targets(&self) -> Vec<String> {
+        self.destination.stream_targets()
+    }
+
+    fn batch_linger(&self) -> std::time::Duration {
+        self.policies
+            .iter()
+            .map(|policy| policy.wait.max(policy.age))
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_> {
+        let mut staged = StagedEvents {
+            pipeline: self,
+            queued: Vec::with_capacity(events.len()),
+            settled: Vec::new(),
+            reserved: false,
+        };
+        for (index, event) in events {
+            match self.disposition(event, collector) {
+                Disposition::Send { wire, slot } => {
+                    let size = wire.as_ref().map_or(0, |w| self.destination.wire_size(w));
+                    staged.queued.push(QueuedEvent {
+                        index: *index,
+                        event: event.clone(),
+                        wire,
+                        slot,
+                        size,
+                    });
+                }
+                other => staged.settled.push(other),
+            }
+        }
+        Box::new(staged)
+    }
+
+    fn explain(&self, event: &Event, collector: &Collector) -> Explained {
+        match self.disposition(event, collector) {
+            Disposition::Send { wire: Ok(wire), .. } => Explained {
+                outcome: Outcome::Send,
+                reason: None,
+                wire: Some(self.destination.explain(&wire)),
+            },
+            Disposition::Send { wire: Err(reason), .. } => Explained {
+                outcome: Outcome::Rejected,
+                reason: Some(reason),
+                wire: None,
+            },
+            Disposition::Ignored => Explained {
+                outcome: Outcome::Ignored,
+                reason: Some("the matching mapping rule says ignore".into()),
+                wire: None,
+            },
+            Disposition::Consent => Explained {
+                outcome: Outcome::Consent,
+                reason: Some("required consent is not granted".into()),
+                wire: None,
+            },
+            Disposition::Skipped(reason) => Explained {
+                outcome: Outcome::Skipped,
+                reason: Some(reason),
+                wire: None,
+            },
+        }
+    }
+}
+
+/// An event rendered for a destination, waiting for its batch's reservation.
+struct QueuedEvent<W> {
+    /// Its index in the source's batch (for the acknowledgement).
+    index: usize,
+    event: Arc<Event>,
+    /// The wire form, or why it could not be rendered (dead-lettered by the worker).
+    wire: Result<W, String>,
+    /// The batch policy it goes by (0: the destination's; a rule's own `batch` otherwise).
+    slot: usize,
+    /// Its wire size in bytes, for batch byte limits.
+    size: usize,
+}
+
+struct StagedEvents<'p, D: Destination> {
+    pipeline: &'p Pipeline<D>,
+    queued: Vec<QueuedEvent<D::Wire>>,
+    settled: Vec<Disposition<D::Wire>>,
+    reserved: bool,
+}
+
+impl<D: Destination> Staged for StagedEvents<'_, D> {
+    fn reserve(&mut self) -> Result<(), QueueFull> {
+        if self.reserved || self.queued.is_empty() || self.pipeline.queue.try_reserve(self.queued.len()) {
+            self.reserved = true;
+            return Ok(());
+        }
+        self.pipeline.metrics.queue_full.increment(1);
+        Err(QueueFull {
+            destination: self.pipeline.id.clone(),
+            capacity: self.pipeline.queue.capacity,
+        })
+    }
+
+    fn commit(mut self: Box<Self>, acks: Option<&AckSet>) {
+        assert!(self.reserved, "commit without reserve");
+        let pipeline = self.pipeline;
+        for disposition in self.settled.drain(..) {
+            match disposition {
+                Disposition::Ignored => pipeline.metrics.ignored.increment(1),
+                Disposition::Consent => pipeline.metrics.consent.increment(1),
+                Disposition::Skipped(_) => pipeline.metrics.skipped.increment(1),
+                Disposition::Send { .. } => unreachable!("sends are queued, not settled"),
+            }
+        }
+        let now = Instant::now();
+        let queued = std::mem::take(&mut self.queued);
+        self.reserved = false;
+        pipeline
+            .metrics
+            .queue_depth
+            .set(pipeline.queue.depth.load(Ordering::Relaxed) as f64);
+        for QueuedEvent {
+            index,
+            event,
+            wire,
+            slot,
+            size,
+        } in queued
+        {
+            let ack = acks.map_or_else(AckToken::detached, |acks| acks.token(index, &pipeline.id));
+            let envelope = Envelope {
+                wire,
+                event,
+                ack,
+                slot,
+                size,
+                enqueued: now,
+            };
+            if let Err(mpsc::error::SendError(envelope)) = pipeline.queue.sender.send(envelope) {
+                // The worker has stopped (shutdown): the token reports the failure.
+                pipeline.queue.release(1);
+                pipeline.metrics.failed.increment(1);
+                envelope.ack.resolve(Delivery::Failed {
+                    destination: pipeline.id.clone(),
+                    reason: "the destination is shutting down".into(),
+                });
+            }
+        }
+    }
+}
+
+impl<D: Destination> Drop for StagedEvents<'_, D> {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.pipeline.queue.release(self.queued.len());
+        }
+    }
+}
