@@ -358,7 +358,7 @@ impl Destination for KafkaDestination {
                 "headers": headers,
                 "timestamp": record.timestamp.to_string(),
             }],
-            "acks": self.settings.acks,
+            "acks": self.settings.acks.value(),
             "compression": self.settings.compression.code(),
         });
         if let Some(timeout) = self.settings.timeout {

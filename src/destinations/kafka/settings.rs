@@ -29,8 +29,10 @@ struct Raw {
     client_id: Option<String>,
     key: Option<String>,
     headers: Option<IndexMap<String, String>>,
-    acks: Option<i64>,
-    compression: Option<String>,
+    /// Read on its own (an [`Acks`]), so a wrong value does not hide the other problems.
+    acks: Option<Value>,
+    /// Read on its own (a [`Compression`]).
+    compression: Option<Value>,
     idempotent: Option<bool>,
     allow_auto_topic_creation: Option<bool>,
     ssl: Option<Value>,
@@ -66,7 +68,6 @@ struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawSasl {
-    mechanism: String,
     username: Option<String>,
     /// A secret: read as any JSON value so a wrong type is reported without echoing it.
     password: Option<Value>,
@@ -146,8 +147,7 @@ pub struct KafkaSettings {
     pub key: Option<String>,
     /// `content-type: application/json` first, then the static headers (which may override it).
     pub headers: Vec<(String, String)>,
-    /// walkerOS's `acks`: -1 (all in-sync replicas), 0 or 1.
-    pub acks: i64,
+    pub acks: Acks,
     pub compression: Compression,
     /// kafkajs's `timeout`, shown in the record as walkerOS sends it.
     pub timeout: Option<u64>,
@@ -169,7 +169,45 @@ impl std::fmt::Debug for KafkaSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// walkerOS's (kafkajs's) `acks`: -1, 0 or 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub enum Acks {
+    /// -1: every in-sync replica has the record (weir's and walkerOS's default).
+    All,
+    /// 0: no acknowledgement.
+    None,
+    /// 1: the partition leader has it.
+    Leader,
+}
+
+impl TryFrom<i64> for Acks {
+    type Error = String;
+
+    fn try_from(value: i64) -> Result<Acks, String> {
+        match value {
+            -1 => Ok(Acks::All),
+            0 => Ok(Acks::None),
+            1 => Ok(Acks::Leader),
+            other => Err(format!("{other} is not -1, 0 or 1")),
+        }
+    }
+}
+
+impl Acks {
+    /// The number, as librdkafka's `acks` and walkerOS's record have it.
+    pub fn value(self) -> i64 {
+        match self {
+            Acks::All => -1,
+            Acks::None => 0,
+            Acks::Leader => 1,
+        }
+    }
+}
+
+/// The record codec (`compression`): walkerOS's default is gzip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Compression {
     None,
     Gzip,
@@ -178,19 +216,23 @@ pub enum Compression {
     Zstd,
 }
 
-impl Compression {
-    const NAMES: [&'static str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+impl TryFrom<String> for Compression {
+    type Error = String;
 
-    fn parse(name: &str) -> Option<Compression> {
-        Some(match name {
+    fn try_from(name: String) -> Result<Compression, String> {
+        Ok(match name.as_str() {
             "none" => Compression::None,
             "gzip" => Compression::Gzip,
             "snappy" => Compression::Snappy,
             "lz4" => Compression::Lz4,
             "zstd" => Compression::Zstd,
-            _ => return None,
+            _ => return Err(format!("\"{name}\" is not one of {}", Compression::NAMES.join(", "))),
         })
     }
+}
+
+impl Compression {
+    const NAMES: [&'static str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
     /// librdkafka's `compression.codec` name.
     pub fn codec(self) -> &'static str {
@@ -205,6 +247,43 @@ impl Compression {
             Compression::Snappy => 2,
             Compression::Lz4 => 3,
             Compression::Zstd => 4,
+        }
+    }
+}
+
+/// `sasl.mechanism`: the ones librdkafka can do with a username and password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl TryFrom<String> for SaslMechanism {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<SaslMechanism, String> {
+        match name.as_str() {
+            "plain" => Ok(SaslMechanism::Plain),
+            "scram-sha-256" => Ok(SaslMechanism::ScramSha256),
+            "scram-sha-512" => Ok(SaslMechanism::ScramSha512),
+            // kafkajs has these; librdkafka would need a token provider weir does not have.
+            "aws" | "oauthbearer" => Err(format!(
+                "SASL \"{name}\" is not supported by weir (plain, scram-sha-256 and scram-sha-512 are)"
+            )),
+            _ => Err(format!("\"{name}\" is not one of plain, scram-sha-256, scram-sha-512")),
+        }
+    }
+}
+
+impl SaslMechanism {
+    /// librdkafka's `sasl.mechanism` name.
+    pub fn librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
         }
     }
 }
@@ -257,7 +336,7 @@ impl KafkaSettings {
             return None;
         };
         let raw = typed::parse::<Raw>(kafka, &path, errors)?;
-        let brokers = match raw.brokers {
+        let brokers = match raw.brokers.clone() {
             Some(brokers) if !brokers.is_empty() => {
                 for (index, broker) in brokers.iter().enumerate() {
                     if !is_host_port(broker) {
@@ -274,42 +353,38 @@ impl KafkaSettings {
                 None
             }
         };
-        let topic = match raw.topic {
+        let topic = match raw.topic.clone() {
             Some(topic) if !topic.is_empty() => Some(topic),
             _ => {
                 errors.push(join(&path, "topic"), "Config settings kafka.topic missing");
                 None
             }
         };
-        let acks = raw.acks.unwrap_or(-1);
-        if ![-1, 0, 1].contains(&acks) {
-            errors.push(join(&path, "acks"), format!("{acks} is not -1, 0 or 1"));
-        }
+        let acks = raw
+            .acks
+            .as_ref()
+            .and_then(|value| typed::parse::<Acks>(value, &join(&path, "acks"), errors))
+            .unwrap_or(Acks::All);
         // weir's default is idempotent, which needs acks=all: with acks 0 or 1 and no explicit
         // `idempotent`, idempotence is off (as the user asked for weaker acknowledgements).
-        let idempotent = raw.idempotent.unwrap_or(acks == -1);
-        if idempotent && acks != -1 {
+        let idempotent = raw.idempotent.unwrap_or(acks == Acks::All);
+        if idempotent && acks != Acks::All {
             errors.push(
                 join(&path, "idempotent"),
                 "an idempotent producer needs acks -1 (all in-sync replicas); set idempotent false to use acks 0 or 1",
             );
         }
         // walkerOS's default codec is gzip.
-        let compression = match raw.compression.as_deref() {
-            None => Compression::Gzip,
-            Some(name) => Compression::parse(name).unwrap_or_else(|| {
-                errors.push(
-                    join(&path, "compression"),
-                    format!("\"{name}\" is not one of {}", Compression::NAMES.join(", ")),
-                );
-                Compression::Gzip
-            }),
-        };
+        let compression = raw
+            .compression
+            .as_ref()
+            .and_then(|value| typed::parse::<Compression>(value, &join(&path, "compression"), errors))
+            .unwrap_or(Compression::Gzip);
 
         let mut client = ClientConfig::new();
         client
             .set("client.id", raw.client_id.as_deref().unwrap_or("weir"))
-            .set("acks", acks.to_string())
+            .set("acks", acks.value().to_string())
             .set("enable.idempotence", idempotent.to_string())
             .set("compression.codec", compression.codec())
             // Java's partitioner, so keys land where Java and Go clients put them.
@@ -327,109 +402,9 @@ impl KafkaSettings {
         if let Some(brokers) = &brokers {
             client.set("bootstrap.servers", brokers.join(","));
         }
-        let mut milliseconds = |property: &str, value: Option<u64>, key: &str, min: u64, errors: &mut ConfigErrors| {
-            if let Some(ms) = value {
-                if ms < min {
-                    errors.push(join(&path, key), format!("must be at least {min} ms"));
-                } else {
-                    client.set(property, ms.to_string());
-                }
-            }
-        };
-        milliseconds(
-            "socket.connection.setup.timeout.ms",
-            raw.connection_timeout,
-            "connectionTimeout",
-            1000,
-            errors,
-        );
-        milliseconds("socket.timeout.ms", raw.request_timeout, "requestTimeout", 10, errors);
-        // kafkajs's `timeout`: how long the broker may take to acknowledge a produce request.
-        milliseconds("request.timeout.ms", raw.timeout, "timeout", 1, errors);
-        if let Some(retry) = &raw.retry {
-            milliseconds(
-                "retry.backoff.ms",
-                retry.initial_retry_time,
-                "retry.initialRetryTime",
-                1,
-                errors,
-            );
-            milliseconds(
-                "retry.backoff.max.ms",
-                retry.max_retry_time,
-                "retry.maxRetryTime",
-                1,
-                errors,
-            );
-        }
-        if let Some(retry) = &raw.retry {
-            let retry_path = join(&path, "retry");
-            if let Some(retries) = retry.retries {
-                if retries == 0 && idempotent {
-                    errors.push(
-                        join(&retry_path, "retries"),
-                        "an idempotent producer needs retries; set idempotent false to disable them",
-                    );
-                } else {
-                    client.set("message.send.max.retries", retries.to_string());
-                }
-            }
-        }
+        timing(&mut client, &raw, &path, idempotent, errors);
 
-        let tls = match &raw.ssl {
-            None | Some(Value::Bool(false)) => false,
-            Some(Value::Bool(true)) => true,
-            Some(value @ Value::Object(_)) => {
-                let ssl_path = join(&path, "ssl");
-                if let Some(fields) = value.as_object() {
-                    for key in ["servername", "checkServerIdentity", "ciphers", "secureProtocol"] {
-                        if fields.contains_key(key) {
-                            errors.push(join(&ssl_path, key), "is not supported by weir's Kafka client");
-                        }
-                    }
-                }
-                let mut trimmed = value.clone();
-                if let Some(fields) = trimmed.as_object_mut() {
-                    fields.retain(|key, _| {
-                        !["servername", "checkServerIdentity", "ciphers", "secureProtocol"].contains(&key.as_str())
-                    });
-                }
-                if let Some(options) = typed::parse::<RawTls>(&trimmed, &ssl_path, errors) {
-                    pem_or_file(
-                        &mut client,
-                        options.ca.as_deref(),
-                        "ssl.ca",
-                        &join(&ssl_path, "ca"),
-                        errors,
-                    );
-                    pem_or_file(
-                        &mut client,
-                        options.cert.as_deref(),
-                        "ssl.certificate",
-                        &join(&ssl_path, "cert"),
-                        errors,
-                    );
-                    pem_or_file(
-                        &mut client,
-                        options.key.as_deref(),
-                        "ssl.key",
-                        &join(&ssl_path, "key"),
-                        errors,
-                    );
-                    if let Some(passphrase) = secret_text(options.passphrase, &join(&ssl_path, "passphrase"), errors) {
-                        client.set("ssl.key.password", passphrase);
-                    }
-                    if options.reject_unauthorized == Some(false) {
-                        client.set("enable.ssl.certificate.verification", "false");
-                    }
-                }
-                true
-            }
-            Some(_) => {
-                errors.push(join(&path, "ssl"), "must be true, false or an object (ca, cert, key)");
-                false
-            }
-        };
+        let tls = tls_settings(&mut client, raw.ssl.as_ref(), &path, errors);
         let sasl = match &raw.sasl {
             None => false,
             Some(value) => {
@@ -448,40 +423,7 @@ impl KafkaSettings {
             },
         );
 
-        let mut message_timeout = MESSAGE_TIMEOUT;
-        if let Some(options) = &raw.librdkafka_options {
-            let options_path = join(&path, "librdkafkaOptions");
-            for (property, value) in options {
-                let at = join(&options_path, property);
-                if OWNED_PROPERTIES.contains(&property.as_str())
-                    || property.starts_with("ssl.")
-                    || property.starts_with("sasl.")
-                {
-                    errors.push(at, "is set from walkerOS's settings; set it there");
-                    continue;
-                }
-                let text = match value {
-                    Value::String(text) => text.clone(),
-                    Value::Number(number) => number.to_string(),
-                    Value::Bool(flag) => flag.to_string(),
-                    _ => {
-                        errors.push(at, "must be a string, number or boolean");
-                        continue;
-                    }
-                };
-                // The message timeout (and its alias) bounds every attempt: it must be finite.
-                if property == "message.timeout.ms" || property == "delivery.timeout.ms" {
-                    match text.parse::<u64>() {
-                        Ok(ms) if ms > 0 => message_timeout = Duration::from_millis(ms),
-                        _ => {
-                            errors.push(at, "must be a positive number of milliseconds (0, no limit, would let a record outlive weir's retries)");
-                            continue;
-                        }
-                    }
-                }
-                client.set(property, text);
-            }
-        }
+        let message_timeout = passthrough(&mut client, raw.librdkafka_options.as_ref(), &path, errors);
         // librdkafka itself checks every property name and value, and creating a producer
         // checks how they fit together (idempotence, TLS files); without brokers to
         // bootstrap from, it connects to nothing.
@@ -510,6 +452,156 @@ impl KafkaSettings {
             client,
         })
     }
+}
+
+/// kafkajs's timeouts and retry timing, as librdkafka's properties.
+fn timing(client: &mut ClientConfig, raw: &Raw, path: &str, idempotent: bool, errors: &mut ConfigErrors) {
+    let mut milliseconds = |property: &str, value: Option<u64>, key: &str, min: u64, errors: &mut ConfigErrors| {
+        if let Some(ms) = value {
+            if ms < min {
+                errors.push(join(path, key), format!("must be at least {min} ms"));
+            } else {
+                client.set(property, ms.to_string());
+            }
+        }
+    };
+    milliseconds(
+        "socket.connection.setup.timeout.ms",
+        raw.connection_timeout,
+        "connectionTimeout",
+        1000,
+        errors,
+    );
+    milliseconds("socket.timeout.ms", raw.request_timeout, "requestTimeout", 10, errors);
+    // kafkajs's `timeout`: how long the broker may take to acknowledge a produce request.
+    milliseconds("request.timeout.ms", raw.timeout, "timeout", 1, errors);
+    if let Some(retry) = &raw.retry {
+        milliseconds(
+            "retry.backoff.ms",
+            retry.initial_retry_time,
+            "retry.initialRetryTime",
+            1,
+            errors,
+        );
+        milliseconds(
+            "retry.backoff.max.ms",
+            retry.max_retry_time,
+            "retry.maxRetryTime",
+            1,
+            errors,
+        );
+    }
+    if let Some(retry) = &raw.retry {
+        let retry_path = join(path, "retry");
+        if let Some(retries) = retry.retries {
+            if retries == 0 && idempotent {
+                errors.push(
+                    join(&retry_path, "retries"),
+                    "an idempotent producer needs retries; set idempotent false to disable them",
+                );
+            } else {
+                client.set("message.send.max.retries", retries.to_string());
+            }
+        }
+    }
+}
+
+/// kafkajs's `ssl`: `true`, or Node's TLS options (PEM text or, in weir, file paths).
+/// Whether TLS is on.
+fn tls_settings(client: &mut ClientConfig, ssl: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> bool {
+    match ssl {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(value @ Value::Object(_)) => {
+            let ssl_path = join(path, "ssl");
+            if let Some(fields) = value.as_object() {
+                for key in ["servername", "checkServerIdentity", "ciphers", "secureProtocol"] {
+                    if fields.contains_key(key) {
+                        errors.push(join(&ssl_path, key), "is not supported by weir's Kafka client");
+                    }
+                }
+            }
+            let mut trimmed = value.clone();
+            if let Some(fields) = trimmed.as_object_mut() {
+                fields.retain(|key, _| {
+                    !["servername", "checkServerIdentity", "ciphers", "secureProtocol"].contains(&key.as_str())
+                });
+            }
+            if let Some(options) = typed::parse::<RawTls>(&trimmed, &ssl_path, errors) {
+                pem_or_file(client, options.ca.as_deref(), "ssl.ca", &join(&ssl_path, "ca"), errors);
+                pem_or_file(
+                    client,
+                    options.cert.as_deref(),
+                    "ssl.certificate",
+                    &join(&ssl_path, "cert"),
+                    errors,
+                );
+                pem_or_file(
+                    client,
+                    options.key.as_deref(),
+                    "ssl.key",
+                    &join(&ssl_path, "key"),
+                    errors,
+                );
+                if let Some(passphrase) = secret_text(options.passphrase, &join(&ssl_path, "passphrase"), errors) {
+                    client.set("ssl.key.password", passphrase);
+                }
+                if options.reject_unauthorized == Some(false) {
+                    client.set("enable.ssl.certificate.verification", "false");
+                }
+            }
+            true
+        }
+        Some(_) => {
+            errors.push(join(path, "ssl"), "must be true, false or an object (ca, cert, key)");
+            false
+        }
+    }
+}
+
+/// `librdkafkaOptions`: further producer properties, except those weir sets from walkerOS's
+/// keys. The message timeout they set (default [`MESSAGE_TIMEOUT`]).
+fn passthrough(
+    client: &mut ClientConfig,
+    options: Option<&IndexMap<String, Value>>,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Duration {
+    let mut message_timeout = MESSAGE_TIMEOUT;
+    if let Some(options) = options {
+        let options_path = join(path, "librdkafkaOptions");
+        for (property, value) in options {
+            let at = join(&options_path, property);
+            if OWNED_PROPERTIES.contains(&property.as_str())
+                || property.starts_with("ssl.")
+                || property.starts_with("sasl.")
+            {
+                errors.push(at, "is set from walkerOS's settings; set it there");
+                continue;
+            }
+            let text = match value {
+                Value::String(text) => text.clone(),
+                Value::Number(number) => number.to_string(),
+                Value::Bool(flag) => flag.to_string(),
+                _ => {
+                    errors.push(at, "must be a string, number or boolean");
+                    continue;
+                }
+            };
+            // The message timeout (and its alias) bounds every attempt: it must be finite.
+            if property == "message.timeout.ms" || property == "delivery.timeout.ms" {
+                match text.parse::<u64>() {
+                    Ok(ms) if ms > 0 => message_timeout = Duration::from_millis(ms),
+                    _ => {
+                        errors.push(at, "must be a positive number of milliseconds (0, no limit, would let a record outlive weir's retries)");
+                        continue;
+                    }
+                }
+            }
+            client.set(property, text);
+        }
+    }
+    message_timeout
 }
 
 /// A secret given inline: it must be a string; the error never shows the value.
@@ -552,29 +644,23 @@ fn sasl_settings(
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut ConfigErrors,
 ) {
-    if let Some(mechanism) = value.get("mechanism").and_then(Value::as_str)
-        && matches!(mechanism, "aws" | "oauthbearer")
-    {
+    let Some(mechanism) = value.get("mechanism") else {
         errors.push(
             join(path, "mechanism"),
-            format!("SASL \"{mechanism}\" is not supported by weir (plain, scram-sha-256 and scram-sha-512 are)"),
+            "SASL needs a mechanism (plain, scram-sha-256, scram-sha-512)",
         );
         return;
-    }
-    let Some(raw) = typed::parse::<RawSasl>(value, path, errors) else {
+    };
+    // The mechanism first: the other keys of one weir cannot do are not worth listing.
+    let Some(mechanism) = typed::parse::<SaslMechanism>(mechanism, &join(path, "mechanism"), errors) else {
         return;
     };
-    let mechanism = match raw.mechanism.as_str() {
-        "plain" => "PLAIN",
-        "scram-sha-256" => "SCRAM-SHA-256",
-        "scram-sha-512" => "SCRAM-SHA-512",
-        other => {
-            errors.push(
-                join(path, "mechanism"),
-                format!("\"{other}\" is not one of plain, scram-sha-256, scram-sha-512"),
-            );
-            return;
-        }
+    let mut rest = value.clone();
+    if let Some(fields) = rest.as_object_mut() {
+        fields.remove("mechanism");
+    }
+    let Some(raw) = typed::parse::<RawSasl>(&rest, path, errors) else {
+        return;
     };
     let inline = secret_text(raw.password, &join(path, "password"), errors);
     let password = Secret::resolve(
@@ -597,7 +683,7 @@ fn sasl_settings(
         return;
     };
     client
-        .set("sasl.mechanism", mechanism)
+        .set("sasl.mechanism", mechanism.librdkafka())
         .set("sasl.username", username.unwrap_or_default())
         .set("sasl.password", password.expose());
 }
@@ -624,7 +710,7 @@ mod tests {
         let (parsed, errors) = parse(json!({"brokers": ["localhost:9092"], "topic": "walkeros-events"}), &[]);
         assert_eq!(errors, "");
         let settings = parsed.unwrap();
-        assert_eq!(settings.acks, -1);
+        assert_eq!(settings.acks, Acks::All);
         assert_eq!(settings.compression, Compression::Gzip);
         assert_eq!(
             settings.headers,
