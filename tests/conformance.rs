@@ -201,7 +201,13 @@ fn fatal_errors_dead_letter_with_the_reason(backend: &mut dyn Backend) {
         text.contains("conformance000001"),
         "the dead letter holds the event: {text}"
     );
+    assert!(dead.iter().all(|letter| letter["cause"] == "fatal"), "{dead:?}");
     assert_eq!(metric(&weir, "weir_events_dead_lettered_total"), 2.0);
+    let text = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        text.contains("weir_dead_letters_total{destination=\"dest\",cause=\"fatal\"} 2"),
+        "{text}"
+    );
     assert_eq!(
         metric(&weir, "weir_events_retried_total"),
         0.0,

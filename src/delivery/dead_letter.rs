@@ -1,7 +1,8 @@
 //! The dead-letter sink: where an event goes when a destination cannot deliver it.
 //!
 //! Each entry carries the event (as the collector enriched it, so a replay maps it again),
-//! the destination, the reason, the number of attempts and the time. The default sink is a
+//! the destination, the cause (a [`Cause`] label) and the reason in words, the number of
+//! attempts and the time. The default sink is a
 //! JSON-lines file, written with one `write` per batch and synced to disk before the event
 //! is reported as dead-lettered: an entry here is the last copy of the event, so it must
 //! survive a crash. Destinations that share a path share one writer.
@@ -26,10 +27,47 @@ pub enum DeadLetterError {
     },
 }
 
+/// Why the machinery gave up on an event; `reason` says it in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The destination could not render it (a missing field, a value its target refuses).
+    Unrenderable,
+    /// The target refused it in a way retrying cannot fix.
+    Fatal,
+    /// Every retry failed.
+    RetriesExhausted,
+    /// The shutdown deadline passed before it was delivered.
+    ShutdownDeadline,
+    /// The destination never connected before shutdown.
+    NeverConnected,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 5] = [
+        Cause::Unrenderable,
+        Cause::Fatal,
+        Cause::RetriesExhausted,
+        Cause::ShutdownDeadline,
+        Cause::NeverConnected,
+    ];
+
+    /// Its name in the dead-letter entry and in `weir_dead_letters_total{cause}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Unrenderable => "unrenderable",
+            Cause::Fatal => "fatal",
+            Cause::RetriesExhausted => "retries_exhausted",
+            Cause::ShutdownDeadline => "shutdown_deadline",
+            Cause::NeverConnected => "never_connected",
+        }
+    }
+}
+
 /// One undeliverable event.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub destination: Arc<str>,
+    pub cause: Cause,
     pub reason: String,
     pub attempts: u32,
     pub event: Arc<Event>,
@@ -40,6 +78,7 @@ pub struct DeadLetter {
 struct DeadLetterLine<'a> {
     time: String,
     destination: &'a str,
+    cause: &'static str,
     reason: &'a str,
     attempts: u32,
     event: &'a Event,
@@ -51,6 +90,7 @@ impl DeadLetter {
         crate::json::to_vec(&DeadLetterLine {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             destination: &self.destination,
+            cause: self.cause.label(),
             reason: &self.reason,
             attempts: self.attempts,
             event: &self.event,

@@ -3,6 +3,7 @@
 
 use metrics::{Counter, Gauge, Histogram};
 
+use super::dead_letter::Cause;
 use super::route::Outcome;
 
 /// Metric handles for one destination, resolved once.
@@ -10,6 +11,8 @@ pub struct DestinationMetrics {
     pub(super) delivered: Counter,
     pub(super) retried: Counter,
     pub(super) dead_lettered: Counter,
+    /// `weir_dead_letters_total{cause}`, in [`Cause::ALL`]'s order.
+    dead_lettered_by_cause: Vec<Counter>,
     pub(super) failed: Counter,
     pub(super) ignored: Counter,
     pub(super) consent: Counter,
@@ -31,6 +34,13 @@ impl DestinationMetrics {
             delivered: metrics::counter!("weir_events_delivered_total", &label),
             retried: metrics::counter!("weir_events_retried_total", &label),
             dead_lettered: metrics::counter!("weir_events_dead_lettered_total", &label),
+            dead_lettered_by_cause: Cause::ALL
+                .iter()
+                .map(|cause| {
+                    let labels = [("destination", id.to_owned()), ("cause", cause.label().to_owned())];
+                    metrics::counter!("weir_dead_letters_total", &labels)
+                })
+                .collect(),
             failed: metrics::counter!("weir_events_failed_total", &label),
             ignored: outcome(Outcome::Ignored),
             consent: outcome(Outcome::Consent),
@@ -40,5 +50,14 @@ impl DestinationMetrics {
             batch_size: metrics::histogram!("weir_batch_size", &label),
             latency: metrics::histogram!("weir_delivery_latency_seconds", &label),
         }
+    }
+}
+
+impl DestinationMetrics {
+    /// Counts `count` events dead-lettered for `cause`.
+    pub(super) fn count_dead_letters(&self, cause: Cause, count: u64) {
+        self.dead_lettered.increment(count);
+        let index = Cause::ALL.iter().position(|known| *known == cause).unwrap_or_default();
+        self.dead_lettered_by_cause[index].increment(count);
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack::{AckToken, Delivery};
 use super::batcher::Buffer;
-use super::dead_letter::{DeadLetter, DeadLetterSink};
+use super::dead_letter::{Cause, DeadLetter, DeadLetterSink};
 use super::metrics::DestinationMetrics;
 use super::policy::{BatchPolicy, DeliveryPolicy};
 use super::queue::Envelope;
@@ -114,7 +114,9 @@ impl<D: Destination> Worker<D> {
                 stranded.push(envelope);
             }
             let count = stranded.len() as u64;
-            let failed = sender.dead_letter_envelopes(stranded, &reason).await;
+            let failed = sender
+                .dead_letter_envelopes(stranded, Cause::NeverConnected, &reason)
+                .await;
             report.dead_lettered_at_shutdown = count - failed;
             report.failed = failed;
             return report;
@@ -302,7 +304,7 @@ impl<D: Destination> Sender<D> {
             }
         }
         if !unrenderable.is_empty() {
-            failed += self.dead_letter(unrenderable, 0).await;
+            failed += self.dead_letter(unrenderable, Cause::Unrenderable, 0).await;
         }
 
         let mut attempt: u32 = 0;
@@ -316,7 +318,9 @@ impl<D: Destination> Sender<D> {
                     () = self.abort.cancelled() => {
                         let count = pending.len() as u64;
                         let reason = "shutdown deadline reached before delivery was confirmed; the destination may have received it";
-                        let failures = self.dead_letter_in_flight(pending, reason, attempt + 1).await;
+                        let failures = self
+                            .dead_letter_in_flight(pending, Cause::ShutdownDeadline, reason, attempt + 1)
+                            .await;
                         return (count - failures, failed + failures);
                     }
                     result = send => result,
@@ -383,14 +387,16 @@ impl<D: Destination> Sender<D> {
             }
             if !fatal.is_empty() {
                 tracing::warn!(destination = %self.id, events = fatal.len(), error = %fatal[0].2, "fatal delivery error");
-                failed += self.dead_letter(fatal, attempt + 1).await;
+                failed += self.dead_letter(fatal, Cause::Fatal, attempt + 1).await;
             }
             if retry.is_empty() {
                 break;
             }
             if attempt >= self.delivery.retry.max_retries {
                 let reason = format!("gave up after {} attempts: {last_retryable}", attempt + 1);
-                failed += self.dead_letter_in_flight(retry, &reason, attempt + 1).await;
+                failed += self
+                    .dead_letter_in_flight(retry, Cause::RetriesExhausted, &reason, attempt + 1)
+                    .await;
                 break;
             }
             // Backoff, or what the target asked for if longer (capped, so that a bad header
@@ -410,7 +416,9 @@ impl<D: Destination> Sender<D> {
                 () = self.abort.cancelled() => {
                     let count = retry.len() as u64;
                     let reason = format!("shutdown deadline reached while retrying: {last_retryable}");
-                    let failures = self.dead_letter_in_flight(retry, &reason, attempt + 1).await;
+                    let failures = self
+                        .dead_letter_in_flight(retry, Cause::ShutdownDeadline, &reason, attempt + 1)
+                        .await;
                     return (count - failures, failed + failures);
                 }
             }
@@ -420,25 +428,31 @@ impl<D: Destination> Sender<D> {
         (0, failed)
     }
 
-    async fn dead_letter_in_flight(&self, items: Vec<InFlight<D::Wire>>, reason: &str, attempts: u32) -> u64 {
+    async fn dead_letter_in_flight(
+        &self,
+        items: Vec<InFlight<D::Wire>>,
+        cause: Cause,
+        reason: &str,
+        attempts: u32,
+    ) -> u64 {
         let letters = items
             .into_iter()
             .map(|item| (item.event, item.ack, reason.to_owned()))
             .collect();
-        self.dead_letter(letters, attempts).await
+        self.dead_letter(letters, cause, attempts).await
     }
 
-    async fn dead_letter_envelopes(&self, envelopes: Vec<Envelope<D::Wire>>, reason: &str) -> u64 {
+    async fn dead_letter_envelopes(&self, envelopes: Vec<Envelope<D::Wire>>, cause: Cause, reason: &str) -> u64 {
         let letters = envelopes
             .into_iter()
             .map(|envelope| (envelope.event, envelope.ack, reason.to_owned()))
             .collect();
-        self.dead_letter(letters, 0).await
+        self.dead_letter(letters, cause, 0).await
     }
 
     /// Writes dead letters and resolves their acknowledgements; returns how many could not
     /// be written (those are reported as failed).
-    async fn dead_letter(&self, items: Vec<(Arc<Event>, AckToken, String)>, attempts: u32) -> u64 {
+    async fn dead_letter(&self, items: Vec<(Arc<Event>, AckToken, String)>, cause: Cause, attempts: u32) -> u64 {
         if items.is_empty() {
             return 0;
         }
@@ -447,6 +461,7 @@ impl<D: Destination> Sender<D> {
             .iter()
             .map(|(event, _, reason)| DeadLetter {
                 destination: self.id.clone(),
+                cause,
                 reason: reason.clone(),
                 attempts,
                 event: event.clone(),
@@ -456,9 +471,9 @@ impl<D: Destination> Sender<D> {
         let count = items.len() as u64;
         match self.dead_letters.write(&letters).await {
             Ok(()) => {
-                self.metrics.dead_lettered.increment(count);
+                self.metrics.count_dead_letters(cause, count);
                 tracing::warn!(
-                    destination = %self.id, events = count, reason = %items[0].2,
+                    destination = %self.id, events = count, cause = cause.label(), reason = %items[0].2,
                     sink = %self.dead_letters.describe(), "events dead-lettered"
                 );
                 for (_, ack, reason) in items {
