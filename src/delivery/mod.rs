@@ -31,6 +31,29 @@ use serde_json::Value;
 
 use crate::event::Event;
 
+/// Why one event cannot be rendered for a destination. The event is dead-lettered with it
+/// (cause `unrenderable`); `weir explain` shows it as `rejected`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RenderError {
+    /// Larger than the target takes in one request or record (`setting` is the limit's name).
+    #[error("the event's messages are {size} bytes, more than {setting} ({limit}) allows in one request")]
+    TooLarge {
+        size: usize,
+        limit: usize,
+        setting: &'static str,
+    },
+    /// A value the target needs is not in the event.
+    #[error("{field} is missing")]
+    Missing { field: &'static str },
+    /// A value the target cannot represent.
+    #[error("{field} {value} is outside {allowed}")]
+    OutOfRange {
+        field: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+}
+
 /// Routes a destination serves over HTTP, and where.
 pub struct Endpoint {
     /// The path it answers (for clash checks and logs).
@@ -152,7 +175,7 @@ pub trait Destination: Send + Sync + Sized + 'static {
     /// (RudderStack's identify de-duplication) belongs in `send`, which the worker calls in
     /// queue order when one batch is in flight at a time (`concurrency` 1) and the rules have
     /// no batch settings of their own.
-    fn render(&self, input: &RenderInput<'_, Self::RuleSettings>) -> Result<Rendered<Self::Wire>, String>;
+    fn render(&self, input: &RenderInput<'_, Self::RuleSettings>) -> Result<Rendered<Self::Wire>, RenderError>;
 
     /// The wire form as `weir explain` prints it.
     fn explain(&self, wire: &Self::Wire) -> Value;

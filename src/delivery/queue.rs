@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::RenderError;
 use super::ack::AckToken;
 use crate::event::Event;
 
 pub(super) struct Envelope<W> {
-    pub(super) wire: Result<W, String>,
+    pub(super) wire: Result<W, RenderError>,
     pub(super) event: Arc<Event>,
     pub(super) ack: AckToken,
     pub(super) slot: usize,

@@ -18,7 +18,7 @@ use super::metrics::DestinationMetrics;
 use super::policy::{BatchPolicy, DeliveryPolicy};
 use super::queue::{Envelope, Queue};
 use super::worker::Worker;
-use super::{Destination, RenderInput, Rendered};
+use super::{Destination, RenderError, RenderInput, Rendered};
 use crate::collector::Collector;
 use crate::event::Event;
 use crate::mapping::{DestinationMapping, MappingOutcome};
@@ -26,7 +26,7 @@ use crate::mapping::{DestinationMapping, MappingOutcome};
 /// What one destination does with one event, decided on the request path.
 pub enum Disposition<W> {
     /// Queue it; `Err` holds a render error, which the worker dead-letters.
-    Send { wire: Result<W, String>, slot: usize },
+    Send { wire: Result<W, RenderError>, slot: usize },
     /// A mapping rule says `ignore`.
     Ignored,
     /// The destination's (or the rule's) required consent is not granted.
@@ -265,7 +265,7 @@ impl<D: Destination> Route for Pipeline<D> {
             },
             Disposition::Send { wire: Err(reason), .. } => Explained {
                 outcome: Outcome::Rejected,
-                reason: Some(reason),
+                reason: Some(reason.to_string()),
                 wire: None,
             },
             Disposition::Ignored => Explained {
@@ -293,7 +293,7 @@ struct QueuedEvent<W> {
     index: usize,
     event: Arc<Event>,
     /// The wire form, or why it could not be rendered (dead-lettered by the worker).
-    wire: Result<W, String>,
+    wire: Result<W, RenderError>,
     /// The batch policy it goes by (0: the destination's; a rule's own `batch` otherwise).
     slot: usize,
     /// Its wire size in bytes, for batch byte limits.

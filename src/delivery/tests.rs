@@ -15,7 +15,7 @@ use super::dead_letter::DeadLetterSink;
 use super::policy::{BatchPolicy, DeliveryPolicy, RetryPolicy};
 use super::route::{self, PipelineConfig, Route};
 use super::worker::{self, Lifecycle};
-use super::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use super::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::collector::Collector;
 use crate::config::ConfigErrors;
 use crate::config::flow::CollectorConfig;
@@ -74,10 +74,10 @@ impl Destination for Arc<Scripted> {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<u64>, String> {
+    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<u64>, RenderError> {
         match input.event.tree()["data"].get("n").and_then(Value::as_u64) {
             Some(n) => Ok(Rendered::Send(n)),
-            None => Err("data.n is missing".into()),
+            None => Err(RenderError::Missing { field: "data.n" }),
         }
     }
 

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::file::render_json_line;
 use crate::config::ConfigErrors;
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::mapping::NoRuleSettings;
 
 pub struct BlackholeDestination;
@@ -40,7 +40,7 @@ impl Destination for BlackholeDestination {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
+    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, RenderError> {
         Ok(render_json_line(input))
     }
 

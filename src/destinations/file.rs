@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::config::ConfigErrors;
 use crate::config::typed;
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::mapping::NoRuleSettings;
 
 #[derive(Debug, Deserialize)]
@@ -304,7 +304,7 @@ impl Destination for FileDestination {
         .await
     }
 
-    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
+    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, RenderError> {
         Ok(render_json_line(input))
     }
 

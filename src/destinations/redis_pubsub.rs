@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{ConfigErrors, join};
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::redis::connection::report_unknown_keys;
 use crate::redis::{Connection, parse_connection};
 
@@ -87,7 +87,7 @@ impl Destination for RedisPubsubDestination {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, PubsubRuleSettings>) -> Result<Rendered<Publish>, String> {
+    fn render(&self, input: &RenderInput<'_, PubsubRuleSettings>) -> Result<Rendered<Publish>, RenderError> {
         if input.silent {
             return Ok(Rendered::Skip("the matching rule is silent".into()));
         }

@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::config::typed::{self, BearerToken};
 use crate::config::{ConfigErrors, join};
-use crate::delivery::{DeliveryDefaults, Destination, Endpoint, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, Endpoint, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::redis::connection::report_unknown_keys;
 use crate::redis::replies::as_text;
 use crate::redis::{Connection, parse_connection};
@@ -164,7 +164,7 @@ impl Destination for SseDestination {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, serde::de::IgnoredAny>) -> Result<Rendered<Arc<Frame>>, String> {
+    fn render(&self, input: &RenderInput<'_, serde::de::IgnoredAny>) -> Result<Rendered<Arc<Frame>>, RenderError> {
         if input.silent {
             return Ok(Rendered::Skip("the matching rule is silent".into()));
         }

@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::file::{explain_json_line, render_json_line};
 use crate::config::ConfigErrors;
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::mapping::NoRuleSettings;
 
 pub struct StdoutDestination {
@@ -37,7 +37,7 @@ impl Destination for StdoutDestination {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, String> {
+    fn render(&self, input: &RenderInput<'_, NoRuleSettings>) -> Result<Rendered<Vec<u8>>, RenderError> {
         Ok(render_json_line(input))
     }
 

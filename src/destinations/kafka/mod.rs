@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 pub use settings::{KafkaRuleSettings, KafkaSettings, RuleKey};
 
 use crate::config::ConfigErrors;
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::event::{Event, FieldRef, key};
 
 /// One record, rendered once.
@@ -300,7 +300,7 @@ impl Destination for KafkaDestination {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, KafkaRuleSettings>) -> Result<Rendered<KafkaRecord>, String> {
+    fn render(&self, input: &RenderInput<'_, KafkaRuleSettings>) -> Result<Rendered<KafkaRecord>, RenderError> {
         if input.silent {
             return Ok(Rendered::Skip("the matching rule is silent".into()));
         }

@@ -25,7 +25,7 @@ use serde_json::Value;
 pub use settings::{RedisRuleSettings, RedisSettings, Serialization};
 
 use crate::config::ConfigErrors;
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::event::FieldRef;
 use crate::redis::signing::SIGNATURE_FIELD;
 
@@ -224,7 +224,7 @@ impl Destination for RedisDestination {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, RedisRuleSettings>) -> Result<Rendered<Xadd>, String> {
+    fn render(&self, input: &RenderInput<'_, RedisRuleSettings>) -> Result<Rendered<Xadd>, RenderError> {
         if input.silent {
             return Ok(Rendered::Skip("the matching rule is silent".into()));
         }

@@ -8,6 +8,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use serde_json::{Map, Value};
 
 use super::settings::{NamedCall, RudderRuleSettings, RudderSettings};
+use crate::delivery::RenderError;
 use crate::mapping::{ValueContext, ValueSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,7 @@ pub struct PushInput<'a> {
 }
 
 /// Steps 2–9 for one event. `Err` is an event walkerOS would throw on (an invalid date).
-pub fn calls(settings: &RudderSettings, input: &PushInput<'_>) -> Result<Result<Vec<Call>, NoCalls>, String> {
+pub fn calls(settings: &RudderSettings, input: &PushInput<'_>) -> Result<Result<Vec<Call>, NoCalls>, RenderError> {
     // 2. new Date(event.timestamp || Date.now())
     let timestamp = match input.event.get("timestamp").and_then(Value::as_f64) {
         Some(ms) if ms != 0.0 && !ms.is_nan() => ms,
@@ -262,13 +263,15 @@ const MAX_ISO_MS: f64 = 253_402_300_799_999.0;
 /// JavaScript's `new Date(ms).toISOString()` for times from 1970 to 9999 (milliseconds,
 /// always three fraction digits, `Z`); other times are an error, as weir cannot write the
 /// six-digit years JavaScript would (and walkerOS throws on an invalid date).
-pub fn iso_time(ms: f64) -> Result<String, String> {
+pub fn iso_time(ms: f64) -> Result<String, RenderError> {
     // Date truncates a fractional time value towards zero.
     let ms = ms.trunc();
     if !(0.0..=MAX_ISO_MS).contains(&ms) {
-        return Err(format!(
-            "timestamp {ms} is outside the dates RudderStack takes (1970 to 9999)"
-        ));
+        return Err(RenderError::OutOfRange {
+            field: "timestamp",
+            value: ms.to_string(),
+            allowed: "the dates RudderStack takes (1970 to 9999)",
+        });
     }
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     Ok(humantime::format_rfc3339_millis(time).to_string())

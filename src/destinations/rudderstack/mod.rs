@@ -29,7 +29,7 @@ pub use settings::{RudderRuleSettings, RudderSettings};
 
 use self::calls::{Call, CallKind, NoCalls, PushInput};
 use crate::config::ConfigErrors;
-use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderInput, Rendered};
+use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::mapping::ValueContext;
 
 /// Identities whose last identify / group weir remembers.
@@ -323,7 +323,7 @@ impl Destination for RudderStackDestination {
         Ok(())
     }
 
-    fn render(&self, input: &RenderInput<'_, RudderRuleSettings>) -> Result<Rendered<RudderWire>, String> {
+    fn render(&self, input: &RenderInput<'_, RudderRuleSettings>) -> Result<Rendered<RudderWire>, RenderError> {
         if !self.settings.enable {
             return Ok(Rendered::Skip("enable is false: nothing is sent to RudderStack".into()));
         }
@@ -362,10 +362,11 @@ impl Destination for RudderStackDestination {
         };
         let size = self.wire_size(&wire);
         if size + BODY_OVERHEAD > self.settings.max_queue_size {
-            return Err(format!(
-                "the event's messages are {size} bytes, more than maxQueueSize ({}) allows in one request",
-                self.settings.max_queue_size
-            ));
+            return Err(RenderError::TooLarge {
+                size,
+                limit: self.settings.max_queue_size,
+                setting: "maxQueueSize",
+            });
         }
         Ok(Rendered::Send(wire))
     }
