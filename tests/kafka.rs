@@ -1,4 +1,6 @@
-//! The `kafka` destination against a real Kafka-protocol broker (tansu) started by each test.
+//! The `kafka` destination against a real Kafka-protocol broker (tansu) started by each test:
+//! what is particular to Kafka. What every destination owes (readiness, shutdown, outages,
+//! kills) is in tests/conformance.rs.
 
 mod support;
 
@@ -302,29 +304,6 @@ fn unknown_topics_and_oversized_records_are_dead_lettered_with_the_reason() {
     assert!(records[0].value.contains("\"small\":true"));
 }
 
-/// With no broker there, weir is not ready; once one starts, weir connects by itself and
-/// delivers.
-#[test]
-fn not_ready_until_the_broker_answers_then_delivers() {
-    let port = support::free_port();
-    let weir = Weir::start(&flow(
-        json!({"brokers": [format!("127.0.0.1:{port}")], "topic": "events"}),
-        None,
-        json!({}),
-    ));
-    let ready = || client().get(weir.url("/readyz")).send().unwrap().status();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(ready(), 503);
-    let broker = KafkaBroker::start_on(port);
-    broker.create_topic("events", 1);
-    assert!(eventually(Duration::from_secs(30), || ready() == 200), "{}", weir.log());
-    let response = post(&weir, &json!({"name": "page view", "data": {"late": true}}));
-    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
-    let records = broker.consume("events", 1, Duration::from_secs(10));
-    assert_eq!(records.len(), 1);
-    assert!(records[0].value.contains("\"late\":true"));
-}
-
 /// SCRAM-SHA-256 and -512 against a broker that requires them, the password from a file;
 /// a wrong password keeps weir not ready and says why.
 #[test]
@@ -423,28 +402,4 @@ fn a_full_producer_queue_is_backpressure() {
         broker.bootstrap()
     );
     assert!(metrics().contains(&queue), "{queue} not in\n{}", metrics());
-}
-
-/// Events answered before delivery (`ack = "received"`) are still in the broker after a
-/// SIGTERM right behind them: shutdown delivers and flushes.
-#[test]
-fn shutdown_delivers_what_was_accepted() {
-    let broker = KafkaBroker::start();
-    broker.create_topic("events", 1);
-    let mut flow: toml::Table = flow(
-        json!({"brokers": [broker.bootstrap()], "topic": "events"}),
-        None,
-        json!({}),
-    )
-    .parse()
-    .unwrap();
-    flow["sources"]["http"]
-        .as_table_mut()
-        .unwrap()
-        .insert("config".into(), toml::Value::Table(toml::toml! { ack = "received" }));
-    let mut weir = Weir::start(&flow.to_string());
-    post_events(&weir, 300);
-    assert!(weir.terminate(Duration::from_secs(30)).success(), "{}", weir.log());
-    let records = broker.consume("events", 300, Duration::from_secs(20));
-    assert_eq!(records.len(), 300, "{}", weir.log());
 }
