@@ -26,6 +26,7 @@ pub mod config;
 pub mod delivery;
 pub mod destinations;
 pub mod event;
+pub mod journal;
 pub mod json;
 pub mod mapping;
 pub mod redis;

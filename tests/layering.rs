@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["collector"],
     &["mapping"],
+    &["journal"],
     &["delivery"],
     &["redis"],
     &["runtime"],
