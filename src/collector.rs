@@ -407,7 +407,7 @@ impl Collector {
     /// (`Math.round((now - timing) / 10) / 100`).
     fn timing(&self, now: u64) -> Value {
         let centiseconds = (now.saturating_sub(self.started_ms) as f64 / 10.0 + 0.5).floor() as u64;
-        if centiseconds % 100 == 0 {
+        if centiseconds.is_multiple_of(100) {
             Value::from(centiseconds / 100)
         } else {
             Number::from_f64(centiseconds as f64 / 100.0).map_or(Value::from(0), Value::Number)

@@ -7,15 +7,35 @@
 //! destination first, then room is reserved in every destination's queue, and only when
 //! all reservations succeed is anything queued. A full queue therefore rejects the batch as
 //! a whole (the HTTP source answers 503) and never delivers half of it.
+//!
+//! With a journal, [`Runtime::journal`] is how a durable source hands events over: they go
+//! to the destinations that are not journaled as above, and are appended to the journal for
+//! the rest (each reads it through its own feed); the call returns once the append is on
+//! disk.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
 use crate::collector::Collector;
 use crate::delivery::ack::AckSet;
+use crate::delivery::feed::Journaled;
 use crate::delivery::route::{Explained, QueueFull, Route};
 use crate::event::Event;
+use crate::journal::{AppendError, Journal};
+
+/// Why events were not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+    /// The journal is full (`maxBytes` or the disk), or stopped: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// One event is larger than a journal segment.
+    #[error("{0}")]
+    TooLarge(String),
+}
 
 /// Paths weir itself serves on every HTTP listener (health, readiness, metrics). Here, below
 /// the sources and the assembly, because the HTTP source keeps its collect paths off them and
@@ -23,8 +43,9 @@ use crate::event::Event;
 pub const PROCESS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 pub struct Runtime {
-    pub collector: Collector,
+    pub collector: Arc<Collector>,
     routes: Vec<Arc<dyn Route>>,
+    journal: OnceLock<Arc<Journal<Journaled>>>,
 }
 
 /// One line of `weir explain`: what happens to one event at one destination.
@@ -36,7 +57,22 @@ pub struct ExplainLine {
 
 impl Runtime {
     pub fn new(collector: Collector, routes: Vec<Arc<dyn Route>>) -> Runtime {
-        Runtime { collector, routes }
+        Runtime {
+            collector: Arc::new(collector),
+            routes,
+            journal: OnceLock::new(),
+        }
+    }
+
+    /// The journal journaled destinations read from (set once, before sources start).
+    pub fn attach_journal(&self, journal: Arc<Journal<Journaled>>) {
+        if self.journal.set(journal).is_err() {
+            panic!("a runtime has one journal");
+        }
+    }
+
+    pub fn has_journal(&self) -> bool {
+        self.journal.get().is_some()
     }
 
     pub fn routes(&self) -> &[Arc<dyn Route>] {
@@ -58,10 +94,62 @@ impl Runtime {
         for stage in &mut staged {
             stage.reserve()?;
         }
+        let mut tokens = acks;
         for stage in staged {
-            stage.commit(acks);
+            stage.commit(&mut tokens);
         }
         Ok(())
+    }
+
+    /// Hands `events` over durably: queued at the destinations that are not journaled,
+    /// appended to the journal for the others; returns once the append is on disk. With
+    /// `acks`, every destination's outcome reaches the set (journaled ones through their
+    /// feeds). Without a journal, the same as [`Runtime::dispatch`].
+    pub async fn journal(
+        &self,
+        source: &str,
+        events: &[(usize, Arc<Event>)],
+        acks: Option<&AckSet>,
+    ) -> Result<(), Refused> {
+        let Some(journal) = self.journal.get() else {
+            return Ok(self.dispatch(source, events, acks)?);
+        };
+        let takers = || self.routes.iter().filter(|route| route.takes_source(source));
+        let mut staged = Vec::new();
+        for route in takers().filter(|route| !route.journaled()) {
+            staged.push(route.stage(events, &self.collector));
+        }
+        for stage in &mut staged {
+            stage.reserve()?;
+        }
+        let source: Arc<str> = Arc::from(source);
+        let journaled: Vec<Arc<str>> = takers()
+            .filter(|route| route.journaled())
+            .map(|route| Arc::from(route.id()))
+            .collect();
+        let items = events
+            .iter()
+            .map(|(index, event)| {
+                let waiting = match acks {
+                    Some(acks) => journaled
+                        .iter()
+                        .map(|id| (id.clone(), acks.token(*index, id).in_journal()))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let entry = Journaled::new(source.clone(), event.clone(), waiting);
+                (entry.encode(), Arc::new(entry))
+            })
+            .collect();
+        let mut tokens = acks;
+        for stage in staged {
+            stage.commit(&mut tokens);
+        }
+        match journal.append(items).await {
+            Ok(_) => Ok(()),
+            Err(error @ AppendError::TooLarge { .. }) => Err(Refused::TooLarge(error.to_string())),
+            Err(error) => Err(Refused::Unavailable(error.to_string())),
+        }
     }
 
     /// What each destination taking `source` would do with `event`.
@@ -76,8 +164,17 @@ impl Runtime {
             .collect()
     }
 
-    /// Every destination connected and checked; otherwise the first that is not.
+    /// Every destination connected and checked and the journal taking appends; otherwise
+    /// the first problem.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(journal) = self.journal.get() {
+            if let Some(reason) = journal.fatal_reason() {
+                return Err(format!("the journal stopped: {reason}"));
+            }
+            if journal.is_full() {
+                return Err("the journal is full".to_owned());
+            }
+        }
         match self.routes.iter().find(|route| !route.is_ready()) {
             None => Ok(()),
             Some(route) => Err(format!("destination \"{}\" is not connected", route.id())),

@@ -255,7 +255,7 @@ retry = { maxRetrys = 3 }
 
     std::fs::write(
         dir.path().join("linger.toml"),
-        "[sources.http]\ntype = \"http\"\n[destinations.out]\ntype = \"stdout\"\n[destinations.out.config]\nbatch = { size = 500 }\n",
+        "[sources.http]\ntype = \"http\"\n[sources.http.config]\nack = \"delivered\"\n[destinations.out]\ntype = \"stdout\"\n[destinations.out.config]\nbatch = { size = 500 }\n",
     )
     .unwrap();
     let (ok, stdout, _) = run(dir.path(), &["validate", "linger.toml"]);

@@ -185,7 +185,7 @@ fn not_ready_until_connected_then_delivers(backend: &mut dyn Backend) {
 /// waits for delivery hears of it.
 fn fatal_errors_dead_letter_with_the_reason(backend: &mut dyn Backend) {
     let reason = backend.make_fatal();
-    let weir = start(backend, json!({}), json!({}));
+    let weir = start(backend, json!({"ack": "delivered"}), json!({}));
     for mut event in events(0, 2) {
         event["data"]["pad"] = json!("x".repeat(2000));
         let response = support::post(&weir, &event);

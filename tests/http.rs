@@ -21,6 +21,14 @@ type = "file"
 path = "events.jsonl"
 "#;
 
+/// [`FILE_FLOW`] answering once the events are delivered (in the file).
+fn delivered_file_flow() -> String {
+    FILE_FLOW.replace(
+        "[sources.http.config.settings]",
+        "[sources.http.config]\nack = \"delivered\"\n[sources.http.config.settings]",
+    )
+}
+
 fn body(response: reqwest::blocking::Response) -> Value {
     let text = response.text().unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -200,7 +208,7 @@ fn responses_match_walkeros_express_in_both_modes() {
 
 #[test]
 fn delivered_events_are_in_the_file_when_the_answer_comes() {
-    let weir = Weir::start(FILE_FLOW);
+    let weir = Weir::start(&delivered_file_flow());
     let response = client()
         .post(weir.url("/collect"))
         // What `curl -d` sends.
@@ -252,7 +260,7 @@ fn delivered_events_are_in_the_file_when_the_answer_comes() {
 /// `user` — where walkerOS's collector throws after answering 200 — a 400 naming the field.
 #[test]
 fn nulls_from_clients_are_taken_as_walkeros_takes_them() {
-    let weir = Weir::start(FILE_FLOW);
+    let weir = Weir::start(&delivered_file_flow());
     let response = post_json(&weir, r#"{"name":"page view","data":null,"trigger":null,"id":null}"#);
     assert_eq!(response.status(), 200, "{}", response.text().unwrap());
     let event = &weir.json_lines("events.jsonl")[0];
@@ -411,12 +419,19 @@ fn a_bearer_token_guards_the_collect_paths() {
 }
 
 /// `/dev/full` accepts the open and fails every write with ENOSPC: a real, retryable error.
+/// Without a journal (memory only) retries run out and dead-letter; with one, an outage holds
+/// the events instead (tests/journal.rs).
 #[test]
 fn undeliverable_events_are_retried_then_dead_lettered_and_the_client_is_told() {
     let weir = Weir::start(
         r#"
+[journal]
+enabled = false
+
 [sources.http]
 type = "http"
+[sources.http.config]
+ack = "delivered"
 
 [destinations.full]
 type = "file"
@@ -724,6 +739,7 @@ fn an_unconfirmed_delivery_is_answered_202_after_ack_timeout() {
 [sources.http]
 type = "http"
 [sources.http.config]
+ack = "delivered"
 ackTimeout = 200
 
 [destinations.stuck]

@@ -37,7 +37,8 @@ fn flow(kafka: Value, mapping: Option<&Value>, extra: Value) -> String {
     }
     let flow = json!({
         "collector": {"release": "4.4.0"},
-        "sources": {"http": {"type": "http"}},
+        // The answer waits for delivery: tests consume as soon as it comes.
+        "sources": {"http": {"type": "http", "config": {"ack": "delivered"}}},
         "destinations": {"kafka": {"type": "kafka", "config": config}}
     });
     toml::to_string(&flow).unwrap()

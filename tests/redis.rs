@@ -9,9 +9,15 @@ use support::redis::RedisServer;
 use support::{Weir, client, eventually, explain, post, vectors};
 
 /// weir with an HTTP source and one `redis` destination: `source` and `config` are TOML
-/// lines of the source's and the destination's `config` blocks, `settings` of its
-/// `settings.redis` block, and `tail` any tables after those (mapping rules).
+/// lines of the source's and the destination's `config` blocks (an empty `source`: the
+/// answer waits for delivery), `settings` of its `settings.redis` block, and `tail` any
+/// tables after those (mapping rules).
 fn serve_with_redis(source: &str, config: &str, settings: &str, tail: &str) -> Weir {
+    let source = if source.is_empty() {
+        "ack = \"delivered\""
+    } else {
+        source
+    };
     Weir::start(&format!(
         "[sources.http]\ntype = \"http\"\n[sources.http.config]\n{source}\n\
          [destinations.redis]\ntype = \"redis\"\n[destinations.redis.config]\n{config}\n\
@@ -27,7 +33,8 @@ fn flow(settings: Value, mapping: Option<&Value>) -> String {
     }
     let flow = json!({
         "collector": {"release": "4.4.0"},
-        "sources": {"http": {"type": "http"}},
+        // The answer waits for delivery: tests read the stream as soon as it comes.
+        "sources": {"http": {"type": "http", "config": {"ack": "delivered"}}},
         "destinations": {"redis": {"type": "redis", "config": config}}
     });
     // The Weir harness writes flow.toml.

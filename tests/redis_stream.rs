@@ -428,7 +428,7 @@ fn flat_entries_with_undefined_fields_read_back() {
     let server = RedisServer::start();
     let flow = json!({
         "sources": {
-            "http": {"type": "http"},
+            "http": {"type": "http", "config": {"ack": "delivered"}},
             "orders": {"type": "redis_stream", "config": {"settings": {
                 "url": server.url(), "stream": "orders", "group": "weir", "consumer": "c1", "startId": "0", "block": 100}}}
         },

@@ -15,7 +15,8 @@ fn hub(server: &RedisServer, sse: Value) -> Weir {
     let settings = support::merged(json!({"replay": {"url": server.url(), "stream": "events"}}), &sse);
     let flow = json!({
         "sources": {
-            "http": {"type": "http", "config": {"settings": {"maxBatchSize": 5000}}},
+            // The answer waits for delivery: tests read the stream as soon as it comes.
+            "http": {"type": "http", "config": {"ack": "delivered", "settings": {"maxBatchSize": 5000}}},
             "events": {"type": "redis_stream", "config": {"settings": {
                 "url": server.url(), "stream": "events", "group": "sse", "consumer": "hub", "block": 50, "batchSize": 100}}}
         },

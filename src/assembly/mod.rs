@@ -16,21 +16,24 @@
 //! This is the one module that knows every source and destination type; the runtime, the
 //! sources and the destinations know none of each other.
 
+pub mod journal;
 pub mod listeners;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::collector::Collector;
-use crate::config::flow::Step;
+use crate::config::flow::{JournalSettings, Step};
 use crate::config::{ConfigErrors, Flow, join};
 use crate::delivery::Endpoint;
+use crate::delivery::feed::FeedTask;
 use crate::delivery::route::Route;
 use crate::delivery::worker::WorkerTask;
 use crate::runtime::{PROCESS_PATHS, Runtime};
 use crate::sources::SourceConfig;
 use crate::sources::http::AckMode;
 
+pub use journal::{JournalStartError, start_journal};
 pub use listeners::{StartError, start};
 
 /// A flow checked and wired, not yet running.
@@ -38,6 +41,11 @@ pub struct BuiltFlow {
     pub runtime: Arc<Runtime>,
     pub sources: Vec<SourceConfig>,
     pub workers: Vec<WorkerTask>,
+    /// The journal feeds of journaled destinations, by destination id (none without a
+    /// journal).
+    pub feeds: Vec<(String, FeedTask)>,
+    /// The journal's settings, when the flow has one.
+    pub journal: Option<JournalSettings>,
     /// Destinations' HTTP routes, with the id of the destination serving each.
     pub endpoints: Vec<(String, Endpoint)>,
     /// Legal but probably unintended (a source no destination takes...).
@@ -48,13 +56,23 @@ pub struct BuiltFlow {
 pub fn build_flow(flow: &Flow) -> Result<BuiltFlow, ConfigErrors> {
     let mut errors = flow.problems.clone();
     let mut warnings = Vec::new();
-    let sources: Vec<SourceConfig> = flow
+    let mut sources: Vec<SourceConfig> = flow
         .sources
         .iter()
         .filter_map(|step| crate::sources::build(step, &mut errors))
         .collect();
+    if !flow.journal.enabled {
+        for source in &mut sources {
+            if let SourceConfig::Http(http) = source
+                && let Err(problem) = http.without_journal()
+            {
+                errors.push(format!("sources.{}.config.ack", http.id), problem);
+            }
+        }
+    }
     let mut routes = Vec::new();
     let mut workers = Vec::new();
+    let mut feeds = Vec::new();
     let mut endpoints = Vec::new();
     let mut files = Vec::new();
     for step in &flow.destinations {
@@ -68,6 +86,11 @@ pub fn build_flow(flow: &Flow) -> Result<BuiltFlow, ConfigErrors> {
         if let Some(built) = crate::destinations::build(step, &mut errors) {
             routes.push(built.route);
             workers.push(built.worker);
+            if let Some(feed) = built.feed
+                && flow.journal.enabled
+            {
+                feeds.push((step.id.clone(), feed));
+            }
             if let Some(endpoint) = built.endpoint {
                 endpoints.push((step.id.clone(), endpoint));
             }
@@ -142,6 +165,8 @@ pub fn build_flow(flow: &Flow) -> Result<BuiltFlow, ConfigErrors> {
         runtime: Arc::new(Runtime::new(Collector::new(&flow.collector), routes)),
         sources,
         workers,
+        feeds,
+        journal: flow.journal.enabled.then(|| flow.journal.clone()),
         endpoints,
         warnings,
     })
@@ -248,6 +273,7 @@ pub fn embedded_default() -> Flow {
     Flow {
         name: None,
         collector: Default::default(),
+        journal: Default::default(),
         sources: vec![Step {
             id: "http".into(),
             kind: "http".into(),

@@ -2,15 +2,16 @@
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests finish (they may
 //! be waiting for their events' delivery), then drain every destination's queue, then flush
-//! and close the destinations. Whatever is not delivered when the deadline passes is
-//! dead-lettered with the reason, and the totals are logged.
+//! and close the destinations. Whatever is not delivered when the deadline passes stays in the
+//! journal (journaled events) or is dead-lettered with the reason, and the totals are logged.
+//! A journal that fails (fdatasync) starts the same shutdown, and weir exits non-zero.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::assembly::build_flow;
+use crate::assembly::{build_flow, start_journal};
 use crate::config::Flow;
 use crate::delivery::worker::{Lifecycle, spawn_workers};
 
@@ -22,12 +23,17 @@ pub struct ServeOptions {
 pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     // The recorder must exist before the pipelines resolve their metric handles.
     crate::telemetry::prometheus();
-    let built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
+    let mut built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
     for warning in &built.warnings {
         tracing::warn!("{warning}");
     }
     let lifecycle = Lifecycle::default();
-    let mut workers = spawn_workers(built.workers, &lifecycle);
+    let mut feeds = tokio::task::JoinSet::new();
+    let journal = start_journal(&mut built, &lifecycle, &mut feeds)?;
+    let journal_failed = journal
+        .as_ref()
+        .map_or_else(CancellationToken::new, |journal| journal.fatal());
+    let mut workers = spawn_workers(std::mem::take(&mut built.workers), &lifecycle);
     tracing::info!(destinations = %built.runtime.describe(), "flow started");
 
     let mut signals = Signals::install().context("cannot listen for SIGTERM and SIGINT")?;
@@ -41,7 +47,11 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     )
     .await?;
 
-    signals.next().await;
+    tokio::select! {
+        () = signals.next() => {}
+        // A failed fdatasync: stop accepting, shut down, exit non-zero.
+        () = journal_failed.cancelled() => {}
+    }
     tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: no new requests, draining queues");
     let deadline = tokio::time::Instant::now() + options.shutdown_timeout;
     // In-flight requests may be waiting for events held back to fill a batch: send them now.
@@ -70,28 +80,39 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     }
     servers.abort_all();
     lifecycle.drain.cancel();
-    let mut dead_lettered = 0;
-    let mut failed = 0;
+    while feeds.join_next().await.is_some() {}
+    let (mut dead_lettered, mut failed, mut held) = (0, 0, 0);
     while let Some(report) = workers.join_next().await {
         match report {
             Ok(report) => {
                 dead_lettered += report.dead_lettered_at_shutdown;
                 failed += report.failed;
+                held += report.held;
             }
             Err(error) => tracing::error!(error = %error, "destination worker failed"),
         }
     }
     deadline_watch.abort();
-    if dead_lettered == 0 && failed == 0 {
+    if let Some(journal) = &journal {
+        // Saves every cursor a last time: fewer redeliveries after the restart.
+        journal.close();
+    }
+    if dead_lettered == 0 && failed == 0 && held == 0 {
         tracing::info!("shutdown complete: every queued event was delivered");
     } else {
         tracing::warn!(
             dead_lettered,
             failed,
-            "shutdown complete: events not delivered before the deadline were dead-lettered (failed = could not even be dead-lettered)"
+            held,
+            "shutdown complete: events not delivered before the deadline were dead-lettered (held = kept in the journal for the next start; failed = could not even be dead-lettered)"
         );
     }
-    Ok(())
+    match journal.and_then(|journal| journal.fatal_reason()) {
+        Some(reason) => Err(anyhow::anyhow!(
+            "the journal failed ({reason}); weir stopped accepting events. Check the disk, then restart: what was acknowledged is on disk"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// SIGTERM and SIGINT, listened for from before the first listener is bound: a signal sent

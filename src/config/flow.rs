@@ -45,11 +45,80 @@ pub struct CollectorConfig {
     pub release: Option<String>,
 }
 
+/// The flow's `journal` block: where accepted events are kept on disk until every
+/// journaled destination has delivered (or dead-lettered) them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// `false`: memory only (events queued in memory are lost if the process dies).
+    pub enabled: bool,
+    pub path: std::path::PathBuf,
+    /// Disk the journal may take; past it requests are answered 503 + `Retry-After`.
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+}
+
+pub const DEFAULT_JOURNAL_PATH: &str = "weir-data/journal";
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 1 << 30;
+pub const DEFAULT_JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
+/// The smallest segment: a few records.
+const MIN_SEGMENT_BYTES: u64 = 4096;
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            enabled: true,
+            path: DEFAULT_JOURNAL_PATH.into(),
+            max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+            segment_bytes: DEFAULT_JOURNAL_SEGMENT_BYTES,
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JournalBlock {
+    enabled: Option<bool>,
+    path: Option<std::path::PathBuf>,
+    max_bytes: Option<u64>,
+    segment_bytes: Option<u64>,
+}
+
+fn parse_journal(value: &Value, path: &str, errors: &mut ConfigErrors) -> JournalSettings {
+    let defaults = JournalSettings::default();
+    let Some(block) = super::typed::parse::<JournalBlock>(value, path, errors) else {
+        return defaults;
+    };
+    let settings = JournalSettings {
+        enabled: block.enabled.unwrap_or(defaults.enabled),
+        path: block.path.unwrap_or(defaults.path),
+        max_bytes: block.max_bytes.unwrap_or(defaults.max_bytes),
+        segment_bytes: block.segment_bytes.unwrap_or(defaults.segment_bytes),
+    };
+    if settings.segment_bytes < MIN_SEGMENT_BYTES {
+        errors.push(
+            join(path, "segmentBytes"),
+            format!("must be at least {MIN_SEGMENT_BYTES}"),
+        );
+    } else if settings.max_bytes < 2 * settings.segment_bytes {
+        errors.push(
+            join(path, "maxBytes"),
+            format!(
+                "must be at least two segments ({} bytes with segmentBytes {}): the segment being written is only removed once a newer one exists",
+                2 * settings.segment_bytes,
+                settings.segment_bytes
+            ),
+        );
+    }
+    settings
+}
+
 /// A loaded flow.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Flow {
     pub name: Option<String>,
     pub collector: CollectorConfig,
+    /// The `journal` block (enabled by default).
+    pub journal: JournalSettings,
     pub sources: Vec<Step>,
     pub destinations: Vec<Step>,
     /// Problems found while loading that did not stop it; building the flow reports them
@@ -186,6 +255,15 @@ pub fn parse_flow(
                 result.collector = parse_collector(value, &at, &mut errors);
             }
             "config" => check_flow_config(&value, &at, &mut errors),
+            "journal" => {
+                let mut value = value;
+                let scopes = Scopes {
+                    variables: base_scopes.to_vec(),
+                    env,
+                };
+                references::resolve(&mut value, &at, &scopes, &mut errors);
+                result.journal = parse_journal(&value, &at, &mut errors);
+            }
             "transformers" | "stores" => {
                 if value.as_object().is_some_and(|m| !m.is_empty()) {
                     errors.push(
@@ -414,6 +492,46 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn the_journal_block_has_defaults_takes_env_references_and_checks_sizes() {
+        let flow = parse_flow(json!({"sources": {}}), None, &no_env).unwrap();
+        assert_eq!(flow.journal, JournalSettings::default());
+        assert!(flow.journal.enabled);
+
+        let env = |name: &str| (name == "JOURNAL_DIR").then(|| "/var/lib/weir/journal".to_owned());
+        let flow = parse_flow(
+            json!({"journal": {"path": "$env.JOURNAL_DIR", "maxBytes": 1048576, "segmentBytes": 65536}}),
+            None,
+            &env,
+        )
+        .unwrap();
+        assert!(flow.problems.is_empty(), "{}", flow.problems);
+        assert_eq!(flow.journal.path, std::path::PathBuf::from("/var/lib/weir/journal"));
+        assert_eq!((flow.journal.max_bytes, flow.journal.segment_bytes), (1048576, 65536));
+
+        let flow = parse_flow(json!({"journal": {"enabled": false}}), None, &no_env).unwrap();
+        assert!(!flow.journal.enabled);
+
+        let flow = parse_flow(
+            json!({"journal": {"maxBytes": 65536, "segmentBytes": 65536, "sise": 1}}),
+            None,
+            &no_env,
+        )
+        .unwrap();
+        let problems = flow.problems.to_string();
+        assert!(
+            problems.contains("journal.maxBytes: must be at least two segments"),
+            "{problems}"
+        );
+        assert!(problems.contains("journal.sise: unknown key"), "{problems}");
+        let flow = parse_flow(json!({"journal": {"segmentBytes": 100}}), None, &no_env).unwrap();
+        assert!(
+            flow.problems
+                .to_string()
+                .contains("journal.segmentBytes: must be at least 4096")
+        );
     }
 
     #[test]

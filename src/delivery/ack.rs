@@ -7,11 +7,18 @@
 //! (a worker torn down mid-flight) resolves itself as failed, so no path can leave a source
 //! waiting forever or report an event as delivered that was not. When the last token of the
 //! set resolves, the waiting source is woken with every event's outcome.
+//!
+//! A token for an event kept in the journal also carries the journal cursor of its
+//! destination: delivered or dead-lettered, it lets the cursor pass the record; dropped
+//! unresolved (a shutdown, an outage outlasting the process), it resolves as
+//! [`Delivery::Held`] — the record stays in the journal and is delivered after a restart.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+
+use crate::journal::CursorHandle;
 
 /// What a destination finally did with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +30,9 @@ pub enum Delivery {
     /// Neither delivered nor dead-lettered (the dead-letter write itself failed, or the
     /// process stopped before it could do either). Always logged and counted.
     Failed { destination: Arc<str>, reason: String },
+    /// Not delivered yet, and safe: the event stays in the journal and is delivered after
+    /// a restart.
+    Held { destination: Arc<str> },
 }
 
 /// Outcome of one event across all destinations, as the source sees it.
@@ -33,6 +43,8 @@ pub struct EventOutcome {
     pub problems: Vec<String>,
     /// A destination neither delivered nor dead-lettered it: the event is not safe anywhere.
     pub failed: bool,
+    /// A destination holds it in the journal, delivery not confirmed yet (not a problem).
+    pub held: bool,
 }
 
 impl EventOutcome {
@@ -43,7 +55,7 @@ impl EventOutcome {
     /// Every destination delivered it or holds it in its dead-letter sink: a stream consumer
     /// may acknowledge the entry.
     pub fn is_accounted(&self) -> bool {
-        !self.failed
+        !self.failed && !self.held
     }
 }
 
@@ -94,6 +106,8 @@ impl AckSet {
         AckToken {
             target: Some((self.state.clone(), index)),
             destination: Some(destination.clone()),
+            journaled: false,
+            cursor: None,
         }
     }
 
@@ -120,6 +134,10 @@ impl AckWait {
 pub struct AckToken {
     target: Option<(Arc<AckState>, usize)>,
     destination: Option<Arc<str>>,
+    /// The event is in the journal: dropped unresolved, it is held, not failed.
+    journaled: bool,
+    /// The journal record it stands for, and the cursor its outcome moves.
+    cursor: Option<(CursorHandle, u64)>,
 }
 
 impl AckToken {
@@ -127,7 +145,45 @@ impl AckToken {
         AckToken {
             target: None,
             destination: None,
+            journaled: false,
+            cursor: None,
         }
+    }
+
+    /// This token's event is in the journal (it resolves as held when dropped).
+    pub fn in_journal(mut self) -> AckToken {
+        self.journaled = true;
+        self
+    }
+
+    /// This token stands for journal record `seq`: delivered or dead-lettered, the cursor
+    /// may pass it.
+    pub fn for_record(mut self, cursor: CursorHandle, seq: u64) -> AckToken {
+        self.journaled = true;
+        self.cursor = Some((cursor, seq));
+        self
+    }
+
+    /// Whether the event is in the journal: then an outage holds it instead of
+    /// dead-lettering it.
+    pub fn is_journaled(&self) -> bool {
+        self.journaled
+    }
+
+    /// Gives up on delivering in this process: a journaled event is held (delivered after a
+    /// restart), any other fails with `reason`.
+    pub fn abandon(self, destination: &Arc<str>, reason: &str) {
+        let delivery = if self.journaled {
+            Delivery::Held {
+                destination: destination.clone(),
+            }
+        } else {
+            Delivery::Failed {
+                destination: destination.clone(),
+                reason: reason.to_owned(),
+            }
+        };
+        self.resolve(delivery);
     }
 
     pub fn resolve(mut self, delivery: Delivery) {
@@ -135,12 +191,18 @@ impl AckToken {
     }
 
     fn finish(&mut self, delivery: Delivery) {
+        if let Some((cursor, seq)) = self.cursor.take()
+            && matches!(delivery, Delivery::Delivered | Delivery::DeadLettered { .. })
+        {
+            cursor.resolve(seq);
+        }
         let Some((state, index)) = self.target.take() else {
             return;
         };
         let failed = matches!(delivery, Delivery::Failed { .. });
+        let held = matches!(delivery, Delivery::Held { .. });
         let problem = match delivery {
-            Delivery::Delivered => None,
+            Delivery::Delivered | Delivery::Held { .. } => None,
             Delivery::DeadLettered { destination, reason } => Some(format!(
                 "destination \"{destination}\" dead-lettered the event: {reason}"
             )),
@@ -148,10 +210,11 @@ impl AckToken {
                 Some(format!("destination \"{destination}\" failed the event: {reason}"))
             }
         };
-        if let Some(problem) = problem {
+        if problem.is_some() || held {
             let mut outcomes = state.outcomes.lock().expect("ack lock poisoned");
             outcomes[index].failed |= failed;
-            outcomes[index].problems.push(problem);
+            outcomes[index].held |= held;
+            outcomes[index].problems.extend(problem);
         }
         state.release();
     }
@@ -159,11 +222,15 @@ impl AckToken {
 
 impl Drop for AckToken {
     fn drop(&mut self) {
-        if self.target.is_some() {
+        if self.target.is_some() || self.cursor.is_some() {
             let destination = self.destination.take().unwrap_or_else(|| Arc::from("?"));
-            self.finish(Delivery::Failed {
-                destination,
-                reason: "the delivery was abandoned before it finished".to_owned(),
+            self.finish(if self.journaled {
+                Delivery::Held { destination }
+            } else {
+                Delivery::Failed {
+                    destination,
+                    reason: "the delivery was abandoned before it finished".to_owned(),
+                }
             });
         }
     }
@@ -210,6 +277,17 @@ mod tests {
             outcomes[0].problems,
             vec!["destination \"events\" failed the event: the delivery was abandoned before it finished"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_journaled_token_is_held_and_leaves_the_cursor_where_it_was() {
+        let (set, wait) = AckSet::new(1);
+        let token = set.token(0, &Arc::from("events")).in_journal();
+        assert!(token.is_journaled());
+        set.seal();
+        drop(token);
+        let outcomes = wait.outcomes().await;
+        assert!(outcomes[0].is_ok() && outcomes[0].held && !outcomes[0].is_accounted());
     }
 
     #[tokio::test]

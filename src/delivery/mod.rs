@@ -10,6 +10,8 @@
 //!   (size / wait / age); `metrics`: the destination's counters;
 //! - [`worker`]: sending, retrying (`retry`: exponential backoff with jitter) and
 //!   dead-lettering ([`dead_letter`]), and shutdown;
+//! - [`feed`]: a journaled destination's reader, which takes events from the journal through
+//!   its cursor into the same queue (the request path only appends to the journal);
 //! - [`ack`]: the end-to-end acknowledgement that tells the source, per event, whether it
 //!   was delivered or dead-lettered; [`policy`]: the settings all of it runs by.
 //!
@@ -19,6 +21,7 @@
 pub mod ack;
 mod batcher;
 pub mod dead_letter;
+pub mod feed;
 mod metrics;
 pub mod policy;
 mod queue;
@@ -206,6 +209,13 @@ pub trait Destination: Send + Sync + Sized + 'static {
     /// The routes this destination serves over HTTP (the SSE hub).
     fn http_endpoint(&self) -> Option<Endpoint> {
         None
+    }
+
+    /// Whether it takes journaled events from the journal, through its own cursor (they
+    /// survive a crash and an outage of any length). A live fan-out (the SSE hub) says no:
+    /// its clients want what happens now, not a replay after a restart.
+    fn journaled(&self) -> bool {
+        true
     }
 
     /// Files this destination writes into, so that two writers on one file are caught

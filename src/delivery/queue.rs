@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::RenderError;
@@ -29,6 +29,8 @@ pub(super) struct Queue<W> {
     pub(super) sender: mpsc::UnboundedSender<Envelope<W>>,
     pub(super) depth: Arc<AtomicUsize>,
     pub(super) capacity: usize,
+    /// Notified when the worker has taken events out (room for a waiting journal feed).
+    pub(super) room: Arc<Notify>,
 }
 
 impl<W> Queue<W> {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::ack::{AckSet, AckToken, Delivery};
+use super::ack::{AckSet, AckToken};
 use super::dead_letter::DeadLetterSink;
 use super::metrics::DestinationMetrics;
 use super::policy::{BatchPolicy, DeliveryPolicy};
@@ -93,6 +93,9 @@ pub trait Route: Send + Sync {
     fn batch_linger(&self) -> std::time::Duration;
     /// Redis streams it writes to (for `weir validate`'s loop check).
     fn stream_targets(&self) -> Vec<String>;
+    /// Takes journaled events from the journal through its own cursor (not on the request
+    /// path).
+    fn journaled(&self) -> bool;
     /// Maps and renders `events` (each with its index in the source's batch) for queuing.
     fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_>;
     /// What would happen to `event`, with its wire form, without queuing anything.
@@ -101,22 +104,44 @@ pub trait Route: Send + Sync {
 
 /// Events mapped and rendered for one destination, not yet queued.
 pub trait Staged: Send {
-    /// Reserves queue room for every event that needs sending. Dropping a reserved stage
-    /// without committing releases the room.
+    /// Reserves queue room for every event that needs sending, counting a full queue.
+    /// Dropping a reserved stage without committing releases the room.
     fn reserve(&mut self) -> Result<(), QueueFull>;
-    /// Queues the events (reserve first) and records the outcomes known already.
-    fn commit(self: Box<Self>, acks: Option<&AckSet>);
+    /// Reserves like [`Staged::reserve`], for a caller that waits for room instead of
+    /// refusing (a journal feed): a full queue is not counted.
+    fn try_reserve(&mut self) -> bool;
+    /// Queues the events (reserve first) with acknowledgements from `tokens`, and settles
+    /// the ones that need no sending.
+    fn commit(self: Box<Self>, tokens: &mut dyn Tokens);
+}
+
+/// Where the acknowledgements of staged events come from.
+pub trait Tokens {
+    /// The token for event `index` queued at `destination`.
+    fn token(&mut self, index: usize, destination: &Arc<str>) -> AckToken;
+    /// Event `index` needs no sending at `destination` (ignored, consent, skipped).
+    fn settled(&mut self, index: usize, destination: &Arc<str>);
+}
+
+/// A source's acknowledgement set, if it waits for outcomes.
+impl Tokens for Option<&AckSet> {
+    fn token(&mut self, index: usize, destination: &Arc<str>) -> AckToken {
+        self.map_or_else(AckToken::detached, |acks| acks.token(index, destination))
+    }
+
+    fn settled(&mut self, _index: usize, _destination: &Arc<str>) {}
 }
 
 /// A destination wired into the machinery.
 pub struct Pipeline<D: Destination> {
-    id: Arc<str>,
+    pub(super) id: Arc<str>,
     destination: Arc<D>,
     mapping: DestinationMapping<D::RuleSettings>,
     sources: Option<Vec<String>>,
-    queue: Queue<D::Wire>,
+    pub(super) queue: Queue<D::Wire>,
     ready: Arc<AtomicBool>,
     metrics: Arc<DestinationMetrics>,
+    journaled: bool,
     /// Every batch policy (slot 0 the destination's), as the worker has them.
     policies: Vec<BatchPolicy>,
 }
@@ -139,6 +164,8 @@ pub fn build<D: Destination>(destination: D, config: PipelineConfig<D::RuleSetti
     let depth = Arc::new(AtomicUsize::new(0));
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(DestinationMetrics::new(&id));
+    let room = Arc::new(Notify::new());
+    let journaled = destination.journaled();
     let mut policies = vec![config.delivery.batch];
     policies.extend(config.rule_batches);
     let pipeline = Pipeline {
@@ -150,9 +177,11 @@ pub fn build<D: Destination>(destination: D, config: PipelineConfig<D::RuleSetti
             sender,
             depth: depth.clone(),
             capacity: config.delivery.queue_max,
+            room: room.clone(),
         },
         ready: ready.clone(),
         metrics: metrics.clone(),
+        journaled,
         policies: policies.clone(),
     };
     let worker = Worker {
@@ -160,6 +189,7 @@ pub fn build<D: Destination>(destination: D, config: PipelineConfig<D::RuleSetti
         destination,
         receiver,
         depth,
+        room,
         policies,
         delivery: config.delivery,
         dead_letters: config.dead_letters,
@@ -223,6 +253,10 @@ impl<D: Destination> Route for Pipeline<D> {
         self.destination.stream_targets()
     }
 
+    fn journaled(&self) -> bool {
+        self.journaled
+    }
+
     fn batch_linger(&self) -> std::time::Duration {
         self.policies
             .iter()
@@ -250,7 +284,7 @@ impl<D: Destination> Route for Pipeline<D> {
                         size,
                     });
                 }
-                other => staged.settled.push(other),
+                other => staged.settled.push((*index, other)),
             }
         }
         Box::new(staged)
@@ -303,14 +337,14 @@ struct QueuedEvent<W> {
 struct StagedEvents<'p, D: Destination> {
     pipeline: &'p Pipeline<D>,
     queued: Vec<QueuedEvent<D::Wire>>,
-    settled: Vec<Disposition<D::Wire>>,
+    /// Events that need no sending, with their index in the source's batch.
+    settled: Vec<(usize, Disposition<D::Wire>)>,
     reserved: bool,
 }
 
 impl<D: Destination> Staged for StagedEvents<'_, D> {
     fn reserve(&mut self) -> Result<(), QueueFull> {
-        if self.reserved || self.queued.is_empty() || self.pipeline.queue.try_reserve(self.queued.len()) {
-            self.reserved = true;
+        if self.try_reserve() {
             return Ok(());
         }
         self.pipeline.metrics.queue_full.increment(1);
@@ -320,10 +354,18 @@ impl<D: Destination> Staged for StagedEvents<'_, D> {
         })
     }
 
-    fn commit(mut self: Box<Self>, acks: Option<&AckSet>) {
+    fn try_reserve(&mut self) -> bool {
+        if self.reserved || self.queued.is_empty() || self.pipeline.queue.try_reserve(self.queued.len()) {
+            self.reserved = true;
+        }
+        self.reserved
+    }
+
+    fn commit(mut self: Box<Self>, tokens: &mut dyn Tokens) {
         assert!(self.reserved, "commit without reserve");
         let pipeline = self.pipeline;
-        for disposition in self.settled.drain(..) {
+        for (index, disposition) in self.settled.drain(..) {
+            tokens.settled(index, &pipeline.id);
             match disposition {
                 Disposition::Ignored => pipeline.metrics.ignored.increment(1),
                 Disposition::Consent => pipeline.metrics.consent.increment(1),
@@ -346,7 +388,7 @@ impl<D: Destination> Staged for StagedEvents<'_, D> {
             size,
         } in queued
         {
-            let ack = acks.map_or_else(AckToken::detached, |acks| acks.token(index, &pipeline.id));
+            let ack = tokens.token(index, &pipeline.id);
             let envelope = Envelope {
                 wire,
                 event,
@@ -358,11 +400,10 @@ impl<D: Destination> Staged for StagedEvents<'_, D> {
             if let Err(mpsc::error::SendError(envelope)) = pipeline.queue.sender.send(envelope) {
                 // The worker has stopped (shutdown): the token reports the failure.
                 pipeline.queue.release(1);
-                pipeline.metrics.failed.increment(1);
-                envelope.ack.resolve(Delivery::Failed {
-                    destination: pipeline.id.clone(),
-                    reason: "the destination is shutting down".into(),
-                });
+                if !envelope.ack.is_journaled() {
+                    pipeline.metrics.failed.increment(1);
+                }
+                envelope.ack.abandon(&pipeline.id, "the destination is shutting down");
             }
         }
     }

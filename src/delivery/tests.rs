@@ -202,7 +202,7 @@ impl Harness {
         let (acks, wait) = AckSet::new(events.len());
         let mut staged = self.pipeline.stage(&events, &self.collector);
         staged.reserve().unwrap();
-        staged.commit(Some(&acks));
+        staged.commit(&mut Some(&acks));
         acks.seal();
         wait.outcomes().await
     }
@@ -308,7 +308,7 @@ async fn an_event_that_cannot_be_rendered_is_dead_lettered_not_dropped() {
     let (acks, wait) = AckSet::new(1);
     let mut staged = h.pipeline.stage(&events, &h.collector);
     staged.reserve().unwrap();
-    staged.commit(Some(&acks));
+    staged.commit(&mut Some(&acks));
     acks.seal();
     assert!(!wait.outcomes().await[0].is_ok());
     assert_eq!(h.dead_letters()[0]["reason"], "cannot render: data.n is missing");
@@ -323,7 +323,7 @@ async fn a_full_queue_refuses_the_whole_batch_and_queues_nothing() {
     let first = h.events(&[1]);
     let mut staged = h.pipeline.stage(&first, &h.collector);
     staged.reserve().unwrap();
-    staged.commit(None);
+    staged.commit(&mut None::<&AckSet>);
     // Wait until the worker has taken the first event off the queue.
     while h.calls().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -331,7 +331,7 @@ async fn a_full_queue_refuses_the_whole_batch_and_queues_nothing() {
     let fits = h.events(&[2, 3, 4]);
     let mut staged = h.pipeline.stage(&fits, &h.collector);
     staged.reserve().unwrap();
-    staged.commit(None);
+    staged.commit(&mut None::<&AckSet>);
     let too_many = h.events(&[5]);
     let mut staged = h.pipeline.stage(&too_many, &h.collector);
     let full = staged.reserve().unwrap_err();
@@ -379,7 +379,7 @@ async fn batches_fill_up_to_size_and_wait_for_stragglers() {
     let first = h.events(&[1, 2, 3, 4]);
     let mut staged = h.pipeline.stage(&first, &h.collector);
     staged.reserve().unwrap();
-    staged.commit(None);
+    staged.commit(&mut None::<&AckSet>);
     // Size 3 flushes at once; the fourth waits for `wait` to pass.
     while h.calls().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -388,7 +388,7 @@ async fn batches_fill_up_to_size_and_wait_for_stragglers() {
     let more = h.events(&[5]);
     let mut staged = h.pipeline.stage(&more, &h.collector);
     staged.reserve().unwrap();
-    staged.commit(None);
+    staged.commit(&mut None::<&AckSet>);
     while h.calls().len() < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -409,7 +409,7 @@ async fn draining_flushes_buffers_that_would_otherwise_wait() {
     let (acks, wait) = AckSet::new(2);
     let mut staged = h.pipeline.stage(&events, &h.collector);
     staged.reserve().unwrap();
-    staged.commit(Some(&acks));
+    staged.commit(&mut Some(&acks));
     acks.seal();
     let waiter = tokio::spawn(wait.outcomes());
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -435,7 +435,7 @@ async fn a_rule_with_its_own_batch_gets_its_own_buffer() {
     let queue = |events: Vec<(usize, Arc<Event>)>| {
         let mut staged = h.pipeline.stage(&events, &h.collector);
         staged.reserve().unwrap();
-        staged.commit(None);
+        staged.commit(&mut None::<&AckSet>);
     };
     queue(vec![(0, event("order complete", 1)), (1, event("page view", 2))]);
     while h.calls().is_empty() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +56,8 @@ pub struct WorkerReport {
     pub dead_lettered_at_shutdown: u64,
     /// Events neither delivered nor dead-lettered (the dead-letter write failed).
     pub failed: u64,
+    /// Journaled events not delivered by the deadline: they stay in the journal.
+    pub held: u64,
 }
 
 /// The receiving half of a pipeline; run it on the runtime with [`Worker::run`].
@@ -64,6 +66,7 @@ pub struct Worker<D: Destination> {
     pub(super) destination: Arc<D>,
     pub(super) receiver: mpsc::UnboundedReceiver<Envelope<D::Wire>>,
     pub(super) depth: Arc<AtomicUsize>,
+    pub(super) room: Arc<Notify>,
     /// Slot 0 is the destination-wide policy; rules with their own `batch` have theirs.
     pub(super) policies: Vec<BatchPolicy>,
     pub(super) delivery: DeliveryPolicy,
@@ -111,7 +114,13 @@ impl<D: Destination> Worker<D> {
             let mut stranded = Vec::new();
             while let Some(envelope) = self.receiver.recv().await {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
-                stranded.push(envelope);
+                if envelope.ack.is_journaled() {
+                    // Delivered after a restart, from the journal.
+                    report.held += 1;
+                    envelope.ack.abandon(&self.id, &reason);
+                } else {
+                    stranded.push(envelope);
+                }
             }
             let count = stranded.len() as u64;
             let failed = sender
@@ -123,7 +132,7 @@ impl<D: Destination> Worker<D> {
         }
 
         let permits = Arc::new(Semaphore::new(self.delivery.concurrency.max(1)));
-        let mut tasks: JoinSet<(u64, u64)> = JoinSet::new();
+        let mut tasks: JoinSet<Tally> = JoinSet::new();
         let mut buffers: Vec<Buffer<D::Wire>> = self.policies.iter().map(|_| Buffer::new()).collect();
         let mut draining = false;
         let mut flushing = false;
@@ -158,6 +167,7 @@ impl<D: Destination> Worker<D> {
                         }
                     }
                     self.metrics.queue_depth.set(self.depth.load(Ordering::Relaxed) as f64);
+                    self.room.notify_waiters();
                     self.flush_due(&mut buffers, flushing, &sender, &permits, &mut tasks).await;
                 }
                 () = sleep_until(deadline), if deadline.is_some() => {
@@ -216,7 +226,7 @@ impl<D: Destination> Worker<D> {
         shutting_down: bool,
         sender: &Arc<Sender<D>>,
         permits: &Arc<Semaphore>,
-        tasks: &mut JoinSet<(u64, u64)>,
+        tasks: &mut JoinSet<Tally>,
     ) {
         let now = Instant::now();
         for (buffer, policy) in buffers.iter_mut().zip(&self.policies) {
@@ -244,7 +254,7 @@ impl<D: Destination> Worker<D> {
         batch: Vec<Envelope<D::Wire>>,
         sender: &Arc<Sender<D>>,
         permits: &Arc<Semaphore>,
-        tasks: &mut JoinSet<(u64, u64)>,
+        tasks: &mut JoinSet<Tally>,
     ) {
         let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
         self.metrics.batch_size.record(batch.len() as f64);
@@ -258,18 +268,30 @@ impl<D: Destination> Worker<D> {
             outcome.unwrap_or_else(|_| {
                 sender.metrics.failed.increment(count);
                 tracing::error!(destination = %sender.id, events = count, "sending panicked; the batch is lost");
-                (0, count)
+                Tally {
+                    failed: count,
+                    ..Tally::default()
+                }
             })
         });
     }
 }
 
+/// What became of one batch's events that were not delivered.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    dead_lettered_at_shutdown: u64,
+    failed: u64,
+    held: u64,
+}
+
 impl WorkerReport {
-    fn add(&mut self, done: Result<(u64, u64), tokio::task::JoinError>) {
+    fn add(&mut self, done: Result<Tally, tokio::task::JoinError>) {
         match done {
-            Ok((dead_lettered_at_shutdown, failed)) => {
-                self.dead_lettered_at_shutdown += dead_lettered_at_shutdown;
-                self.failed += failed;
+            Ok(tally) => {
+                self.dead_lettered_at_shutdown += tally.dead_lettered_at_shutdown;
+                self.failed += tally.failed;
+                self.held += tally.held;
             }
             Err(error) => {
                 tracing::error!(destination = %self.destination, error = %error, "send task failed");
@@ -287,8 +309,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl<D: Destination> Sender<D> {
     /// Delivers one batch: send, retry the retryable failures with backoff, dead-letter the
-    /// rest. Returns (dead-lettered because of shutdown, failed outright).
-    async fn deliver(&self, batch: Vec<Envelope<D::Wire>>) -> (u64, u64) {
+    /// rest — except journaled events, which an outage never dead-letters: they are retried
+    /// for as long as it lasts, and at the shutdown deadline stay in the journal.
+    async fn deliver(&self, batch: Vec<Envelope<D::Wire>>) -> Tally {
+        let mut tally = Tally::default();
         let mut failed = 0;
         let mut pending = Vec::with_capacity(batch.len());
         let mut unrenderable = Vec::new();
@@ -316,12 +340,8 @@ impl<D: Destination> Sender<D> {
                     // Past the deadline nothing new is attempted: it is dead-lettered.
                     biased;
                     () = self.abort.cancelled() => {
-                        let count = pending.len() as u64;
                         let reason = "shutdown deadline reached before delivery was confirmed; the destination may have received it";
-                        let failures = self
-                            .dead_letter_in_flight(pending, Cause::ShutdownDeadline, reason, attempt + 1)
-                            .await;
-                        return (count - failures, failed + failures);
+                        return self.give_up_at_deadline(pending, reason, attempt + 1, tally, failed).await;
                     }
                     result = send => result,
                 }
@@ -393,11 +413,16 @@ impl<D: Destination> Sender<D> {
                 break;
             }
             if attempt >= self.delivery.retry.max_retries {
+                let (journaled, exhausted): (Vec<_>, Vec<_>) =
+                    retry.into_iter().partition(|item| item.ack.is_journaled());
                 let reason = format!("gave up after {} attempts: {last_retryable}", attempt + 1);
                 failed += self
-                    .dead_letter_in_flight(retry, Cause::RetriesExhausted, &reason, attempt + 1)
+                    .dead_letter_in_flight(exhausted, Cause::RetriesExhausted, &reason, attempt + 1)
                     .await;
-                break;
+                retry = journaled;
+                if retry.is_empty() {
+                    break;
+                }
             }
             // Backoff, or what the target asked for if longer (capped, so that a bad header
             // cannot park events for hours; retries still run out and dead-letter).
@@ -414,18 +439,39 @@ impl<D: Destination> Sender<D> {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.abort.cancelled() => {
-                    let count = retry.len() as u64;
                     let reason = format!("shutdown deadline reached while retrying: {last_retryable}");
-                    let failures = self
-                        .dead_letter_in_flight(retry, Cause::ShutdownDeadline, &reason, attempt + 1)
-                        .await;
-                    return (count - failures, failed + failures);
+                    return self.give_up_at_deadline(retry, &reason, attempt + 1, tally, failed).await;
                 }
             }
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             pending = retry;
         }
-        (0, failed)
+        tally.failed = failed;
+        tally
+    }
+
+    /// The shutdown deadline passed: journaled events stay in the journal (held), the rest
+    /// are dead-lettered.
+    async fn give_up_at_deadline(
+        &self,
+        items: Vec<InFlight<D::Wire>>,
+        reason: &str,
+        attempts: u32,
+        mut tally: Tally,
+        failed: u64,
+    ) -> Tally {
+        let (journaled, others): (Vec<_>, Vec<_>) = items.into_iter().partition(|item| item.ack.is_journaled());
+        tally.held += journaled.len() as u64;
+        for item in journaled {
+            item.ack.abandon(&self.id, reason);
+        }
+        let count = others.len() as u64;
+        let failures = self
+            .dead_letter_in_flight(others, Cause::ShutdownDeadline, reason, attempts)
+            .await;
+        tally.dead_lettered_at_shutdown += count - failures;
+        tally.failed = failed + failures;
+        tally
     }
 
     async fn dead_letter_in_flight(

@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::config::flow::{Step, find_kind};
 use crate::config::{ConfigErrors, join, typed};
 use crate::delivery::dead_letter::DeadLetterSink;
+use crate::delivery::feed::{self, FeedTask};
 use crate::delivery::policy::{
     BatchPolicy, DEFAULT_QUEUE_MAX, DEFAULT_TIMEOUT, DeliveryPolicy, RetryPolicy, WALKEROS_BATCH_AGE,
     WALKEROS_BATCH_SIZE, WALKEROS_BATCH_WAIT,
@@ -69,6 +70,8 @@ pub const DEFAULT_DLQ_PATH: &str = "weir-data/dlq.jsonl";
 pub struct BuiltDestination {
     pub route: Arc<dyn Route>,
     pub worker: WorkerTask,
+    /// Its journal feed, if it takes journaled events from the journal.
+    pub feed: Option<FeedTask>,
     /// The routes it serves over HTTP (the SSE hub).
     pub endpoint: Option<Endpoint>,
     /// Files it writes: its data files, then its dead-letter file.
@@ -400,9 +403,12 @@ fn wire<D: Destination>(
             dead_letters,
         },
     );
+    let pipeline = Arc::new(pipeline);
+    let feed = pipeline.journaled().then(|| feed::task(pipeline.clone()));
     Some(BuiltDestination {
-        route: Arc::new(pipeline),
+        route: pipeline,
         worker: Box::new(move |lifecycle| Box::pin(worker.run(lifecycle))),
+        feed,
         endpoint,
         files,
         dead_letter_file,

@@ -109,6 +109,11 @@ impl Destination for SseDestination {
     type Error = SseError;
     const KIND: &'static str = "sse";
 
+    /// A live fan-out: its clients want what happens now, not a replay after a restart.
+    fn journaled(&self) -> bool {
+        false
+    }
+
     fn from_settings(settings: Option<&Value>, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
         let empty = Value::Object(serde_json::Map::new());
         let raw = typed::parse::<Raw>(settings.unwrap_or(&empty), path, errors)?;
@@ -318,15 +323,15 @@ async fn forward(
 }
 
 async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    if let Some(token) = &hub.bearer_token {
-        if !token.accepts(headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "a bearer token is required\n",
-            )
-                .into_response();
-        }
+    if let Some(token) = &hub.bearer_token
+        && !token.accepts(headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response();
     }
     let wanted = filters(query.as_deref());
     // Subscribe before replaying, so nothing published meanwhile is missed; live frames the

@@ -45,15 +45,56 @@ pub trait ReadFile: Send {
 /// The journal's directory on a real file system.
 pub struct Disk {
     dir: PathBuf,
+    /// The `lock` file, locked exclusively while this process writes the journal.
+    _lock: Option<File>,
 }
 
+/// The name of the lock file in a journal directory.
+const LOCK: &str = "lock";
+
 impl Disk {
-    /// Opens (creating if needed) the directory.
+    /// Opens (creating if needed) the directory for writing, locking it: two processes on one
+    /// journal would each believe they own its records.
     pub fn open(dir: &Path) -> io::Result<Disk> {
         std::fs::create_dir_all(dir)?;
-        let disk = Disk { dir: dir.to_owned() };
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "{} is in use by another weir process; give each instance its own journal path",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(error),
+        }
+        let disk = Disk {
+            dir: dir.to_owned(),
+            _lock: Some(lock),
+        };
         disk.sync_dir()?;
         Ok(disk)
+    }
+
+    /// Opens the directory to read it while another process may be writing it (status).
+    pub fn inspect(dir: &Path) -> io::Result<Disk> {
+        if !dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a journal directory", dir.display()),
+            ));
+        }
+        Ok(Disk {
+            dir: dir.to_owned(),
+            _lock: None,
+        })
     }
 
     fn sync_dir(&self) -> io::Result<()> {

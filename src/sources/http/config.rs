@@ -28,10 +28,22 @@ pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// When a request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckMode {
-    /// Once the events are validated and queued.
+    /// Once the events are validated and queued in memory: a crash loses what is queued.
     Received,
-    /// Once every destination delivered or dead-lettered them.
+    /// Once the events are on disk in the journal (fsynced): the default with a journal.
+    Journaled,
+    /// Once every destination delivered or dead-lettered them (after journaling them, with a
+    /// journal).
     Delivered,
+}
+
+/// Where the source's ack modes came from, so that a flow without a journal can resolve
+/// them: an explicit `ack`, walkerOS's `async`, or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckOrigin {
+    Explicit,
+    Async,
+    Default,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +111,7 @@ pub struct HttpSourceConfig {
     pub post_ack: AckMode,
     /// With `ack = "delivered"`: answer 202 after this long instead of waiting on.
     pub ack_timeout: Duration,
+    ack_origin: AckOrigin,
 }
 
 impl HttpSourceConfig {
@@ -119,7 +132,7 @@ impl HttpSourceConfig {
             &settings_path,
             errors,
         )?;
-        let (get_ack, post_ack) = ack_modes(config_map, path, errors);
+        let (get_ack, post_ack, ack_origin) = ack_modes(config_map, path, errors);
         let mut ack_timeout = DEFAULT_ACK_TIMEOUT;
         for (key, value) in config_map {
             let at = join(path, key);
@@ -181,45 +194,86 @@ impl HttpSourceConfig {
             get_ack,
             post_ack,
             ack_timeout,
+            ack_origin,
         })
     }
 }
 
 /// `ack` (weir) or `async` (walkerOS: `true` = respond first), per method.
-fn ack_modes(config: &Map<String, Value>, path: &str, errors: &mut ConfigErrors) -> (AckMode, AckMode) {
+/// The (GET, POST) ack modes as if the flow has a journal (see
+/// [`HttpSourceConfig::without_journal`]). walkerOS's `async` ("respond first") answers once
+/// the events are journaled: before delivery, as walkerOS does, but never before they are
+/// safe.
+fn ack_modes(config: &Map<String, Value>, path: &str, errors: &mut ConfigErrors) -> (AckMode, AckMode, AckOrigin) {
     let mode = |respond_first: bool| {
         if respond_first {
-            AckMode::Received
+            AckMode::Journaled
         } else {
             AckMode::Delivered
         }
     };
+    let fallback = (AckMode::Journaled, AckMode::Journaled, AckOrigin::Default);
     match (config.get("ack"), config.get("async")) {
         (Some(_), Some(_)) => {
             errors.push(join(path, "async"), "set `ack` or walkerOS's `async`, not both");
-            (AckMode::Delivered, AckMode::Delivered)
+            fallback
         }
-        (Some(ack), None) => match ack.as_str() {
-            Some("received") => (AckMode::Received, AckMode::Received),
-            Some("delivered") => (AckMode::Delivered, AckMode::Delivered),
-            _ => {
-                errors.push(join(path, "ack"), "must be \"received\" or \"delivered\"");
-                (AckMode::Delivered, AckMode::Delivered)
-            }
-        },
-        (None, Some(Value::Bool(flag))) => (mode(*flag), mode(*flag)),
+        (Some(ack), None) => {
+            let mode = match ack.as_str() {
+                Some("received") => AckMode::Received,
+                Some("journaled") => AckMode::Journaled,
+                Some("delivered") => AckMode::Delivered,
+                _ => {
+                    errors.push(
+                        join(path, "ack"),
+                        "must be \"received\", \"journaled\" or \"delivered\"",
+                    );
+                    return fallback;
+                }
+            };
+            (mode, mode, AckOrigin::Explicit)
+        }
+        (None, Some(Value::Bool(flag))) => (mode(*flag), mode(*flag), AckOrigin::Async),
         (None, Some(per_method @ Value::Object(_))) => {
             match typed::parse::<AsyncPerMethod>(per_method, &join(path, "async"), errors) {
                 // walkerOS's per-method defaults: GET synchronous, POST respond-first.
-                Some(AsyncPerMethod { get, post }) => (mode(get.unwrap_or(false)), mode(post.unwrap_or(true))),
-                None => (AckMode::Delivered, AckMode::Delivered),
+                Some(AsyncPerMethod { get, post }) => {
+                    (mode(get.unwrap_or(false)), mode(post.unwrap_or(true)), AckOrigin::Async)
+                }
+                None => fallback,
             }
         }
         (None, Some(_)) => {
             errors.push(join(path, "async"), "must be a boolean or {GET, POST} booleans");
-            (AckMode::Delivered, AckMode::Delivered)
+            fallback
         }
-        (None, None) => (AckMode::Delivered, AckMode::Delivered),
+        (None, None) => fallback,
+    }
+}
+
+impl HttpSourceConfig {
+    /// The flow has no journal (`journal.enabled = false`): the default is `delivered` (an
+    /// answer says the events are safe at their destinations), walkerOS's `async` answers
+    /// once they are queued in memory; an explicit `ack = "journaled"` is an error.
+    pub fn without_journal(&mut self) -> Result<(), String> {
+        let replace = |mode: AckMode, with: AckMode| if mode == AckMode::Journaled { with } else { mode };
+        match self.ack_origin {
+            AckOrigin::Explicit if self.post_ack == AckMode::Journaled => {
+                return Err(
+                    "\"journaled\" needs the flow's journal, which is disabled (journal.enabled = false)".into(),
+                );
+            }
+            AckOrigin::Explicit => {}
+            AckOrigin::Async => {
+                self.get_ack = replace(self.get_ack, AckMode::Received);
+                self.post_ack = replace(self.post_ack, AckMode::Received);
+            }
+            AckOrigin::Default => {
+                self.get_ack = AckMode::Delivered;
+                self.post_ack = AckMode::Delivered;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -300,8 +354,14 @@ mod tests {
             "settings": {"port": 8080, "paths": ["/collect", {"path": "/pixel", "methods": ["GET"]}], "cors": false}
         }));
         assert_eq!(errors, "");
-        let parsed = parsed.unwrap();
+        let mut parsed = parsed.unwrap();
         assert_eq!(parsed.listen, "0.0.0.0:8080");
+        // Respond-first answers once the events are journaled; without a journal, once queued.
+        assert_eq!(
+            (parsed.get_ack, parsed.post_ack),
+            (AckMode::Delivered, AckMode::Journaled)
+        );
+        parsed.without_journal().unwrap();
         assert_eq!(
             (parsed.get_ack, parsed.post_ack),
             (AckMode::Delivered, AckMode::Received)
@@ -315,6 +375,35 @@ mod tests {
             }
         );
         assert!(!parsed.cors.is_on());
+    }
+
+    #[test]
+    fn the_default_is_journaled_with_a_journal_and_delivered_without() {
+        let (parsed, _) = check(json!({}));
+        let mut parsed = parsed.unwrap();
+        assert_eq!(
+            (parsed.get_ack, parsed.post_ack),
+            (AckMode::Journaled, AckMode::Journaled)
+        );
+        parsed.without_journal().unwrap();
+        assert_eq!(
+            (parsed.get_ack, parsed.post_ack),
+            (AckMode::Delivered, AckMode::Delivered)
+        );
+
+        let (parsed, errors) = check(json!({"ack": "journaled"}));
+        assert_eq!(errors, "");
+        let problem = parsed.unwrap().without_journal().unwrap_err();
+        assert!(problem.contains("journal.enabled = false"), "{problem}");
+        let (parsed, _) = check(json!({"ack": "received"}));
+        let mut parsed = parsed.unwrap();
+        parsed.without_journal().unwrap();
+        assert_eq!(parsed.post_ack, AckMode::Received);
+        let (_, errors) = check(json!({"ack": "fsynced"}));
+        assert!(
+            errors.contains("\"received\", \"journaled\" or \"delivered\""),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use super::query::parse_query;
 use crate::collector::now_ms;
 use crate::delivery::ack::{AckSet, EventOutcome};
 use crate::event::{Event, InvalidEvent};
-use crate::runtime::Runtime;
+use crate::runtime::{Refused, Runtime};
 
 /// The 1×1 transparent GIF walkerOS answers pixel requests with (42 bytes).
 pub const TRANSPARENT_GIF: &[u8] = &[
@@ -144,21 +144,35 @@ impl HttpSource {
                     .map_err(|full| unavailable(&full.to_string()))?;
                 vec![EventOutcome::default(); count]
             }
+            AckMode::Journaled => {
+                self.runtime
+                    .journal(&self.config.id, &valid, None)
+                    .await
+                    .map_err(refused)?;
+                vec![EventOutcome::default(); count]
+            }
             AckMode::Delivered => {
                 let (acks, wait) = AckSet::new(count);
-                if let Err(full) = self.runtime.dispatch(&self.config.id, &valid, Some(&acks)) {
-                    acks.seal();
-                    return Err(unavailable(&full.to_string()));
-                }
+                let accepted = self.runtime.journal(&self.config.id, &valid, Some(&acks)).await;
                 acks.seal();
-                match tokio::time::timeout(self.config.ack_timeout, wait.outcomes()).await {
+                accepted.map_err(refused)?;
+                let outcomes = match tokio::time::timeout(self.config.ack_timeout, wait.outcomes()).await {
                     Ok(outcomes) => outcomes,
                     Err(_) => {
                         // Still queued or retrying: it will be delivered or dead-lettered.
                         metrics::counter!("weir_ack_timeouts_total", "source" => self.config.id.clone()).increment(1);
-                        return Err(accepted_unconfirmed(self.config.ack_timeout));
+                        return Err(accepted_unconfirmed(&format!(
+                            "delivery not confirmed within {} ms; the events stay queued and will be delivered or dead-lettered",
+                            self.config.ack_timeout.as_millis()
+                        )));
                     }
+                };
+                if outcomes.iter().any(|outcome| outcome.held && outcome.is_ok()) {
+                    return Err(accepted_unconfirmed(
+                        "delivery not confirmed before weir stopped; the events are in the journal and are delivered after a restart",
+                    ));
                 }
+                outcomes
             }
         };
         Ok(Processed { results, outcomes })
@@ -200,16 +214,21 @@ fn success() -> Response {
     )
 }
 
-/// 202: the events are queued but their delivery was not confirmed within `ackTimeout`.
-fn accepted_unconfirmed(timeout: std::time::Duration) -> Response {
-    let detail = format!(
-        "delivery not confirmed within {} ms; the events stay queued and will be delivered or dead-lettered",
-        timeout.as_millis()
-    );
+/// 202: the events are accepted but their delivery was not confirmed (`detail` says why).
+fn accepted_unconfirmed(detail: &str) -> Response {
     json_response(
         StatusCode::ACCEPTED,
         json!({"success": true, "timestamp": now_ms(), "detail": detail}).to_string(),
     )
+}
+
+/// The answer to events the runtime did not accept.
+fn refused(refused: Refused) -> Response {
+    match refused {
+        Refused::TooLarge(reason) => failure(StatusCode::PAYLOAD_TOO_LARGE, &reason),
+        Refused::QueueFull(full) => unavailable(&full.to_string()),
+        Refused::Unavailable(reason) => unavailable(&reason),
+    }
 }
 
 fn unavailable(reason: &str) -> Response {
@@ -541,7 +560,7 @@ fn batch_response(processed: Processed, mode: AckMode) -> Response {
         );
     }
     match mode {
-        AckMode::Received => success(),
+        AckMode::Received | AckMode::Journaled => success(),
         AckMode::Delivered => {
             let ids: Vec<Value> = processed
                 .results

@@ -1,0 +1,67 @@
+//! The journal of a running flow: opened (locked, recovered) before any source starts, one
+//! consumer per journaled destination, each with its feed spawned, then handed to the
+//! runtime so that durable sources append to it.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::BuiltFlow;
+use crate::delivery::feed::Journaled;
+use crate::delivery::worker::Lifecycle;
+use crate::journal::storage::Disk;
+use crate::journal::{Journal, JournalConfig, JournalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalStartError {
+    #[error("cannot open the journal at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the journal at {path}: {source}")]
+    Recover {
+        path: String,
+        #[source]
+        source: JournalError,
+    },
+}
+
+/// Opens the flow's journal and starts the feeds; `None` when the flow has no journal.
+pub fn start_journal(
+    built: &mut BuiltFlow,
+    lifecycle: &Lifecycle,
+    feeds: &mut JoinSet<()>,
+) -> Result<Option<Arc<Journal<Journaled>>>, JournalStartError> {
+    let Some(settings) = &built.journal else {
+        return Ok(None);
+    };
+    let path = settings.path.display().to_string();
+    let disk = Disk::open(&settings.path).map_err(|source| JournalStartError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let config = JournalConfig {
+        max_bytes: settings.max_bytes,
+        segment_bytes: settings.segment_bytes,
+        ..JournalConfig::default()
+    };
+    let recover = |source| JournalStartError::Recover {
+        path: path.clone(),
+        source,
+    };
+    let (journal, recovered) = Journal::open(Arc::new(disk), config).map_err(recover)?;
+    tracing::info!(
+        path = %path, segments = recovered.segments, last = recovered.last_seq,
+        truncated_bytes = recovered.truncated_bytes, "journal opened"
+    );
+    let journal = Arc::new(journal);
+    for (id, feed) in built.feeds.drain(..) {
+        let consumer = journal.consumer(&id).map_err(recover)?;
+        feeds.spawn(feed(consumer, built.runtime.collector.clone(), lifecycle.clone()));
+    }
+    journal.consumers_opened();
+    built.runtime.attach_journal(journal.clone());
+    Ok(Some(journal))
+}

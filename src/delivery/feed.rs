@@ -1,0 +1,201 @@
+//! A journaled destination's feed: reads the journal through the destination's cursor, maps
+//! and renders each event, and queues it for the worker, waiting for room rather than
+//! refusing (the journal is the buffer; the queue only bounds what is in memory).
+//!
+//! Each queued event's token stands for its journal record: delivered or dead-lettered, the
+//! cursor may pass it; an event the destination does not take (another source, a rule's
+//! `ignore`, consent) is passed at once. A request waiting for delivery (`ack = "delivered"`)
+//! left its tokens in the [`Journaled`] entry; the feed picks its own up, so the answer
+//! comes from the same outcome that moves the cursor.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::Destination;
+use super::ack::{AckToken, Delivery};
+use super::route::{Pipeline, Route, Tokens};
+use super::worker::Lifecycle;
+use crate::collector::Collector;
+use crate::event::Event;
+use crate::journal::{Body, Consumer, CursorHandle};
+
+/// The tokens of a request waiting for an event's delivery, by destination id.
+type Waiting = Mutex<Vec<(Arc<str>, AckToken)>>;
+
+/// An event as the journal keeps it: its source and the event, plus (in memory only) the
+/// tokens of a request waiting for its delivery.
+pub struct Journaled {
+    pub source: Arc<str>,
+    pub event: Arc<Event>,
+    waiting: Option<Waiting>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the record is {0} bytes, too short for its source name")]
+    Short(usize),
+    #[error("the source name is not UTF-8")]
+    Source,
+    #[error("the event is not JSON: {0}")]
+    Event(#[from] serde_json::Error),
+}
+
+impl Journaled {
+    /// `waiting`: one token per journaled destination that takes `source`, for a request
+    /// that waits for delivery.
+    pub fn new(source: Arc<str>, event: Arc<Event>, waiting: Vec<(Arc<str>, AckToken)>) -> Journaled {
+        Journaled {
+            source,
+            event,
+            waiting: (!waiting.is_empty()).then(|| Mutex::new(waiting)),
+        }
+    }
+
+    /// The record's bytes: the source name's length (u16, little-endian), the name, the
+    /// event's JSON.
+    pub fn encode(&self) -> Bytes {
+        let source = self.source.as_bytes();
+        let mut out = BytesMut::with_capacity(2 + source.len() + self.event.approximate_size()).writer();
+        out.get_mut().put_u16_le(source.len().min(u16::MAX as usize) as u16);
+        out.get_mut().put_slice(&source[..source.len().min(u16::MAX as usize)]);
+        self.event.write_json(&mut out);
+        out.into_inner().freeze()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Journaled, DecodeError> {
+        let len = u16::from_le_bytes(
+            bytes
+                .get(..2)
+                .ok_or(DecodeError::Short(bytes.len()))?
+                .try_into()
+                .expect("2 bytes"),
+        ) as usize;
+        let source = bytes.get(2..2 + len).ok_or(DecodeError::Short(bytes.len()))?;
+        let source = std::str::from_utf8(source).map_err(|_| DecodeError::Source)?;
+        let tree = serde_json::from_slice(&bytes[2 + len..])?;
+        Ok(Journaled::new(
+            Arc::from(source),
+            Arc::new(Event::from_tree(tree)),
+            Vec::new(),
+        ))
+    }
+
+    /// The waiting request's token for `destination`, if there is one.
+    fn take_token(&self, destination: &str) -> Option<AckToken> {
+        let mut waiting = self.waiting.as_ref()?.lock().expect("journal entry lock");
+        let at = waiting.iter().position(|(id, _)| &**id == destination)?;
+        Some(waiting.swap_remove(at).1)
+    }
+}
+
+/// A journaled destination's feed, ready to be spawned with its consumer.
+pub type FeedTask = Box<
+    dyn FnOnce(Consumer<Journaled>, Arc<Collector>, Lifecycle) -> futures_util::future::BoxFuture<'static, ()> + Send,
+>;
+
+/// The feed of `pipeline`.
+pub fn task<D: Destination>(pipeline: Arc<Pipeline<D>>) -> FeedTask {
+    Box::new(move |consumer, collector, lifecycle| Box::pin(run(pipeline, consumer, collector, lifecycle)))
+}
+
+/// Records read per round: at most what the queue can take at once.
+const READ_MAX: usize = 1000;
+
+async fn run<D: Destination>(
+    pipeline: Arc<Pipeline<D>>,
+    mut consumer: Consumer<Journaled>,
+    collector: Arc<Collector>,
+    lifecycle: Lifecycle,
+) {
+    let cursor = consumer.handle();
+    let read_max = pipeline.queue.capacity.clamp(1, READ_MAX);
+    let corrupt = metrics::counter!("weir_journal_corrupt_records_total");
+    loop {
+        let read = tokio::select! {
+            biased;
+            () = lifecycle.drain.cancelled() => return,
+            read = consumer.read(read_max) => read,
+        };
+        let records = match read {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(destination = %pipeline.id, error = %error, "cannot read the journal; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = lifecycle.drain.cancelled() => return,
+                }
+            }
+        };
+        let mut entries = Vec::with_capacity(records.len());
+        for record in records {
+            let entry = match record.body {
+                Body::Memory(entry) => entry,
+                Body::Disk(bytes) => match Journaled::decode(&bytes) {
+                    Ok(entry) => Arc::new(entry),
+                    Err(error) => {
+                        corrupt.increment(1);
+                        tracing::error!(destination = %pipeline.id, seq = record.seq, error = %error, "journal record cannot be read as an event; skipped");
+                        cursor.resolve(record.seq);
+                        continue;
+                    }
+                },
+            };
+            if pipeline.takes_source(&entry.source) {
+                entries.push((record.seq, entry));
+            } else {
+                cursor.resolve(record.seq);
+            }
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        let events: Vec<(usize, Arc<Event>)> = entries
+            .iter()
+            .enumerate()
+            .map(|(index, (_, entry))| (index, entry.event.clone()))
+            .collect();
+        let mut staged = pipeline.stage(&events, &collector);
+        loop {
+            let room = pipeline.queue.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if staged.try_reserve() {
+                break;
+            }
+            tokio::select! {
+                () = room => {}
+                // The records stay unresolved: delivered after a restart.
+                () = lifecycle.drain.cancelled() => return,
+            }
+        }
+        staged.commit(&mut FeedTokens {
+            entries: &entries,
+            cursor: &cursor,
+        });
+    }
+}
+
+struct FeedTokens<'a> {
+    entries: &'a [(u64, Arc<Journaled>)],
+    cursor: &'a CursorHandle,
+}
+
+impl Tokens for FeedTokens<'_> {
+    fn token(&mut self, index: usize, destination: &Arc<str>) -> AckToken {
+        let (seq, entry) = &self.entries[index];
+        entry
+            .take_token(destination)
+            .unwrap_or_else(AckToken::detached)
+            .for_record(self.cursor.clone(), *seq)
+    }
+
+    fn settled(&mut self, index: usize, destination: &Arc<str>) {
+        let (seq, entry) = &self.entries[index];
+        if let Some(token) = entry.take_token(destination) {
+            token.resolve(Delivery::Delivered);
+        }
+        self.cursor.resolve(*seq);
+    }
+}
