@@ -15,6 +15,8 @@ pub struct Weir {
     pub base: String,
     pub dir: tempfile::TempDir,
     pub stderr: Arc<Mutex<String>>,
+    /// Everything after `serve`, for a restart.
+    args: Vec<String>,
 }
 
 pub fn weir_binary() -> &'static str {
@@ -32,50 +34,36 @@ impl Weir {
         let dir = tempfile::tempdir().unwrap();
         let config = config.replace("{dir}", dir.path().to_str().unwrap());
         std::fs::write(dir.path().join("flow.toml"), config).unwrap();
-        let mut child = Command::new(weir_binary())
-            .args(["serve", "--config", "flow.toml", "--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let mut args: Vec<String> = ["--config", "flow.toml", "--listen", "127.0.0.1:0"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let log = Arc::new(Mutex::new(String::new()));
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let collected = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                // The first listener: an HTTP source's, or in a flow without one, the
-                // process's own (health, metrics, SSE).
-                if (line.contains("HTTP source listening") || line.contains("HTTP endpoints listening"))
-                    && let Some(address) = line.split("address=").nth(1)
-                {
-                    let _ = address_tx.send(strip_ansi(address).trim().to_owned());
-                }
-                let mut text = collected.lock().unwrap();
-                text.push_str(&strip_ansi(&line));
-                text.push('\n');
-            }
-        });
-        let address = match address_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("weir did not start:\n{}", log.lock().unwrap());
-            }
-        };
+        let (child, base) = launch(dir.path(), &args, &log);
         Weir {
             child,
-            base: format!("http://{address}"),
+            base,
             dir,
             stderr: log,
+            args,
         }
+    }
+
+    /// SIGKILL: no shutdown, no last cursor save.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts weir again in the same directory with the same flow (on a new port: `base`
+    /// changes); its log goes on in the same buffer.
+    pub fn restart(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_some(), "restart a stopped weir only");
+        self.stderr.lock().unwrap().push_str("--- restart ---\n");
+        let (child, base) = launch(self.dir.path(), &self.args, &self.stderr);
+        self.child = child;
+        self.base = base;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -118,6 +106,48 @@ impl Drop for Weir {
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `weir serve <args>` in `dir`, collecting its log into `log`; returns the process and
+/// the base URL of its first listener once it listens.
+fn launch(dir: &Path, args: &[String], log: &Arc<Mutex<String>>) -> (Child, String) {
+    let mut child = Command::new(weir_binary())
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let collected = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // The first listener: an HTTP source's, or in a flow without one, the
+            // process's own (health, metrics, SSE).
+            if (line.contains("HTTP source listening") || line.contains("HTTP endpoints listening"))
+                && let Some(address) = line.split("address=").nth(1)
+            {
+                let _ = address_tx.send(strip_ansi(address).trim().to_owned());
+            }
+            let mut text = collected.lock().unwrap();
+            text.push_str(&strip_ansi(&line));
+            text.push('\n');
+        }
+    });
+    match address_rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(address) => (child, format!("http://{address}")),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weir did not start:\n{}", log.lock().unwrap());
         }
     }
 }

@@ -1,0 +1,278 @@
+//! The journal's promises against real processes: a 200 (`ack = "journaled"`) means the
+//! events are on disk, so neither SIGKILL of weir at any moment nor an outage of Redis loses
+//! one; a full journal answers 503 + `Retry-After` and takes events again once the
+//! destination has drained.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::{Weir, client, eventually};
+
+const STREAM: &str = "journal:events";
+
+/// HTTP (answering once journaled, the default) into one Redis stream; `extra` is TOML
+/// appended (a `[journal]` block).
+fn flow(server: &RedisServer, extra: &str) -> String {
+    format!(
+        r#"
+[sources.http]
+type = "http"
+
+[destinations.events]
+type = "redis"
+[destinations.events.config]
+dlq = {{ path = "dead.jsonl" }}
+retry = {{ retryDelay = 20, maxRetryDelay = 500 }}
+[destinations.events.config.settings.redis]
+url = "{url}"
+streamKey = "{STREAM}"
+{extra}"#,
+        url = server.url()
+    )
+}
+
+/// Every `data.id` in the stream, with how many times it is there.
+fn ids_in_stream(server: &RedisServer) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    for (_, fields) in server.xrange(STREAM) {
+        let event = fields
+            .iter()
+            .find(|(name, _)| name == "event")
+            .map(|(_, value)| serde_json::from_str::<Value>(value).unwrap())
+            .expect("json entries have an event field");
+        *ids.entry(event["data"]["id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    ids
+}
+
+fn batch(prefix: &str, first: usize, count: usize) -> (String, Vec<String>) {
+    let ids: Vec<String> = (first..first + count).map(|n| format!("{prefix}-{n}")).collect();
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"name": "load test", "data": {"id": id, "pad": "x".repeat(200)}}))
+        .collect();
+    (Value::Array(events).to_string(), ids)
+}
+
+/// Posts batches of ten until weir stops answering (it was killed) or `stop` is set; returns
+/// the ids answered 200. Any other answer fails the test.
+fn post_until_gone(base: String, prefix: String, stop: Arc<AtomicBool>) -> Vec<String> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    let started = Instant::now();
+    let mut next = 0;
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+        let (body, ids) = batch(&prefix, next, 10);
+        next += 10;
+        let response = http
+            .post(format!("{base}/collect"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send();
+        match response {
+            Ok(response) if response.status() == 200 => acknowledged.extend(ids),
+            Ok(response) => panic!(
+                "answered {}: {}",
+                response.status(),
+                response.text().unwrap_or_default()
+            ),
+            // Killed mid-request: not acknowledged (it may still be on disk: a duplicate).
+            Err(_) => break,
+        }
+    }
+    acknowledged
+}
+
+/// Twenty rounds of: start weir, post from another thread, SIGKILL weir at a random moment.
+/// Then one last start; returns every acknowledged id.
+fn kill_loop(weir: &mut Weir, rounds: usize) -> Vec<String> {
+    let mut rng = rand::rng();
+    let mut acknowledged = Vec::new();
+    for round in 0..rounds {
+        if round > 0 {
+            weir.restart();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let poster = {
+            let (base, stop) = (weir.base.clone(), stop.clone());
+            std::thread::spawn(move || post_until_gone(base, format!("r{round}"), stop))
+        };
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        weir.kill();
+        stop.store(true, Ordering::Relaxed);
+        acknowledged.extend(poster.join().unwrap());
+    }
+    weir.restart();
+    acknowledged
+}
+
+fn assert_all_in_stream(server: &RedisServer, weir: &Weir, acknowledged: &[String]) {
+    let wanted: HashSet<&String> = acknowledged.iter().collect();
+    let complete = eventually(Duration::from_secs(60), || {
+        let ids = ids_in_stream(server);
+        wanted.iter().all(|id| ids.contains_key(*id))
+    });
+    let ids = ids_in_stream(server);
+    let lost: Vec<&&String> = wanted.iter().filter(|id| !ids.contains_key(**id)).collect();
+    assert!(
+        complete && lost.is_empty(),
+        "{} of {} acknowledged events lost (e.g. {:?})\n{}",
+        lost.len(),
+        wanted.len(),
+        lost.iter().take(5).collect::<Vec<_>>(),
+        weir.log()
+    );
+    let duplicates: usize = ids.values().map(|count| count - 1).sum();
+    eprintln!(
+        "{} acknowledged, {} in the stream, {} delivered twice, 0 lost",
+        wanted.len(),
+        ids.len(),
+        duplicates
+    );
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_no_acknowledged_event() {
+    let server = RedisServer::start();
+    let mut weir = Weir::start(&flow(&server, ""));
+    let acknowledged = kill_loop(&mut weir, 20);
+    assert!(
+        acknowledged.len() > 100,
+        "the load reached weir: {}",
+        acknowledged.len()
+    );
+    assert_all_in_stream(&server, &weir, &acknowledged);
+    assert!(weir.json_lines("dead.jsonl").is_empty(), "nothing dead-lettered");
+}
+
+#[test]
+fn sigkill_while_redis_is_down_loses_nothing_once_redis_returns() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let mut weir = Weir::start(&flow(&server, ""));
+    let acknowledged = kill_loop(&mut weir, 20);
+    assert!(
+        acknowledged.len() > 100,
+        "the load reached weir: {}",
+        acknowledged.len()
+    );
+    assert!(ids_in_stream_is_unreachable(&server));
+    server.restart();
+    assert_all_in_stream(&server, &weir, &acknowledged);
+    assert!(
+        weir.json_lines("dead.jsonl").is_empty(),
+        "an outage dead-letters nothing"
+    );
+}
+
+fn ids_in_stream_is_unreachable(server: &RedisServer) -> bool {
+    server.cli(&["PING"]).trim() != "PONG"
+}
+
+/// Redis gone for a minute while 50 000 events arrive: every answer is 200, nothing is
+/// dead-lettered, and all of them are in the stream once Redis is back.
+#[test]
+fn a_minute_long_redis_outage_holds_every_event_and_dead_letters_none() {
+    // Redis writes every XADD to its AOF before answering: what it acknowledged survives its
+    // own SIGKILL, so the count below is weir's alone.
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let weir = Weir::start(&flow(&server, ""));
+    let http = client();
+    let post = |first: usize| {
+        let (body, _) = batch("outage", first, 100);
+        let response = http
+            .post(weir.url("/collect"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    };
+    for first in (0..1000).step_by(100) {
+        post(first);
+    }
+    let outage = Instant::now();
+    server.kill();
+    for first in (1000..50_000).step_by(100) {
+        post(first);
+    }
+    let posted_in = outage.elapsed();
+    // The journal takes events: a load balancer has no reason to take weir out of rotation.
+    let readiness = http.get(weir.url("/readyz")).send().unwrap();
+    assert_eq!(readiness.status(), 200, "ready while the journal holds the events");
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed()));
+    assert!(
+        weir.json_lines("dead.jsonl").is_empty(),
+        "an outage dead-letters nothing"
+    );
+    server.restart();
+    let all = eventually(Duration::from_secs(60), || ids_in_stream(&server).len() == 50_000);
+    let ids = ids_in_stream(&server);
+    assert!(all, "{} of 50000 in the stream\n{}", ids.len(), weir.log());
+    assert!(weir.json_lines("dead.jsonl").is_empty());
+    eprintln!(
+        "50000 events, 49000 posted in {posted_in:?} of a {:?} outage; {} delivered twice",
+        outage.elapsed(),
+        ids.values().map(|count| count - 1).sum::<usize>()
+    );
+}
+
+/// A small `maxBytes` with nothing draining (Redis down): 503 + Retry-After, not ready, the
+/// disk within the cap; once Redis is back the journal drains and takes events again, and
+/// every event answered 200 arrives.
+#[test]
+fn a_full_journal_answers_503_until_the_destination_drains_it() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let weir = Weir::start(&flow(&server, "[journal]\nmaxBytes = 262144\nsegmentBytes = 65536\n"));
+    let http = client();
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for first in (0..100_000).step_by(10) {
+        let (body, ids) = batch("full", first, 10);
+        let response = http
+            .post(weir.url("/collect"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        match response.status().as_u16() {
+            200 => acknowledged.extend(ids),
+            503 => {
+                refused = Some(response);
+                break;
+            }
+            status => panic!("answered {status}: {}", response.text().unwrap()),
+        }
+    }
+    let refused = refused.expect("maxBytes is reached");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let text = refused.text().unwrap();
+    assert!(text.contains("journal is full"), "{text}");
+    let readiness = http.get(weir.url("/readyz")).send().unwrap().text().unwrap();
+    assert!(readiness.contains("journal is full"), "{readiness}");
+    let on_disk: u64 = std::fs::read_dir(weir.path("weir-data/journal"))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".wjl"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 262_144, "{on_disk} bytes of segments");
+
+    server.restart();
+    let (body, ids) = batch("after", 0, 10);
+    let (status, _) = support::post_retrying_unavailable(&http, &weir.url("/collect"), &body);
+    assert_eq!(status, 200, "accepted again once drained");
+    acknowledged.extend(ids);
+    assert_all_in_stream(&server, &weir, &acknowledged);
+}
