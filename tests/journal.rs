@@ -276,3 +276,107 @@ fn a_full_journal_answers_503_until_the_destination_drains_it() {
     acknowledged.extend(ids);
     assert_all_in_stream(&server, &weir, &acknowledged);
 }
+
+fn weir_cli(weir: &Weir, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(support::weir_binary())
+        .args(args)
+        .current_dir(weir.dir.path())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Dead letters come back: what Redis refused (a key of the wrong type) is listed, replayed
+/// into the journal once weir is stopped, and delivered at the next start; `weir journal
+/// status` shows the destination's cursor meanwhile.
+#[test]
+fn dead_letters_are_listed_replayed_through_the_journal_and_purged() {
+    let server = RedisServer::start();
+    server.cli(&["SET", STREAM, "not a stream"]);
+    let mut weir = Weir::start(&flow(&server, ""));
+    for n in 0..3 {
+        let (body, _) = batch("dlq", n, 1);
+        assert_eq!(
+            support::post(&weir, &serde_json::from_str(&body).unwrap()).status(),
+            200
+        );
+    }
+    assert!(eventually(Duration::from_secs(10), || weir
+        .json_lines("dead.jsonl")
+        .len()
+        == 3));
+
+    let (ok, stdout, _) = weir_cli(&weir, &["dlq", "list", "dead.jsonl", "--json"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    let letters = listed["deadLetters"].as_array().unwrap();
+    assert_eq!(letters.len(), 3);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l["destination"] == "events" && l["cause"] == "fatal")
+    );
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("WRONGTYPE"),
+        "{}",
+        letters[0]
+    );
+    let (ok, stdout, _) = weir_cli(
+        &weir,
+        &["dlq", "list", "dead.jsonl", "--reason", "retries_exhausted", "--json"],
+    );
+    assert!(ok && stdout.contains("\"deadLetters\":[]"), "{stdout}");
+
+    let (ok, stdout, _) = weir_cli(&weir, &["journal", "status", "--config", "flow.toml", "--json"]);
+    assert!(ok, "{stdout}");
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["consumers"][0]["name"], "events");
+    assert!(status["lastSeq"].as_u64().unwrap() >= 3, "{status}");
+
+    // While weir runs, the journal is its own.
+    let (ok, _, stderr) = weir_cli(&weir, &["dlq", "replay", "dead.jsonl", "--config", "flow.toml"]);
+    assert!(!ok && stderr.contains("weir must be stopped"), "{stderr}");
+
+    assert!(weir.terminate(Duration::from_secs(20)).success());
+    server.cli(&["DEL", STREAM]);
+    let (ok, stdout, stderr) = weir_cli(&weir, &["dlq", "replay", "dead.jsonl", "--config", "flow.toml"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("replayed 3 dead letters"), "{stdout}");
+    assert!(
+        weir.json_lines("dead.jsonl").is_empty(),
+        "replayed letters leave the file"
+    );
+    weir.restart();
+    assert!(
+        eventually(Duration::from_secs(20), || ids_in_stream(&server).len() == 3),
+        "{}",
+        weir.log()
+    );
+    let ids = ids_in_stream(&server);
+    assert!((0..3).all(|n| ids.contains_key(&format!("dlq-{n}"))), "{ids:?}");
+
+    // Purge asks first, and refuses while weir runs.
+    server.cli(&["DEL", STREAM]);
+    server.cli(&["SET", STREAM, "not a stream"]);
+    let (body, _) = batch("purge", 0, 2);
+    assert_eq!(
+        support::post(&weir, &serde_json::from_str(&body).unwrap()).status(),
+        200
+    );
+    assert!(eventually(Duration::from_secs(10), || weir
+        .json_lines("dead.jsonl")
+        .len()
+        == 2));
+    let (ok, stdout, _) = weir_cli(&weir, &["dlq", "purge", "dead.jsonl"]);
+    assert!(!ok && stdout.contains("add --yes"), "{stdout}");
+    let (ok, _, stderr) = weir_cli(&weir, &["dlq", "purge", "dead.jsonl", "--yes", "--config", "flow.toml"]);
+    assert!(!ok && stderr.contains("weir must be stopped"), "{stderr}");
+    assert!(weir.terminate(Duration::from_secs(20)).success());
+    let (ok, stdout, _) = weir_cli(&weir, &["dlq", "purge", "dead.jsonl", "--yes", "--config", "flow.toml"]);
+    assert!(ok && stdout.contains("removed 2 dead letters"), "{stdout}");
+    assert!(weir.json_lines("dead.jsonl").is_empty());
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::BuiltFlow;
+use crate::config::flow::JournalSettings;
 use crate::delivery::feed::Journaled;
 use crate::delivery::worker::Lifecycle;
 use crate::journal::storage::Disk;
@@ -26,6 +27,24 @@ pub enum JournalStartError {
         #[source]
         source: JournalError,
     },
+}
+
+/// Opens a journal to append to while no weir runs on it (`weir dlq replay`): locked, no
+/// consumers, so nothing in it is removed. The lock fails while weir runs.
+pub fn open_offline(settings: &JournalSettings) -> Result<Journal<Journaled>, JournalStartError> {
+    let path = settings.path.display().to_string();
+    let disk = Disk::open(&settings.path).map_err(|source| JournalStartError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let config = JournalConfig {
+        max_bytes: settings.max_bytes,
+        segment_bytes: settings.segment_bytes,
+        ..JournalConfig::default()
+    };
+    let (journal, _) =
+        Journal::open(Arc::new(disk), config).map_err(|source| JournalStartError::Recover { path, source })?;
+    Ok(journal)
 }
 
 /// Opens the flow's journal and starts the feeds; `None` when the flow has no journal.

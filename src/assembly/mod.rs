@@ -33,7 +33,7 @@ use crate::runtime::{PROCESS_PATHS, Runtime};
 use crate::sources::SourceConfig;
 use crate::sources::http::AckMode;
 
-pub use journal::{JournalStartError, start_journal};
+pub use journal::{JournalStartError, open_offline, start_journal};
 pub use listeners::{StartError, start};
 
 /// A flow checked and wired, not yet running.

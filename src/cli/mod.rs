@@ -1,8 +1,10 @@
-//! The `weir` command line: `serve`, `validate`, `explain`, `streams`, `doctor`.
+//! The `weir` command line: `serve`, `validate`, `explain`, `dlq`, `journal`, `streams`,
+//! `doctor`.
 //!
 //! Each subcommand is a thin edge over the library; errors become a message on stderr and a
 //! non-zero exit status here, and nowhere else.
 
+mod dlq;
 mod explain;
 mod serve;
 mod streams;
@@ -40,7 +42,8 @@ enum Command {
         /// listener, e.g. an SSE hub's), e.g. 127.0.0.1:0.
         #[arg(long)]
         listen: Option<String>,
-        /// Seconds to deliver what is queued after SIGTERM/SIGINT before dead-lettering it.
+        /// Seconds to deliver what is queued after SIGTERM/SIGINT; then journaled events stay
+        /// in the journal for the next start and the rest are dead-lettered.
         #[arg(long, default_value_t = 10)]
         shutdown_timeout: u64,
         /// Log lines as text (coloured only on a terminal) or JSON, one object per line.
@@ -65,6 +68,16 @@ enum Command {
         source: Option<String>,
         /// JSON-lines file of events; `-` or nothing reads stdin.
         events: Option<PathBuf>,
+    },
+    /// The dead-letter file: list, show, replay into the journal, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+    /// The journal: status (lag per destination).
+    Journal {
+        #[command(subcommand)]
+        command: dlq::JournalCommand,
     },
     /// Redis Streams operations: provision, verify, status, dead letters, gc.
     Streams {
@@ -135,6 +148,8 @@ pub fn main() -> ExitCode {
                 Err(errors) => report(&file, &errors),
             }
         }
+        Command::Dlq { command } => dlq::dlq(command),
+        Command::Journal { command } => dlq::journal(command),
         Command::Streams { command } => streams::streams(command),
         Command::Doctor { redis } => streams::doctor(&redis),
         Command::Explain {

@@ -107,18 +107,11 @@ impl DlqArgs {
     fn filter(&self) -> anyhow::Result<dlq::Filter> {
         let since_ms = match &self.since {
             None => None,
-            Some(text) => {
-                let at = match humantime::parse_duration(text) {
-                    Ok(ago) => std::time::SystemTime::now() - ago,
-                    Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
-                        anyhow!("--since {text}: neither a duration (2h) nor a time (2026-11-24T10:00:00Z)")
-                    })?,
-                };
-                Some(
-                    at.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                )
-            }
+            Some(text) => Some(
+                super::dlq::parse_since(text)?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            ),
         };
         Ok(dlq::Filter {
             reason: self.reason.clone(),

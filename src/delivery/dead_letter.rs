@@ -98,6 +98,54 @@ impl DeadLetter {
     }
 }
 
+/// A dead letter as the file holds it (what `weir dlq` reads).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StoredDeadLetter {
+    pub time: String,
+    pub destination: String,
+    pub cause: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub event: serde_json::Value,
+}
+
+/// One line of a dead-letter file: the text, and the letter it holds (`None`: a line weir
+/// did not write, kept as it is).
+pub type FileLine = (String, Option<StoredDeadLetter>);
+
+/// Reads a dead-letter file line by line.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<FileLine>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| (line.to_owned(), serde_json::from_str(line).ok()))
+        .collect())
+}
+
+/// Replaces the file with the lines `keep` says to keep, atomically and durably: written
+/// aside, synced, renamed over, directory synced. A crash leaves the old file or the new.
+pub fn rewrite_file(path: &Path, lines: &[FileLine], keep: impl Fn(usize) -> bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut text = String::new();
+    for (index, (line, _)) in lines.iter().enumerate() {
+        if keep(index) {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let aside = path.with_extension("rewrite");
+    let mut file = std::fs::File::create(&aside)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_data()?;
+    std::fs::rename(&aside, path)?;
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Where dead letters go.
 #[derive(Clone, Debug)]
 pub enum DeadLetterSink {

@@ -29,15 +29,18 @@ type Waiting = Mutex<Vec<(Arc<str>, AckToken)>>;
 pub struct Journaled {
     pub source: Arc<str>,
     pub event: Arc<Event>,
+    /// Only this destination takes it (a dead letter replayed for the destination that
+    /// dead-lettered it), whatever its source.
+    pub target: Option<Arc<str>>,
     waiting: Option<Waiting>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("the record is {0} bytes, too short for its source name")]
+    #[error("the record is {0} bytes, too short for its names")]
     Short(usize),
-    #[error("the source name is not UTF-8")]
-    Source,
+    #[error("a name in the record is not UTF-8")]
+    Name,
     #[error("the event is not JSON: {0}")]
     Event(#[from] serde_json::Error),
 }
@@ -49,37 +52,60 @@ impl Journaled {
         Journaled {
             source,
             event,
+            target: None,
             waiting: (!waiting.is_empty()).then(|| Mutex::new(waiting)),
         }
     }
 
-    /// The record's bytes: the source name's length (u16, little-endian), the name, the
-    /// event's JSON.
+    /// An event for `destination` only (a replayed dead letter).
+    pub fn for_destination(destination: Arc<str>, event: Arc<Event>) -> Journaled {
+        Journaled {
+            source: Arc::from(""),
+            event,
+            target: Some(destination),
+            waiting: None,
+        }
+    }
+
+    /// The record's bytes: the source name and the target destination (empty: every
+    /// destination taking the source), each as a little-endian u16 length and the name, then
+    /// the event's JSON.
     pub fn encode(&self) -> Bytes {
-        let source = self.source.as_bytes();
-        let mut out = BytesMut::with_capacity(2 + source.len() + self.event.approximate_size()).writer();
-        out.get_mut().put_u16_le(source.len().min(u16::MAX as usize) as u16);
-        out.get_mut().put_slice(&source[..source.len().min(u16::MAX as usize)]);
+        let target = self.target.as_deref().unwrap_or("");
+        let names = 4 + self.source.len() + target.len();
+        let mut out = BytesMut::with_capacity(names + self.event.approximate_size()).writer();
+        for name in [&*self.source, target] {
+            let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+            out.get_mut().put_u16_le(name.len() as u16);
+            out.get_mut().put_slice(name);
+        }
         self.event.write_json(&mut out);
         out.into_inner().freeze()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Journaled, DecodeError> {
-        let len = u16::from_le_bytes(
-            bytes
-                .get(..2)
-                .ok_or(DecodeError::Short(bytes.len()))?
-                .try_into()
-                .expect("2 bytes"),
-        ) as usize;
-        let source = bytes.get(2..2 + len).ok_or(DecodeError::Short(bytes.len()))?;
-        let source = std::str::from_utf8(source).map_err(|_| DecodeError::Source)?;
-        let tree = serde_json::from_slice(&bytes[2 + len..])?;
-        Ok(Journaled::new(
-            Arc::from(source),
-            Arc::new(Event::from_tree(tree)),
-            Vec::new(),
-        ))
+        let mut rest = bytes;
+        let mut name = || -> Result<&str, DecodeError> {
+            let len = u16::from_le_bytes(
+                rest.get(..2)
+                    .ok_or(DecodeError::Short(bytes.len()))?
+                    .try_into()
+                    .expect("2 bytes"),
+            ) as usize;
+            let text = rest.get(2..2 + len).ok_or(DecodeError::Short(bytes.len()))?;
+            rest = &rest[2 + len..];
+            std::str::from_utf8(text).map_err(|_| DecodeError::Name)
+        };
+        let source = Arc::from(name()?);
+        let target = name()?;
+        let target = (!target.is_empty()).then(|| Arc::from(target));
+        let tree = serde_json::from_slice(rest)?;
+        Ok(Journaled {
+            source,
+            event: Arc::new(Event::from_tree(tree)),
+            target,
+            waiting: None,
+        })
     }
 
     /// The waiting request's token for `destination`, if there is one.
@@ -142,7 +168,11 @@ async fn run<D: Destination>(
                     }
                 },
             };
-            if pipeline.takes_source(&entry.source) {
+            let takes = match &entry.target {
+                Some(target) => **target == *pipeline.id,
+                None => pipeline.takes_source(&entry.source),
+            };
+            if takes {
                 entries.push((record.seq, entry));
             } else {
                 cursor.resolve(record.seq);
@@ -197,5 +227,28 @@ impl Tokens for FeedTokens<'_> {
             token.resolve(Delivery::Delivered);
         }
         self.cursor.resolve(*seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_their_bytes() {
+        let collector = Collector::new(&Default::default());
+        let event = Arc::new(
+            collector
+                .enrich(serde_json::json!({"name": "page view", "data": {"n": 1}}))
+                .unwrap(),
+        );
+        let plain = Journaled::new(Arc::from("http"), event.clone(), Vec::new());
+        let back = Journaled::decode(&plain.encode()).unwrap();
+        assert_eq!((&*back.source, back.target.as_deref()), ("http", None));
+        assert_eq!(back.event.to_json(), event.to_json());
+        let replay = Journaled::for_destination(Arc::from("events"), event.clone());
+        let back = Journaled::decode(&replay.encode()).unwrap();
+        assert_eq!(back.target.as_deref(), Some("events"));
+        assert!(matches!(Journaled::decode(b"\x05\x00ab"), Err(DecodeError::Short(4))));
     }
 }
