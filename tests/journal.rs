@@ -216,13 +216,13 @@ fn a_minute_long_redis_outage_holds_every_event_and_dead_letters_none() {
         "an outage dead-letters nothing"
     );
     server.restart();
+    let outage_lasted = outage.elapsed();
     let all = eventually(Duration::from_secs(60), || ids_in_stream(&server).len() == 50_000);
     let ids = ids_in_stream(&server);
     assert!(all, "{} of 50000 in the stream\n{}", ids.len(), weir.log());
     assert!(weir.json_lines("dead.jsonl").is_empty());
     eprintln!(
-        "50000 events, 49000 posted in {posted_in:?} of a {:?} outage; {} delivered twice",
-        outage.elapsed(),
+        "redis: 50000 events, 49000 posted in {posted_in:?} during a {outage_lasted:?} outage; {} delivered twice",
         ids.values().map(|count| count - 1).sum::<usize>()
     );
 }
@@ -379,4 +379,178 @@ fn dead_letters_are_listed_replayed_through_the_journal_and_purged() {
     let (ok, stdout, _) = weir_cli(&weir, &["dlq", "purge", "dead.jsonl", "--yes", "--config", "flow.toml"]);
     assert!(ok && stdout.contains("removed 2 dead letters"), "{stdout}");
     assert!(weir.json_lines("dead.jsonl").is_empty());
+}
+
+/// Posts `events` events (`data.id` = `<prefix>-<n>`) in batches of 100; every answer must
+/// be 200.
+fn post_all_ok(weir: &Weir, prefix: &str, events: std::ops::Range<usize>) {
+    let http = client();
+    for first in events.step_by(100) {
+        let (body, _) = batch(prefix, first, 100);
+        let response = http
+            .post(weir.url("/collect"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    }
+}
+
+/// The RudderStack data plane answering 503 for a minute while 50 000 events arrive: every
+/// answer is 200, nothing is dead-lettered, all arrive once it answers 200 again.
+#[test]
+fn a_minute_of_503_from_rudderstack_holds_every_event() {
+    let recorder = support::recorder::Recorder::start("outage-key");
+    recorder.script(std::iter::repeat_with(|| support::recorder::Reply::status(503)).take(1_000_000));
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+
+[destinations.rudderstack]
+type = "rudderstack"
+[destinations.rudderstack.config]
+dlq = {{ path = "dead.jsonl" }}
+retry = {{ retryDelay = 20, maxRetryDelay = 500 }}
+[destinations.rudderstack.config.settings]
+writeKey = "outage-key"
+dataPlaneUrl = "{}"
+flushAt = 100
+userId = "data.id"
+"#,
+        recorder.base
+    ));
+    let outage = Instant::now();
+    post_all_ok(&weir, "rs", 0..50_000);
+    let posted_in = outage.elapsed();
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed()));
+    assert!(recorder.delivered().is_empty(), "the data plane accepted nothing yet");
+    assert!(
+        weir.json_lines("dead.jsonl").is_empty(),
+        "an outage dead-letters nothing"
+    );
+    recorder.unscript();
+    let outage_lasted = outage.elapsed();
+    let delivered = recorder.wait_for(50_000, Duration::from_secs(120));
+    let ids: HashSet<&str> = delivered.iter().filter_map(|m| m["userId"].as_str()).collect();
+    assert_eq!(ids.len(), 50_000, "{}", weir.log());
+    assert!(weir.json_lines("dead.jsonl").is_empty());
+    eprintln!(
+        "rudderstack: 50000 events posted in {posted_in:?} during a {outage_lasted:?} outage, all delivered {:?} after it, {} twice",
+        outage.elapsed() - outage_lasted,
+        delivered.len() - ids.len()
+    );
+}
+
+/// The Kafka broker down for a minute while events arrive: every answer is 200, nothing is
+/// dead-lettered, all are in the topic once it is back. (tansu's SQLite storage is slow to
+/// fetch, hence 2 000 events rather than 50 000.)
+#[test]
+fn a_minute_long_kafka_outage_holds_every_event() {
+    let mut broker = support::kafka::KafkaBroker::start_sqlite(&[]);
+    broker.create_topic("outage-events", 1);
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+
+[destinations.kafka]
+type = "kafka"
+[destinations.kafka.config]
+dlq = {{ path = "dead.jsonl" }}
+retry = {{ retryDelay = 50, maxRetryDelay = 500 }}
+[destinations.kafka.config.settings.kafka]
+brokers = ["{}"]
+topic = "outage-events"
+"#,
+        broker.bootstrap()
+    ));
+    post_all_ok(&weir, "k", 0..200);
+    let outage = Instant::now();
+    broker.kill();
+    post_all_ok(&weir, "k", 200..2_000);
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed()));
+    assert!(
+        weir.json_lines("dead.jsonl").is_empty(),
+        "an outage dead-letters nothing"
+    );
+    broker.restart();
+    let outage_lasted = outage.elapsed();
+    let records = broker.consume("outage-events", 2_000, Duration::from_secs(120));
+    let ids: HashSet<String> = records
+        .iter()
+        .map(|record| {
+            let value: Value = serde_json::from_str(&record.value).unwrap();
+            value["data"]["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2_000, "{}", weir.log());
+    assert!(weir.json_lines("dead.jsonl").is_empty());
+    eprintln!(
+        "kafka: 2000 events through a {outage_lasted:?} outage, {} delivered twice",
+        records.len() - ids.len()
+    );
+}
+
+/// A real full disk: the journal on a 1 MiB tmpfs mounted by the test (CI runs as root).
+/// Nothing drains (Redis down) until the disk is full: 503 + Retry-After; once Redis is back
+/// the cursor moves (saved in place, needing no new space), segments go, events are taken
+/// again, and every event answered 200 arrives.
+#[test]
+fn a_real_enospc_answers_503_and_loses_nothing() {
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root (CI runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path().to_owned());
+
+    let mut server = RedisServer::start();
+    server.kill();
+    let journal = mount.path().join("journal");
+    let weir = Weir::start(&flow(
+        &server,
+        &format!("[journal]\npath = \"{}\"\nsegmentBytes = 65536\n", journal.display()),
+    ));
+    let http = client();
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for first in (0..100_000).step_by(10) {
+        let (body, ids) = batch("enospc", first, 10);
+        let response = http
+            .post(weir.url("/collect"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        match response.status().as_u16() {
+            200 => acknowledged.extend(ids),
+            503 => {
+                refused = Some(response);
+                break;
+            }
+            status => panic!("answered {status}: {}", response.text().unwrap()),
+        }
+    }
+    let refused = refused.expect("the disk fills up");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let text = refused.text().unwrap();
+    assert!(text.contains("the disk is full"), "{text}");
+    assert!(acknowledged.len() > 500, "{} events fit", acknowledged.len());
+
+    server.restart();
+    let (body, ids) = batch("after", 0, 10);
+    let (status, _) = support::post_retrying_unavailable(&http, &weir.url("/collect"), &body);
+    assert_eq!(status, 200, "accepted again once drained\n{}", weir.log());
+    acknowledged.extend(ids);
+    assert_all_in_stream(&server, &weir, &acknowledged);
 }

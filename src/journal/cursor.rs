@@ -2,10 +2,13 @@
 //! arrive (in any order) and persisted by the keeper thread, which then removes the segments
 //! every cursor has passed.
 //!
-//! A cursor file is 24 bytes: `wjc1`, the resolved prefix's last sequence number, the highest
-//! sequence number resolved at all (records between the two are delivered again after a
-//! crash: counted as redelivered), and a CRC-32C of the three. It is replaced atomically
-//! (written aside, synced, renamed, directory synced).
+//! A cursor file holds two 24-byte slots, each `wjc1`, the resolved prefix's last sequence
+//! number, the highest sequence number resolved at all (records between the two are
+//! delivered again after a crash: counted as redelivered), and a CRC-32C of the three. Saves
+//! overwrite the slots in turn in place and sync: no new space is needed, so a cursor moves
+//! — and segments are freed — on a full disk too, and a save torn by a crash leaves the other
+//! slot; the valid slot further on wins. The file is created whole (written aside, synced,
+//! renamed, directory synced).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -15,7 +18,7 @@ use super::storage::Storage;
 use super::{CURSOR_SUFFIX, JournalError, Shared, io_error};
 
 const MAGIC: [u8; 4] = *b"wjc1";
-const FILE_LEN: usize = 24;
+const SLOT: usize = 24;
 
 /// What a cursor file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +27,8 @@ pub(super) struct Saved {
     pub(super) high_water: u64,
 }
 
-fn encode(saved: Saved) -> [u8; FILE_LEN] {
-    let mut out = [0u8; FILE_LEN];
+fn encode(saved: Saved) -> [u8; SLOT] {
+    let mut out = [0u8; SLOT];
     out[..4].copy_from_slice(&MAGIC);
     out[4..12].copy_from_slice(&saved.acked.to_le_bytes());
     out[12..20].copy_from_slice(&saved.high_water.to_le_bytes());
@@ -34,8 +37,8 @@ fn encode(saved: Saved) -> [u8; FILE_LEN] {
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<Saved> {
-    if bytes.len() != FILE_LEN || bytes[..4] != MAGIC {
+fn decode_slot(bytes: &[u8]) -> Option<Saved> {
+    if bytes.len() != SLOT || bytes[..4] != MAGIC {
         return None;
     }
     let crc = u32::from_le_bytes(bytes[20..24].try_into().ok()?);
@@ -77,6 +80,23 @@ pub(super) fn consumer_name(file: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// A whole cursor file: both slots.
+fn encode_file(saved: Saved) -> [u8; 2 * SLOT] {
+    let mut out = [0u8; 2 * SLOT];
+    out[..SLOT].copy_from_slice(&encode(saved));
+    out[SLOT..].copy_from_slice(&encode(saved));
+    out
+}
+
+/// The further valid slot of a cursor file; `None` if neither is valid.
+fn decode(bytes: &[u8]) -> Option<Saved> {
+    let slot = |at: usize| bytes.get(at..at + SLOT).and_then(decode_slot);
+    match (slot(0), slot(SLOT)) {
+        (Some(a), Some(b)) => Some(if b.acked > a.acked { b } else { a }),
+        (one, other) => one.or(other),
+    }
+}
+
 /// Reads a cursor file; `None` if it is missing or damaged.
 pub(super) fn load(storage: &dyn Storage, file: &str) -> Option<Saved> {
     decode(&storage.read(file).ok()?)
@@ -96,6 +116,8 @@ struct Inner {
     high_water: u64,
     /// What the cursor file says.
     persisted: Saved,
+    /// The slot the next save overwrites.
+    next_slot: usize,
     /// Records handed out and not yet part of the resolved prefix, in order: (seq, append
     /// time, resolved).
     outstanding: VecDeque<(u64, u64, bool)>,
@@ -159,11 +181,17 @@ impl CursorState {
                 high_water: inner.high_water.max(inner.acked),
             }
         };
-        if saved == self.inner.lock().expect("cursor lock").persisted {
-            return Ok(false);
-        }
-        storage.replace(&self.file, &encode(saved))?;
-        self.inner.lock().expect("cursor lock").persisted = saved;
+        let slot = {
+            let inner = self.inner.lock().expect("cursor lock");
+            if saved == inner.persisted {
+                return Ok(false);
+            }
+            inner.next_slot
+        };
+        storage.overwrite(&self.file, (slot * SLOT) as u64, &encode(saved))?;
+        let mut inner = self.inner.lock().expect("cursor lock");
+        inner.persisted = saved;
+        inner.next_slot = 1 - slot;
         Ok(true)
     }
 }
@@ -181,19 +209,20 @@ pub(super) fn open<T>(shared: &Shared<T>, name: &str) -> Result<(Arc<CursorState
         .segments
         .first()
         .map_or(committed + 1, |segment| segment.base);
+    let mut first_slot = 0;
     let (saved, write_now) = match storage.read(&file) {
+        // Only the current file shape; anything else is rewritten whole below.
+        Ok(bytes) if bytes.len() != 2 * SLOT => match decode(&bytes) {
+            Some(saved) => (saved, true),
+            None => damaged(name, &file, oldest, committed),
+        },
         Ok(bytes) => match decode(&bytes) {
-            Some(saved) => (saved, false),
-            None => {
-                // Start from the oldest record still on disk: duplicates, never a loss.
-                metrics::counter!("weir_journal_corrupt_records_total").increment(1);
-                tracing::warn!(consumer = name, file = %file, "journal: damaged cursor file; replaying every record still on disk");
-                let saved = Saved {
-                    acked: oldest.saturating_sub(1),
-                    high_water: committed,
-                };
-                (saved, true)
+            Some(saved) => {
+                // The first save overwrites the slot that does not hold the winner.
+                first_slot = usize::from(decode_slot(&bytes[..SLOT]) == Some(saved));
+                (saved, false)
             }
+            None => damaged(name, &file, oldest, committed),
         },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => (
             Saved {
@@ -206,7 +235,7 @@ pub(super) fn open<T>(shared: &Shared<T>, name: &str) -> Result<(Arc<CursorState
     };
     if write_now {
         storage
-            .replace(&file, &encode(saved))
+            .replace(&file, &encode_file(saved))
             .map_err(io_error(format!("writing {file}")))?;
     }
     let state = Arc::new(CursorState {
@@ -216,10 +245,23 @@ pub(super) fn open<T>(shared: &Shared<T>, name: &str) -> Result<(Arc<CursorState
             acked: saved.acked,
             high_water: saved.acked,
             persisted: saved,
+            next_slot: first_slot,
             outstanding: VecDeque::new(),
         }),
     });
     Ok((state, saved.high_water))
+}
+
+/// A cursor file that cannot be read: start from the oldest record still on disk
+/// (duplicates, never a loss).
+fn damaged(name: &str, file: &str, oldest: u64, committed: u64) -> (Saved, bool) {
+    metrics::counter!("weir_journal_corrupt_records_total").increment(1);
+    tracing::warn!(consumer = name, file = %file, "journal: damaged cursor file; replaying every record still on disk");
+    let saved = Saved {
+        acked: oldest.saturating_sub(1),
+        high_water: committed,
+    };
+    (saved, true)
 }
 
 /// The keeper: persists cursors every `persist_every`, then removes the segments every
@@ -307,19 +349,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursor_files_round_trip_and_damage_is_detected() {
+    fn cursor_slots_round_trip_and_a_torn_slot_leaves_the_other() {
         let saved = Saved {
             acked: 41,
             high_water: 57,
         };
-        let bytes = encode(saved);
-        assert_eq!(decode(&bytes), Some(saved));
-        for at in 0..FILE_LEN {
-            let mut torn = bytes;
+        let slot = encode(saved);
+        assert_eq!(decode_slot(&slot), Some(saved));
+        for at in 0..SLOT {
+            let mut torn = slot;
             torn[at] ^= 0x04;
-            assert_eq!(decode(&torn), None, "flip at {at}");
+            assert_eq!(decode_slot(&torn), None, "flip at {at}");
         }
-        assert_eq!(decode(&bytes[..20]), None);
+        // Two slots: the further valid one wins; a torn one leaves the other.
+        let mut file = encode_file(saved);
+        let later = Saved {
+            acked: 50,
+            high_water: 60,
+        };
+        file[SLOT..].copy_from_slice(&encode(later));
+        assert_eq!(decode(&file), Some(later));
+        file[SLOT + 7] ^= 1;
+        assert_eq!(decode(&file), Some(saved));
+        file[3] ^= 1;
+        assert_eq!(decode(&file), None);
     }
 
     #[test]

@@ -166,6 +166,9 @@ struct Shared<T> {
     /// Set with the reason when the journal can no longer be trusted (a failed sync).
     fatal: CancellationToken,
     fatal_reason: Mutex<Option<String>>,
+    /// Groups committed (one write and one fdatasync each) and bytes written, since open.
+    commits: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
     /// Damaged regions already counted, by (segment base, offset).
     damage_seen: Mutex<std::collections::HashSet<(u64, usize)>>,
 }
@@ -294,6 +297,8 @@ impl<T: Send + Sync + 'static> Journal<T> {
             fatal: CancellationToken::new(),
             fatal_reason: Mutex::new(None),
             damage_seen: Mutex::new(Default::default()),
+            commits: Default::default(),
+            written: Default::default(),
         });
         let (sender, receiver) = mpsc::unbounded_channel();
         let stop_keeper = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
@@ -379,6 +384,14 @@ impl<T: Send + Sync + 'static> Journal<T> {
     /// The last committed sequence number.
     pub fn committed(&self) -> u64 {
         *self.shared.committed.borrow()
+    }
+
+    /// Groups committed (each one write and one fdatasync) and bytes written since open.
+    pub fn commits(&self) -> (u64, u64) {
+        (
+            self.shared.commits.load(Ordering::Relaxed),
+            self.shared.written.load(Ordering::Relaxed),
+        )
     }
 
     /// Segments and bytes on disk.

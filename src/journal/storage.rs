@@ -24,6 +24,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Replaces a file's whole content atomically and durably: after a crash it holds either
     /// the old content or the new, never a mix.
     fn replace(&self, name: &str, content: &[u8]) -> io::Result<()>;
+    /// Writes `bytes` over an existing file's content at `offset` and syncs it. Takes no new
+    /// space, so it works on a full disk; a crash may tear it (the caller checks).
+    fn overwrite(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Reads a whole (small) file.
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
 }
@@ -145,6 +148,12 @@ impl Storage for Disk {
         file.sync_data()?;
         std::fs::rename(&temporary, self.dir.join(name))?;
         self.sync_dir()
+    }
+
+    fn overwrite(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(self.dir.join(name))?;
+        file.write_all_at(bytes, offset)?;
+        file.sync_data()
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
@@ -387,6 +396,22 @@ pub mod faulty {
                         durable: content.to_vec(),
                     },
                 );
+                Ok(())
+            })
+        }
+
+        fn overwrite(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+            self.op(|state| {
+                let file = state
+                    .files
+                    .get_mut(name)
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+                let (start, end) = (offset as usize, offset as usize + bytes.len());
+                if end > file.content.len() {
+                    return Err(io::Error::other("overwrite past the end of the file"));
+                }
+                file.content[start..end].copy_from_slice(bytes);
+                file.durable = file.content.clone();
                 Ok(())
             })
         }

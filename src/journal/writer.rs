@@ -193,6 +193,8 @@ fn commit<T>(
     metrics::histogram!("weir_journal_commit_events").record(pending.items.len() as f64);
 
     let written = pending.buf.len() as u64;
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    shared.written.fetch_add(written, Ordering::Relaxed);
     {
         let mut table = shared.table.lock().expect("journal lock");
         if let Some(segment) = table.segments.last_mut() {
