@@ -290,6 +290,33 @@ impl Event {
         }
     }
 
+    /// An event from the JSON [`Event::write_json`] wrote (a journal record): each of the 15
+    /// fields is kept as its text, which that writer made canonical, so no tree is built;
+    /// other keys are parsed.
+    pub fn from_written_json(bytes: &[u8]) -> Result<Event, serde_json::Error> {
+        let fields: indexmap::IndexMap<String, &RawValue> = serde_json::from_slice(bytes)?;
+        let mut text = String::with_capacity(bytes.len());
+        let mut slots: [Slot; 15] = std::array::from_fn(|_| Slot::Absent);
+        let mut extra = Vec::new();
+        for (name, raw) in fields {
+            match key::of(&name) {
+                Some(index) => {
+                    let start = text.len() as u32;
+                    text.push_str(raw.get());
+                    slots[index] = Slot::Text(start, text.len() as u32);
+                }
+                None => extra.push((name, Some(serde_json::from_str(raw.get())?))),
+            }
+        }
+        Ok(Event {
+            text: text.into_boxed_str(),
+            slots,
+            extra,
+            tree: OnceLock::new(),
+            origin: None,
+        })
+    }
+
     /// The event a policy made of `previous`: `tree` (the policy's result) with walkerOS's
     /// `undefined` keys kept — those `previous` had, and the top-level names in `undefined`
     /// the policy set to nothing — unless the policy gave them a value. An extra key

@@ -15,13 +15,13 @@ use crate::journal::{Journal, JournalConfig, JournalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalStartError {
-    #[error("cannot open the journal at {path}: {source}")]
+    #[error("cannot open the journal at {path}")]
     Open {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the journal at {path}: {source}")]
+    #[error("cannot recover the journal at {path}")]
     Recover {
         path: String,
         #[source]

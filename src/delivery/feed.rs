@@ -99,10 +99,9 @@ impl Journaled {
         let source = Arc::from(name()?);
         let target = name()?;
         let target = (!target.is_empty()).then(|| Arc::from(target));
-        let tree = serde_json::from_slice(rest)?;
         Ok(Journaled {
             source,
-            event: Arc::new(Event::from_tree(tree)),
+            event: Arc::new(Event::from_written_json(rest)?),
             target,
             waiting: None,
         })
@@ -246,6 +245,15 @@ mod tests {
         let back = Journaled::decode(&plain.encode()).unwrap();
         assert_eq!((&*back.source, back.target.as_deref()), ("http", None));
         assert_eq!(back.event.to_json(), event.to_json());
+        assert_eq!(back.event.tree(), event.tree());
+        // An event with parsed fields and keys beyond the 15 (a policy's) reads back the same.
+        let mut tree = event.tree().clone();
+        tree["extra"] = serde_json::json!({"a": [1, 2.5, "x"]});
+        tree["data"] = serde_json::json!({"n": 1e21, "s": "é\n"});
+        let parsed = Arc::new(Event::from_tree(tree));
+        let back = Journaled::decode(&Journaled::new(Arc::from("http"), parsed.clone(), Vec::new()).encode()).unwrap();
+        assert_eq!(back.event.to_json(), parsed.to_json());
+        assert_eq!(back.event.tree(), parsed.tree());
         let replay = Journaled::for_destination(Arc::from("events"), event.clone());
         let back = Journaled::decode(&replay.encode()).unwrap();
         assert_eq!(back.target.as_deref(), Some("events"));

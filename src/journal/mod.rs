@@ -61,14 +61,13 @@ pub struct JournalConfig {
     pub persist_every: Duration,
 }
 
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
-
 impl Default for JournalConfig {
+    /// The sizes of a flow's `[journal]` block by default (`config::flow::JournalSettings`
+    /// owns them; the assembly passes the flow's), a 64 MiB cache, cursors saved every 100 ms.
     fn default() -> Self {
         JournalConfig {
-            max_bytes: DEFAULT_MAX_BYTES,
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
             cache_bytes: 64 << 20,
             persist_every: Duration::from_millis(100),
         }
@@ -99,17 +98,14 @@ pub enum AppendError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The message carries the I/O error itself (it is logged as one line).
+    #[error("journal {what}: {error}")]
+    Io { what: String, error: std::io::Error },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JournalError {
     let what = what.into();
-    move |source| JournalError::Io { what, source }
+    move |error| JournalError::Io { what, error }
 }
 
 /// One record as a consumer gets it.

@@ -77,7 +77,7 @@ impl<T: Send + Sync + 'static> Consumer<T> {
                     .await
                     .map_err(|error| JournalError::Io {
                         what: "reading a segment".into(),
-                        source: std::io::Error::other(error),
+                        error: std::io::Error::other(error),
                     })??;
                 self.disk = read.1;
                 records = read.0;
