@@ -300,6 +300,11 @@ impl Event {
         let mut extra = Vec::new();
         for (name, raw) in fields {
             match key::of(&name) {
+                // A string is kept as text only when it needs no escapes (as the collector
+                // keeps it): the string fields are read by stripping the quotes.
+                Some(index) if raw.get().starts_with('"') && raw.get().contains('\\') => {
+                    slots[index] = Slot::Value(serde_json::from_str(raw.get())?);
+                }
                 Some(index) => {
                     let start = text.len() as u32;
                     text.push_str(raw.get());

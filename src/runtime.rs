@@ -127,8 +127,9 @@ impl Runtime {
             .filter(|route| route.journaled())
             .map(|route| Arc::from(route.id()))
             .collect();
-        let items = events
+        let items: Vec<_> = events
             .iter()
+            .filter(|_| !journaled.is_empty())
             .map(|(index, event)| {
                 let waiting = match acks {
                     Some(acks) => journaled
@@ -141,15 +142,19 @@ impl Runtime {
                 (entry.encode(), Arc::new(entry))
             })
             .collect();
+        if !journaled.is_empty() {
+            // Queued in memory only once journaled: a refused request reaches nobody.
+            match journal.append(items).await {
+                Ok(_) => {}
+                Err(error @ AppendError::TooLarge { .. }) => return Err(Refused::TooLarge(error.to_string())),
+                Err(error) => return Err(Refused::Unavailable(error.to_string())),
+            }
+        }
         let mut tokens = acks;
         for stage in staged {
             stage.commit(&mut tokens);
         }
-        match journal.append(items).await {
-            Ok(_) => Ok(()),
-            Err(error @ AppendError::TooLarge { .. }) => Err(Refused::TooLarge(error.to_string())),
-            Err(error) => Err(Refused::Unavailable(error.to_string())),
-        }
+        Ok(())
     }
 
     /// What each destination taking `source` would do with `event`.

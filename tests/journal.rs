@@ -554,3 +554,35 @@ fn a_real_enospc_answers_503_and_loses_nothing() {
     acknowledged.extend(ids);
     assert_all_in_stream(&server, &weir, &acknowledged);
 }
+
+/// Dead letters written before the flow had a journal replay into a journal their
+/// destination has never read: its cursor is opened before the append, so the next start
+/// delivers them instead of starting past them.
+#[test]
+fn dead_letters_from_before_the_journal_replay_into_a_new_journal() {
+    let server = RedisServer::start();
+    server.cli(&["SET", STREAM, "not a stream"]);
+    let mut weir = Weir::start(&flow(&server, "[journal]\nenabled = false\n"));
+    let (body, _) = batch("upgrade", 0, 3);
+    assert_eq!(
+        support::post(&weir, &serde_json::from_str(&body).unwrap()).status(),
+        207
+    );
+    assert!(eventually(Duration::from_secs(10), || weir
+        .json_lines("dead.jsonl")
+        .len()
+        == 3));
+    assert!(weir.terminate(Duration::from_secs(20)).success());
+    assert!(!weir.path("weir-data/journal").exists(), "no journal yet");
+
+    server.cli(&["DEL", STREAM]);
+    std::fs::write(weir.path("flow.toml"), flow(&server, "")).unwrap();
+    let (ok, stdout, stderr) = weir_cli(&weir, &["dlq", "replay", "dead.jsonl", "--config", "flow.toml"]);
+    assert!(ok && stdout.contains("replayed 3 dead letters"), "{stdout}{stderr}");
+    weir.restart();
+    assert!(
+        eventually(Duration::from_secs(20), || ids_in_stream(&server).len() == 3),
+        "{}",
+        weir.log()
+    );
+}

@@ -230,6 +230,19 @@ fn replay(which: &Which, flow_args: &FlowArgs) -> anyhow::Result<ExitCode> {
     }
     let journal = crate::assembly::open_offline(&settings)
         .context("weir must be stopped to replay (it holds the journal while it runs)")?;
+    // A destination that never read this journal (it was off, or is new) would start past
+    // the replayed records: open its cursor first, at the journal's end.
+    let mut targets: Vec<&str> = replayable
+        .iter()
+        .map(|&i| letter(&lines, i).destination.as_str())
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    for target in targets {
+        journal
+            .consumer(target)
+            .with_context(|| format!("cannot open the journal cursor of \"{target}\""))?;
+    }
     let progress = progress_bar(replayable.len() as u64);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut replayed = Vec::new();

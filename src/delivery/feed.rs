@@ -250,10 +250,15 @@ mod tests {
         let mut tree = event.tree().clone();
         tree["extra"] = serde_json::json!({"a": [1, 2.5, "x"]});
         tree["data"] = serde_json::json!({"n": 1e21, "s": "é\n"});
+        tree["name"] = serde_json::json!("say \"hi\"\\now");
+        tree["id"] = serde_json::json!("a\tb");
         let parsed = Arc::new(Event::from_tree(tree));
         let back = Journaled::decode(&Journaled::new(Arc::from("http"), parsed.clone(), Vec::new()).encode()).unwrap();
         assert_eq!(back.event.to_json(), parsed.to_json());
         assert_eq!(back.event.tree(), parsed.tree());
+        // The string fields rules and destinations read by name come back unescaped.
+        assert_eq!(back.event.name(), "say \"hi\"\\now");
+        assert_eq!(back.event.id(), "a\tb");
         let replay = Journaled::for_destination(Arc::from("events"), event.clone());
         let back = Journaled::decode(&replay.encode()).unwrap();
         assert_eq!(back.target.as_deref(), Some("events"));

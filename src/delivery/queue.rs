@@ -44,5 +44,6 @@ impl<W> Queue<W> {
 
     pub(super) fn release(&self, count: usize) {
         self.depth.fetch_sub(count, Ordering::AcqRel);
+        self.room.notify_waiters();
     }
 }

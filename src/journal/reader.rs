@@ -71,9 +71,19 @@ impl<T: Send + Sync + 'static> Consumer<T> {
                 .expect("the journal outlives its consumers");
             let mut records = self.cached(max);
             if records.is_empty() {
+                // What the cache still holds is read from it (with the tokens of a request
+                // waiting for delivery), not from disk.
+                let cached_from = self
+                    .shared
+                    .cache
+                    .lock()
+                    .expect("journal lock")
+                    .entries
+                    .front()
+                    .map(|e| e.0);
                 let shared = self.shared.clone();
                 let disk = self.disk.take();
-                let read = tokio::task::spawn_blocking(move || read_disk(&shared, disk, next, max))
+                let read = tokio::task::spawn_blocking(move || read_disk(&shared, disk, next, max, cached_from))
                     .await
                     .map_err(|error| JournalError::Io {
                         what: "reading a segment".into(),
@@ -82,8 +92,12 @@ impl<T: Send + Sync + 'static> Consumer<T> {
                 self.disk = read.1;
                 records = read.0;
                 if records.is_empty() {
-                    // Everything up to `committed` was damaged beyond reading (counted).
-                    self.next = committed + 1;
+                    // Everything before the cache (or up to `committed`) was damaged beyond
+                    // reading (counted): go on from there.
+                    self.next = match cached_from {
+                        Some(front) if front <= committed => self.next.max(front),
+                        _ => committed + 1,
+                    };
                     continue;
                 }
             }
@@ -120,13 +134,16 @@ impl<T: Send + Sync + 'static> Consumer<T> {
     }
 }
 
-/// Reads up to `max` committed records from `next` on, from the segments.
+/// Reads up to `max` committed records from `next` on, from the segments, stopping before
+/// `cached_from` (those are read from the cache).
 fn read_disk<T>(
     shared: &Shared<T>,
     mut pos: Option<DiskPos>,
     mut next: u64,
     max: usize,
+    cached_from: Option<u64>,
 ) -> Result<(Vec<Record<T>>, Option<DiskPos>), JournalError> {
+    let stop = cached_from.unwrap_or(u64::MAX);
     let max_payload = shared.config.max_payload();
     let mut out = Vec::new();
     loop {
@@ -162,12 +179,23 @@ fn read_disk<T>(
                 .file
                 .read_at(current.offset, &mut buf)
                 .map_err(io_error(format!("reading {}", Shared::<T>::segment_name(base))))?;
+            if got == 0 {
+                // Shorter than what was committed to it: cut by something else.
+                return Err(JournalError::Io {
+                    what: format!("reading {}", Shared::<T>::segment_name(base)),
+                    error: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the segment ends before byte {len} that was written to it"),
+                    ),
+                });
+            }
             buf.truncate(got);
             let buf = Bytes::from(buf);
             let complete = current.offset + got as u64 >= len;
             let mut at = 0;
             while out.len() < max {
                 match record::scan(&buf, at, max_payload) {
+                    Scan::Record(found) if found.seq >= stop => return Ok((out, None)),
                     Scan::Record(found) => {
                         if found.seq >= next {
                             out.push(Record {
@@ -196,6 +224,7 @@ fn read_disk<T>(
                             .map_err(io_error(format!("reading {}", Shared::<T>::segment_name(base))))?;
                         whole.truncate(got);
                         match record::scan(&whole, 0, max_payload) {
+                            Scan::Record(found) if found.seq >= stop => return Ok((out, None)),
                             Scan::Record(found) => {
                                 if found.seq >= next {
                                     let whole = Bytes::from(whole);

@@ -52,7 +52,7 @@ pub fn inspect(storage: &dyn Storage) -> Result<JournalStatus, JournalError> {
     let last_seq = match segments.last() {
         Some(last) => writer::recover_tail(storage, last, usize::MAX >> 1)?
             .0
-            .unwrap_or(last.base - 1),
+            .unwrap_or(last.base.saturating_sub(1)),
         None => 0,
     };
     let mut consumers = Vec::new();
@@ -63,7 +63,10 @@ pub fn inspect(storage: &dyn Storage) -> Result<JournalStatus, JournalError> {
             continue;
         };
         let saved = cursor::load(storage, file);
-        let acked = saved.map_or_else(|| segments.first().map_or(0, |s| s.base - 1), |saved| saved.acked);
+        let acked = saved.map_or_else(
+            || segments.first().map_or(0, |s| s.base.saturating_sub(1)),
+            |saved| saved.acked,
+        );
         let (lag_bytes, oldest_ms) = behind(storage, &segments, acked)?;
         consumers.push(ConsumerStatus {
             name,

@@ -104,15 +104,16 @@ fn take<T>(
         return Ok(());
     }
     let size = request_bytes(&append) as u64;
-    let (segment_len, disk_bytes) = {
-        let table = shared.table.lock().expect("journal lock");
-        (table.segments.last().map_or(0, |s| s.len), table.bytes)
-    };
+    let segment_len = shared
+        .table
+        .lock()
+        .expect("journal lock")
+        .segments
+        .last()
+        .map_or(0, |s| s.len);
     let unwritten = pending.buf.len() as u64;
-    if disk_bytes + unwritten + size > config.max_bytes {
-        refuse_full(shared, append.reply, format!("maxBytes ({}) reached", config.max_bytes));
-        return Ok(());
-    }
+    // Roll first: the sealed segment can then be removed once passed, even if this request
+    // is refused for space (the active one never is).
     if segment_len + unwritten + size > config.segment_bytes && segment_len + unwritten > 0 {
         commit(shared, active.as_mut(), next_seq, pending)?;
         match roll(shared, *next_seq) {
@@ -123,6 +124,11 @@ fn take<T>(
             }
             Err(error) => return Err(format!("cannot create a new segment: {error}")),
         }
+    }
+    let disk_bytes = shared.table.lock().expect("journal lock").bytes;
+    if disk_bytes + pending.buf.len() as u64 + size > config.max_bytes {
+        refuse_full(shared, append.reply, format!("maxBytes ({}) reached", config.max_bytes));
+        return Ok(());
     }
     let time_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
