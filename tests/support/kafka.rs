@@ -254,7 +254,16 @@ impl KafkaBroker {
                 continue;
             };
             quiet_since = None;
-            let message = message.unwrap();
+            // librdkafka reports transient client states (all brokers down while a restarted
+            // broker comes back) as errors on the poll: the records are what counts.
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    eprintln!("consumer: {error}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
             let headers = message
                 .headers()
                 .map(|headers| {
