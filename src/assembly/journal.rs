@@ -11,7 +11,7 @@ use crate::config::flow::JournalSettings;
 use crate::delivery::feed::Journaled;
 use crate::delivery::worker::Lifecycle;
 use crate::journal::storage::Disk;
-use crate::journal::{Journal, JournalConfig, JournalError};
+use crate::journal::{Journal, JournalConfig, JournalError, Recovered};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalStartError {
@@ -29,9 +29,8 @@ pub enum JournalStartError {
     },
 }
 
-/// Opens a journal to append to while no weir runs on it (`weir dlq replay`): locked, no
-/// consumers, so nothing in it is removed. The lock fails while weir runs.
-pub fn open_offline(settings: &JournalSettings) -> Result<Journal<Journaled>, JournalStartError> {
+/// Opens (locks, recovers) the journal of `settings`.
+fn open(settings: &JournalSettings) -> Result<(Journal<Journaled>, Recovered), JournalStartError> {
     let path = settings.path.display().to_string();
     let disk = Disk::open(&settings.path).map_err(|source| JournalStartError::Open {
         path: path.clone(),
@@ -42,9 +41,13 @@ pub fn open_offline(settings: &JournalSettings) -> Result<Journal<Journaled>, Jo
         segment_bytes: settings.segment_bytes,
         ..JournalConfig::default()
     };
-    let (journal, _) =
-        Journal::open(Arc::new(disk), config).map_err(|source| JournalStartError::Recover { path, source })?;
-    Ok(journal)
+    Journal::open(Arc::new(disk), config).map_err(|source| JournalStartError::Recover { path, source })
+}
+
+/// Opens a journal to append to while no weir runs on it (`weir dlq replay`): locked, no
+/// consumers, so nothing in it is removed. The lock fails while weir runs.
+pub fn open_offline(settings: &JournalSettings) -> Result<Journal<Journaled>, JournalStartError> {
+    Ok(open(settings)?.0)
 }
 
 /// Opens the flow's journal and starts the feeds; `None` when the flow has no journal.
@@ -57,20 +60,11 @@ pub fn start_journal(
         return Ok(None);
     };
     let path = settings.path.display().to_string();
-    let disk = Disk::open(&settings.path).map_err(|source| JournalStartError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    let config = JournalConfig {
-        max_bytes: settings.max_bytes,
-        segment_bytes: settings.segment_bytes,
-        ..JournalConfig::default()
-    };
+    let (journal, recovered) = open(settings)?;
     let recover = |source| JournalStartError::Recover {
         path: path.clone(),
         source,
     };
-    let (journal, recovered) = Journal::open(Arc::new(disk), config).map_err(recover)?;
     tracing::info!(
         path = %path, segments = recovered.segments, last = recovered.last_seq,
         truncated_bytes = recovered.truncated_bytes, "journal opened"
