@@ -107,12 +107,24 @@ impl ClientContext for KafkaContext {
 
 type Client = FutureProducer<KafkaContext>;
 
+/// Why a producer was replaced.
+#[derive(Debug, thiserror::Error)]
+enum Replaced {
+    /// librdkafka raised a fatal error (an idempotent producer that lost its sequence): such
+    /// a producer refuses everything from then on.
+    #[error("fatal error {code:?}: {reason}")]
+    Fatal { code: RDKafkaErrorCode, reason: String },
+    #[error(
+        "records timed out while the broker answers: the producer is stuck (for example on a producer id the broker no longer knows, after it lost its state)"
+    )]
+    Wedged,
+}
+
 pub struct KafkaDestination {
     settings: KafkaSettings,
     /// The static headers, built once and cloned per record.
     headers: OwnedHeaders,
-    /// Replaced when librdkafka reports a fatal error (an idempotent producer that lost its
-    /// sequence): such a producer refuses everything from then on.
+    /// Replaced when it cannot deliver any more (see [`Replaced`]).
     producer: std::sync::RwLock<Option<Arc<Client>>>,
 }
 
@@ -139,22 +151,43 @@ impl KafkaDestination {
             .clone()
     }
 
-    /// librdkafka raised a fatal error: this producer refuses everything from now on. A new
-    /// one takes its place (creating it does not block: it connects in the background); the
-    /// records that failed are retried by the delivery machinery through it.
-    fn replace_fatal(&self, failed: &Arc<Client>, (code, reason): (RDKafkaErrorCode, String)) {
+    /// Puts a new producer in the place of `failed` (creating it does not block: it connects
+    /// in the background); the records that failed are retried by the delivery machinery
+    /// through it. `why` says what made `failed` unusable.
+    fn replace(&self, failed: &Arc<Client>, why: Replaced) {
         let mut slot = self.producer.write().expect("the producer lock is never poisoned");
         if !slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, failed)) {
             return; // another batch replaced it already
         }
         match self.settings.client.create_with_context::<_, Client>(self.context()) {
             Ok(fresh) => {
-                tracing::error!(code = ?code, reason = %reason, "the Kafka producer hit a fatal error; a new producer replaces it");
+                tracing::error!(cause = %why, "the Kafka producer is unusable; a new producer replaces it");
                 *slot = Some(Arc::new(fresh));
             }
             Err(error) => {
-                tracing::error!(code = ?code, reason = %reason, error = %error, "the Kafka producer hit a fatal error and cannot be recreated");
+                tracing::error!(cause = %why, error = %error, "the Kafka producer is unusable and cannot be recreated");
             }
+        }
+    }
+
+    /// Records timed out in librdkafka. When the broker is down that is the outage, and the
+    /// producer delivers once it is back. When the broker answers, the producer is wedged:
+    /// librdkafka keeps a producer id the broker no longer knows (a broker that lost its
+    /// producer state refuses it, and librdkafka's local epoch bump does not get a new one),
+    /// retrying inside without end. Only a new producer asks the broker for a new id.
+    async fn check_timed_out(&self, producer: &Arc<Client>) {
+        let probe = Arc::clone(producer);
+        let topic = self.settings.topic.clone();
+        let answers = tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if answers {
+            self.replace(producer, Replaced::Wedged);
         }
     }
 
@@ -403,8 +436,13 @@ impl Destination for KafkaDestination {
             }
         }))
         .await;
-        if let Some(reason) = producer.client().fatal_error() {
-            self.replace_fatal(&producer, reason);
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            self.replace(&producer, Replaced::Fatal { code, reason });
+        } else if outcomes.iter().any(|outcome| {
+            matches!(outcome, Err(KafkaFailure::Produce { error, .. })
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut))
+        }) {
+            self.check_timed_out(&producer).await;
         }
         Ok(outcomes)
     }
