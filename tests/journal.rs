@@ -227,19 +227,13 @@ fn a_minute_long_redis_outage_holds_every_event_and_dead_letters_none() {
     );
 }
 
-/// A small `maxBytes` with nothing draining (Redis down): 503 + Retry-After, not ready, the
-/// disk within the cap; once Redis is back the journal drains and takes events again, and
-/// every event answered 200 arrives.
-#[test]
-fn a_full_journal_answers_503_until_the_destination_drains_it() {
-    let mut server = RedisServer::start();
-    server.kill();
-    let weir = Weir::start(&flow(&server, "[journal]\nmaxBytes = 262144\nsegmentBytes = 65536\n"));
+/// Posts batches of 10 until weir answers 503, which must come with `Retry-After: 1` and
+/// say `reason`; the ids answered 200 before it.
+fn post_until_refused(weir: &Weir, prefix: &str, reason: &str) -> Vec<String> {
     let http = client();
     let mut acknowledged = Vec::new();
-    let mut refused = None;
     for first in (0..100_000).step_by(10) {
-        let (body, ids) = batch("full", first, 10);
+        let (body, ids) = batch(prefix, first, 10);
         let response = http
             .post(weir.url("/collect"))
             .header("content-type", "application/json")
@@ -249,16 +243,27 @@ fn a_full_journal_answers_503_until_the_destination_drains_it() {
         match response.status().as_u16() {
             200 => acknowledged.extend(ids),
             503 => {
-                refused = Some(response);
-                break;
+                assert_eq!(response.headers()["retry-after"], "1");
+                let text = response.text().unwrap();
+                assert!(text.contains(reason), "{text}");
+                return acknowledged;
             }
             status => panic!("answered {status}: {}", response.text().unwrap()),
         }
     }
-    let refused = refused.expect("maxBytes is reached");
-    assert_eq!(refused.headers()["retry-after"], "1");
-    let text = refused.text().unwrap();
-    assert!(text.contains("journal is full"), "{text}");
+    panic!("100 000 events taken without a 503 ({reason})");
+}
+
+/// A small `maxBytes` with nothing draining (Redis down): 503 + Retry-After, not ready, the
+/// disk within the cap; once Redis is back the journal drains and takes events again, and
+/// every event answered 200 arrives.
+#[test]
+fn a_full_journal_answers_503_until_the_destination_drains_it() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let weir = Weir::start(&flow(&server, "[journal]\nmaxBytes = 262144\nsegmentBytes = 65536\n"));
+    let http = client();
+    let mut acknowledged = post_until_refused(&weir, "full", "journal is full");
     let readiness = http.get(weir.url("/readyz")).send().unwrap().text().unwrap();
     assert!(readiness.contains("journal is full"), "{readiness}");
     let on_disk: u64 = std::fs::read_dir(weir.path("weir-data/journal"))
@@ -546,29 +551,7 @@ fn a_real_enospc_answers_503_and_loses_nothing() {
         &format!("[journal]\npath = \"{}\"\nsegmentBytes = 65536\n", journal.display()),
     ));
     let http = client();
-    let mut acknowledged = Vec::new();
-    let mut refused = None;
-    for first in (0..100_000).step_by(10) {
-        let (body, ids) = batch("enospc", first, 10);
-        let response = http
-            .post(weir.url("/collect"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .unwrap();
-        match response.status().as_u16() {
-            200 => acknowledged.extend(ids),
-            503 => {
-                refused = Some(response);
-                break;
-            }
-            status => panic!("answered {status}: {}", response.text().unwrap()),
-        }
-    }
-    let refused = refused.expect("the disk fills up");
-    assert_eq!(refused.headers()["retry-after"], "1");
-    let text = refused.text().unwrap();
-    assert!(text.contains("the disk is full"), "{text}");
+    let mut acknowledged = post_until_refused(&weir, "enospc", "the disk is full");
     assert!(acknowledged.len() > 500, "{} events fit", acknowledged.len());
 
     server.restart();
