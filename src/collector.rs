@@ -48,6 +48,8 @@ pub struct Collector {
     count: AtomicU64,
     /// Start of the run, ms since the epoch (walkerOS `collector.timing`).
     started_ms: u64,
+    /// What `$code:` functions see as `context.collector` (JSON text, parsed once per thread).
+    script_view: std::sync::Arc<str>,
 }
 
 pub use crate::event::now_ms;
@@ -227,7 +229,19 @@ impl Collector {
         let default_key = name.clone().unwrap_or_else(|| "default".to_owned());
         let mut default_release = Map::new();
         default_release.insert(default_key, Value::from(release.clone()));
+        let started_ms = now_ms();
+        // walkerOS's collector instance, its data: state and identity, no functions.
+        let script_view = serde_json::json!({
+            "allowed": true,
+            "consent": config.consent,
+            "custom": config.custom,
+            "globals": config.globals,
+            "user": config.user,
+            "timing": started_ms,
+            "version": release,
+        });
         Collector {
+            script_view: std::sync::Arc::from(crate::json::to_string(&script_view)),
             globals_text: crate::json::to_string(&config.globals),
             user_text: crate::json::to_string(&config.user),
             consent_text: crate::json::to_string(&config.consent),
@@ -240,8 +254,13 @@ impl Collector {
             default_release: crate::json::to_string(&default_release),
             trace: trace_id(),
             count: AtomicU64::new(0),
-            started_ms: now_ms(),
+            started_ms,
         }
+    }
+
+    /// `context.collector` of `$code:` functions, as JSON text.
+    pub fn script_view(&self) -> &std::sync::Arc<str> {
+        &self.script_view
     }
 
     /// The run's trace id.

@@ -8,7 +8,8 @@
 //! Layout, bottom to top (ARCHITECTURE.md draws it; `tests/layering.rs` checks that a
 //! module uses only the ones below it):
 //! - [`json`] (JSON written as JavaScript writes it, JavaScript's truthiness and `assign`),
-//!   [`telemetry`] (logs, the metrics recorder), [`event`] (the walkerOS v4 event).
+//!   [`telemetry`] (logs, the metrics recorder), [`code`] (`$code:` JavaScript in a sandboxed
+//!   QuickJS), [`event`] (the walkerOS v4 event).
 //! - [`config`]: flow files (TOML, YAML, JSON in walkerOS's flow.json shape), typed settings.
 //! - [`collector`]: enrichment; [`mapping`]: walkerOS's mapping rules, value language, consent.
 //! - [`delivery`]: the machinery every destination runs on; [`redis`]: what every Redis user
@@ -21,6 +22,7 @@
 
 pub mod assembly;
 pub mod cli;
+pub mod code;
 pub mod collector;
 pub mod config;
 pub mod delivery;

@@ -172,8 +172,9 @@ destinations:
         "sources.http.config.settings.prot: unknown key",
         "destinations.events.sources: no source named \"beacon\"",
         "destinations.events.config.batch.linger: unknown key",
-        "destinations.events.config.mapping.order.complete.condition: `condition` is JavaScript",
-        "destinations.events.config.mapping.order.complete.data.map.email.fn: `fn` is JavaScript",
+        // JavaScript comes as walkerOS flow files write it: "$code:...".
+        "destinations.events.config.mapping.order.complete.condition: must be a JavaScript function written as \"$code:",
+        "destinations.events.config.mapping.order.complete.data.map.email.fn: must be a JavaScript function written as \"$code:",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom to top. Modules on one line are peers and must not use each other either.
 const LAYERS: &[&[&str]] = &[
-    &["json", "telemetry"],
+    &["json", "telemetry", "code"],
     &["event"],
     &["config"],
     &["collector"],

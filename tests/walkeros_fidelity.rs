@@ -81,12 +81,6 @@ const DIFFERENCES: &[Difference] = &[
         check: |o| rejected_naming(o, "user"),
     },
     Difference {
-        group: "redis",
-        case: "flatPolicyNull",
-        why: "`fn` is JavaScript, which weir does not run yet",
-        check: |o| invalid_naming(o, "policy.data.title.fn"),
-    },
-    Difference {
         group: "kafka",
         case: "fractionalTimestamp",
         why: "a Kafka record's timestamp is whole milliseconds on the wire: weir sends the millisecond the \

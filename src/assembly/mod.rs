@@ -54,6 +54,7 @@ pub struct BuiltFlow {
 
 /// Checks every part of `flow` and wires it; all problems are reported together.
 pub fn build_flow(flow: &Flow) -> Result<BuiltFlow, ConfigErrors> {
+    crate::code::set_limits(flow.code);
     let mut errors = flow.problems.clone();
     let mut warnings = Vec::new();
     let mut sources: Vec<SourceConfig> = flow
@@ -274,6 +275,7 @@ pub fn embedded_default() -> Flow {
         name: None,
         collector: Default::default(),
         journal: Default::default(),
+        code: Default::default(),
         sources: vec![Step {
             id: "http".into(),
             kind: "http".into(),

@@ -112,6 +112,38 @@ fn parse_journal(value: &Value, path: &str, errors: &mut ConfigErrors) -> Journa
     settings
 }
 
+/// The flow's `code` block: the limits `$code:` JavaScript runs under (`timeout` ms per
+/// call, `memoryLimit` bytes per runtime, one runtime per thread that evaluates code).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CodeBlock {
+    timeout: Option<u64>,
+    memory_limit: Option<usize>,
+}
+
+/// The smallest memory limit: QuickJS needs about a megabyte for itself and weir's helpers.
+const MIN_CODE_MEMORY: usize = 4 << 20;
+
+fn parse_code_limits(value: &Value, path: &str, errors: &mut ConfigErrors) -> crate::code::Limits {
+    let defaults = crate::code::Limits::default();
+    let Some(block) = super::typed::parse::<CodeBlock>(value, path, errors) else {
+        return defaults;
+    };
+    if block.timeout == Some(0) {
+        errors.push(join(path, "timeout"), "must be at least 1 (milliseconds per call)");
+    }
+    if block.memory_limit.is_some_and(|bytes| bytes < MIN_CODE_MEMORY) {
+        errors.push(
+            join(path, "memoryLimit"),
+            format!("must be at least {MIN_CODE_MEMORY} bytes"),
+        );
+    }
+    crate::code::Limits {
+        timeout: block.timeout.map_or(defaults.timeout, std::time::Duration::from_millis),
+        memory: block.memory_limit.unwrap_or(defaults.memory),
+    }
+}
+
 /// A loaded flow.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Flow {
@@ -119,6 +151,8 @@ pub struct Flow {
     pub collector: CollectorConfig,
     /// The `journal` block (enabled by default).
     pub journal: JournalSettings,
+    /// The `code` block: limits of `$code:` JavaScript.
+    pub code: crate::code::Limits,
     pub sources: Vec<Step>,
     pub destinations: Vec<Step>,
     /// Problems found while loading that did not stop it; building the flow reports them
@@ -263,6 +297,15 @@ pub fn parse_flow(
                 };
                 references::resolve(&mut value, &at, &scopes, &mut errors);
                 result.journal = parse_journal(&value, &at, &mut errors);
+            }
+            "code" => {
+                let mut value = value;
+                let scopes = Scopes {
+                    variables: base_scopes.to_vec(),
+                    env,
+                };
+                references::resolve(&mut value, &at, &scopes, &mut errors);
+                result.code = parse_code_limits(&value, &at, &mut errors);
             }
             "transformers" | "stores" => {
                 if value.as_object().is_some_and(|m| !m.is_empty()) {
@@ -492,6 +535,35 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn the_code_block_sets_the_javascript_limits() {
+        let flow = parse_flow(json!({"sources": {}}), None, &no_env).unwrap();
+        assert_eq!(flow.code, crate::code::Limits::default());
+        let flow = parse_flow(json!({"code": {"timeout": 20, "memoryLimit": 16777216}}), None, &no_env).unwrap();
+        assert!(flow.problems.is_empty(), "{}", flow.problems);
+        assert_eq!(
+            flow.code,
+            crate::code::Limits {
+                timeout: std::time::Duration::from_millis(20),
+                memory: 16 << 20
+            }
+        );
+        let flow = parse_flow(
+            json!({"code": {"timeout": 0, "memoryLimit": 1024, "memory": 1}}),
+            None,
+            &no_env,
+        )
+        .unwrap();
+        let problems = flow.problems.to_string();
+        for expected in [
+            "code.timeout: must be at least 1",
+            "code.memoryLimit: must be at least 4194304 bytes",
+            "code.memory: unknown key",
+        ] {
+            assert!(problems.contains(expected), "{expected} in {problems}");
+        }
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! walkerOS resolves `$var` and `$env` at bundle time; weir does it at load. A whole-string
 //! `$var.x` yields the variable's native value (object, number...); inside a longer string
 //! only scalars substitute. `$secret.NAME` reads environment variable NAME (walkerOS's server
-//! runtime does the same). References weir cannot honour (`$code:` JavaScript, `$flow`,
-//! `$contract`, `$store`) are errors naming the key. `$$` is a literal `$`; any other `$`
+//! runtime does the same). `$code:` is JavaScript: in a mapping's `fn`, `condition` and
+//! `validate` it stays for the mapping to compile (a function); anywhere else it is evaluated
+//! once, here, and its result (JSON) takes its place, as walkerOS's bundler pastes the code
+//! in and runs it at start. References weir cannot honour (`$flow`, `$contract`, `$store`)
+//! are errors naming the key. `$$` is a literal `$`; any other `$`
 //! not followed by a name stays as it is. An unset variable is always an error: silently
 //! expanding to "" would, for example, send to the wrong stream.
 
@@ -54,12 +57,19 @@ pub fn resolve(value: &mut Value, path: &str, scopes: &Scopes<'_>, errors: &mut 
         }
         Value::Object(map) => {
             for (key, item) in map.iter_mut() {
-                resolve(item, &join(path, key), scopes, errors);
+                let function =
+                    CODE_SLOTS.contains(&key.as_str()) && item.as_str().is_some_and(|text| text.starts_with("$code:"));
+                if !function {
+                    resolve(item, &join(path, key), scopes, errors);
+                }
             }
         }
         _ => {}
     }
 }
+
+/// Keys whose `$code:` is a function the mapping calls, not a value to evaluate now.
+pub const CODE_SLOTS: [&str; 3] = ["fn", "condition", "validate"];
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
@@ -91,10 +101,10 @@ fn dotted_length(text: &str) -> usize {
 
 fn resolve_string(text: &str, scopes: &Scopes<'_>) -> Result<Value, String> {
     if let Some(code) = text.strip_prefix("$code:") {
-        let preview: String = code.chars().take(40).collect();
-        return Err(format!(
-            "JavaScript (`$code:{preview}…`) cannot run in weir yet; use the declarative mapping language"
-        ));
+        return crate::code::evaluate(code).map_err(|error| {
+            let preview: String = code.chars().take(40).collect();
+            format!("JavaScript `$code:{preview}` {error}")
+        });
     }
     for unsupported in ["$flow.", "$contract.", "$store."] {
         if text.starts_with(unsupported) {
@@ -251,13 +261,31 @@ mod tests {
     #[test]
     fn unresolvable_references_are_errors_with_their_path() {
         let (_, errors) = resolved(
-            json!({"a": {"url": "${NOPE}"}, "b": "$var.missing", "c": {"fn": "$code:(v) => v"}, "d": "x$var.obj"}),
+            json!({"a": {"url": "${NOPE}"}, "b": "$var.missing", "c": {"x": "$code:(v) => v"}, "d": "x$var.obj"}),
             json!({"obj": {"k": 1}}),
         );
         let text = errors.to_string();
         assert!(text.contains("a.url: environment variable NOPE is not set"), "{text}");
         assert!(text.contains("b: variable \"missing\" is not defined"), "{text}");
-        assert!(text.contains("c.fn: JavaScript"), "{text}");
+        assert!(
+            text.contains("c.x: JavaScript `$code:(v) => v` does not give a JSON value: it evaluates to a function"),
+            "{text}"
+        );
         assert!(text.contains("d: variable \"obj\" is an object"), "{text}");
+    }
+
+    /// `$code:` outside a function slot is evaluated once; inside one it stays for the
+    /// mapping to compile.
+    #[test]
+    fn code_values_are_evaluated_and_functions_kept() {
+        let (value, errors) = resolved(
+            json!({"n": "$code:60 * 60", "list": "$code:['a', 'b'].map((s) => s.toUpperCase())", "map": {"fn": "$code:(v) => v", "condition": "$code:() => true"}}),
+            json!({}),
+        );
+        assert!(errors.is_empty(), "{errors}");
+        assert_eq!(
+            value,
+            json!({"n": 3600, "list": ["A", "B"], "map": {"fn": "$code:(v) => v", "condition": "$code:() => true"}})
+        );
     }
 }

@@ -55,6 +55,9 @@ pub enum RenderError {
         value: String,
         allowed: &'static str,
     },
+    /// The mapping failed (a rule's JavaScript condition threw).
+    #[error("the mapping failed: {0}")]
+    Mapping(String),
 }
 
 /// Routes a destination serves over HTTP, and where.
@@ -133,6 +136,8 @@ pub struct RenderInput<'a, S> {
     /// Kafka `key` path, RudderStack `identify`): evaluate them with
     /// [`ValueContext`](crate::mapping::ValueContext) built from its consent.
     pub collector: &'a crate::collector::Collector,
+    /// The destination's id (code failures in its settings are counted under it).
+    pub destination: &'a str,
 }
 
 /// What a destination makes of one event.

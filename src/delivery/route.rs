@@ -23,6 +23,17 @@ use crate::collector::Collector;
 use crate::event::Event;
 use crate::mapping::{DestinationMapping, MappingOutcome};
 
+/// Runs `work` (mapping that may call JavaScript) so that it holds up no other task: inside
+/// `block_in_place` on a multi-threaded runtime, as it is elsewhere.
+fn off_async_threads<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// What one destination does with one event, decided on the request path.
 pub enum Disposition<W> {
     /// Queue it; `Err` holds a render error, which the worker dead-letters.
@@ -204,6 +215,12 @@ impl<D: Destination> Pipeline<D> {
         let mapped = match self.mapping.apply(event, collector) {
             MappingOutcome::Ignored => return Disposition::Ignored,
             MappingOutcome::Denied => return Disposition::Consent,
+            MappingOutcome::Failed(reason) => {
+                return Disposition::Send {
+                    wire: Err(RenderError::Mapping(reason)),
+                    slot: 0,
+                };
+            }
             MappingOutcome::Mapped(mapped) => mapped,
         };
         let input = RenderInput {
@@ -213,6 +230,7 @@ impl<D: Destination> Pipeline<D> {
             rule_name: mapped.rule.and_then(|rule| rule.name.as_deref()),
             silent: mapped.rule.is_some_and(|rule| rule.silent),
             collector,
+            destination: &self.id,
         };
         let slot = mapped.rule.and_then(|rule| rule.batch_slot).unwrap_or(0);
         match self.destination.render(&input) {
@@ -223,6 +241,41 @@ impl<D: Destination> Pipeline<D> {
                 slot: 0,
             },
         }
+    }
+
+    /// Runs `work` (mapping events) off the async threads when the mapping has JavaScript,
+    /// which may take up to its time limit.
+    fn mapping_off_async<T>(&self, work: impl FnOnce() -> T) -> T {
+        if self.mapping.has_code() {
+            off_async_threads(work)
+        } else {
+            work()
+        }
+    }
+
+    fn stage_events(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_> {
+        let mut staged = StagedEvents {
+            pipeline: self,
+            queued: Vec::with_capacity(events.len()),
+            settled: Vec::new(),
+            reserved: false,
+        };
+        for (index, event) in events {
+            match self.disposition(event, collector) {
+                Disposition::Send { wire, slot } => {
+                    let size = wire.as_ref().map_or(0, |w| self.destination.wire_size(w));
+                    staged.queued.push(QueuedEvent {
+                        index: *index,
+                        event: event.clone(),
+                        wire,
+                        slot,
+                        size,
+                    });
+                }
+                other => staged.settled.push((*index, other)),
+            }
+        }
+        Box::new(staged)
     }
 }
 
@@ -266,32 +319,11 @@ impl<D: Destination> Route for Pipeline<D> {
     }
 
     fn stage(&self, events: &[(usize, Arc<Event>)], collector: &Collector) -> Box<dyn Staged + '_> {
-        let mut staged = StagedEvents {
-            pipeline: self,
-            queued: Vec::with_capacity(events.len()),
-            settled: Vec::new(),
-            reserved: false,
-        };
-        for (index, event) in events {
-            match self.disposition(event, collector) {
-                Disposition::Send { wire, slot } => {
-                    let size = wire.as_ref().map_or(0, |w| self.destination.wire_size(w));
-                    staged.queued.push(QueuedEvent {
-                        index: *index,
-                        event: event.clone(),
-                        wire,
-                        slot,
-                        size,
-                    });
-                }
-                other => staged.settled.push((*index, other)),
-            }
-        }
-        Box::new(staged)
+        self.mapping_off_async(|| self.stage_events(events, collector))
     }
 
     fn explain(&self, event: &Event, collector: &Collector) -> Explained {
-        match self.disposition(event, collector) {
+        match self.mapping_off_async(|| self.disposition(event, collector)) {
             Disposition::Send { wire: Ok(wire), .. } => Explained {
                 outcome: Outcome::Send,
                 reason: None,

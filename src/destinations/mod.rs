@@ -334,7 +334,8 @@ fn wire<D: Destination>(
         policy.max_bytes = defaults.batch_bytes;
         rule_batches.push(policy);
         rule_batches.len()
-    });
+    })
+    .map(|mapping| mapping.owned_by(&step.id));
 
     let mut retry = RetryPolicy::default();
     retry.max_retries = defaults.max_retries.unwrap_or(retry.max_retries);

@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::code::{Call, Code};
 use crate::collector::Collector;
 use crate::config::{ConfigErrors, join, typed};
 use crate::event::{Event, Object, split_name};
@@ -26,7 +27,7 @@ pub use consent::granted_consent;
 pub use include::Section;
 use path::{remove_by_path, set_by_path};
 
-pub use value::{ValueContext, ValueSpec};
+pub use value::{ValueContext, ValueSpec, code_failed, parse_code};
 
 /// `batch` of a destination or a rule: a number (the debounce `wait`) or `{wait, size, age}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,6 +93,8 @@ pub type Policy = Vec<(String, ValueSpec)>;
 /// One mapping rule.
 #[derive(Debug)]
 pub struct Rule<S> {
+    /// JavaScript choosing among the rules of one event: `condition(event, context)`.
+    pub condition: Option<Code>,
     pub name: Option<String>,
     pub data: Option<ValueSpec>,
     pub settings: Option<S>,
@@ -125,12 +128,28 @@ impl<S> Rules<S> {
         self.0.iter().find(|(key, _)| key == entity).map(|(_, actions)| actions)
     }
 
-    /// walkerOS `getMappingEvent`: the rule for `name` and its key (`"product *"`).
+    /// walkerOS `getMappingEvent`: the rule for `name` and its key (`"product *"`). In a list
+    /// of rules the first whose condition `holds` wins; when none does, only `* *` is tried.
     ///
     /// `* <action>` is only consulted when the entity has no block at all; an entity block
-    /// without the action (and without `*`) falls through to `* *`.
-    pub fn lookup(&self, name: &str) -> Option<(&Rule<S>, String)> {
-        let (entity, action) = split_name(name)?;
+    /// without the action (and without `*`) falls through to `* *`. A condition that fails
+    /// (`Err`) fails the lookup.
+    pub fn lookup<E>(
+        &self,
+        name: &str,
+        mut holds: impl FnMut(&Rule<S>) -> Result<bool, E>,
+    ) -> Result<Option<(&Rule<S>, String)>, E> {
+        let Some((entity, action)) = split_name(name) else {
+            return Ok(None);
+        };
+        let mut first_holding = |rules: &'_ [Rule<S>]| -> Result<Option<usize>, E> {
+            for (index, rule) in rules.iter().enumerate() {
+                if holds(rule)? {
+                    return Ok(Some(index));
+                }
+            }
+            Ok(None)
+        };
         let entity_key = if self.actions(entity).is_some() { entity } else { "*" };
         if let Some(actions) = self.actions(entity_key) {
             let action_key = if actions.iter().any(|(key, _)| key == action) {
@@ -139,17 +158,18 @@ impl<S> Rules<S> {
                 "*"
             };
             if let Some((_, rules)) = actions.iter().find(|(key, _)| key == action_key)
-                && let Some(rule) = rules.first()
+                && let Some(index) = first_holding(rules)?
             {
-                return Some((rule, format!("{entity_key} {action_key}")));
+                return Ok(Some((&rules[index], format!("{entity_key} {action_key}"))));
             }
         }
-        let rule = self
-            .actions("*")?
-            .iter()
-            .find(|(key, _)| key == "*")
-            .and_then(|(_, rules)| rules.first())?;
-        Some((rule, "* *".to_owned()))
+        let Some((_, rules)) = self
+            .actions("*")
+            .and_then(|actions| actions.iter().find(|(key, _)| key == "*"))
+        else {
+            return Ok(None);
+        };
+        Ok(first_holding(rules)?.map(|index| (&rules[index], "* *".to_owned())))
     }
 }
 
@@ -161,6 +181,9 @@ pub struct DestinationMapping<S> {
     pub data: Option<ValueSpec>,
     pub include: Option<Vec<Section>>,
     pub rules: Rules<S>,
+    /// The destination's id: code failures are counted under it.
+    pub owner: String,
+    has_code: bool,
 }
 
 /// What the mapping decided for one event at one destination.
@@ -170,6 +193,9 @@ pub struct DestinationMapping<S> {
 pub enum MappingOutcome<'m, 'e, S> {
     /// The matching rule says `ignore`.
     Ignored,
+    /// A rule's `condition` threw: walkerOS fails the push to this destination (the event
+    /// is dead-lettered there, with this reason).
+    Failed(String),
     /// The destination's or the rule's required consent is not granted.
     Denied,
     Mapped(Mapped<'m, 'e, S>),
@@ -213,13 +239,39 @@ impl<S: RuleSettings> DestinationMapping<S> {
             None => Rules::default(),
             Some(value) => parse_rules(value, &join(path, "mapping"), errors, rule_batch),
         };
+        let has_code = data.as_ref().is_some_and(ValueSpec::has_code)
+            || policy.iter().flatten().any(|(_, spec)| spec.has_code())
+            || rules
+                .0
+                .iter()
+                .flat_map(|(_, actions)| actions)
+                .flat_map(|(_, list)| list)
+                .any(|rule| {
+                    rule.condition.is_some()
+                        || rule.data.as_ref().is_some_and(ValueSpec::has_code)
+                        || rule.policy.iter().flatten().any(|(_, spec)| spec.has_code())
+                });
         (errors.len() == before).then_some(DestinationMapping {
             consent,
             policy,
             data,
             include,
             rules,
+            owner: String::new(),
+            has_code,
         })
+    }
+
+    /// Names the destination this mapping belongs to (for counting code failures).
+    pub fn owned_by(mut self, owner: &str) -> DestinationMapping<S> {
+        self.owner = owner.to_owned();
+        self
+    }
+
+    /// Whether any part of this mapping runs JavaScript (callers then keep its evaluation off
+    /// the async threads).
+    pub fn has_code(&self) -> bool {
+        self.has_code
     }
 }
 
@@ -243,19 +295,26 @@ impl<S> DestinationMapping<S> {
             let user = assign(&collector.user, &event.object(crate::event::key::USER));
             event.to_mut().set("user", Some(Value::Object(user)));
         }
-        let context = ValueContext {
-            collector_consent: &collector.consent,
-        };
+        let owner = self.owner.as_str();
         if let Some(policy) = &self.policy {
-            event = Cow::Owned(with_policy(&event, policy, &context));
+            event = Cow::Owned(with_policy(&event, policy, &value_context(&event, collector, owner)));
         }
-        let found = self.rules.lookup(event.name());
+        let found = match self
+            .rules
+            .lookup(event.name(), |rule| rule_holds(rule, &event, collector, owner))
+        {
+            Ok(found) => found,
+            Err(reason) => return MappingOutcome::Failed(reason),
+        };
         if let Some((rule, _)) = &found
             && let Some(policy) = &rule.policy
         {
-            event = Cow::Owned(with_policy(&event, policy, &context));
+            event = Cow::Owned(with_policy(&event, policy, &value_context(&event, collector, owner)));
         }
-        let mut data = self.data.as_ref().and_then(|spec| spec.value(event.tree(), &context));
+        let mut data = self
+            .data
+            .as_ref()
+            .and_then(|spec| spec.value(event.tree(), &value_context(&event, collector, owner)));
         let Some((rule, rule_key)) = found else {
             data = with_include(data, self.include.as_deref(), &event);
             return MappingOutcome::Mapped(Mapped {
@@ -281,7 +340,7 @@ impl<S> DestinationMapping<S> {
             event.to_mut().set("name", Some(Value::from(name.as_str())));
         }
         if let Some(spec) = &rule.data {
-            let rule_data = spec.value(event.tree(), &context);
+            let rule_data = spec.value(event.tree(), &value_context(&event, collector, owner));
             data = match (data, rule_data) {
                 (Some(Value::Object(base)), Some(Value::Object(own))) => Some(Value::Object(assign(&base, &own))),
                 (_, rule_data) => rule_data,
@@ -299,6 +358,43 @@ impl<S> DestinationMapping<S> {
             rule: Some(rule),
             rule_key,
         })
+    }
+}
+
+/// What value specs read while mapping `event`.
+fn value_context<'a>(event: &'a Event, collector: &'a Collector, owner: &'a str) -> ValueContext<'a> {
+    ValueContext {
+        collector_consent: &collector.consent,
+        event: event.tree(),
+        collector: collector.script_view(),
+        owner,
+    }
+}
+
+/// walkerOS's rule condition: `condition(event, context)`, not awaited (a promise counts as
+/// true); a throw fails the push.
+fn rule_holds<S>(rule: &Rule<S>, event: &Event, collector: &Collector, owner: &str) -> Result<bool, String> {
+    let Some(condition) = &rule.condition else {
+        return Ok(true);
+    };
+    let tree = event.tree();
+    let consent = match tree.get("consent") {
+        Some(Value::Object(own)) => own,
+        _ => &collector.consent,
+    };
+    let call = Call {
+        value: Some(tree),
+        event: tree,
+        consent,
+        collector: collector.script_view(),
+        awaited: false,
+    };
+    match condition.call(&call) {
+        Ok(returned) => Ok(returned.truthy),
+        Err(error) => {
+            code_failed(owner, condition, &error);
+            Err(format!("a rule's condition {error}"))
+        }
     }
 }
 
@@ -392,11 +488,14 @@ fn parse_rules<S: RuleSettings>(
             let rule_path = join(&entity_path, action);
             let parsed = match rule {
                 Value::Array(list) => {
-                    if list.len() > 1 {
-                        // Without `condition` (JavaScript) the first rule always matches.
-                        tracing::warn!(
-                            rules = %rule_path,
-                            "only the first rule of this list can match; the others need a `condition`"
+                    // A rule without a condition always matches: the ones after it never do.
+                    if let Some(open) = list[..list.len().saturating_sub(1)]
+                        .iter()
+                        .position(|rule| rule.get("condition").is_none())
+                    {
+                        errors.warn(
+                            join(&rule_path, &open.to_string()),
+                            "this rule has no `condition`, so it always matches and the rules after it in this list never do",
                         );
                     }
                     list.iter()
@@ -417,6 +516,11 @@ fn parse_rules<S: RuleSettings>(
     Rules(rules)
 }
 
+/// A rule as its condition sees it (`context.mapping`).
+fn value_of_rule(fields: &Map<String, Value>) -> Value {
+    Value::Object(fields.clone())
+}
+
 fn parse_rule<S: RuleSettings>(
     value: &Value,
     path: &str,
@@ -429,6 +533,7 @@ fn parse_rule<S: RuleSettings>(
     };
     let before = errors.len();
     let mut rule = Rule {
+        condition: None,
         name: None,
         data: None,
         settings: None,
@@ -476,11 +581,11 @@ fn parse_rule<S: RuleSettings>(
                     rule.batch_slot = Some(rule_batch(&spec));
                 }
             }
-            "condition" => errors.push(
+            "condition" => rule.condition = parse_code(value, &at, value_of_rule(fields), errors),
+            "extend" => errors.push(
                 at,
-                "`condition` is JavaScript in walkerOS and cannot run in weir yet; split the rule by entity/action instead",
+                "`extend` merges onto a walkerOS package's default rule; weir's destinations have none",
             ),
-            "extend" => errors.push(at, "`extend` merges onto a walkerOS package's default rule; weir's destinations have none"),
             _ => errors.push(at, "unknown rule key"),
         }
     }

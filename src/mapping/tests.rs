@@ -44,42 +44,153 @@ fn mapped(
         MappingOutcome::Mapped(m) => (m.event.tree().clone(), m.data, m.rule_key),
         MappingOutcome::Ignored => panic!("ignored"),
         MappingOutcome::Denied => panic!("denied"),
+        MappingOutcome::Failed(reason) => panic!("failed: {reason}"),
     }
 }
 
-/// `ruleLookup` in vectors/walkeros-destinations-and-mapping.json. The `product view x1`
-/// vector needs a JavaScript `condition`, which weir rejects at load.
+/// The rule `name` would take, by walkerOS's lookup with conditions.
+fn find<'a>(
+    mapping: &'a DestinationMapping<TestSettings>,
+    collector: &Collector,
+    event: &Event,
+) -> Option<(&'a Rule<TestSettings>, String)> {
+    mapping
+        .rules
+        .lookup(event.name(), |rule| rule_holds(rule, event, collector, "test"))
+        .unwrap()
+}
+
+/// `ruleLookup` in vectors/walkeros-destinations-and-mapping.json, its `condition` as the
+/// flow file writes it.
 #[test]
 fn rule_lookup_vectors() {
     let rules = mapping(json!({"mapping": {
-        "product": {"*": {"name": "P*"}, "view": [{"name": "plain"}]},
+        "product": {"*": {"name": "P*"}, "view": [
+            {"condition": "$code:(e) => e.data.x === 1", "name": "cond"},
+            {"name": "plain"}
+        ]},
         "*": {"click": {"name": "*click"}, "*": {"name": "all"}}
     }}));
-    let lookup = |name: &str| {
-        rules
-            .rules
-            .lookup(name)
-            .map(|(rule, key)| (rule.name.clone().unwrap(), key))
+    let collector = collector(json!({}));
+    let lookup = |rules: &DestinationMapping<TestSettings>, event: Value| {
+        let event = collector.enrich(event).unwrap();
+        find(rules, &collector, &event).map(|(rule, key)| (rule.name.clone().unwrap_or_default(), key))
     };
-    assert_eq!(lookup("product view"), Some(("plain".into(), "product view".into())));
-    assert_eq!(lookup("product add"), Some(("P*".into(), "product *".into())));
-    assert_eq!(lookup("promo click"), Some(("*click".into(), "* click".into())));
-    assert_eq!(lookup("promo view"), Some(("all".into(), "* *".into())));
+    let named = |name: &str| json!({"name": name});
+    assert_eq!(
+        lookup(&rules, json!({"name": "product view", "data": {"x": 1}})),
+        Some(("cond".into(), "product view".into()))
+    );
+    assert_eq!(
+        lookup(&rules, named("product view")),
+        Some(("plain".into(), "product view".into()))
+    );
+    assert_eq!(
+        lookup(&rules, named("product add")),
+        Some(("P*".into(), "product *".into()))
+    );
+    assert_eq!(
+        lookup(&rules, named("promo click")),
+        Some(("*click".into(), "* click".into()))
+    );
+    assert_eq!(lookup(&rules, named("promo view")), Some(("all".into(), "* *".into())));
 
     let only_order = mapping(json!({"mapping": {"order": {"complete": {}}}}));
-    assert!(only_order.rules.lookup("order view").is_none());
+    assert!(lookup(&only_order, named("order view")).is_none());
 
     let no_star_action = mapping(json!({"mapping": {"product": {"add": {}}, "*": {"*": {"name": "all"}}}}));
-    let (rule, key) = no_star_action.rules.lookup("product view").unwrap();
-    assert_eq!((rule.name.as_deref(), key.as_str()), (Some("all"), "* *"));
+    assert_eq!(
+        lookup(&no_star_action, named("product view")),
+        Some(("all".into(), "* *".into()))
+    );
+}
+
+/// walkerOS's rule conditions: when every condition of `entity action` fails, only `* *` is
+/// tried (not `entity *`); a promise counts as true (not awaited); a throw fails the push.
+#[test]
+fn rule_conditions_choose_fall_through_and_fail_as_walkeros_does() {
+    let collector = collector(json!({}));
+    let rules = mapping(json!({"mapping": {
+        "order": {
+            "complete": [
+                {"condition": "$code:(e, c) => e.data.total > 100 && c.mapping.name === 'big'", "name": "big"},
+                {"condition": "$code:async () => false", "name": "async"}
+            ],
+            "*": {"name": "order any"}
+        },
+        "page": {"view": {"condition": "$code:() => false", "name": "never"}},
+        "boom": {"now": {"condition": "$code:(e) => e.data.missing.deeper", "name": "x"}},
+        "*": {"*": {"name": "all"}}
+    }}));
+    let (event, _, key) = mapped(
+        &rules,
+        &collector,
+        json!({"name": "order complete", "data": {"total": 500}}),
+    );
+    assert_eq!((event["name"].as_str(), key.as_str()), (Some("big"), "order complete"));
+    let (event, _, _) = mapped(
+        &rules,
+        &collector,
+        json!({"name": "order complete", "data": {"total": 5}}),
+    );
+    assert_eq!(event["name"], "async", "an async condition is a promise: truthy");
+    let (event, _, key) = mapped(&rules, &collector, json!({"name": "page view"}));
+    assert_eq!((event["name"].as_str(), key.as_str()), (Some("all"), "* *"));
+
+    let failing = collector.enrich(json!({"name": "boom now", "data": {}})).unwrap();
+    match rules.apply(&failing, &collector) {
+        MappingOutcome::Failed(reason) => assert!(reason.contains("TypeError"), "{reason}"),
+        _ => panic!("a throwing rule condition fails the push"),
+    }
+}
+
+/// Value-level JavaScript inside a destination's mapping: `fn` gets the event (or the loop
+/// item) and `context`; a loop condition filters items; validate falls back to `value`.
+#[test]
+fn value_functions_run_inside_rules() {
+    let collector = collector(json!({"globals": {"env": "prod"}}));
+    let rules = mapping(json!({"mapping": {"order": {"complete": {"data": {"map": {
+        "id": {"fn": "$code:(e) => e.data.id.toUpperCase()"},
+        "env": {"fn": "$code:(e, c) => c.collector.globals.env"},
+        "products": {"loop": ["nested", {
+            "condition": "$code:(item) => item.entity === 'product'",
+            "map": {"name": "data.name", "label": {"fn": "$code:(item, c) => c.event.name + ': ' + item.data.name"}}
+        }]},
+        "total": {"key": "data.total", "validate": "$code:(v) => v > 0", "value": 0},
+        "broken": {"fn": "$code:(e) => e.data.nothing.here", "value": "fallback"}
+    }}}}}}));
+    let (_, data, _) = mapped(
+        &rules,
+        &collector,
+        json!({"name": "order complete", "data": {"id": "o-1", "total": -3}, "nested": [
+            {"entity": "product", "data": {"name": "Cap"}},
+            {"entity": "gift", "data": {"name": "Surprise"}},
+            {"entity": "product", "data": {"name": "Snack"}}
+        ]}),
+    );
+    assert_eq!(
+        data,
+        Some(json!({
+            "id": "O-1",
+            "env": "prod",
+            "products": [
+                {"name": "Cap", "label": "order complete: Cap"},
+                {"name": "Snack", "label": "order complete: Snack"}
+            ],
+            "total": 0,
+            "broken": "fallback"
+        }))
+    );
 }
 
 #[test]
 fn star_action_is_only_tried_when_the_entity_is_missing() {
     let rules =
         mapping(json!({"mapping": {"a": {"c": {"name": "ac"}}, "*": {"b": {"name": "*b"}, "*": {"name": "**"}}}}));
-    assert_eq!(rules.rules.lookup("a b").unwrap().1, "* *");
-    assert_eq!(rules.rules.lookup("x b").unwrap().1, "* b");
+    let collector = collector(json!({}));
+    let event = |name: &str| collector.enrich(json!({"name": name})).unwrap();
+    assert_eq!(find(&rules, &collector, &event("a b")).unwrap().1, "* *");
+    assert_eq!(find(&rules, &collector, &event("x b")).unwrap().1, "* b");
 }
 
 #[test]
@@ -198,7 +309,7 @@ fn every_rule_problem_is_reported_with_its_path() {
         json!({"mapping": {"order": {"complete": {
             "condition": "(e) => true",
             "settings": {"streamkey": "x"},
-            "data": {"fn": "(e) => e"},
+            "data": {"fn": "$code:(e) => e.", "validate": "$code:'text'"},
             "bogus": 1
         }}}})
         .as_object()
@@ -210,9 +321,10 @@ fn every_rule_problem_is_reported_with_its_path() {
     assert!(parsed.is_none());
     let text = errors.to_string();
     for expected in [
-        "destinations.r.config.mapping.order.complete.condition: `condition` is JavaScript",
+        "destinations.r.config.mapping.order.complete.condition: must be a JavaScript function written as \"$code:",
         "destinations.r.config.mapping.order.complete.settings.streamkey: unknown",
-        "destinations.r.config.mapping.order.complete.data.fn: `fn` is JavaScript",
+        "destinations.r.config.mapping.order.complete.data.fn: the JavaScript does not compile: SyntaxError",
+        "destinations.r.config.mapping.order.complete.data.validate: must be a JavaScript function; this is string",
         "destinations.r.config.mapping.order.complete.bogus: unknown rule key",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

@@ -11,15 +11,22 @@
 //! `undefined` holes (which serialize as `null`). [`Resolved`] carries that distinction: a
 //! JSON `null` inside `value` is a hole unless `has_null` says a real `null` is in there.
 //!
-//! `fn`, `condition` and `validate` are JavaScript in walkerOS and cannot run here: a spec
-//! holding one is a config error naming its path. A boolean, number or `null` where a spec
-//! belongs yields nothing, as in walkerOS (which finds no keys in it); it loads, with a
-//! warning naming its path.
+//! `fn`, `condition` and `validate` are JavaScript (`"$code:(value, context) => ..."`), run by
+//! [`crate::code`] in walkerOS 4.4's order: condition (falsy or a throw: nothing, not even the
+//! static `value`) → consent → fn (a throw: undefined) → key (overwrites fn's result) →
+//! loop / map / set → validate (gets the produced value; falsy or a throw: undefined) → cast,
+//! with the static `value` as the fallback. Every call is awaited. A failed call is counted
+//! (`weir_mapping_code_errors_total{destination}`) and logged once per function, as walkerOS
+//! logs it and goes on. A boolean, number or `null` where a spec belongs yields nothing, as in
+//! walkerOS (which finds no keys in it); it loads, with a warning naming its path.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::consent::granted_consent;
 use super::path::{contains_null, get_with_default};
+use crate::code::{Call, Code, CodeError, Returned};
 use crate::config::{ConfigErrors, join};
 use crate::event::Object;
 use crate::json::truthy;
@@ -35,9 +42,12 @@ pub enum ValueSpec {
     Nothing(crate::event::JsonKind),
 }
 
-/// `{key, value, map, loop, set, consent}`.
+/// `{key, value, map, loop, set, consent, fn, condition, validate}`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ValueConfig {
+    pub condition: Option<Code>,
+    pub function: Option<Code>,
+    pub validate: Option<Code>,
     pub key: Option<String>,
     /// Static value, and the fallback when the rest yields nothing.
     pub value: Option<Value>,
@@ -78,9 +88,77 @@ impl Resolved {
 }
 
 /// What a value spec may read besides its input: the collector's consent (used when the
-/// input carries no consent of its own).
+/// input carries no consent of its own), and what its JavaScript sees.
 pub struct ValueContext<'a> {
     pub collector_consent: &'a Object,
+    /// `context.event` of a function: the event being mapped.
+    pub event: &'a Value,
+    /// `context.collector` of a function, as JSON text.
+    pub collector: &'a Arc<str>,
+    /// The destination whose mapping this is (failed calls are counted under it).
+    pub owner: &'a str,
+}
+
+impl ValueContext<'_> {
+    /// Calls `code` with `value` (`None`: JavaScript's `undefined`); `input` supplies the
+    /// consent the call sees (its own, else the collector's). A failure is counted and
+    /// logged once, and reads as `None`.
+    fn call(&self, code: &Code, value: Option<&Value>, input: &Value) -> Option<Returned> {
+        let consent = match input.get("consent") {
+            Some(Value::Object(own)) => own,
+            _ => self.collector_consent,
+        };
+        let call = Call {
+            value,
+            event: self.event,
+            consent,
+            collector: self.collector,
+            awaited: true,
+        };
+        code.call(&call)
+            .map_err(|error| code_failed(self.owner, code, &error))
+            .ok()
+    }
+}
+
+/// Counts a failed call of `code` for `owner` and logs the first failure of each function.
+pub fn code_failed(owner: &str, code: &Code, error: &CodeError) {
+    metrics::counter!("weir_mapping_code_errors_total", "destination" => owner.to_owned()).increment(1);
+    if code.first_failure() {
+        let source: String = code.source().chars().take(80).collect();
+        tracing::warn!(
+            destination = %owner,
+            code = %source,
+            "a mapping function {error}; it counts as walkerOS counts it (undefined, or false for a condition). Only the first failure of each function is logged; weir_mapping_code_errors_total counts them all"
+        );
+    }
+}
+
+/// A `fn`, `condition` or `validate`: a `"$code:..."` string holding a JavaScript function,
+/// compiled now; `mapping` is what its calls see as `context.mapping`.
+pub fn parse_code(value: &Value, path: &str, mapping: Value, errors: &mut ConfigErrors) -> Option<Code> {
+    let Some(source) = value.as_str().and_then(|text| text.strip_prefix("$code:")) else {
+        errors.push(
+            path,
+            "must be a JavaScript function written as \"$code:(value, context) => ...\" (as walkerOS flow files write functions)",
+        );
+        return None;
+    };
+    match Code::compile(source, mapping) {
+        Ok(code) => Some(code),
+        Err(CodeError::Thrown(message)) => {
+            errors.push(path, format!("the JavaScript does not compile: {message}"));
+            None
+        }
+        Err(CodeError::NotAFunction(what)) => {
+            errors.push(path, format!("must be a JavaScript function; this is {what}"));
+            None
+        }
+        Err(other) => {
+            errors.push(path, format!("the JavaScript {other}"));
+            None
+        }
+    }
 }
 
 /// A value spec inside a destination's typed settings (RudderStack's `identify`, `group`):
@@ -153,6 +231,24 @@ impl ValueSpec {
                     }
                     looped.1.warn_ignored(&join(path, "loop.1"), errors);
                 }
+            }
+        }
+    }
+
+    /// Whether evaluating this spec can run JavaScript.
+    pub fn has_code(&self) -> bool {
+        match self {
+            ValueSpec::Key(_) | ValueSpec::Nothing(_) => false,
+            ValueSpec::Alternatives(items) => items.iter().any(ValueSpec::has_code),
+            ValueSpec::Config(config) => {
+                config.condition.is_some()
+                    || config.function.is_some()
+                    || config.validate.is_some()
+                    || config.map.iter().flatten().any(|(_, spec)| spec.has_code())
+                    || config.set.iter().flatten().any(ValueSpec::has_code)
+                    || config.loop_over.as_ref().is_some_and(|looped| {
+                        matches!(&looped.0, LoopScope::Spec(scope) if scope.has_code()) || looped.1.has_code()
+                    })
             }
         }
     }
@@ -268,11 +364,16 @@ impl ValueConfig {
                     None => ok = false,
                 },
                 "fn" | "condition" | "validate" => {
-                    errors.push(
-                        at,
-                        format!("`{key}` is JavaScript in walkerOS and cannot run in weir yet; use the declarative keys (key, value, map, loop, set, consent)"),
-                    );
-                    ok = false;
+                    let code = parse_code(value, &at, Value::Object(map.clone()), errors);
+                    let slot = match key.as_str() {
+                        "fn" => &mut config.function,
+                        "condition" => &mut config.condition,
+                        _ => &mut config.validate,
+                    };
+                    match code {
+                        Some(code) => *slot = Some(code),
+                        None => ok = false,
+                    }
                 }
                 _ => {
                     errors.push(at, "unknown key in a mapping value");
@@ -285,6 +386,12 @@ impl ValueConfig {
 
     fn process(&self, input: &Value, context: &ValueContext<'_>) -> Option<Resolved> {
         if self.empty {
+            return None;
+        }
+        if let Some(condition) = &self.condition
+            && !context.call(condition, Some(input), input).is_some_and(|r| r.truthy)
+        {
+            // Not even the static value (walkerOS returns at once).
             return None;
         }
         let fallback = || self.value.clone().map(Resolved::from_json);
@@ -303,6 +410,13 @@ impl ValueConfig {
             Some(value) => Some(Resolved::from_json(value.clone())),
             None => Some(Resolved::from_json(input.clone())),
         };
+        if let Some(function) = &self.function {
+            // A code result holds no real null: castToProperty refused those inside.
+            working = context
+                .call(function, Some(input), input)
+                .and_then(|returned| returned.property)
+                .map(|value| Resolved { value, has_null: false });
+        }
         if let Some(key) = &self.key {
             working =
                 get_with_default(input, key, self.value.as_ref()).map(|(value, has_null)| Resolved { value, has_null });
@@ -362,6 +476,13 @@ impl ValueConfig {
                 has_null,
             });
         }
+        if let Some(validate) = &self.validate {
+            // Gets what was produced (undefined when nothing was); falsy or a throw drops it.
+            let produced = working.as_ref().map(|resolved| &resolved.value);
+            if !context.call(validate, produced, input).is_some_and(|r| r.truthy) {
+                working = None;
+            }
+        }
         working
             .and_then(Resolved::cast)
             .or_else(|| fallback().and_then(Resolved::cast))
@@ -393,10 +514,14 @@ mod tests {
 
     fn eval(input: &Value, mapping: Value) -> Option<Value> {
         let consent = Object::new();
+        let collector: Arc<str> = Arc::from("{}");
         spec(mapping).value(
             input,
             &ValueContext {
                 collector_consent: &consent,
+                event: input,
+                collector: &collector,
+                owner: "test",
             },
         )
     }
@@ -409,8 +534,8 @@ mod tests {
         })
     }
 
-    /// `mapping` in vectors/walkeros-destinations-and-mapping.json, inputs from walkerOS's
-    /// (the `fn`, `condition` and `validate` vectors are JavaScript and are config errors here).
+    /// `mapping` in vectors/walkeros-destinations-and-mapping.json, inputs from walkerOS's;
+    /// its functions written as flow files write them (`$code:`).
     #[test]
     fn walkeros_value_vectors() {
         let vectors: Value = serde_json::from_str(include_str!(
@@ -447,6 +572,13 @@ mod tests {
                 "consentGranted",
                 json!({"key": "user.email", "consent": {"functional": true}}),
             ),
+            ("fn", json!({"fn": "$code:(e) => e.user.email.toLowerCase()"})),
+            ("fnPlusKey", json!({"fn": "$code:() => 'fromFn'", "key": "data.id"})),
+            ("condTrue", json!({"condition": "$code:() => true", "value": "x"})),
+            (
+                "validateFailWithValue",
+                json!({"key": "data.nope", "value": "dflt", "validate": "$code:() => false"}),
+            ),
         ];
         for (name, mapping) in cases {
             assert_eq!(eval(&ev, mapping).as_ref(), Some(&expected[name]), "vector {name}");
@@ -457,24 +589,104 @@ mod tests {
             None
         );
         assert_eq!(eval(&ev, json!({})), None);
+        assert_eq!(eval(&ev, json!({"condition": "$code:() => false", "value": "x"})), None);
+        assert_eq!(
+            eval(&ev, json!({"key": "data.id", "validate": "$code:(v) => v === 'zzz'"})),
+            None
+        );
+        assert_eq!(eval(&ev, json!({"fn": "$code:() => () => 1"})), None);
+    }
+
+    /// walkerOS 4.4's results: a throwing fn is undefined (the static value applies), a
+    /// throwing condition is false (nothing, not even the static value), a throwing validate
+    /// drops the value; promises are awaited; validate sees the produced value.
+    #[test]
+    fn functions_follow_walkeros_results() {
+        let ev = ev();
+        let cases = [
+            (
+                json!({"fn": "$code:() => { throw new Error('x') }", "value": "static"}),
+                Some(json!("static")),
+            ),
+            (json!({"fn": "$code:() => { throw new Error('x') }"}), None),
+            (
+                json!({"condition": "$code:() => { throw new Error('x') }", "value": "static"}),
+                None,
+            ),
+            (
+                json!({"key": "data.id", "validate": "$code:() => { throw new Error('x') }", "value": "v"}),
+                Some(json!("v")),
+            ),
+            (json!({"fn": "$code:async (e) => e.data.id + '!'"}), Some(json!("o1!"))),
+            (json!({"condition": "$code:async () => false", "value": "x"}), None),
+            (
+                json!({"fn": "$code:() => null", "value": "static"}),
+                Some(json!("static")),
+            ),
+            (
+                json!({"fn": "$code:() => new Date()", "value": "static"}),
+                Some(json!("static")),
+            ),
+            (json!({"fn": "$code:() => NaN"}), None),
+            (json!({"fn": "$code:() => [1, undefined]"}), Some(json!([1, null]))),
+            (
+                json!({"fn": "$code:() => ({a: null})", "value": "static"}),
+                Some(json!("static")),
+            ),
+            (
+                json!({"key": "data.total", "validate": "$code:(v) => v === 0"}),
+                Some(json!(0)),
+            ),
+            (
+                json!({"key": "data.nope", "validate": "$code:(v) => v === undefined", "value": "d"}),
+                Some(json!("d")),
+            ),
+            (
+                json!({"map": {"a": "data.id"}, "validate": "$code:(v) => v.a === 'o1'"}),
+                Some(json!({"a": "o1"})),
+            ),
+            (
+                json!({"fn": "$code:(e, c) => c.consent.functional && !c.consent.marketing"}),
+                Some(json!(true)),
+            ),
+            (
+                json!({"fn": "$code:(e, c) => c.mapping.value", "value": "mine"}),
+                Some(json!("mine")),
+            ),
+            (
+                json!({"key": "user.email", "consent": {"marketing": true}, "fn": "$code:() => 'never'", "value": "r"}),
+                Some(json!("r")),
+            ),
+        ];
+        for (mapping, expected) in cases {
+            assert_eq!(eval(&ev, mapping.clone()), expected, "{mapping}");
+        }
+        // A failed condition in an alternative moves on to the next one.
+        assert_eq!(
+            eval(
+                &ev,
+                json!([{"condition": "$code:() => false", "value": "no"}, "data.id"])
+            ),
+            Some(json!("o1"))
+        );
     }
 
     #[test]
-    fn javascript_is_a_config_error_naming_the_path() {
+    fn javascript_problems_are_config_errors_naming_the_path() {
         let mut errors = ConfigErrors::default();
         let parsed = ValueSpec::parse(
-            &json!({"map": {"email": {"fn": "(v) => v.toLowerCase()"}, "ok": {"validate": "x"}}}),
+            &json!({"map": {"email": {"fn": "(v) => v.toLowerCase()"}, "ok": {"validate": "$code:(v) =>"}}}),
             "destinations.d.config.data",
             &mut errors,
         );
         assert!(parsed.is_none());
         let text = errors.to_string();
         assert!(
-            text.contains("destinations.d.config.data.map.email.fn: `fn` is JavaScript"),
+            text.contains("destinations.d.config.data.map.email.fn: must be a JavaScript function written as \"$code:"),
             "{text}"
         );
         assert!(
-            text.contains("destinations.d.config.data.map.ok.validate: `validate` is JavaScript"),
+            text.contains("destinations.d.config.data.map.ok.validate: the JavaScript does not compile: SyntaxError"),
             "{text}"
         );
     }

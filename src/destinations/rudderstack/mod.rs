@@ -330,6 +330,9 @@ impl Destination for RudderStackDestination {
         let now = now_ms();
         let context = ValueContext {
             collector_consent: &input.collector.consent,
+            event: input.event.tree(),
+            collector: input.collector.script_view(),
+            owner: input.destination,
         };
         let push = PushInput {
             event: input.event.tree(),

@@ -1,0 +1,572 @@
+//! JavaScript in flows: the `$code:` functions walkerOS writes into mappings (`fn`,
+//! `condition`, `validate`) and `$code:` values elsewhere, run in an embedded, sandboxed
+//! QuickJS.
+//!
+//! Why QuickJS (through `rquickjs`): it is maintained (QuickJS-NG underneath), builds from the
+//! crate with only a C compiler (pre-generated bindings, nothing downloaded at build time,
+//! which V8 bindings need), starts a runtime in well under a millisecond, and exposes nothing
+//! but ECMAScript: no file, network, process, timer or module access exists to take away.
+//! What weir adds is a logger (`context.logger`, into weir's log) and the limits:
+//!
+//! - a wall-clock limit per call (an interrupt handler QuickJS polls; code cannot catch it),
+//! - a memory limit per runtime (an allocation beyond it throws),
+//! - a bounded stack.
+//!
+//! A call past a limit fails like a throw. The runtime is then rebuilt, so nothing a runaway
+//! call left behind (a full heap, a half-built global) reaches the next call.
+//!
+//! QuickJS runtimes are single-threaded, so every thread that evaluates code has its own
+//! (a thread-local [`Engine`], built on first use, compiling each function once). Callers on
+//! async threads wrap evaluation in `tokio::task::block_in_place` (see `delivery`), so a slow
+//! call stalls only its own request.
+//!
+//! Results are judged as walkerOS's `castToProperty` judges them, inside the runtime by a
+//! helper written here (not user-replaceable: it captures the builtins it uses before any
+//! user code runs): booleans, strings, numbers but NaN, and plain objects and arrays of those,
+//! where `undefined` may appear nested (an array hole becomes JSON `null`); `null` anywhere,
+//! NaN, a `Date`, a `Map`, a function are not properties.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rquickjs::context::intrinsic;
+use rquickjs::promise::PromiseState;
+use rquickjs::{Coerced, Context, Ctx, Exception, Function, Object, Persistent, Runtime};
+use serde_json::Value;
+
+/// Default limit for one call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default heap limit of one runtime (one per evaluating thread).
+pub const DEFAULT_MEMORY: usize = 64 << 20;
+/// The JavaScript stack; well below the 2 MiB of tokio's threads.
+const STACK: usize = 256 << 10;
+
+static TIMEOUT_US: AtomicU64 = AtomicU64::new(DEFAULT_TIMEOUT.as_micros() as u64);
+static MEMORY: AtomicUsize = AtomicUsize::new(DEFAULT_MEMORY);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Bumped by [`set_limits`]: engines built under older limits rebuild themselves.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The limits every call runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            timeout: DEFAULT_TIMEOUT,
+            memory: DEFAULT_MEMORY,
+        }
+    }
+}
+
+/// Sets the limits of every later call, on every thread.
+pub fn set_limits(limits: Limits) {
+    let current = Limits {
+        timeout: timeout(),
+        memory: MEMORY.load(Ordering::Relaxed),
+    };
+    if current == limits {
+        return;
+    }
+    TIMEOUT_US.store(limits.timeout.as_micros().max(1) as u64, Ordering::Relaxed);
+    MEMORY.store(limits.memory, Ordering::Relaxed);
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+fn timeout() -> Duration {
+    Duration::from_micros(TIMEOUT_US.load(Ordering::Relaxed))
+}
+
+/// Why a call (or compiling) failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodeError {
+    #[error("threw {0}")]
+    Thrown(String),
+    #[error("ran past its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("ran out of memory (the limit is {0} bytes)")]
+    OutOfMemory(usize),
+    #[error("returned a promise that never settles")]
+    NeverSettles,
+    #[error("is not a function (it evaluates to {0})")]
+    NotAFunction(String),
+    #[error("does not give a JSON value: it evaluates to {0}")]
+    NotAValue(String),
+    #[error("the JavaScript engine failed: {0}")]
+    Engine(String),
+}
+
+/// What a function returned, as the mapping reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Returned {
+    /// JavaScript truthiness (what `condition` and `validate` go by).
+    pub truthy: bool,
+    /// The value when walkerOS's `castToProperty` keeps it; `None` for `undefined` and for
+    /// what is not a property (`null`, NaN, a Date...).
+    pub property: Option<Value>,
+}
+
+/// The arguments of one call: `fn(value, context)` with `context = {event, mapping,
+/// collector, logger, consent}` (the mapping is the function's own, the logger weir's).
+pub struct Call<'a> {
+    /// `None` is JavaScript's `undefined`.
+    pub value: Option<&'a Value>,
+    pub event: &'a Value,
+    pub consent: &'a serde_json::Map<String, Value>,
+    /// The collector as JSON text; the same `Arc` is parsed once per thread.
+    pub collector: &'a Arc<str>,
+    /// Whether a returned promise is awaited (value level) or counts as it is (rule level).
+    pub awaited: bool,
+}
+
+/// A compiled `$code:` function.
+#[derive(Debug, Clone)]
+pub struct Code(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    id: u64,
+    source: String,
+    /// `context.mapping`: the value spec or rule the function sits in.
+    mapping: Value,
+    /// Whether a failure was logged already (once per function).
+    logged: AtomicBool,
+}
+
+impl PartialEq for Code {
+    fn eq(&self, other: &Code) -> bool {
+        self.0.source == other.0.source
+    }
+}
+
+impl Code {
+    /// Compiles `source` (the text after `$code:`), which must evaluate to a function.
+    /// `mapping` is what its calls see as `context.mapping`.
+    pub fn compile(source: &str, mapping: Value) -> Result<Code, CodeError> {
+        let code = Code(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            source: source.to_owned(),
+            mapping,
+            logged: AtomicBool::new(false),
+        }));
+        with_engine(|engine| engine.function(&code).map(|_| ()))?;
+        Ok(code)
+    }
+
+    pub fn source(&self) -> &str {
+        &self.0.source
+    }
+
+    /// Calls the function.
+    pub fn call(&self, call: &Call<'_>) -> Result<Returned, CodeError> {
+        with_engine(|engine| engine.call(self, call))
+    }
+
+    /// True the first time only: whether this failure should be logged.
+    pub fn first_failure(&self) -> bool {
+        !self.0.logged.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Evaluates `source` once (a `$code:` value outside the mapping's function slots) and
+/// returns its result as JSON: it must be a property (a function is refused, as is `null`).
+pub fn evaluate(source: &str) -> Result<Value, CodeError> {
+    with_engine(|engine| engine.evaluate(source))
+}
+
+thread_local! {
+    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` on this thread's engine, building it first (or again, after limits changed
+/// or a call broke a limit).
+fn with_engine<T>(work: impl FnOnce(&mut Engine) -> Result<T, CodeError>) -> Result<T, CodeError> {
+    ENGINE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let generation = GENERATION.load(Ordering::Relaxed);
+        if slot.as_ref().is_none_or(|engine| engine.generation != generation) {
+            *slot = None; // the old one goes before the new one is built
+            *slot = Some(Engine::new(generation)?);
+        }
+        let engine = slot.as_mut().expect("built above");
+        let result = work(engine);
+        if matches!(result, Err(CodeError::Timeout(_) | CodeError::OutOfMemory(_))) {
+            *slot = None;
+        }
+        result
+    })
+}
+
+/// weir's helpers, evaluated before any user code: `property(v)` is walkerOS's
+/// `castToProperty` + `JSON.stringify` (a JSON string, `null` when `v` is not a property,
+/// `undefined` for `undefined`); `logger(log)` builds `context.logger` around the host
+/// function `log(level, scope, message, context)`.
+const HELPERS: &str = r#"(() => {
+  const toString = Object.prototype.toString, isArray = Array.isArray, keys = Object.keys,
+        isNaN = Number.isNaN, stringify = JSON.stringify, apply = Reflect.apply, ErrorType = Error,
+        StringType = String;
+  const ok = (v, depth) => {
+    if (depth > 200) return false;
+    switch (typeof v) {
+      case 'boolean': case 'string': case 'undefined': return true;
+      case 'number': return !isNaN(v);
+      case 'object': {
+        if (v === null) return false;
+        if (isArray(v)) {
+          for (let i = 0; i < v.length; i++) if (!ok(v[i], depth + 1)) return false;
+          return true;
+        }
+        if (apply(toString, v, []) !== '[object Object]') return false;
+        const names = keys(v);
+        for (let i = 0; i < names.length; i++) if (!ok(v[names[i]], depth + 1)) return false;
+        return true;
+      }
+      default: return false;
+    }
+  };
+  const property = (v) => (ok(v, 0) ? stringify(v) : null);
+  const text = (v) => {
+    if (v instanceof ErrorType) return StringType(v.message);
+    try { return typeof v === 'string' ? v : stringify(v); } catch (e) { return StringType(v); }
+  };
+  const logger = (log) => {
+    const make = (scope) => {
+      const emit = (level) => (message, context) =>
+        log(level, scope, text(message), context === undefined ? undefined : text(context));
+      return {
+        error: emit('error'), warn: emit('warn'), info: emit('info'), debug: emit('debug'),
+        throw: (message, context) => {
+          emit('error')(message, context);
+          throw message instanceof ErrorType ? message : new ErrorType(StringType(message));
+        },
+        json: (data) => log('info', scope, text(data), undefined),
+        scope: (name) => make(scope ? scope + ':' + StringType(name) : StringType(name)),
+      };
+    };
+    return make('');
+  };
+  return [property, logger];
+})()"#;
+
+/// ECMAScript's builtins; no `eval` of new text at run time is needed beyond compiling, but
+/// rquickjs compiles through the `Eval` intrinsic.
+type Intrinsics = (
+    intrinsic::Date,
+    intrinsic::Eval,
+    intrinsic::RegExp,
+    intrinsic::Json,
+    intrinsic::MapSet,
+    intrinsic::TypedArrays,
+    intrinsic::Promise,
+    intrinsic::Proxy,
+    intrinsic::WeakRef,
+);
+
+/// One thread's QuickJS. Field order is drop order: every `Persistent` goes before the
+/// context and the runtime (QuickJS aborts on values outliving their runtime).
+struct Engine {
+    functions: HashMap<u64, (Persistent<Function<'static>>, Persistent<rquickjs::Value<'static>>)>,
+    collector: Option<(Arc<str>, Persistent<rquickjs::Value<'static>>)>,
+    property: Persistent<Function<'static>>,
+    logger: Persistent<Object<'static>>,
+    context: Context,
+    // Held so that it is dropped last (the context holds it too).
+    #[allow(dead_code)]
+    runtime: Runtime,
+    deadline: Rc<Cell<Option<Instant>>>,
+    fired: Rc<Cell<bool>>,
+    memory: usize,
+    generation: u64,
+}
+
+impl Engine {
+    fn new(generation: u64) -> Result<Engine, CodeError> {
+        let engine_error = |error: rquickjs::Error| CodeError::Engine(error.to_string());
+        let runtime = Runtime::new().map_err(engine_error)?;
+        let context = Context::custom::<Intrinsics>(&runtime).map_err(engine_error)?;
+        let memory = MEMORY.load(Ordering::Relaxed);
+        // After the context exists: building one under a small limit can fail.
+        runtime.set_memory_limit(memory);
+        runtime.set_max_stack_size(STACK);
+        let deadline: Rc<Cell<Option<Instant>>> = Rc::new(Cell::new(None));
+        let fired = Rc::new(Cell::new(false));
+        let (watched, flag) = (deadline.clone(), fired.clone());
+        runtime.set_interrupt_handler(Some(Box::new(move || match watched.get() {
+            Some(until) if Instant::now() >= until => {
+                flag.set(true);
+                true
+            }
+            _ => false,
+        })));
+        let (property, logger) = context
+            .with(|ctx| -> rquickjs::Result<_> {
+                let helpers: rquickjs::Array = ctx.eval(HELPERS)?;
+                let property: Function = helpers.get(0)?;
+                let make_logger: Function = helpers.get(1)?;
+                let log = Function::new(ctx.clone(), log_line)?;
+                let logger: Object = make_logger.call((log,))?;
+                Ok((Persistent::save(&ctx, property), Persistent::save(&ctx, logger)))
+            })
+            .map_err(engine_error)?;
+        Ok(Engine {
+            functions: HashMap::new(),
+            collector: None,
+            property,
+            logger,
+            context,
+            runtime,
+            deadline,
+            fired,
+            memory,
+            generation,
+        })
+    }
+
+    fn arm(&self) -> Instant {
+        let until = Instant::now() + timeout();
+        self.fired.set(false);
+        self.deadline.set(Some(until));
+        until
+    }
+
+    fn disarm(&self) {
+        self.deadline.set(None);
+    }
+
+    /// Compiles `code` on this engine unless it already has.
+    fn function(&mut self, code: &Code) -> Result<(), CodeError> {
+        if self.functions.contains_key(&code.0.id) {
+            return Ok(());
+        }
+        self.arm();
+        let (fired, memory) = (&self.fired, self.memory);
+        let compiled = self.context.with(|ctx| {
+            // The newline keeps a trailing `// comment` from swallowing the parenthesis.
+            let value: rquickjs::Value = ctx
+                .eval(format!("(\n{}\n)", code.0.source))
+                .map_err(|error| failure(&ctx, error, fired, memory))?;
+            let Some(function) = value.as_function().cloned() else {
+                return Err(CodeError::NotAFunction(describe(&value)));
+            };
+            let mapping = ctx
+                .json_parse(serde_json::to_string(&code.0.mapping).unwrap_or_else(|_| "null".into()))
+                .map_err(|error| failure(&ctx, error, fired, memory))?;
+            Ok((Persistent::save(&ctx, function), Persistent::save(&ctx, mapping)))
+        });
+        self.disarm();
+        self.functions.insert(code.0.id, compiled?);
+        Ok(())
+    }
+
+    fn call(&mut self, code: &Code, call: &Call<'_>) -> Result<Returned, CodeError> {
+        self.function(code)?;
+        let (function, mapping) = self.functions[&code.0.id].clone();
+        let collector = match &self.collector {
+            Some((text, parsed)) if Arc::ptr_eq(text, call.collector) => Some(parsed.clone()),
+            _ => None,
+        };
+        let until = self.arm();
+        let (fired, memory) = (&self.fired, self.memory);
+        let (property, logger) = (self.property.clone(), self.logger.clone());
+        let result = self.context.with(|ctx| {
+            let fail = |error| failure(&ctx, error, fired, memory);
+            let function = function.restore(&ctx).map_err(fail)?;
+            let parse = |value: &dyn erased::Json| ctx.json_parse(value.text()).map_err(fail);
+            let value = match call.value {
+                Some(value) => parse(value)?,
+                None => rquickjs::Value::new_undefined(ctx.clone()),
+            };
+            let event = if call.value.is_some_and(|value| std::ptr::eq(value, call.event)) {
+                value.clone()
+            } else {
+                parse(call.event)?
+            };
+            let (collector, fresh) = match collector {
+                Some(parsed) => (parsed.restore(&ctx).map_err(fail)?, None),
+                None => {
+                    let parsed = ctx.json_parse(call.collector.as_bytes().to_vec()).map_err(fail)?;
+                    (parsed.clone(), Some(Persistent::save(&ctx, parsed)))
+                }
+            };
+            let context = Object::new(ctx.clone()).map_err(fail)?;
+            context.set("event", event).map_err(fail)?;
+            context
+                .set("mapping", mapping.restore(&ctx).map_err(fail)?)
+                .map_err(fail)?;
+            context.set("collector", collector).map_err(fail)?;
+            context
+                .set("logger", logger.restore(&ctx).map_err(fail)?)
+                .map_err(fail)?;
+            context.set("consent", parse(call.consent)?).map_err(fail)?;
+            let mut returned: rquickjs::Value = function.call((value, context)).map_err(fail)?;
+            if call.awaited
+                && let Some(promise) = returned.as_promise().cloned()
+            {
+                returned = settle(&ctx, &promise, until, fired, memory)?;
+            }
+            let truthy = returned.get::<Coerced<bool>>().map(|coerced| coerced.0).map_err(fail)?;
+            let json: rquickjs::Value = property.restore(&ctx).map_err(fail)?.call((returned,)).map_err(fail)?;
+            // Microtasks the call queued run now, under its limit, not in the next call.
+            while ctx.execute_pending_job() {
+                if fired.get() {
+                    return Err(CodeError::Timeout(timeout()));
+                }
+            }
+            let property = match json.as_string() {
+                Some(text) => {
+                    let text = text.to_string().map_err(fail)?;
+                    Some(serde_json::from_str(&text).map_err(|error| CodeError::Engine(error.to_string()))?)
+                }
+                None => None,
+            };
+            Ok((Returned { truthy, property }, fresh))
+        });
+        self.disarm();
+        let (returned, fresh) = result?;
+        if let Some(parsed) = fresh {
+            self.collector = Some((call.collector.clone(), parsed));
+        }
+        Ok(returned)
+    }
+
+    fn evaluate(&mut self, source: &str) -> Result<Value, CodeError> {
+        self.arm();
+        let (fired, memory) = (&self.fired, self.memory);
+        let property = self.property.clone();
+        let result = self.context.with(|ctx| {
+            let fail = |error| failure(&ctx, error, fired, memory);
+            let value: rquickjs::Value = ctx.eval(format!("(\n{source}\n)")).map_err(fail)?;
+            if value.is_function() {
+                return Err(CodeError::NotAValue(
+                    "a function (functions go in a mapping's fn, condition and validate)".into(),
+                ));
+            }
+            let json: rquickjs::Value = property
+                .restore(&ctx)
+                .map_err(fail)?
+                .call((value.clone(),))
+                .map_err(fail)?;
+            match json.as_string() {
+                Some(text) => serde_json::from_str(&text.to_string().map_err(fail)?)
+                    .map_err(|error| CodeError::Engine(error.to_string())),
+                None => Err(CodeError::NotAValue(describe(&value))),
+            }
+        });
+        self.disarm();
+        result
+    }
+}
+
+/// Runs queued jobs until `promise` settles (within the call's limit).
+fn settle<'js>(
+    ctx: &Ctx<'js>,
+    promise: &rquickjs::Promise<'js>,
+    until: Instant,
+    fired: &Cell<bool>,
+    memory: usize,
+) -> Result<rquickjs::Value<'js>, CodeError> {
+    loop {
+        match promise.state() {
+            PromiseState::Pending => {
+                if fired.get() || Instant::now() >= until {
+                    return Err(CodeError::Timeout(timeout()));
+                }
+                if !ctx.execute_pending_job() {
+                    return Err(CodeError::NeverSettles);
+                }
+            }
+            _ => {
+                return promise
+                    .result::<rquickjs::Value>()
+                    .expect("settled")
+                    .map_err(|error| failure(ctx, error, fired, memory));
+            }
+        }
+    }
+}
+
+/// What an rquickjs error means for the call: the interrupt (time), an allocation past the
+/// limit, or a throw with its message.
+fn failure(ctx: &Ctx<'_>, error: rquickjs::Error, fired: &Cell<bool>, memory: usize) -> CodeError {
+    if !matches!(error, rquickjs::Error::Exception) {
+        return if fired.get() {
+            CodeError::Timeout(timeout())
+        } else {
+            CodeError::Engine(error.to_string())
+        };
+    }
+    let thrown = ctx.catch();
+    if fired.get() {
+        return CodeError::Timeout(timeout());
+    }
+    if thrown.is_null() {
+        // QuickJS throws null when it cannot even allocate the error.
+        return CodeError::OutOfMemory(memory);
+    }
+    if let Some(exception) = thrown
+        .as_object()
+        .and_then(|object| Exception::from_object(object.clone()))
+    {
+        let message = exception.message().unwrap_or_default();
+        let name: Option<String> = exception.get("name").ok();
+        if name.as_deref() == Some("InternalError") && message == "out of memory" {
+            return CodeError::OutOfMemory(memory);
+        }
+        return CodeError::Thrown(format!("{}: {message}", name.as_deref().unwrap_or("Error")));
+    }
+    CodeError::Thrown(
+        thrown
+            .get::<Coerced<String>>()
+            .map(|text| text.0)
+            .unwrap_or_else(|_| "a value that cannot be printed".into()),
+    )
+}
+
+/// JSON text of what is handed to a call (a value or a consent map).
+mod erased {
+    pub trait Json {
+        fn text(&self) -> String;
+    }
+    impl Json for serde_json::Value {
+        fn text(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
+        }
+    }
+    impl Json for serde_json::Map<String, serde_json::Value> {
+        fn text(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+        }
+    }
+}
+
+/// A short description of a value for messages.
+fn describe(value: &rquickjs::Value<'_>) -> String {
+    let text = value
+        .get::<Coerced<String>>()
+        .map(|text| text.0)
+        .unwrap_or_else(|_| value.type_name().to_owned());
+    let text: String = text.chars().take(60).collect();
+    format!("{} {text:?}", value.type_name())
+}
+
+/// `context.logger`'s host function: a line in weir's log, target `weir::code`.
+fn log_line(level: String, scope: String, message: String, context: Option<String>) {
+    let context = context.unwrap_or_default();
+    match level.as_str() {
+        "error" => tracing::error!(target: "weir::code", scope = %scope, context = %context, "{message}"),
+        "warn" => tracing::warn!(target: "weir::code", scope = %scope, context = %context, "{message}"),
+        "info" => tracing::info!(target: "weir::code", scope = %scope, context = %context, "{message}"),
+        _ => tracing::debug!(target: "weir::code", scope = %scope, context = %context, "{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The engine against walkerOS's result rules and the sandbox's limits.
+
+use super::*;
+use serde_json::json;
+
+fn compile(source: &str) -> Code {
+    Code::compile(source, json!({"fn": format!("$code:{source}")})).unwrap()
+}
+
+fn collector() -> Arc<str> {
+    Arc::from(r#"{"consent":{"functional":true},"globals":{"env":"test"}}"#)
+}
+
+fn call_with(source: &str, value: &Value, awaited: bool) -> Result<Returned, CodeError> {
+    let collector = collector();
+    let consent = json!({"functional": true});
+    compile(source).call(&Call {
+        value: Some(value),
+        event: value,
+        consent: consent.as_object().unwrap(),
+        collector: &collector,
+        awaited,
+    })
+}
+
+fn call(source: &str, value: &Value) -> Result<Returned, CodeError> {
+    call_with(source, value, true)
+}
+
+fn property(source: &str) -> Option<Value> {
+    call(source, &json!({"name": "page view", "data": {"id": "a"}}))
+        .unwrap()
+        .property
+}
+
+#[test]
+fn values_come_back_as_json() {
+    let event = json!({"name": "order complete", "data": {"id": "o-1", "total": 5}});
+    let returned = call("(value) => value.data.id.toUpperCase()", &event).unwrap();
+    assert_eq!(returned.property, Some(json!("O-1")));
+    assert!(returned.truthy);
+    assert_eq!(
+        property("(v) => ({n: 1, s: 'x', b: false, list: [1, 'a'], deep: {x: {y: 2}}})"),
+        Some(json!({"n": 1, "s": "x", "b": false, "list": [1, "a"], "deep": {"x": {"y": 2}}}))
+    );
+    assert_eq!(property("() => 0"), Some(json!(0)));
+    assert!(!call("() => 0", &json!({})).unwrap().truthy);
+}
+
+/// walkerOS's `castToProperty`: undefined, null (anywhere), NaN, a Date, a Map, a function
+/// are not properties; `undefined` nested is (an array hole is JSON null, a key is left out).
+#[test]
+fn what_is_not_a_property_comes_back_as_none() {
+    for source in [
+        "() => undefined",
+        "() => null",
+        "() => NaN",
+        "() => new Date(0)",
+        "() => new Map()",
+        "() => (x) => x",
+        "() => ({a: null})",
+        "() => [1, null]",
+        "() => ({a: {b: [NaN]}})",
+        "() => Symbol('s')",
+    ] {
+        assert_eq!(property(source), None, "{source}");
+    }
+    assert_eq!(property("() => [1, undefined]"), Some(json!([1, null])));
+    assert_eq!(property("() => ({a: 1, b: undefined})"), Some(json!({"a": 1})));
+    assert_eq!(property("() => Object.create(null)"), Some(json!({})));
+}
+
+#[test]
+fn throws_report_their_message() {
+    assert_eq!(
+        call("() => { throw new TypeError('no id') }", &json!({})),
+        Err(CodeError::Thrown("TypeError: no id".into()))
+    );
+    assert_eq!(
+        call("() => { throw 'plain' }", &json!({})),
+        Err(CodeError::Thrown("plain".into()))
+    );
+    // A missing path throws as in JavaScript.
+    assert!(matches!(
+        call("(v) => v.data.missing.deeper", &json!({"data": {}})),
+        Err(CodeError::Thrown(message)) if message.starts_with("TypeError")
+    ));
+}
+
+#[test]
+fn promises_are_awaited_at_value_level_and_truthy_at_rule_level() {
+    let event = json!({"data": {"id": "p"}});
+    let awaited = call("async (v) => v.data.id + '!'", &event).unwrap();
+    assert_eq!(awaited.property, Some(json!("p!")));
+    let chained = call("(v) => Promise.resolve(1).then((n) => n + 1)", &event).unwrap();
+    assert_eq!(chained.property, Some(json!(2)));
+    assert_eq!(
+        call("async () => { throw new Error('late') }", &event),
+        Err(CodeError::Thrown("Error: late".into()))
+    );
+    // Not awaited: a promise object, truthy, not a property (walkerOS's rule conditions).
+    let rule_level = call_with("async () => false", &event, false).unwrap();
+    assert!(rule_level.truthy);
+    assert_eq!(rule_level.property, None);
+    assert_eq!(
+        call("() => new Promise(() => {})", &event),
+        Err(CodeError::NeverSettles)
+    );
+}
+
+#[test]
+fn the_context_has_walkeros_keys() {
+    let event = json!({"name": "page view", "consent": {"functional": true}});
+    let item = json!({"id": "i"});
+    let collector = collector();
+    let code = Code::compile(
+        "(value, context) => [value.id, context.event.name, context.mapping.key, context.collector.globals.env, context.consent.functional, typeof context.logger.info]",
+        json!({"key": "data.id"}),
+    )
+    .unwrap();
+    let returned = code
+        .call(&Call {
+            value: Some(&item),
+            event: &event,
+            consent: json!({"functional": true}).as_object().unwrap(),
+            collector: &collector,
+            awaited: true,
+        })
+        .unwrap();
+    assert_eq!(
+        returned.property,
+        Some(json!(["i", "page view", "data.id", "test", true, "function"]))
+    );
+    // The logger writes and returns; `throw` throws.
+    assert_eq!(
+        property("(v, c) => { c.logger.info('hello', {a: 1}); c.logger.scope('x').warn('w'); return 1 }"),
+        Some(json!(1))
+    );
+    assert_eq!(
+        call("(v, c) => c.logger.throw('stop')", &json!({})),
+        Err(CodeError::Thrown("Error: stop".into()))
+    );
+}
+
+#[test]
+fn compiling_reports_syntax_errors_and_non_functions() {
+    assert!(matches!(
+        Code::compile("(v) => v.", json!({})),
+        Err(CodeError::Thrown(message)) if message.starts_with("SyntaxError")
+    ));
+    assert!(matches!(
+        Code::compile("'text'", json!({})),
+        Err(CodeError::NotAFunction(_))
+    ));
+    // A trailing line comment does not swallow the wrapping.
+    assert!(Code::compile("(v) => v // done", json!({})).is_ok());
+}
+
+#[test]
+fn code_values_evaluate_once_to_json() {
+    assert_eq!(evaluate("1 + 2"), Ok(json!(3)));
+    assert_eq!(
+        evaluate("['a', 'b'].map((s) => s.toUpperCase())"),
+        Ok(json!(["A", "B"]))
+    );
+    assert!(evaluate("(v) => v").is_err());
+    assert!(evaluate("null").is_err());
+}
+
+/// The sandbox: no host access exists, and a call past a limit fails alone; the next call on
+/// the same thread works.
+#[test]
+fn the_sandbox_holds() {
+    let event = json!({});
+    for source in [
+        "() => require('fs')",
+        "() => fetch('http://127.0.0.1:1/')",
+        "() => process.exit(1)",
+        "() => import('fs')",
+        "() => std.loadFile('/etc/passwd')",
+    ] {
+        let result = call(source, &event);
+        assert!(matches!(&result, Err(CodeError::Thrown(_))), "{source}: {result:?}");
+    }
+
+    let started = Instant::now();
+    assert_eq!(
+        call("() => { while (true) {} }", &event),
+        Err(CodeError::Timeout(DEFAULT_TIMEOUT))
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // try/catch cannot swallow the interrupt.
+    assert_eq!(
+        call("() => { for (;;) { try { while (true) {} } catch (e) {} } }", &event),
+        Err(CodeError::Timeout(DEFAULT_TIMEOUT))
+    );
+    assert_eq!(property("() => 'after the loop'"), Some(json!("after the loop")));
+
+    let huge = call(
+        "() => { const a = []; for (;;) a.push(new Array(1e6).fill(1)); }",
+        &event,
+    );
+    assert_eq!(huge, Err(CodeError::OutOfMemory(DEFAULT_MEMORY)));
+    let single = call("() => 'x'.repeat(10 * 1024 * 1024 * 1024)", &event);
+    assert!(
+        matches!(single, Err(CodeError::OutOfMemory(_) | CodeError::Thrown(_))),
+        "{single:?}"
+    );
+    assert_eq!(
+        property("() => 'after the allocation'"),
+        Some(json!("after the allocation"))
+    );
+
+    let deep = call("() => { const f = (n) => f(n + 1) + 1; return f(0); }", &event);
+    assert!(
+        matches!(&deep, Err(CodeError::Thrown(message)) if message.contains("RangeError") || message.contains("InternalError")),
+        "{deep:?}"
+    );
+    assert_eq!(
+        property("() => 'after the recursion'"),
+        Some(json!("after the recursion"))
+    );
+}
