@@ -37,10 +37,11 @@ pub enum Refused {
     TooLarge(String),
 }
 
-/// Paths weir itself serves on every HTTP listener (health, readiness, metrics). Here, below
-/// the sources and the assembly, because the HTTP source keeps its collect paths off them and
-/// the assembly serves them.
-pub const PROCESS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// Paths weir itself serves on every HTTP listener (health, readiness, metrics; `/health` and
+/// `/ready` are walkerOS's runner's names for the first two). Here, below the sources and the
+/// assembly, because the HTTP source keeps its collect paths off them and the assembly serves
+/// them.
+pub const PROCESS_PATHS: [&str; 5] = ["/healthz", "/readyz", "/health", "/ready", "/metrics"];
 
 pub struct Runtime {
     pub collector: Arc<Collector>,

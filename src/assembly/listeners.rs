@@ -152,11 +152,14 @@ pub async fn start(
     Ok(tasks)
 }
 
-/// `/healthz`, `/readyz` and `/metrics`, on every listener.
+/// `/healthz`, `/readyz` (and walkerOS's runner's `/health`, `/ready`, answered alike) and
+/// `/metrics`, on every listener.
 fn process_routes(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/health", get(healthz))
+        .route("/ready", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(runtime)
 }
