@@ -12,13 +12,17 @@
 //! - a memory limit per runtime (an allocation beyond it throws),
 //! - a bounded stack.
 //!
-//! A call past a limit fails like a throw. The runtime is then rebuilt, so nothing a runaway
-//! call left behind (a full heap, a half-built global) reaches the next call.
+//! A call past a limit fails like a throw. The runtime is then rebuilt, so what a runaway call
+//! left behind (a full heap, a half-built global) does not reach the next call. The limit is
+//! per call: a loop over many items may take it once per item.
 //!
 //! QuickJS runtimes are single-threaded, so every thread that evaluates code has its own
-//! (a thread-local [`Engine`], built on first use, compiling each function once). Callers on
-//! async threads wrap evaluation in `tokio::task::block_in_place` (see `delivery`), so a slow
-//! call stalls only its own request.
+//! (a thread-local [`Engine`], built on first use, compiling each function once): memory is
+//! bounded by `memoryLimit` per such thread. What one call leaves in the runtime's globals is
+//! seen by later calls on that thread, as in any JavaScript process; the objects every call
+//! shares (`context.collector`, `context.mapping`, `context.logger`) are frozen. When a flow
+//! has code, the delivery machinery maps inside `tokio::task::block_in_place` ([`in_use`]),
+//! so a slow call holds up the batch it maps, not the other requests.
 //!
 //! Results are judged as walkerOS's `castToProperty` judges them, inside the runtime by a
 //! helper written here (not user-replaceable: it captures the builtins it uses before any
@@ -48,6 +52,8 @@ const STACK: usize = 256 << 10;
 static TIMEOUT_US: AtomicU64 = AtomicU64::new(DEFAULT_TIMEOUT.as_micros() as u64);
 static MEMORY: AtomicUsize = AtomicUsize::new(DEFAULT_MEMORY);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Whether this process compiled any code (callers then keep mapping off the async threads).
+static IN_USE: AtomicBool = AtomicBool::new(false);
 /// Bumped by [`set_limits`]: engines built under older limits rebuild themselves.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -79,6 +85,12 @@ pub fn set_limits(limits: Limits) {
     TIMEOUT_US.store(limits.timeout.as_micros().max(1) as u64, Ordering::Relaxed);
     MEMORY.store(limits.memory, Ordering::Relaxed);
     GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Whether any `$code:` function was compiled in this process: mapping may then run code
+/// (in a mapping or in a destination's settings) and belongs off the async threads.
+pub fn in_use() -> bool {
+    IN_USE.load(Ordering::Relaxed)
 }
 
 fn timeout() -> Duration {
@@ -158,6 +170,7 @@ impl Code {
             logged: AtomicBool::new(false),
         }));
         with_engine(|engine| engine.function(&code).map(|_| ()))?;
+        IN_USE.store(true, Ordering::Relaxed);
         Ok(code)
     }
 
@@ -253,7 +266,16 @@ const HELPERS: &str = r#"(() => {
     };
     return make('');
   };
-  return [property, logger];
+  const freezeObject = Object.freeze, isFrozen = Object.isFrozen;
+  const freeze = (v) => {
+    if (typeof v === 'object' && v !== null && !isFrozen(v)) {
+      freezeObject(v);
+      const names = keys(v);
+      for (let i = 0; i < names.length; i++) freeze(v[names[i]]);
+    }
+    return v;
+  };
+  return [property, logger, freeze];
 })()"#;
 
 /// ECMAScript's builtins; no `eval` of new text at run time is needed beyond compiling, but
@@ -277,6 +299,7 @@ struct Engine {
     collector: Option<(Arc<str>, Persistent<rquickjs::Value<'static>>)>,
     property: Persistent<Function<'static>>,
     logger: Persistent<Object<'static>>,
+    freeze: Persistent<Function<'static>>,
     context: Context,
     // Held so that it is dropped last (the context holds it too).
     #[allow(dead_code)]
@@ -306,14 +329,21 @@ impl Engine {
             }
             _ => false,
         })));
-        let (property, logger) = context
+        let (property, logger, freeze) = context
             .with(|ctx| -> rquickjs::Result<_> {
                 let helpers: rquickjs::Array = ctx.eval(HELPERS)?;
                 let property: Function = helpers.get(0)?;
                 let make_logger: Function = helpers.get(1)?;
+                let freeze: Function = helpers.get(2)?;
                 let log = Function::new(ctx.clone(), log_line)?;
                 let logger: Object = make_logger.call((log,))?;
-                Ok((Persistent::save(&ctx, property), Persistent::save(&ctx, logger)))
+                // Shared by every call on this thread: frozen, so no call changes another's.
+                let logger: Object = freeze.call((logger,))?;
+                Ok((
+                    Persistent::save(&ctx, property),
+                    Persistent::save(&ctx, logger),
+                    Persistent::save(&ctx, freeze),
+                ))
             })
             .map_err(engine_error)?;
         Ok(Engine {
@@ -321,6 +351,7 @@ impl Engine {
             collector: None,
             property,
             logger,
+            freeze,
             context,
             runtime,
             deadline,
@@ -348,7 +379,9 @@ impl Engine {
         }
         self.arm();
         let (fired, memory) = (&self.fired, self.memory);
+        let freeze = self.freeze.clone();
         let compiled = self.context.with(|ctx| {
+            stack_from_here(&ctx);
             // The newline keeps a trailing `// comment` from swallowing the parenthesis.
             let value: rquickjs::Value = ctx
                 .eval(format!("(\n{}\n)", code.0.source))
@@ -356,9 +389,11 @@ impl Engine {
             let Some(function) = value.as_function().cloned() else {
                 return Err(CodeError::NotAFunction(describe(&value)));
             };
+            let fail = |error| failure(&ctx, error, fired, memory);
             let mapping = ctx
                 .json_parse(serde_json::to_string(&code.0.mapping).unwrap_or_else(|_| "null".into()))
-                .map_err(|error| failure(&ctx, error, fired, memory))?;
+                .map_err(fail)?;
+            let mapping: rquickjs::Value = freeze.restore(&ctx).map_err(fail)?.call((mapping,)).map_err(fail)?;
             Ok((Persistent::save(&ctx, function), Persistent::save(&ctx, mapping)))
         });
         self.disarm();
@@ -375,8 +410,9 @@ impl Engine {
         };
         let until = self.arm();
         let (fired, memory) = (&self.fired, self.memory);
-        let (property, logger) = (self.property.clone(), self.logger.clone());
+        let (property, logger, freeze) = (self.property.clone(), self.logger.clone(), self.freeze.clone());
         let result = self.context.with(|ctx| {
+            stack_from_here(&ctx);
             let fail = |error| failure(&ctx, error, fired, memory);
             let function = function.restore(&ctx).map_err(fail)?;
             let parse = |value: &dyn erased::Json| ctx.json_parse(value.text()).map_err(fail);
@@ -393,6 +429,7 @@ impl Engine {
                 Some(parsed) => (parsed.restore(&ctx).map_err(fail)?, None),
                 None => {
                     let parsed = ctx.json_parse(call.collector.as_bytes().to_vec()).map_err(fail)?;
+                    let parsed: rquickjs::Value = freeze.restore(&ctx).map_err(fail)?.call((parsed,)).map_err(fail)?;
                     (parsed.clone(), Some(Persistent::save(&ctx, parsed)))
                 }
             };
@@ -407,6 +444,10 @@ impl Engine {
                 .map_err(fail)?;
             context.set("consent", parse(call.consent)?).map_err(fail)?;
             let mut returned: rquickjs::Value = function.call((value, context)).map_err(fail)?;
+            // An interrupt inside a promise executor rejects the promise instead of throwing.
+            if fired.get() {
+                return Err(CodeError::Timeout(timeout()));
+            }
             if call.awaited
                 && let Some(promise) = returned.as_promise().cloned()
             {
@@ -417,8 +458,11 @@ impl Engine {
             // Microtasks the call queued run now, under its limit, not in the next call.
             while ctx.execute_pending_job() {
                 if fired.get() {
-                    return Err(CodeError::Timeout(timeout()));
+                    break;
                 }
+            }
+            if fired.get() {
+                return Err(CodeError::Timeout(timeout()));
             }
             let property = match json.as_string() {
                 Some(text) => {
@@ -442,8 +486,12 @@ impl Engine {
         let (fired, memory) = (&self.fired, self.memory);
         let property = self.property.clone();
         let result = self.context.with(|ctx| {
+            stack_from_here(&ctx);
             let fail = |error| failure(&ctx, error, fired, memory);
             let value: rquickjs::Value = ctx.eval(format!("(\n{source}\n)")).map_err(fail)?;
+            if fired.get() {
+                return Err(CodeError::Timeout(timeout()));
+            }
             if value.is_function() {
                 return Err(CodeError::NotAValue(
                     "a function (functions go in a mapping's fn, condition and validate)".into(),
@@ -463,6 +511,13 @@ impl Engine {
         self.disarm();
         result
     }
+}
+
+/// Measures the stack limit from here: rquickjs measures it from where the runtime was built,
+/// which may be deeper than where a later call comes from.
+fn stack_from_here(ctx: &Ctx<'_>) {
+    // SAFETY: the context is alive for the whole `with`, so its runtime pointer is valid.
+    unsafe { rquickjs::qjs::JS_UpdateStackTop(rquickjs::qjs::JS_GetRuntime(ctx.as_raw().as_ptr())) }
 }
 
 /// Runs queued jobs until `promise` settles (within the call's limit).

@@ -183,11 +183,16 @@ fn the_sandbox_holds() {
         assert!(matches!(&result, Err(CodeError::Thrown(_))), "{source}: {result:?}");
     }
 
+    // A global left by one call is seen by the next on this thread...
+    assert_eq!(property("() => { globalThis.marker = 1; return 1 }"), Some(json!(1)));
+    assert_eq!(property("() => typeof globalThis.marker"), Some(json!("number")));
     let started = Instant::now();
     assert_eq!(
         call("() => { while (true) {} }", &event),
         Err(CodeError::Timeout(DEFAULT_TIMEOUT))
     );
+    // ... but not after a call broke a limit: the runtime was rebuilt.
+    assert_eq!(property("() => typeof globalThis.marker"), Some(json!("undefined")));
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     // try/catch cannot swallow the interrupt.
     assert_eq!(
@@ -195,6 +200,32 @@ fn the_sandbox_holds() {
         Err(CodeError::Timeout(DEFAULT_TIMEOUT))
     );
     assert_eq!(property("() => 'after the loop'"), Some(json!("after the loop")));
+    // A loop inside a promise executor turns into a rejection, not a throw: still a timeout,
+    // awaited or not.
+    assert_eq!(
+        call("() => new Promise(() => { for (;;) {} })", &event),
+        Err(CodeError::Timeout(DEFAULT_TIMEOUT))
+    );
+    assert_eq!(
+        call_with("() => new Promise(() => { for (;;) {} })", &event, false),
+        Err(CodeError::Timeout(DEFAULT_TIMEOUT))
+    );
+    assert_eq!(
+        call(
+            "() => { queueMicrotask(function again() { queueMicrotask(again) }); return 1 }",
+            &event
+        ),
+        Err(CodeError::Timeout(DEFAULT_TIMEOUT))
+    );
+    // What every call shares is frozen.
+    assert!(matches!(
+        call("(v, c) => { c.logger.info = null; return 1 }", &event),
+        Err(CodeError::Thrown(message)) if message.starts_with("TypeError")
+    ));
+    assert!(matches!(
+        call("(v, c) => { c.collector.globals.env = 'changed'; return 1 }", &event),
+        Err(CodeError::Thrown(message)) if message.starts_with("TypeError")
+    ));
 
     let huge = call(
         "() => { const a = []; for (;;) a.push(new Array(1e6).fill(1)); }",

@@ -24,7 +24,7 @@ use crate::event::Event;
 use crate::mapping::{DestinationMapping, MappingOutcome};
 
 /// Runs `work` (mapping that may call JavaScript) so that it holds up no other task: inside
-/// `block_in_place` on a multi-threaded runtime, as it is elsewhere.
+/// `block_in_place` on a multi-threaded runtime (elsewhere, as it is).
 fn off_async_threads<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -243,10 +243,11 @@ impl<D: Destination> Pipeline<D> {
         }
     }
 
-    /// Runs `work` (mapping events) off the async threads when the mapping has JavaScript,
-    /// which may take up to its time limit.
+    /// Runs `work` (mapping and rendering events) off the async threads when the flow has
+    /// JavaScript (in a mapping or a destination's settings), which may take up to its time
+    /// limit per call.
     fn mapping_off_async<T>(&self, work: impl FnOnce() -> T) -> T {
-        if self.mapping.has_code() {
+        if crate::code::in_use() {
             off_async_threads(work)
         } else {
             work()

@@ -183,7 +183,6 @@ pub struct DestinationMapping<S> {
     pub rules: Rules<S>,
     /// The destination's id: code failures are counted under it.
     pub owner: String,
-    has_code: bool,
 }
 
 /// What the mapping decided for one event at one destination.
@@ -239,18 +238,6 @@ impl<S: RuleSettings> DestinationMapping<S> {
             None => Rules::default(),
             Some(value) => parse_rules(value, &join(path, "mapping"), errors, rule_batch),
         };
-        let has_code = data.as_ref().is_some_and(ValueSpec::has_code)
-            || policy.iter().flatten().any(|(_, spec)| spec.has_code())
-            || rules
-                .0
-                .iter()
-                .flat_map(|(_, actions)| actions)
-                .flat_map(|(_, list)| list)
-                .any(|rule| {
-                    rule.condition.is_some()
-                        || rule.data.as_ref().is_some_and(ValueSpec::has_code)
-                        || rule.policy.iter().flatten().any(|(_, spec)| spec.has_code())
-                });
         (errors.len() == before).then_some(DestinationMapping {
             consent,
             policy,
@@ -258,7 +245,6 @@ impl<S: RuleSettings> DestinationMapping<S> {
             include,
             rules,
             owner: String::new(),
-            has_code,
         })
     }
 
@@ -266,12 +252,6 @@ impl<S: RuleSettings> DestinationMapping<S> {
     pub fn owned_by(mut self, owner: &str) -> DestinationMapping<S> {
         self.owner = owner.to_owned();
         self
-    }
-
-    /// Whether any part of this mapping runs JavaScript (callers then keep its evaluation off
-    /// the async threads).
-    pub fn has_code(&self) -> bool {
-        self.has_code
     }
 }
 
@@ -365,6 +345,7 @@ impl<S> DestinationMapping<S> {
 fn value_context<'a>(event: &'a Event, collector: &'a Collector, owner: &'a str) -> ValueContext<'a> {
     ValueContext {
         collector_consent: &collector.consent,
+        inherited_consent: None,
         event: event.tree(),
         collector: collector.script_view(),
         owner,

@@ -119,6 +119,7 @@ fn rule_conditions_choose_fall_through_and_fail_as_walkeros_does() {
             "*": {"name": "order any"}
         },
         "page": {"view": {"condition": "$code:() => false", "name": "never"}},
+        "cart": {"view": [{"condition": "$code:() => false", "name": "no"}], "*": {"name": "cart any"}},
         "boom": {"now": {"condition": "$code:(e) => e.data.missing.deeper", "name": "x"}},
         "*": {"*": {"name": "all"}}
     }}));
@@ -136,6 +137,11 @@ fn rule_conditions_choose_fall_through_and_fail_as_walkeros_does() {
     assert_eq!(event["name"], "async", "an async condition is a promise: truthy");
     let (event, _, key) = mapped(&rules, &collector, json!({"name": "page view"}));
     assert_eq!((event["name"].as_str(), key.as_str()), (Some("all"), "* *"));
+    // `cart *` exists, but when every `cart view` condition fails only `* *` is tried.
+    let (event, _, key) = mapped(&rules, &collector, json!({"name": "cart view"}));
+    assert_eq!((event["name"].as_str(), key.as_str()), (Some("all"), "* *"));
+    let (event, _, key) = mapped(&rules, &collector, json!({"name": "cart add"}));
+    assert_eq!((event["name"].as_str(), key.as_str()), (Some("cart any"), "cart *"));
 
     let failing = collector.enrich(json!({"name": "boom now", "data": {}})).unwrap();
     match rules.apply(&failing, &collector) {

@@ -89,8 +89,12 @@ impl Resolved {
 
 /// What a value spec may read besides its input: the collector's consent (used when the
 /// input carries no consent of its own), and what its JavaScript sees.
+#[derive(Clone, Copy)]
 pub struct ValueContext<'a> {
     pub collector_consent: &'a Object,
+    /// Inside a `loop`: the consent the looping spec resolved, which an item without its own
+    /// inherits (walkerOS: `item.consent || context.consent || collector.consent`).
+    pub inherited_consent: Option<&'a Object>,
     /// `context.event` of a function: the event being mapped.
     pub event: &'a Value,
     /// `context.collector` of a function, as JSON text.
@@ -103,11 +107,17 @@ impl ValueContext<'_> {
     /// Calls `code` with `value` (`None`: JavaScript's `undefined`); `input` supplies the
     /// consent the call sees (its own, else the collector's). A failure is counted and
     /// logged once, and reads as `None`.
-    fn call(&self, code: &Code, value: Option<&Value>, input: &Value) -> Option<Returned> {
-        let consent = match input.get("consent") {
+    /// The consent a spec applied to `input` goes by: the input's own, else the one inherited
+    /// from a loop, else the collector's.
+    fn consent_of<'c>(&'c self, input: &'c Value) -> &'c Object {
+        match input.get("consent") {
             Some(Value::Object(own)) => own,
-            _ => self.collector_consent,
-        };
+            _ => self.inherited_consent.unwrap_or(self.collector_consent),
+        }
+    }
+
+    fn call(&self, code: &Code, value: Option<&Value>, input: &Value) -> Option<Returned> {
+        let consent = self.consent_of(input);
         let call = Call {
             value,
             event: self.event,
@@ -231,24 +241,6 @@ impl ValueSpec {
                     }
                     looped.1.warn_ignored(&join(path, "loop.1"), errors);
                 }
-            }
-        }
-    }
-
-    /// Whether evaluating this spec can run JavaScript.
-    pub fn has_code(&self) -> bool {
-        match self {
-            ValueSpec::Key(_) | ValueSpec::Nothing(_) => false,
-            ValueSpec::Alternatives(items) => items.iter().any(ValueSpec::has_code),
-            ValueSpec::Config(config) => {
-                config.condition.is_some()
-                    || config.function.is_some()
-                    || config.validate.is_some()
-                    || config.map.iter().flatten().any(|(_, spec)| spec.has_code())
-                    || config.set.iter().flatten().any(ValueSpec::has_code)
-                    || config.loop_over.as_ref().is_some_and(|looped| {
-                        matches!(&looped.0, LoopScope::Spec(scope) if scope.has_code()) || looped.1.has_code()
-                    })
             }
         }
     }
@@ -396,12 +388,8 @@ impl ValueConfig {
         }
         let fallback = || self.value.clone().map(Resolved::from_json);
         if let Some(required) = &self.consent {
-            // The input's own consent when it has one (the event's), else the collector's.
-            let state = match input.get("consent") {
-                Some(Value::Object(own)) => own,
-                _ => context.collector_consent,
-            };
-            if granted_consent(Some(required), state, None).is_none() {
+            // The input's own consent when it has one (the event's), else the inherited one.
+            if granted_consent(Some(required), context.consent_of(input), None).is_none() {
                 // Denied: the static value, as is (walkerOS does not cast it).
                 return fallback();
             }
@@ -432,10 +420,14 @@ impl ValueConfig {
                 ..
             }) = list
             {
+                let within = ValueContext {
+                    inherited_consent: Some(context.consent_of(input)),
+                    ..*context
+                };
                 let mut has_null = false;
                 let mut out = Vec::with_capacity(items.len());
                 for element in &items {
-                    if let Some(resolved) = item.resolve(element, context) {
+                    if let Some(resolved) = item.resolve(element, &within) {
                         has_null |= resolved.has_null;
                         out.push(resolved.value);
                     }
@@ -519,6 +511,7 @@ mod tests {
             input,
             &ValueContext {
                 collector_consent: &consent,
+                inherited_consent: None,
                 event: input,
                 collector: &collector,
                 owner: "test",
@@ -661,6 +654,24 @@ mod tests {
         for (mapping, expected) in cases {
             assert_eq!(eval(&ev, mapping.clone()), expected, "{mapping}");
         }
+        // A loop item without consent of its own goes by the event's (not the collector's,
+        // which is empty here).
+        let items =
+            json!({"consent": {"functional": true}, "data": {"items": [{"id": "a"}, {"id": "b", "consent": {}}]}});
+        assert_eq!(
+            eval(
+                &items,
+                json!({"loop": ["data.items", {"key": "id", "consent": {"functional": true}}]})
+            ),
+            Some(json!(["a"]))
+        );
+        assert_eq!(
+            eval(
+                &items,
+                json!({"loop": ["data.items", {"fn": "$code:(item, c) => c.consent.functional === true"}]})
+            ),
+            Some(json!([true, false]))
+        );
         // A failed condition in an alternative moves on to the next one.
         assert_eq!(
             eval(

@@ -330,6 +330,7 @@ impl Destination for RudderStackDestination {
         let now = now_ms();
         let context = ValueContext {
             collector_consent: &input.collector.consent,
+            inherited_consent: None,
             event: input.event.tree(),
             collector: input.collector.script_view(),
             owner: input.destination,
