@@ -19,6 +19,14 @@ fuzz_target!(|data: &[u8]| {
     let mut errors = ConfigErrors::default();
     if let Some(spec) = ValueSpec::parse(&spec, "fuzz", &mut errors) {
         let consent = Object::new();
-        let _ = spec.value(&event, &ValueContext { collector_consent: &consent });
+        let collector: std::sync::Arc<str> = std::sync::Arc::from("{}");
+        let context = ValueContext {
+            collector_consent: &consent,
+            inherited_consent: None,
+            event: &event,
+            collector: &collector,
+            owner: "fuzz",
+        };
+        let _ = spec.value(&event, &context);
     }
 });
