@@ -275,16 +275,29 @@ impl Collector {
 
     /// Completes a partial event given as a JSON value.
     pub fn enrich(&self, partial: Value) -> Result<Event, InvalidEvent> {
+        self.enrich_traced(partial, None)
+    }
+
+    /// [`enrich`](Self::enrich) with the request's trace id (from its W3C `traceparent`),
+    /// which an event without `source.trace` takes instead of the run's.
+    pub fn enrich_traced(&self, partial: Value, trace: Option<&str>) -> Result<Event, InvalidEvent> {
         if !partial.is_object() {
             return Err(InvalidEvent::NotAnObject(JsonKind::of(&partial)));
         }
-        self.enrich_json(&crate::json::to_string(&partial))
+        self.enrich_json_traced(&crate::json::to_string(&partial), trace)
     }
 
     /// Completes a partial event given as JSON text (walkerOS `prepareEvent` +
     /// `createEvent`). The text must be valid JSON: the HTTP source and `weir explain` have
     /// had serde_json read it; here its top level is only split, not checked again.
     pub fn enrich_json(&self, text: &str) -> Result<Event, InvalidEvent> {
+        self.enrich_json_traced(text, None)
+    }
+
+    /// [`enrich_json`](Self::enrich_json) with the request's trace id: walkerOS's
+    /// `source.trace ?? ingest._meta.trace ?? collector.trace`.
+    pub fn enrich_json_traced(&self, text: &str, trace: Option<&str>) -> Result<Event, InvalidEvent> {
+        let trace = trace.unwrap_or(&self.trace);
         if !text.trim_start().starts_with('{') {
             return Err(InvalidEvent::NotAnObject(kind_of(text)));
         }
@@ -395,7 +408,7 @@ impl Collector {
                     text.push_str(r#"{"type":"collector","schema":"4","count":"#);
                     text.push_str(itoa::Buffer::new().format(count));
                     text.push_str(r#","trace":""#);
-                    text.push_str(&self.trace);
+                    text.push_str(trace);
                     text.push_str(r#"","release":"#);
                     text.push_str(&self.default_release);
                     text.push('}');
@@ -410,11 +423,11 @@ impl Collector {
                 }
                 let mut spliced = false;
                 if scan.canonical {
-                    builder.write(key::SOURCE, |out| spliced = self.stamp_source_into(text, out));
+                    builder.write(key::SOURCE, |out| spliced = self.stamp_source_into(text, out, trace));
                 }
                 if !spliced {
                     let own: Object = serde_json::from_str(text).map_err(malformed)?;
-                    builder.value(key::SOURCE, Value::Object(self.stamp_source(own)?));
+                    builder.value(key::SOURCE, Value::Object(self.stamp_source(own, trace)?));
                 }
             }
             Some((text, _)) => return Err(type_error("source", "an object", text)),
@@ -439,21 +452,21 @@ impl Collector {
     #[cfg(test)]
     fn stamp_source_text(&self, text: &str) -> Option<String> {
         let mut out = String::with_capacity(text.len() + 96);
-        self.stamp_source_into(text, &mut out).then_some(out)
+        self.stamp_source_into(text, &mut out, &self.trace).then_some(out)
     }
 
     /// [`stamp_source_text`](Self::stamp_source_text) appending to `out`; false (and `out`
     /// left as it was) when the general path is needed.
-    fn stamp_source_into(&self, text: &str, out: &mut String) -> bool {
+    fn stamp_source_into(&self, text: &str, out: &mut String, trace: &str) -> bool {
         let mark = out.len();
-        let done = self.splice_source(text, out);
+        let done = self.splice_source(text, out, trace);
         if !done {
             out.truncate(mark);
         }
         done
     }
 
-    fn splice_source(&self, text: &str, out: &mut String) -> bool {
+    fn splice_source(&self, text: &str, out: &mut String, trace_id: &str) -> bool {
         let (mut count, mut trace, mut release, mut platform) = (None, None, None, None);
         for (name, value, _) in crate::json::members(text) {
             match name {
@@ -517,7 +530,7 @@ impl Collector {
         if trace.is_none() {
             separator(out);
             out.push_str("\"trace\":\"");
-            out.push_str(&self.trace);
+            out.push_str(trace_id);
             out.push('"');
         }
         if release.is_none() {
@@ -533,13 +546,13 @@ impl Collector {
     /// walkerOS `createEvent`'s source stamping: the incoming keys in their order, then
     /// `count`, `trace` and `release` where not already present; `release` gains this flow's
     /// entry (keyed by the collector name, else the source platform, else `default`).
-    fn stamp_source(&self, mut source: Object) -> Result<Object, InvalidEvent> {
+    fn stamp_source(&self, mut source: Object, trace: &str) -> Result<Object, InvalidEvent> {
         if source.get("count").is_none_or(Value::is_null) {
             let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
             source.insert("count".into(), Value::from(count));
         }
         if source.get("trace").is_none_or(Value::is_null) {
-            source.insert("trace".into(), Value::from(self.trace.clone()));
+            source.insert("trace".into(), Value::from(trace));
         }
         let key = self
             .name
@@ -695,7 +708,9 @@ mod tests {
             let text = crate::json::to_string(&source);
             let spliced = collector.stamp_source_text(&text);
             let collector = self::collector(json!({"name": name}));
-            let parsed = collector.stamp_source(source.as_object().cloned().unwrap()).unwrap();
+            let parsed = collector
+                .stamp_source(source.as_object().cloned().unwrap(), collector.trace())
+                .unwrap();
             match spliced {
                 Some(spliced) => {
                     // The two collectors have different trace ids; compare with them masked.

@@ -11,7 +11,7 @@
 use std::io;
 
 use serde::Serialize;
-use serde_json::ser::{CompactFormatter, Formatter, Serializer};
+use serde_json::ser::{CompactFormatter, Formatter, PrettyFormatter, Serializer};
 use serde_json::{Map, Value};
 
 /// `CompactFormatter` with JavaScript's number formatting for floats.
@@ -53,6 +53,51 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// The `JSON.stringify` text of `value` as a `String`.
 pub fn to_string<T: Serialize + ?Sized>(value: &T) -> String {
     String::from_utf8(to_vec(value)).expect("serde_json writes UTF-8")
+}
+
+/// `JSON.stringify(value, null, 2)`: two-space indents (serde_json's pretty layout is
+/// JavaScript's, `{}` and `[]` for empty ones included), JavaScript's numbers.
+pub fn to_pretty<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let mut serializer = Serializer::with_formatter(&mut out, JsPretty(PrettyFormatter::new()));
+    value
+        .serialize(&mut serializer)
+        .expect("serializing JSON into memory cannot fail");
+    out
+}
+
+/// `PrettyFormatter` with JavaScript's number formatting for floats.
+struct JsPretty<'a>(PrettyFormatter<'a>);
+
+/// Forwards the layout calls to the pretty formatter (they carry its indent state).
+macro_rules! pretty_layout {
+    ($($name:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
+        $(fn $name<W: ?Sized + io::Write>(&mut self, writer: &mut W $(, $arg: $ty)*) -> io::Result<()> {
+            self.0.$name(writer $(, $arg)*)
+        })*
+    };
+}
+
+impl Formatter for JsPretty<'_> {
+    fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
+        JsFormatter.write_f64(writer, value)
+    }
+
+    fn write_f32<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
+        JsFormatter.write_f32(writer, value)
+    }
+
+    pretty_layout!(
+        begin_array(),
+        end_array(),
+        begin_array_value(first: bool),
+        end_array_value(),
+        begin_object(),
+        end_object(),
+        begin_object_key(first: bool),
+        begin_object_value(),
+        end_object_value(),
+    );
 }
 
 /// JavaScript's `String(value)` (what walkerOS's Redis flat serialization stores): strings
@@ -119,6 +164,15 @@ mod tests {
         let value: Value =
             serde_json::from_str(r#"[1.0, 3.25, 0.0, -0.0, 1e21, 1e-7, 99.99, 1700000100, 2.5e-3]"#).unwrap();
         assert_eq!(to_string(&value), "[1,3.25,0,0,1e+21,1e-7,99.99,1700000100,0.0025]");
+    }
+
+    #[test]
+    fn pretty_text_is_what_json_stringify_with_two_spaces_writes() {
+        // Expected: node -e 'console.log(JSON.stringify({a:1.0,b:[],c:{},d:[1,{e:"x"}],f:1e21,g:null},null,2))'
+        let value: Value =
+            serde_json::from_str(r#"{"a":1.0,"b":[],"c":{},"d":[1,{"e":"x"}],"f":1e21,"g":null}"#).unwrap();
+        let expected = "{\n  \"a\": 1,\n  \"b\": [],\n  \"c\": {},\n  \"d\": [\n    1,\n    {\n      \"e\": \"x\"\n    }\n  ],\n  \"f\": 1e+21,\n  \"g\": null\n}";
+        assert_eq!(String::from_utf8(to_pretty(&value)).unwrap(), expected);
     }
 
     #[test]

@@ -476,6 +476,51 @@ impl Backend for RudderStack {
     }
 }
 
+/// A webhook behind the `api` destination: the recorder, answering as scripted.
+struct Api {
+    recorder: Recorder,
+}
+
+/// A JSON body in one spelling, whoever wrote it.
+fn canonical(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body).map_or_else(|_| String::from_utf8_lossy(body).into_owned(), |v| v.to_string())
+}
+
+impl Backend for Api {
+    fn kind(&self) -> &'static str {
+        "api"
+    }
+    fn settings(&self) -> Value {
+        json!({"url": format!("{}/hook", self.recorder.base)})
+    }
+    fn arrived(&self, _dir: &std::path::Path) -> Vec<String> {
+        self.recorder
+            .requests()
+            .iter()
+            .filter(|request| (200..300).contains(&request.status))
+            .flat_map(|request| match serde_json::from_slice::<Value>(&request.body) {
+                // With a `batch` block a request carries an array of events' bodies.
+                Ok(Value::Array(items)) => items.iter().map(Value::to_string).collect(),
+                _ => vec![canonical(&request.body)],
+            })
+            .collect()
+    }
+    fn explained(&self, wire: &Value) -> Vec<String> {
+        vec![wire["body"].to_string()]
+    }
+    fn break_down(&mut self) {
+        self.recorder.script((0..10_000).map(|_| Reply::status(503)));
+    }
+    fn recover(&mut self) {
+        self.recorder.unscript();
+    }
+    fn make_fatal(&mut self) -> &'static str {
+        self.recorder
+            .script((0..10).map(|_| Reply::status(422).body("{\"error\":\"unprocessable\"}")));
+        "unprocessable"
+    }
+}
+
 /// A RudderStack message without the two fields the SDK stamps with the time of the call
 /// (`originalTimestamp`) and of the request (`sentAt`): `weir explain` runs at another time.
 fn without_clocks(message: &Value) -> String {
@@ -593,6 +638,10 @@ impl Backend for File {
 //   (PUBLISH takes any payload; a disk error may clear).
 // - file, retries and kills: there is no server to lose; a folder that cannot be created is
 //   its not-ready case.
+// - api, not ready and killed mid-load: as RudderStack's, a webhook has no probe and is stood
+//   in for by the recorder; its outage is the 503 answers of the retry test.
+// - demo and stdout: they write to weir's standard output, which cannot fail short of a
+//   closed pipe; tests/walkeros_flows.rs reads what demo writes.
 
 /// One `#[test]` per promise put to a backend, in a module named after it.
 macro_rules! promises {
@@ -643,5 +692,12 @@ promises!(redis_pubsub = PubSub::start();
 promises!(file = File::start();
     explain_shows_the_bytes_that_arrive,
     not_ready_until_connected_then_delivers,
+    shutdown_delivers_what_was_accepted,
+);
+
+promises!(api = Api { recorder: Recorder::open() };
+    explain_shows_the_bytes_that_arrive,
+    fatal_errors_dead_letter_with_the_reason,
+    retryable_errors_are_retried_then_delivered,
     shutdown_delivers_what_was_accepted,
 );

@@ -260,6 +260,51 @@ fn delivered_events_are_in_the_file_when_the_answer_comes() {
     assert_eq!(body(response)["processed"], 2);
 }
 
+/// An inbound W3C `traceparent` gives the request's events their `source.trace`, as
+/// walkerOS's collector does (`source.trace ?? ingest._meta.trace ?? collector.trace`): an
+/// event's own trace wins, and an invalid header is ignored.
+#[test]
+fn a_traceparent_header_traces_the_events_of_its_request() {
+    let weir = Weir::start(&delivered_file_flow());
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let send = |body: &str, traceparent: Option<&str>| {
+        let mut request = client()
+            .post(weir.url("/collect"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(value) = traceparent {
+            request = request.header("traceparent", value);
+        }
+        assert_eq!(request.send().unwrap().status(), 200);
+    };
+    let header = format!("00-{trace}-00f067aa0ba902b7-01");
+    send(
+        r#"[{"name":"a b"},{"name":"c d","source":{"type":"web","trace":"own"}}]"#,
+        Some(&header),
+    );
+    send(r#"{"name":"e f"}"#, None);
+    // Uppercase, version ff, an all-zero parent: not a traceparent walkerOS reads.
+    for invalid in [
+        header.to_uppercase(),
+        format!("ff-{trace}-00f067aa0ba902b7-01"),
+        format!("00-{trace}-0000000000000000-01"),
+    ] {
+        send(r#"{"name":"g h"}"#, Some(&invalid));
+    }
+    let traces: Vec<String> = weir
+        .json_lines("events.jsonl")
+        .iter()
+        .map(|event| event["source"]["trace"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(traces.len(), 6);
+    assert_eq!(traces[0], trace);
+    assert_eq!(traces[1], "own");
+    let run = &traces[2];
+    assert_ne!(run, trace);
+    assert_eq!(run.len(), 32);
+    assert!(traces[3..].iter().all(|other| other == run), "{traces:?}");
+}
+
 /// A `null` a client sends is taken as walkerOS 4.4 takes it (tests/walkeros_fidelity.rs
 /// has the cases): kept for `data` and the like, filled in for `id`, and for `globals` and
 /// `user` — where walkerOS's collector throws after answering 200 — a 400 naming the field.

@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rquickjs::context::intrinsic;
+use rquickjs::function::Rest;
 use rquickjs::promise::PromiseState;
 use rquickjs::{Coerced, Context, Ctx, Exception, Function, Object, Persistent, Runtime};
 use serde_json::Value;
@@ -181,6 +182,12 @@ impl Code {
     /// Calls the function.
     pub fn call(&self, call: &Call<'_>) -> Result<Returned, CodeError> {
         with_engine(|engine| engine.call(self, call))
+    }
+
+    /// Calls the function with plain JSON arguments, `f(args...)`, awaiting a promise (the API
+    /// destination's `transform(data, config, rule)`).
+    pub fn apply(&self, args: &[&Value]) -> Result<Returned, CodeError> {
+        with_engine(|engine| engine.apply(self, args))
     }
 
     /// True the first time only: whether this failure should be logged.
@@ -443,35 +450,9 @@ impl Engine {
                 .set("logger", logger.restore(&ctx).map_err(fail)?)
                 .map_err(fail)?;
             context.set("consent", parse(call.consent)?).map_err(fail)?;
-            let mut returned: rquickjs::Value = function.call((value, context)).map_err(fail)?;
-            // An interrupt inside a promise executor rejects the promise instead of throwing.
-            if fired.get() {
-                return Err(CodeError::Timeout(timeout()));
-            }
-            if call.awaited
-                && let Some(promise) = returned.as_promise().cloned()
-            {
-                returned = settle(&ctx, &promise, until, fired, memory)?;
-            }
-            let truthy = returned.get::<Coerced<bool>>().map(|coerced| coerced.0).map_err(fail)?;
-            let json: rquickjs::Value = property.restore(&ctx).map_err(fail)?.call((returned,)).map_err(fail)?;
-            // Microtasks the call queued run now, under its limit, not in the next call.
-            while ctx.execute_pending_job() {
-                if fired.get() {
-                    break;
-                }
-            }
-            if fired.get() {
-                return Err(CodeError::Timeout(timeout()));
-            }
-            let property = match json.as_string() {
-                Some(text) => {
-                    let text = text.to_string().map_err(fail)?;
-                    Some(serde_json::from_str(&text).map_err(|error| CodeError::Engine(error.to_string()))?)
-                }
-                None => None,
-            };
-            Ok((Returned { truthy, property }, fresh))
+            let returned: rquickjs::Value = function.call((value, context)).map_err(fail)?;
+            let returned = conclude(&ctx, returned, call.awaited, until, fired, memory, &property)?;
+            Ok((returned, fresh))
         });
         self.disarm();
         let (returned, fresh) = result?;
@@ -479,6 +460,31 @@ impl Engine {
             self.collector = Some((call.collector.clone(), parsed));
         }
         Ok(returned)
+    }
+
+    /// Calls `code` with plain JSON arguments (no mapping context), awaiting a promise.
+    fn apply(&mut self, code: &Code, args: &[&Value]) -> Result<Returned, CodeError> {
+        self.function(code)?;
+        let (function, _) = self.functions[&code.0.id].clone();
+        let until = self.arm();
+        let (fired, memory) = (&self.fired, self.memory);
+        let property = self.property.clone();
+        let result = self.context.with(|ctx| {
+            stack_from_here(&ctx);
+            let fail = |error| failure(&ctx, error, fired, memory);
+            let function = function.restore(&ctx).map_err(fail)?;
+            let mut values = Vec::with_capacity(args.len());
+            for arg in args {
+                values.push(
+                    ctx.json_parse(serde_json::to_vec(arg).unwrap_or_default())
+                        .map_err(fail)?,
+                );
+            }
+            let returned: rquickjs::Value = function.call((Rest(values),)).map_err(fail)?;
+            conclude(&ctx, returned, true, until, fired, memory, &property)
+        });
+        self.disarm();
+        result
     }
 
     fn evaluate(&mut self, source: &str) -> Result<Value, CodeError> {
@@ -511,6 +517,51 @@ impl Engine {
         self.disarm();
         result
     }
+}
+
+/// What a call returned, settled: its promise awaited when `awaited`, the microtasks it queued
+/// run under its time limit, and its value cast as walkerOS's `castToProperty` does.
+fn conclude<'js>(
+    ctx: &Ctx<'js>,
+    mut returned: rquickjs::Value<'js>,
+    awaited: bool,
+    until: Instant,
+    fired: &Cell<bool>,
+    memory: usize,
+    property: &Persistent<Function<'static>>,
+) -> Result<Returned, CodeError> {
+    let fail = |error| failure(ctx, error, fired, memory);
+    // An interrupt inside a promise executor rejects the promise instead of throwing.
+    if fired.get() {
+        return Err(CodeError::Timeout(timeout()));
+    }
+    if awaited && let Some(promise) = returned.as_promise().cloned() {
+        returned = settle(ctx, &promise, until, fired, memory)?;
+    }
+    let truthy = returned.get::<Coerced<bool>>().map(|coerced| coerced.0).map_err(fail)?;
+    let json: rquickjs::Value = property
+        .clone()
+        .restore(ctx)
+        .map_err(fail)?
+        .call((returned,))
+        .map_err(fail)?;
+    // Microtasks the call queued run now, under its limit, not in the next call.
+    while ctx.execute_pending_job() {
+        if fired.get() {
+            break;
+        }
+    }
+    if fired.get() {
+        return Err(CodeError::Timeout(timeout()));
+    }
+    let property = match json.as_string() {
+        Some(text) => {
+            let text = text.to_string().map_err(fail)?;
+            Some(serde_json::from_str(&text).map_err(|error| CodeError::Engine(error.to_string()))?)
+        }
+        None => None,
+    };
+    Ok(Returned { truthy, property })
 }
 
 /// Measures the stack limit from here: rquickjs measures it from where the runtime was built,

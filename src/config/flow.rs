@@ -3,9 +3,10 @@
 //!
 //! This layer only knows the shape of a flow and of a step (`type` or walkerOS's `package`,
 //! `config`, weir's `sources`). What a step's `config` may hold is checked by the source or
-//! destination that owns it. walkerOS keys that describe JavaScript bundling are accepted
-//! and ignored; keys that need JavaScript at run time (transformer chains, `code`, `env`)
-//! are errors naming the path, since silently dropping them would change what the flow does.
+//! destination that owns it. walkerOS keys that describe JavaScript bundling (`packages`,
+//! `import`, a `code` import name, `config.bundle`) are accepted and ignored; keys that need
+//! JavaScript at run time (transformer chains, stores, an inline `code` step, `env`) are
+//! errors naming the path, since silently dropping them would change what the flow does.
 
 use std::path::Path;
 
@@ -279,39 +280,35 @@ pub fn parse_flow(
                     }
                 }
             }
-            "collector" => {
+            "collector" | "journal" | "code" => {
+                // Blocks of flow-level state: their references resolve in the flow's scopes.
                 let mut value = value;
                 let scopes = Scopes {
                     variables: base_scopes.to_vec(),
                     env,
                 };
                 references::resolve(&mut value, &at, &scopes, &mut errors);
-                result.collector = parse_collector(value, &at, &mut errors);
+                match key.as_str() {
+                    "collector" => result.collector = parse_collector(value, &at, &mut errors),
+                    "journal" => result.journal = parse_journal(&value, &at, &mut errors),
+                    _ => result.code = parse_code_limits(&value, &at, &mut errors),
+                }
             }
             "config" => check_flow_config(&value, &at, &mut errors),
-            "journal" => {
-                let mut value = value;
-                let scopes = Scopes {
-                    variables: base_scopes.to_vec(),
-                    env,
-                };
-                references::resolve(&mut value, &at, &scopes, &mut errors);
-                result.journal = parse_journal(&value, &at, &mut errors);
-            }
-            "code" => {
-                let mut value = value;
-                let scopes = Scopes {
-                    variables: base_scopes.to_vec(),
-                    env,
-                };
-                references::resolve(&mut value, &at, &scopes, &mut errors);
-                result.code = parse_code_limits(&value, &at, &mut errors);
+            // The npm packages walkerOS's CLI bundles (`{"<name>": {"version": ...}}`): weir
+            // has its steps built in; each step's `package` is checked by its registry.
+            "packages" => {
+                if !value.is_object() {
+                    errors.push(at, "must be an object of package names");
+                }
             }
             "transformers" | "stores" => {
                 if value.as_object().is_some_and(|m| !m.is_empty()) {
                     errors.push(
                         at,
-                        format!("walkerOS {key} run JavaScript and are not supported by weir"),
+                        format!(
+                            "walkerOS {key} run JavaScript and are not supported by weir yet; remove the block (or keep this flow on walkerOS)"
+                        ),
                     );
                 }
             }
@@ -344,11 +341,14 @@ fn check_flow_config(value: &Value, path: &str, errors: &mut ConfigErrors) {
     };
     for (key, item) in config {
         match key.as_str() {
-            "platform" => {
-                if item != "server" {
-                    errors.push(join(path, key), "weir runs server flows: platform must be \"server\"");
-                }
-            }
+            "platform" => match item.as_str() {
+                Some("server") => {}
+                Some("web") => errors.push(
+                    join(path, key),
+                    "this is a web flow (walkerOS runs it in the browser); weir runs server flows: use a flow with platform \"server\"",
+                ),
+                _ => errors.push(join(path, key), "weir runs server flows: platform must be \"server\""),
+            },
             // Bundling and hosting details for walkerOS's CLI: nothing for weir to do.
             "url" | "settings" | "bundle" | "observe" => {}
             _ => errors.push(join(path, key), "unknown key"),
@@ -448,9 +448,12 @@ fn parse_step(
             },
             // walkerOS bundling details and step examples: nothing for weir to do.
             "import" | "examples" | "primary" => {}
+            // walkerOS's import name for the package's factory (`"code": "destinationDemo"`),
+            // as `import` is: weir has its steps built in.
+            "code" if value.is_string() => {}
             "code" => errors.push(
                 at,
-                "inline JavaScript steps cannot run in weir; use `type` or `package`",
+                "an inline JavaScript step cannot run in weir; name a `package` or a `type`",
             ),
             "env" | "before" | "next" | "cache" => {
                 errors.push(
@@ -669,6 +672,39 @@ mod tests {
         }
         // An unknown package is the destination registry's to report (assembly's tests).
         assert_eq!(errors.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn bundling_keys_are_accepted_and_inline_code_steps_are_not() {
+        let document = json!({"version": 4, "flows": {"server": {
+            "packages": {"@walkeros/destination-demo": {}},
+            "sources": {"express": {"package": "@walkeros/server-source-express", "code": "sourceExpress"}},
+            "destinations": {
+                "demo": {"package": "@walkeros/destination-demo", "code": "destinationDemo", "import": "destinationDemo"},
+                "inline": {"code": {"push": "$code:() => {}"}}
+            },
+            "collector": {"run": true},
+            "config": {"platform": "server", "bundle": {"packages": {}}},
+            "stores": {"cache": {"package": "@walkeros/store-memory"}}
+        }}});
+        let flow = parse_flow(document, None, &no_env).unwrap();
+        let text = flow.problems.to_string();
+        assert!(
+            text.contains("flows.server.destinations.inline.code: an inline JavaScript step cannot run in weir"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flows.server.stores: walkerOS stores run JavaScript and are not supported by weir yet"),
+            "{text}"
+        );
+        assert_eq!(flow.problems.len(), 3, "{text}"); // and `inline` names no package
+        assert_eq!(flow.sources.len(), 1);
+        assert_eq!(
+            flow.destinations[0].package.as_deref(),
+            Some("@walkeros/destination-demo")
+        );
+        let web = parse_flow(json!({"config": {"platform": "web"}}), None, &no_env).unwrap();
+        assert!(web.problems.to_string().contains("config.platform: this is a web flow"));
     }
 
     #[test]

@@ -68,8 +68,9 @@ pub fn resolve(value: &mut Value, path: &str, scopes: &Scopes<'_>, errors: &mut 
     }
 }
 
-/// Keys whose `$code:` is a function the mapping calls, not a value to evaluate now.
-pub const CODE_SLOTS: [&str; 3] = ["fn", "condition", "validate"];
+/// Keys whose `$code:` is a function weir calls (the mapping's `fn`, `condition`, `validate`,
+/// the API destination's `transform`), not a value to evaluate now.
+pub const CODE_SLOTS: [&str; 4] = ["fn", "condition", "validate", "transform"];
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'

@@ -171,6 +171,10 @@ pub trait Destination: Send + Sync + Sized + 'static {
         DeliveryDefaults::default()
     }
 
+    /// Told whether the flow file gives it `batch` settings (on the destination or a rule),
+    /// before it runs: the API destination then sends arrays instead of single events.
+    fn use_batches(&mut self, _configured: bool) {}
+
     /// Connects and checks the target (versions, permissions). Retried with backoff until it
     /// succeeds; the destination counts as ready (`/readyz`) from then on.
     fn connect(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;

@@ -7,7 +7,9 @@
 //! `concurrency` and `dlq`. [`build`] checks all of it, reporting every problem with its
 //! path, and returns the destination as a [`Route`] plus the worker that delivers for it.
 
+pub mod api;
 pub mod blackhole;
+pub mod demo;
 pub mod file;
 pub mod kafka;
 pub mod redis;
@@ -52,7 +54,7 @@ const fn kind<D: Destination>() -> Kind {
 }
 
 /// Every destination weir ships. Adding one is its folder and its line here.
-pub const REGISTRY: [Kind; 8] = [
+pub const REGISTRY: [Kind; 10] = [
     kind::<file::FileDestination>(),
     kind::<stdout::StdoutDestination>(),
     kind::<blackhole::BlackholeDestination>(),
@@ -61,6 +63,8 @@ pub const REGISTRY: [Kind; 8] = [
     kind::<redis_pubsub::RedisPubsubDestination>(),
     kind::<rudderstack::RudderStackDestination>(),
     kind::<sse::SseDestination>(),
+    kind::<demo::DemoDestination>(),
+    kind::<api::ApiDestination>(),
 ];
 
 /// Default dead-letter file.
@@ -382,7 +386,8 @@ fn wire<D: Destination>(
         positive(wrapper.concurrency.as_ref(), "concurrency", path, errors).unwrap_or(defaults.concurrency);
     let dead_letters = dead_letter_sink(wrapper.dlq.as_ref(), &join(path, "dlq"), errors);
 
-    let destination = destination?;
+    let mut destination = destination?;
+    destination.use_batches(config_batch.is_some() || !rule_batches.is_empty());
     let mapping = mapping?;
     let endpoint = destination.http_endpoint();
     let files = destination.written_files();

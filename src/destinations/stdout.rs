@@ -50,24 +50,35 @@ impl Destination for StdoutDestination {
     }
 
     async fn send(&self, batch: &[&Vec<u8>]) -> Result<Vec<Result<(), std::io::Error>>, std::io::Error> {
-        let mut buffer = Vec::with_capacity(batch.iter().map(|l| l.len()).sum());
-        for line in batch {
-            buffer.extend_from_slice(line);
-        }
-        let mut out = self.out.lock().await;
-        out.write_all(&buffer).await?;
-        out.flush().await?;
+        let lines: Vec<&[u8]> = batch.iter().map(|line| line.as_slice()).collect();
+        write_lines(&self.out, &lines).await?;
         Ok(batch.iter().map(|_| Ok(())).collect())
     }
 
     fn classify(&self, error: &std::io::Error) -> ErrorClass {
-        match error.kind() {
-            std::io::ErrorKind::BrokenPipe => ErrorClass::Fatal,
-            _ => ErrorClass::Retryable,
-        }
+        classify(error)
     }
 
     async fn shutdown(&self) -> Result<(), std::io::Error> {
         self.out.lock().await.flush().await
+    }
+}
+
+/// Writes `lines` to `out` in one write, and flushes: a batch is on stdout, or an error.
+pub(super) async fn write_lines(out: &tokio::sync::Mutex<tokio::io::Stdout>, lines: &[&[u8]]) -> std::io::Result<()> {
+    let mut buffer = Vec::with_capacity(lines.iter().map(|line| line.len()).sum());
+    for line in lines {
+        buffer.extend_from_slice(line);
+    }
+    let mut out = out.lock().await;
+    out.write_all(&buffer).await?;
+    out.flush().await
+}
+
+/// A closed stdout (the reader went away) will not come back; anything else may.
+pub(super) fn classify(error: &std::io::Error) -> ErrorClass {
+    match error.kind() {
+        std::io::ErrorKind::BrokenPipe => ErrorClass::Fatal,
+        _ => ErrorClass::Retryable,
     }
 }

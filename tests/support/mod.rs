@@ -15,6 +15,8 @@ pub struct Weir {
     pub base: String,
     pub dir: tempfile::TempDir,
     pub stderr: Arc<Mutex<String>>,
+    /// What it wrote to standard output (the `stdout` and `demo` destinations).
+    pub stdout: Arc<Mutex<String>>,
     /// Everything after `serve`, for a restart.
     args: Vec<String>,
 }
@@ -31,23 +33,35 @@ impl Weir {
     }
 
     pub fn start_with(config: &str, extra_args: &[&str]) -> Weir {
+        Weir::start_file("flow.toml", config, extra_args)
+    }
+
+    /// Starts `weir serve` with `config` written to `file` (its extension says the format).
+    pub fn start_file(file: &str, config: &str, extra_args: &[&str]) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let config = config.replace("{dir}", dir.path().to_str().unwrap());
-        std::fs::write(dir.path().join("flow.toml"), config).unwrap();
-        let mut args: Vec<String> = ["--config", "flow.toml", "--listen", "127.0.0.1:0"]
+        std::fs::write(dir.path().join(file), config).unwrap();
+        let mut args: Vec<String> = ["--config", file, "--listen", "127.0.0.1:0"]
             .into_iter()
             .map(String::from)
             .collect();
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let log = Arc::new(Mutex::new(String::new()));
-        let (child, base) = launch(dir.path(), &args, &log);
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (child, base) = launch(dir.path(), &args, &log, &stdout);
         Weir {
             child,
             base,
             dir,
             stderr: log,
+            stdout,
             args,
         }
+    }
+
+    /// What it wrote to standard output so far.
+    pub fn output(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// SIGKILL: no shutdown, no last cursor save.
@@ -61,7 +75,7 @@ impl Weir {
     pub fn restart(&mut self) {
         assert!(self.child.try_wait().unwrap().is_some(), "restart a stopped weir only");
         self.stderr.lock().unwrap().push_str("--- restart ---\n");
-        let (child, base) = launch(self.dir.path(), &self.args, &self.stderr);
+        let (child, base) = launch(self.dir.path(), &self.args, &self.stderr, &self.stdout);
         self.child = child;
         self.base = base;
     }
@@ -112,7 +126,7 @@ impl Drop for Weir {
 
 /// Runs `weir serve <args>` in `dir`, collecting its log into `log`; returns the process and
 /// the base URL of its first listener once it listens.
-fn launch(dir: &Path, args: &[String], log: &Arc<Mutex<String>>) -> (Child, String) {
+fn launch(dir: &Path, args: &[String], log: &Arc<Mutex<String>>, output: &Arc<Mutex<String>>) -> (Child, String) {
     let mut child = Command::new(weir_binary())
         .arg("serve")
         .args(args)
@@ -120,10 +134,22 @@ fn launch(dir: &Path, args: &[String], log: &Arc<Mutex<String>>) -> (Child, Stri
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let written = output.clone();
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut buffer = [0u8; 8192];
+        while let Ok(read @ 1..) = std::io::Read::read(&mut stdout, &mut buffer) {
+            written
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+    });
     let stderr = child.stderr.take().unwrap();
     let (address_tx, address_rx) = std::sync::mpsc::channel();
     let collected = log.clone();

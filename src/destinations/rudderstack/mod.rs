@@ -271,7 +271,7 @@ fn now_ms() -> f64 {
 }
 
 /// `Retry-After`: seconds, or an HTTP date (proxies in front of a data plane send either).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

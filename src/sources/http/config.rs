@@ -65,6 +65,12 @@ struct Settings {
     /// weir: require `Authorization: Bearer <token>` on the collect paths.
     bearer_token: Option<String>,
     bearer_token_file: Option<String>,
+    /// Settings of older express sources that walkerOS's own example flows still carry
+    /// (4.4 ignores them): weir always answers `/health` and `/ready`.
+    #[serde(rename = "healthCheck")]
+    _health_check: Option<Value>,
+    #[serde(rename = "status")]
+    _status: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

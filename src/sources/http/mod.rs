@@ -115,15 +115,22 @@ impl HttpSource {
 
     /// Enriches `inputs`, queues the valid ones, and (when asked) waits for their outcomes.
     /// `Err` is a response to send as is (queue full).
-    async fn process(&self, inputs: Vec<EventInput<'_>>, mode: AckMode) -> Result<Processed, Response> {
+    /// `trace` is the request's `traceparent` trace id, which events without `source.trace`
+    /// carry.
+    async fn process(
+        &self,
+        inputs: Vec<EventInput<'_>>,
+        mode: AckMode,
+        trace: Option<&str>,
+    ) -> Result<Processed, Response> {
         let count = inputs.len();
         self.received.increment(count as u64);
         let mut results: Vec<Result<Arc<Event>, InvalidEvent>> = Vec::with_capacity(count);
         let mut valid = Vec::with_capacity(count);
         for (index, input) in inputs.into_iter().enumerate() {
             let enriched = match input {
-                EventInput::Json(text) => self.runtime.collector.enrich_json(text),
-                EventInput::Value(value) => self.runtime.collector.enrich(value),
+                EventInput::Json(text) => self.runtime.collector.enrich_json_traced(text, trace),
+                EventInput::Value(value) => self.runtime.collector.enrich_traced(value, trace),
             };
             match enriched {
                 Ok(event) => {
@@ -429,6 +436,28 @@ fn array_elements(array: &str) -> Result<Vec<EventInput<'_>>, String> {
     Ok(items.into_iter().map(|item| EventInput::Json(item.get())).collect())
 }
 
+/// The trace id of a W3C `traceparent` header, read as walkerOS's `parseTraceparent` reads
+/// it: `<version>-<trace id>-<parent id>-<flags>` in lowercase hex (2, 32, 16 and 2 digits),
+/// where a version `ff`, an all-zero trace id or an all-zero parent id make it invalid. An
+/// invalid header is ignored, as in walkerOS.
+pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    let text = headers.get("traceparent")?.to_str().ok()?;
+    let lower_hex = |part: &str, length: usize| {
+        part.len() == length && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let mut parts = text.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let valid = parts.next().is_none()
+        && lower_hex(version, 2)
+        && lower_hex(trace, 32)
+        && lower_hex(parent, 16)
+        && lower_hex(flags, 2)
+        && version != "ff"
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some(trace)
+}
+
 /// One event of a request, before enrichment.
 pub enum EventInput<'a> {
     /// JSON text from the body.
@@ -510,7 +539,7 @@ async fn post_events(State(source): State<Arc<HttpSource>>, headers: HeaderMap, 
         return reject("batch_too_large", failure(StatusCode::BAD_REQUEST, &message));
     }
     let mode = source.config.post_ack;
-    let processed = match source.process(inputs, mode).await {
+    let processed = match source.process(inputs, mode, traceparent(&headers)).await {
         Ok(processed) => processed,
         Err(response) => return response,
     };
@@ -606,7 +635,11 @@ async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, ur
         }
     };
     match source
-        .process(vec![EventInput::Value(event)], source.config.get_ack)
+        .process(
+            vec![EventInput::Value(event)],
+            source.config.get_ack,
+            traceparent(&headers),
+        )
         .await
     {
         // walkerOS answers a pixel with the GIF whatever became of the event; weir says why
@@ -617,5 +650,34 @@ async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, ur
             (Ok(_), outcome) => gif(StatusCode::OK, Some(&outcome.problems.join("; "))),
         },
         Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_read_as_walkeros_reads_it() {
+        let read = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", HeaderValue::from_str(value).unwrap());
+            traceparent(&headers).map(str::to_owned)
+        };
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(read(&format!("00-{trace}-00f067aa0ba902b7-01")).as_deref(), Some(trace));
+        assert_eq!(read(&format!("01-{trace}-00f067aa0ba902b7-00")).as_deref(), Some(trace));
+        for invalid in [
+            format!("ff-{trace}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{trace}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+            format!("00-{trace}-00f067aa0ba902b7-01-extra"),
+            format!("00-{trace}-00f067aa0ba902b-01"),
+            "".to_owned(),
+        ] {
+            assert_eq!(read(&invalid), None, "{invalid}");
+        }
+        assert_eq!(traceparent(&HeaderMap::new()), None);
     }
 }
