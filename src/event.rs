@@ -185,6 +185,24 @@ impl Event {
         }
     }
 
+    /// Top-level member `name` as JSON text (borrowed when the event keeps it as text); `None`
+    /// when the event has no such member.
+    pub fn member_json(&self, name: &str) -> Option<Cow<'_, str>> {
+        let field = match key::of(name) {
+            Some(index) => self.field(index)?,
+            None => FieldRef::Value(self.extra.iter().find(|(k, _)| k == name)?.1.as_ref()?),
+        };
+        Some(match field {
+            FieldRef::Text(text) => Cow::Borrowed(text),
+            FieldRef::Value(value) => Cow::Owned(crate::json::to_string(value)),
+        })
+    }
+
+    /// Whether `value` is this event's tree (built already, and the same object).
+    pub fn is_tree(&self, value: &Value) -> bool {
+        self.tree.get().is_some_and(|tree| std::ptr::eq(tree, value))
+    }
+
     /// A top-level field as an object; empty when absent or not an object.
     pub fn object(&self, index: usize) -> Cow<'_, Object> {
         match self.field(index) {

@@ -404,3 +404,27 @@ fn a_full_producer_queue_is_backpressure() {
     );
     assert!(metrics().contains(&queue), "{queue} not in\n{}", metrics());
 }
+
+/// walkerOS evaluates the destination's `key` with `getMappingValue`: a path, or any value
+/// spec (`{fn}`, `{key, value}`); what gives no non-empty string keys by the event name. No
+/// broker needed: `weir explain` renders the record `serve` would send.
+#[test]
+fn the_destination_key_is_a_value_spec() {
+    let event = json!({"name": "order complete", "data": {"id": "0rd3r"}, "user": {"id": "us3r"}});
+    let key_of = |key: Value| {
+        let flow_text = flow(
+            json!({"brokers": ["127.0.0.1:1"], "topic": "t", "key": key}),
+            None,
+            json!({}),
+        );
+        explain(&flow_text, &event)["wire"]["messages"][0]["key"].clone()
+    };
+    assert_eq!(key_of(json!("user.id")), "us3r");
+    assert_eq!(
+        key_of(json!({"fn": "$code:(e) => `${e.user.id}/${e.data.id}`"})),
+        "us3r/0rd3r"
+    );
+    assert_eq!(key_of(json!({"key": "data.missing", "value": "fallback"})), "fallback");
+    assert_eq!(key_of(json!({"key": "data.missing"})), "order_complete");
+    assert_eq!(key_of(json!({"fn": "$code:() => 42"})), "order_complete");
+}

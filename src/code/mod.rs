@@ -130,15 +130,57 @@ pub struct Returned {
 /// The arguments of one call: `fn(value, context)` with `context = {event, mapping,
 /// collector, logger, consent}` (the mapping is the function's own, the logger weir's).
 pub struct Call<'a> {
-    /// `None` is JavaScript's `undefined`.
-    pub value: Option<&'a Value>,
-    pub event: &'a Value,
+    pub value: Input<'a>,
+    pub event: &'a dyn EventSource,
     pub consent: &'a serde_json::Map<String, Value>,
     /// The collector as JSON text; the same `Arc` is parsed once per thread.
     pub collector: &'a Arc<str>,
     /// Whether a returned promise is awaited (value level) or counts as it is (rule level).
     pub awaited: bool,
 }
+
+/// The event a call sees (`context.event`, and the value when the value is the event),
+/// member by member: code reads it lazily, so a member is only turned into JavaScript when
+/// the code touches it, straight from the JSON text weir's events keep per member.
+pub trait EventSource {
+    /// The JSON text of member `key`, if the event has one.
+    fn member(&self, key: &str) -> Option<std::borrow::Cow<'_, str>>;
+    /// Its member names, in order.
+    fn keys(&self) -> Vec<String>;
+    /// Whether `value` is this event (a call's value often is).
+    fn is(&self, value: &Value) -> bool;
+}
+
+/// A call's first argument.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// JavaScript's `undefined`.
+    Undefined,
+    /// The event itself (the same object as `context.event`).
+    Event,
+    Json(&'a Value),
+}
+
+/// A JSON tree as the event (tests, and values that are not weir events).
+impl EventSource for Value {
+    fn member(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let member = self.get(key)?;
+        Some(serde_json::to_string(member).unwrap_or_else(|_| "null".into()).into())
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.as_object()
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn is(&self, value: &Value) -> bool {
+        std::ptr::eq(self, value)
+    }
+}
+
+/// The event of the call in progress, as the lazy event's host functions reach it.
+type Current = Cell<(f64, Option<*const (dyn EventSource + 'static)>)>;
 
 /// A compiled `$code:` function.
 #[derive(Debug, Clone)]
@@ -282,7 +324,70 @@ const HELPERS: &str = r#"(() => {
     }
     return v;
   };
-  return [property, logger, freeze];
+  // The event a call sees, read lazily: a proxy whose members are parsed from the event's
+  // JSON (`field(serial, key)` gives the member parsed, or undefined) when first touched, so
+  // that a function that reads `event.data.title` does not pay for parsing the whole event.
+  // It behaves as the plain object would (writes, deletes, keys in the event's order,
+  // JSON.stringify, Object.freeze).
+  const lazyEvent = (field, fieldKeys) => {
+    const metas = new WeakMap(), owns = Object.hasOwn, R = Reflect, create = Object.create,
+          defineProperty = Object.defineProperty;
+    const load = (o, k) => {
+      if (typeof k !== 'string') return;
+      const m = metas.get(o);
+      if (m.done[k] === true) return;
+      m.done[k] = true;
+      if (owns(o, k)) return;
+      const value = field(m.serial, k);
+      if (value === undefined) return;
+      // A plain assignment makes the same data property, except for `__proto__`.
+      if (k === '__proto__') {
+        defineProperty(o, k, { value, writable: true, enumerable: true, configurable: true });
+      } else {
+        o[k] = value;
+      }
+    };
+    // Every member, loaded; the event's member names in order.
+    const loadAll = (o) => {
+      const m = metas.get(o);
+      if (m.order === null) m.order = fieldKeys(m.serial) || [];
+      for (let i = 0; i < m.order.length; i++) load(o, m.order[i]);
+      return m.order;
+    };
+    const handler = {
+      get: (o, k) => { load(o, k); return o[k]; },
+      has: (o, k) => { load(o, k); return k in o; },
+      set: (o, k, v) => { load(o, k); o[k] = v; return true; },
+      deleteProperty: (o, k) => { load(o, k); return R.deleteProperty(o, k); },
+      defineProperty: (o, k, d) => { load(o, k); return R.defineProperty(o, k, d); },
+      getOwnPropertyDescriptor: (o, k) => { load(o, k); return R.getOwnPropertyDescriptor(o, k); },
+      preventExtensions: (o) => { loadAll(o); return R.preventExtensions(o); },
+      ownKeys: (o) => {
+        const order = loadAll(o), keys = [], listed = create(null);
+        for (let i = 0; i < order.length; i++) {
+          if (owns(o, order[i])) { keys.push(order[i]); listed[order[i]] = true; }
+        }
+        const own = R.ownKeys(o);
+        for (let i = 0; i < own.length; i++) {
+          if (typeof own[i] !== 'string' || listed[own[i]] !== true) keys.push(own[i]);
+        }
+        return keys;
+      },
+    };
+    return (serial) => {
+      const o = {};
+      metas.set(o, { serial, done: create(null), order: null });
+      return new Proxy(o, handler);
+    };
+  };
+  // One call of a mapping function: `fn(value, {event, mapping, collector, logger, consent})`
+  // with the event lazy (and the value the same object when it is the event), in one trip
+  // into the runtime.
+  const caller = (makeEvent, logger) => (fn, isEvent, value, serial, mapping, collector, consent) => {
+    const event = makeEvent(serial);
+    return fn(isEvent ? event : value, { event, mapping, collector, logger, consent });
+  };
+  return [property, logger, freeze, lazyEvent, caller];
 })()"#;
 
 /// ECMAScript's builtins; no `eval` of new text at run time is needed beyond compiling, but
@@ -305,14 +410,21 @@ struct Engine {
     functions: HashMap<u64, (Persistent<Function<'static>>, Persistent<rquickjs::Value<'static>>)>,
     collector: Option<(Arc<str>, Persistent<rquickjs::Value<'static>>)>,
     property: Persistent<Function<'static>>,
-    logger: Persistent<Object<'static>>,
     freeze: Persistent<Function<'static>>,
+    /// `caller`: runs one mapping function with its arguments and context, the event lazy.
+    invoke: Persistent<Function<'static>>,
+    /// The last consent a call saw, as JSON text, and its (frozen) object.
+    consent: Option<(String, Persistent<rquickjs::Value<'static>>)>,
     context: Context,
     // Held so that it is dropped last (the context holds it too).
     #[allow(dead_code)]
     runtime: Runtime,
     deadline: Rc<Cell<Option<Instant>>>,
     fired: Rc<Cell<bool>>,
+    /// The event of the call in progress, which its lazy event reads: the call's serial and
+    /// a pointer to the event, null outside a call.
+    current: Rc<Current>,
+    serial: f64,
     memory: usize,
     generation: u64,
 }
@@ -336,20 +448,38 @@ impl Engine {
             }
             _ => false,
         })));
-        let (property, logger, freeze) = context
+        let current: Rc<Current> = Rc::new(Cell::new((0.0, None)));
+        let (property, freeze, invoke) = context
             .with(|ctx| -> rquickjs::Result<_> {
                 let helpers: rquickjs::Array = ctx.eval(HELPERS)?;
                 let property: Function = helpers.get(0)?;
                 let make_logger: Function = helpers.get(1)?;
                 let freeze: Function = helpers.get(2)?;
+                let lazy_event: Function = helpers.get(3)?;
+                let (reader, lister) = (current.clone(), current.clone());
+                let field = Function::new(
+                    ctx.clone(),
+                    member_reader(move |ctx, serial, key| {
+                        match current_event(&reader, serial).and_then(|event| event.member(&key)) {
+                            Some(text) => ctx.json_parse(text.as_bytes().to_vec()),
+                            None => Ok(rquickjs::Value::new_undefined(ctx)),
+                        }
+                    }),
+                )?;
+                let field_keys = Function::new(ctx.clone(), move |serial: f64| {
+                    Some(current_event(&lister, serial)?.keys())
+                })?;
+                let make_event: Function = lazy_event.call((field, field_keys))?;
                 let log = Function::new(ctx.clone(), log_line)?;
                 let logger: Object = make_logger.call((log,))?;
                 // Shared by every call on this thread: frozen, so no call changes another's.
                 let logger: Object = freeze.call((logger,))?;
+                let caller: Function = helpers.get(4)?;
+                let invoke: Function = caller.call((make_event, logger))?;
                 Ok((
                     Persistent::save(&ctx, property),
-                    Persistent::save(&ctx, logger),
                     Persistent::save(&ctx, freeze),
+                    Persistent::save(&ctx, invoke),
                 ))
             })
             .map_err(engine_error)?;
@@ -357,12 +487,15 @@ impl Engine {
             functions: HashMap::new(),
             collector: None,
             property,
-            logger,
             freeze,
+            invoke,
+            consent: None,
             context,
             runtime,
             deadline,
             fired,
+            current,
+            serial: 0.0,
             memory,
             generation,
         })
@@ -417,20 +550,45 @@ impl Engine {
         };
         let until = self.arm();
         let (fired, memory) = (&self.fired, self.memory);
-        let (property, logger, freeze) = (self.property.clone(), self.logger.clone(), self.freeze.clone());
+        let (property, freeze, invoke) = (self.property.clone(), self.freeze.clone(), self.invoke.clone());
+        self.serial += 1.0;
+        let serial = self.serial;
+        // Read by the lazy event's `field` while the call runs; cleared below.
+        let event: *const (dyn EventSource + '_) = call.event;
+        // SAFETY: only the lifetime bound changes; `current_event` hands the pointer out only
+        // while this call runs, and it is cleared before the call returns.
+        let event: *const (dyn EventSource + 'static) = unsafe { std::mem::transmute(event) };
+        self.current.set((serial, Some(event)));
+        let consent_text = serde_json::to_string(call.consent).unwrap_or_else(|_| "{}".into());
+        let cached_consent = match &self.consent {
+            Some((text, parsed)) if *text == consent_text => Some(parsed.clone()),
+            _ => None,
+        };
         let result = self.context.with(|ctx| {
             stack_from_here(&ctx);
             let fail = |error| failure(&ctx, error, fired, memory);
             let function = function.restore(&ctx).map_err(fail)?;
             let parse = |value: &dyn erased::Json| ctx.json_parse(value.text()).map_err(fail);
-            let value = match call.value {
-                Some(value) => parse(value)?,
-                None => rquickjs::Value::new_undefined(ctx.clone()),
+            let undefined = || rquickjs::Value::new_undefined(ctx.clone());
+            let (is_event, value) = match call.value {
+                Input::Event => (true, undefined()),
+                Input::Json(value) if call.event.is(value) => (true, undefined()),
+                Input::Json(value) => (false, parse(value)?),
+                Input::Undefined => (false, undefined()),
             };
-            let event = if call.value.is_some_and(|value| std::ptr::eq(value, call.event)) {
-                value.clone()
-            } else {
-                parse(call.event)?
+            let (consent, fresh_consent) = match cached_consent {
+                Some(parsed) => (parsed.restore(&ctx).map_err(fail)?, None),
+                None => {
+                    let parsed = ctx.json_parse(consent_text.clone()).map_err(fail)?;
+                    // Shared by later calls with the same consent: frozen, as the collector is.
+                    let parsed: rquickjs::Value = freeze
+                        .clone()
+                        .restore(&ctx)
+                        .map_err(fail)?
+                        .call((parsed,))
+                        .map_err(fail)?;
+                    (parsed.clone(), Some(Persistent::save(&ctx, parsed)))
+                }
             };
             let (collector, fresh) = match collector {
                 Some(parsed) => (parsed.restore(&ctx).map_err(fail)?, None),
@@ -440,24 +598,23 @@ impl Engine {
                     (parsed.clone(), Some(Persistent::save(&ctx, parsed)))
                 }
             };
-            let context = Object::new(ctx.clone()).map_err(fail)?;
-            context.set("event", event).map_err(fail)?;
-            context
-                .set("mapping", mapping.restore(&ctx).map_err(fail)?)
+            let mapping = mapping.restore(&ctx).map_err(fail)?;
+            let returned: rquickjs::Value = invoke
+                .restore(&ctx)
+                .map_err(fail)?
+                .call((function, is_event, value, serial, mapping, collector, consent))
                 .map_err(fail)?;
-            context.set("collector", collector).map_err(fail)?;
-            context
-                .set("logger", logger.restore(&ctx).map_err(fail)?)
-                .map_err(fail)?;
-            context.set("consent", parse(call.consent)?).map_err(fail)?;
-            let returned: rquickjs::Value = function.call((value, context)).map_err(fail)?;
             let returned = conclude(&ctx, returned, call.awaited, until, fired, memory, &property)?;
-            Ok((returned, fresh))
+            Ok((returned, fresh, fresh_consent))
         });
+        self.current.set((0.0, None));
         self.disarm();
-        let (returned, fresh) = result?;
+        let (returned, fresh, fresh_consent) = result?;
         if let Some(parsed) = fresh {
             self.collector = Some((call.collector.clone(), parsed));
+        }
+        if let Some(parsed) = fresh_consent {
+            self.consent = Some((consent_text, parsed));
         }
         Ok(returned)
     }
@@ -538,13 +695,20 @@ fn conclude<'js>(
     if awaited && let Some(promise) = returned.as_promise().cloned() {
         returned = settle(ctx, &promise, until, fired, memory)?;
     }
-    let truthy = returned.get::<Coerced<bool>>().map(|coerced| coerced.0).map_err(fail)?;
-    let json: rquickjs::Value = property
-        .clone()
-        .restore(ctx)
-        .map_err(fail)?
-        .call((returned,))
-        .map_err(fail)?;
+    // A primitive is read directly; anything else goes through the property check and JSON.
+    let (truthy, json) = match primitive(&returned) {
+        Some(done) => (done.truthy, Err(done.property)),
+        None => {
+            let truthy = returned.get::<Coerced<bool>>().map(|coerced| coerced.0).map_err(fail)?;
+            let json: rquickjs::Value = property
+                .clone()
+                .restore(ctx)
+                .map_err(fail)?
+                .call((returned,))
+                .map_err(fail)?;
+            (truthy, Ok(json))
+        }
+    };
     // Microtasks the call queued run now, under its limit, not in the next call.
     while ctx.execute_pending_job() {
         if fired.get() {
@@ -554,6 +718,10 @@ fn conclude<'js>(
     if fired.get() {
         return Err(CodeError::Timeout(timeout()));
     }
+    let json = match json {
+        Ok(json) => json,
+        Err(property) => return Ok(Returned { truthy, property }),
+    };
     let property = match json.as_string() {
         Some(text) => {
             let text = text.to_string().map_err(fail)?;
@@ -562,6 +730,63 @@ fn conclude<'js>(
         None => None,
     };
     Ok(Returned { truthy, property })
+}
+
+/// walkerOS's `castToProperty` and JavaScript's truthiness of a primitive, read without a
+/// round trip through JSON (as `JSON.stringify` then serde_json would give it: integral
+/// numbers as integers, infinities as `null`); `None` for objects and the like.
+fn primitive(value: &rquickjs::Value<'_>) -> Option<Returned> {
+    let (truthy, property) = match value.type_of() {
+        rquickjs::Type::Undefined | rquickjs::Type::Uninitialized | rquickjs::Type::Null => (false, None),
+        rquickjs::Type::Bool => {
+            let bool = value.as_bool()?;
+            (bool, Some(Value::Bool(bool)))
+        }
+        rquickjs::Type::Int => {
+            let int = value.as_int()?;
+            (int != 0, Some(Value::from(int)))
+        }
+        rquickjs::Type::Float => {
+            let float = value.as_float()?;
+            let property = if float.is_nan() {
+                None
+            } else if float.is_infinite() {
+                Some(Value::Null)
+            } else if float.fract() == 0.0 && float.abs() < 9.0e18 {
+                Some(Value::from(float as i64))
+            } else {
+                serde_json::Number::from_f64(float).map(Value::Number)
+            };
+            (float != 0.0 && !float.is_nan(), property)
+        }
+        rquickjs::Type::String => {
+            let text = value.as_string()?.to_string().ok()?;
+            (!text.is_empty(), Some(Value::String(text)))
+        }
+        _ => return None,
+    };
+    Some(Returned { truthy, property })
+}
+
+/// Gives a closure the signature of the lazy event's `field(serial, key)`: the value it
+/// returns lives in the context it is called in (a closure cannot say so by itself).
+fn member_reader<F>(read: F) -> F
+where
+    F: for<'js> Fn(Ctx<'js>, f64, String) -> rquickjs::Result<rquickjs::Value<'js>>,
+{
+    read
+}
+
+/// The event of the call with this `serial`, while it runs; `None` for an older call's lazy
+/// event (what it had not read yet reads as absent).
+fn current_event(current: &Current, serial: f64) -> Option<&dyn EventSource> {
+    let (now, event) = current.get();
+    if now != serial {
+        return None;
+    }
+    // SAFETY: `Engine::call` points `current` at its `call.event`, which outlives the call,
+    // and clears it before returning; this runs inside that call, on its thread.
+    event.map(|event| unsafe { &*event })
 }
 
 /// Measures the stack limit from here: rquickjs measures it from where the runtime was built,

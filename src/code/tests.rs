@@ -15,7 +15,7 @@ fn call_with(source: &str, value: &Value, awaited: bool) -> Result<Returned, Cod
     let collector = collector();
     let consent = json!({"functional": true});
     compile(source).call(&Call {
-        value: Some(value),
+        value: Input::Json(value),
         event: value,
         consent: consent.as_object().unwrap(),
         collector: &collector,
@@ -120,7 +120,7 @@ fn the_context_has_walkeros_keys() {
     .unwrap();
     let returned = code
         .call(&Call {
-            value: Some(&item),
+            value: Input::Json(&item),
             event: &event,
             consent: json!({"functional": true}).as_object().unwrap(),
             collector: &collector,
@@ -251,4 +251,94 @@ fn the_sandbox_holds() {
         property("() => 'after the recursion'"),
         Some(json!("after the recursion"))
     );
+}
+
+/// The event is read lazily (a member is parsed when first touched), yet behaves as the plain
+/// object walkerOS passes: keys in the event's order, writes, deletes, `in`, JSON.stringify,
+/// the same object as `context.event`, and returned whole.
+#[test]
+fn the_lazy_event_behaves_as_the_plain_object() {
+    let event = json!({"name": "page view", "data": {"title": "Home", "n": 1}, "user": {"id": "u"}, "consent": {}});
+    let text = |source: &str| call(source, &event).unwrap().property;
+    assert_eq!(text("(e) => JSON.stringify(e)"), Some(json!(event.to_string())));
+    assert_eq!(
+        text("(e) => Object.keys(e).join()"),
+        Some(json!("name,data,user,consent"))
+    );
+    assert_eq!(
+        text("(e) => { e.data.x = 1; delete e.user; e.extra = 2; e.name = 'n'; return JSON.stringify(e) }"),
+        Some(json!(
+            r#"{"name":"n","data":{"title":"Home","n":1,"x":1},"consent":{},"extra":2}"#
+        ))
+    );
+    assert_eq!(
+        text("(e) => ['data' in e, 'nope' in e, e.nope === undefined, e.hasOwnProperty('user')].join()"),
+        Some(json!("true,false,true,true"))
+    );
+    assert_eq!(
+        text("(e, c) => c.event === e && c.event.data === e.data"),
+        Some(json!(true))
+    );
+    assert_eq!(text("(e) => e"), Some(event.clone()));
+    assert_eq!(text("(e) => ({...e}).data.title"), Some(json!("Home")));
+    assert_eq!(text("(e) => Object.entries(e).length"), Some(json!(4)));
+    // A member named `__proto__` is a member, as JSON.parse makes it.
+    let odd = json!({"name": "a b", "__proto__": {"x": 1}});
+    let returned = call(
+        "(e) => [Object.keys(e).join(), e.__proto__.x, Object.getPrototypeOf(e) === Object.prototype].join('|')",
+        &odd,
+    );
+    assert_eq!(returned.unwrap().property, Some(json!("name,__proto__|1|true")));
+    // weir's bookkeeping is not part of the event.
+    assert_eq!(
+        text("(e) => [Object.getOwnPropertySymbols(e).length, Reflect.ownKeys(e).length].join()"),
+        Some(json!("0,4"))
+    );
+    assert_eq!(
+        text("(e) => Object.isFrozen(Object.freeze(e)) && e.data.title"),
+        Some(json!("Home"))
+    );
+    // A value that is not the event (a loop item) is a plain copy.
+    let collector = collector();
+    let item = json!({"entity": "product"});
+    let returned = compile("(item, c) => item.entity + '/' + c.event.name")
+        .call(&Call {
+            value: Input::Json(&item),
+            event: &event,
+            consent: event["consent"].as_object().unwrap(),
+            collector: &collector,
+            awaited: true,
+        })
+        .unwrap();
+    assert_eq!(returned.property, Some(json!("product/page view")));
+    // An event kept past its call reads what it had read; the rest is gone.
+    call("(e) => { globalThis.kept = e; return e.name }", &event).unwrap();
+    assert_eq!(
+        text("() => [globalThis.kept.name, globalThis.kept.data].join('|')"),
+        Some(json!("page view|"))
+    );
+}
+
+/// Primitives come back without a trip through JSON, as JSON would have given them.
+#[test]
+fn primitives_come_back_as_json_gives_them() {
+    for (source, expected, truthy) in [
+        ("() => 1.5", Some(json!(1.5)), true),
+        ("() => 2 ** 60", Some(json!(1_152_921_504_606_846_976u64)), true),
+        ("() => 1e21", Some(json!(1e21)), true),
+        ("() => -0", Some(json!(0)), false),
+        ("() => -3", Some(json!(-3)), true),
+        ("() => 7 / 1", Some(json!(7)), true),
+        ("() => Infinity", Some(Value::Null), true),
+        ("() => NaN", None, false),
+        ("() => ''", Some(json!("")), false),
+        ("() => 'é\\u2028'", Some(json!("é\u{2028}")), true),
+        ("() => false", Some(json!(false)), false),
+        ("() => null", None, false),
+        ("() => undefined", None, false),
+    ] {
+        let returned = call(source, &json!({})).unwrap();
+        assert_eq!(returned.property, expected, "{source}");
+        assert_eq!(returned.truthy, truthy, "{source}");
+    }
 }

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::code::{Call, Code};
+use crate::code::{Call, Code, Input};
 use crate::collector::Collector;
 use crate::config::{ConfigErrors, join, typed};
 use crate::event::{Event, Object, split_name};
@@ -346,9 +346,24 @@ fn value_context<'a>(event: &'a Event, collector: &'a Collector, owner: &'a str)
     ValueContext {
         collector_consent: &collector.consent,
         inherited_consent: None,
-        event: event.tree(),
+        event,
         collector: collector.script_view(),
         owner,
+    }
+}
+
+/// Code reads an event member by member, from the JSON text the event keeps for it.
+impl crate::code::EventSource for Event {
+    fn member(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.member_json(key)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.fields().map(|(name, _)| name.to_owned()).collect()
+    }
+
+    fn is(&self, value: &Value) -> bool {
+        self.is_tree(value)
     }
 }
 
@@ -358,14 +373,17 @@ fn rule_holds<S>(rule: &Rule<S>, event: &Event, collector: &Collector, owner: &s
     let Some(condition) = &rule.condition else {
         return Ok(true);
     };
-    let tree = event.tree();
-    let consent = match tree.get("consent") {
-        Some(Value::Object(own)) => own,
-        _ => &collector.consent,
+    // walkerOS: the event's own consent object, else the collector's.
+    let own_object = match event.field(crate::event::key::CONSENT) {
+        Some(crate::event::FieldRef::Text(text)) => text.starts_with('{'),
+        Some(crate::event::FieldRef::Value(value)) => value.is_object(),
+        None => false,
     };
+    let own = event.object(crate::event::key::CONSENT);
+    let consent = if own_object { &*own } else { &collector.consent };
     let call = Call {
-        value: Some(tree),
-        event: tree,
+        value: Input::Event,
+        event,
         consent,
         collector: collector.script_view(),
         awaited: false,

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use super::consent::granted_consent;
 use super::path::{contains_null, get_with_default};
-use crate::code::{Call, Code, CodeError, Returned};
+use crate::code::{Call, Code, CodeError, Input, Returned};
 use crate::config::{ConfigErrors, join};
 use crate::event::Object;
 use crate::json::truthy;
@@ -96,7 +96,7 @@ pub struct ValueContext<'a> {
     /// inherits (walkerOS: `item.consent || context.consent || collector.consent`).
     pub inherited_consent: Option<&'a Object>,
     /// `context.event` of a function: the event being mapped.
-    pub event: &'a Value,
+    pub event: &'a dyn crate::code::EventSource,
     /// `context.collector` of a function, as JSON text.
     pub collector: &'a Arc<str>,
     /// The destination whose mapping this is (failed calls are counted under it).
@@ -119,7 +119,7 @@ impl ValueContext<'_> {
     fn call(&self, code: &Code, value: Option<&Value>, input: &Value) -> Option<Returned> {
         let consent = self.consent_of(input);
         let call = Call {
-            value,
+            value: value.map_or(Input::Undefined, Input::Json),
             event: self.event,
             consent,
             collector: self.collector,

@@ -33,6 +33,7 @@ pub use settings::{KafkaRuleSettings, KafkaSettings, RuleKey};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::event::{Event, FieldRef, key};
+use crate::mapping::{ValueContext, ValueSpec};
 
 /// One record, rendered once.
 pub struct KafkaRecord {
@@ -343,12 +344,26 @@ impl Destination for KafkaDestination {
             .unwrap_or(&self.settings.topic)
             .to_owned();
         // The event already carries a rule's `name`.
-        let key_path = match rule.map_or(RuleKey::Unset, KafkaRuleSettings::key) {
-            RuleKey::Unset => self.settings.key.as_deref(),
-            RuleKey::Path(path) => Some(path),
+        let keyed = match rule.map_or(RuleKey::Unset, KafkaRuleSettings::key) {
+            RuleKey::Unset => match &self.settings.key {
+                Some(ValueSpec::Key(path)) => key_at(input.event, path),
+                // walkerOS evaluates the destination's key as any value spec.
+                Some(spec) => {
+                    let context = ValueContext {
+                        collector_consent: &input.collector.consent,
+                        inherited_consent: None,
+                        event: input.event,
+                        collector: input.collector.script_view(),
+                        owner: input.destination,
+                    };
+                    spec.value(input.event.tree(), &context)
+                }
+                None => None,
+            },
+            RuleKey::Path(path) => key_at(input.event, path),
             RuleKey::Nothing => None,
         };
-        let key = match key_path.and_then(|path| key_at(input.event, path)) {
+        let key = match keyed {
             Some(Value::String(key)) if !key.is_empty() => key,
             _ => name_key(input.event.name()),
         };

@@ -27,7 +27,8 @@ struct Raw {
     brokers: Option<Vec<String>>,
     topic: Option<String>,
     client_id: Option<String>,
-    key: Option<String>,
+    /// A path, or (as walkerOS evaluates it with `getMappingValue`) any value spec.
+    key: Option<Value>,
     headers: Option<IndexMap<String, String>>,
     /// Read on its own (an [`Acks`]), so a wrong value does not hide the other problems.
     acks: Option<Value>,
@@ -143,8 +144,9 @@ impl crate::mapping::RuleSettings for KafkaRuleSettings {
 pub struct KafkaSettings {
     pub brokers: Vec<String>,
     pub topic: String,
-    /// The mapping path whose value keys each record (else the event name).
-    pub key: Option<String>,
+    /// What keys each record: a path or a value spec (else, or when it gives no non-empty
+    /// string, the event name).
+    pub key: Option<crate::mapping::ValueSpec>,
     /// `content-type: application/json` first, then the static headers (which may override it).
     pub headers: Vec<(String, String)>,
     pub acks: Acks,
@@ -443,7 +445,10 @@ impl KafkaSettings {
         Some(KafkaSettings {
             brokers: brokers?,
             topic: topic?,
-            key: raw.key.filter(|key| !key.is_empty()),
+            key: raw
+                .key
+                .filter(|key| key.as_str() != Some(""))
+                .and_then(|key| crate::mapping::ValueSpec::parse(&key, &join(&path, "key"), errors)),
             headers,
             acks,
             compression,

@@ -331,7 +331,7 @@ impl Destination for RudderStackDestination {
         let context = ValueContext {
             collector_consent: &input.collector.consent,
             inherited_consent: None,
-            event: input.event.tree(),
+            event: input.event,
             collector: input.collector.script_view(),
             owner: input.destination,
         };
