@@ -394,9 +394,16 @@ impl ValueConfig {
                 return fallback();
             }
         }
-        let mut working = match &self.value {
-            Some(value) => Some(Resolved::from_json(value.clone())),
-            None => Some(Resolved::from_json(input.clone())),
+        // walkerOS starts from the static value, else the input; a `fn`, `key`, `map` or `set`
+        // (without a `loop`, which wins over them) always replaces it, so it is only copied
+        // when it can be the result.
+        let replaced = self.function.is_some()
+            || self.key.is_some()
+            || (self.loop_over.is_none() && (self.map.is_some() || self.set.is_some()));
+        let mut working = match (&self.value, replaced) {
+            (_, true) => None,
+            (Some(value), false) => Some(Resolved::from_json(value.clone())),
+            (None, false) => Some(Resolved::from_json(input.clone())),
         };
         if let Some(function) = &self.function {
             // A code result holds no real null: castToProperty refused those inside.
