@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Weir, client, eventually};
+use support::{Weir, client, eventually, post};
 
 const FLOW: &str = r#"
 [code]
@@ -58,15 +58,6 @@ result = { fn = """$code:(event) => {
 condition = "$code:(event) => event.data.missing.deeper"
 "#;
 
-fn post(weir: &Weir, event: Value) -> reqwest::blocking::Response {
-    client()
-        .post(weir.url("/collect"))
-        .header("content-type", "application/json")
-        .body(event.to_string())
-        .send()
-        .unwrap()
-}
-
 fn code_errors(weir: &Weir) -> f64 {
     let text = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
     text.lines()
@@ -88,7 +79,7 @@ fn functions_map_events_as_walkeros_does() {
         {"entity": "product", "data": {"name": "Snack"}}
     ]});
     let explained = support::explain(FLOW, &event);
-    let response = post(&weir, event);
+    let response = post(&weir, &event);
     assert_eq!(response.status(), 200, "{}", response.text().unwrap());
     let events = written(&weir);
     assert_eq!(events.len(), 1, "{}", weir.log());
@@ -123,7 +114,7 @@ fn hostile_code_fails_only_its_own_call() {
         });
         for how in hostile {
             let started = Instant::now();
-            let response = post(&weir, json!({"name": "hostile call", "data": {"how": how}}));
+            let response = post(&weir, &json!({"name": "hostile call", "data": {"how": how}}));
             assert_eq!(response.status(), 200, "{how}: {}", response.text().unwrap());
             assert!(
                 started.elapsed() < Duration::from_secs(5),
@@ -152,14 +143,14 @@ fn hostile_code_fails_only_its_own_call() {
     assert_eq!(code_errors(&weir), hostile.len() as f64);
 
     // After all that, code still runs, and a rule condition still chooses.
-    post(&weir, json!({"name": "hostile call", "data": {"how": "none"}}));
-    post(&weir, json!({"name": "hostile call", "data": {"how": "checked"}}));
+    post(&weir, &json!({"name": "hostile call", "data": {"how": "none"}}));
+    post(&weir, &json!({"name": "hostile call", "data": {"how": "checked"}}));
     let events = written(&weir);
     assert_eq!(events[events.len() - 2], json!({"how": "none", "result": "fine"}));
     // No data for the "checked" rule: the whole event, renamed by the rule the condition chose.
     assert_eq!(events[events.len() - 1]["name"], "checked");
 
-    let response = post(&weir, json!({"name": "boom now", "data": {}}));
+    let response = post(&weir, &json!({"name": "boom now", "data": {}}));
     assert_eq!(response.status(), 500);
     let answer = response.text().unwrap();
     assert!(answer.contains("condition"), "{answer}");

@@ -789,6 +789,19 @@ fn current_event(current: &Current, serial: f64) -> Option<&dyn EventSource> {
     event.map(|event| unsafe { &*event })
 }
 
+/// Whether the runtime has used (nearly) all the memory it may: what tells QuickJS's own
+/// `null` (it could not allocate the error) from code that throws `null`.
+fn near_memory_limit(ctx: &Ctx<'_>, memory: usize) -> bool {
+    let mut usage = std::mem::MaybeUninit::<rquickjs::qjs::JSMemoryUsage>::zeroed();
+    // SAFETY: the context is alive for the whole `with` this runs in, so its runtime pointer
+    // is valid; QuickJS fills the whole struct, which starts zeroed anyway.
+    let usage = unsafe {
+        rquickjs::qjs::JS_ComputeMemoryUsage(rquickjs::qjs::JS_GetRuntime(ctx.as_raw().as_ptr()), usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usize::try_from(usage.malloc_size).unwrap_or(0) >= memory / 10 * 9
+}
+
 /// Measures the stack limit from here: rquickjs measures it from where the runtime was built,
 /// which may be deeper than where a later call comes from.
 fn stack_from_here(ctx: &Ctx<'_>) {
@@ -838,8 +851,9 @@ fn failure(ctx: &Ctx<'_>, error: rquickjs::Error, fired: &Cell<bool>, memory: us
     if fired.get() {
         return CodeError::Timeout(timeout());
     }
-    if thrown.is_null() {
-        // QuickJS throws null when it cannot even allocate the error.
+    if thrown.is_null() && near_memory_limit(ctx, memory) {
+        // QuickJS throws null when it cannot even allocate the error (code may `throw null`
+        // too: that is a throw like any other).
         return CodeError::OutOfMemory(memory);
     }
     if let Some(exception) = thrown

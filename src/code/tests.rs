@@ -80,6 +80,11 @@ fn throws_report_their_message() {
         call("() => { throw 'plain' }", &json!({})),
         Err(CodeError::Thrown("plain".into()))
     );
+    // `throw null` is a throw, not the engine running out of memory.
+    assert_eq!(
+        call("() => { throw null }", &json!({})),
+        Err(CodeError::Thrown("null".into()))
+    );
     // A missing path throws as in JavaScript.
     assert!(matches!(
         call("(v) => v.data.missing.deeper", &json!({"data": {}})),
