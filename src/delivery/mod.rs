@@ -140,6 +140,20 @@ pub struct RenderInput<'a, S> {
     pub destination: &'a str,
 }
 
+impl<S> RenderInput<'_, S> {
+    /// What a destination's value-spec settings (a Kafka `key`, RudderStack's `identify`)
+    /// read while rendering this event.
+    pub fn value_context(&self) -> crate::mapping::ValueContext<'_> {
+        crate::mapping::ValueContext {
+            collector_consent: &self.collector.consent,
+            inherited_consent: None,
+            event: self.event,
+            collector: self.collector.script_view(),
+            owner: self.destination,
+        }
+    }
+}
+
 /// What a destination makes of one event.
 pub enum Rendered<W> {
     /// Put this on the wire.

@@ -42,12 +42,27 @@ struct ApiSettings {
     transform: Option<Value>,
 }
 
-/// One event, ready to send: alone (`body`), or as an item of a batch's array (`item`).
+/// One event, ready to send: alone (`body`), or as an item of a batch's array.
 pub struct ApiWire {
     /// The request body when sent alone; `None`: no body (`transform` gave undefined).
     body: Option<Vec<u8>>,
-    /// Its JSON text inside a batch array.
-    item: Vec<u8>,
+    /// Its JSON text inside a batch array, when that is not the body itself (a string from
+    /// `transform` is quoted there).
+    item: Option<Vec<u8>>,
+}
+
+impl ApiWire {
+    /// The body as JSON text: the body itself, else `null` (undefined in an array).
+    fn json(body: Vec<u8>) -> ApiWire {
+        ApiWire {
+            body: Some(body),
+            item: None,
+        }
+    }
+
+    fn item(&self) -> &[u8] {
+        self.item.as_deref().or(self.body.as_deref()).unwrap_or(b"null")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +100,7 @@ impl ApiDestination {
     /// The body (or batch item) for one event's payload: `transform`'s result, or JSON.
     fn payload(&self, data: &Value, input: &RenderInput<'_, NoRuleSettings>) -> Result<ApiWire, RenderError> {
         let Some(transform) = &self.transform else {
-            let text = crate::json::to_vec(data);
-            return Ok(ApiWire {
-                body: Some(text.clone()),
-                item: text,
-            });
+            return Ok(ApiWire::json(crate::json::to_vec(data)));
         };
         let rule = match input.rule_name {
             Some(name) => json!({ "name": name }),
@@ -101,21 +112,12 @@ impl ApiDestination {
         })?;
         Ok(match returned.property {
             Some(Value::String(text)) => ApiWire {
-                item: crate::json::to_vec(&text),
+                item: Some(crate::json::to_vec(&text)),
                 body: Some(text.into_bytes()),
             },
-            Some(other) => {
-                let text = crate::json::to_vec(&other);
-                ApiWire {
-                    body: Some(text.clone()),
-                    item: text,
-                }
-            }
+            Some(other) => ApiWire::json(crate::json::to_vec(&other)),
             // walkerOS sends no body for undefined; in an array it is `null`.
-            None => ApiWire {
-                body: None,
-                item: b"null".to_vec(),
-            },
+            None => ApiWire { body: None, item: None },
         })
     }
 
@@ -307,7 +309,7 @@ impl Destination for ApiDestination {
     }
 
     fn wire_size(&self, wire: &ApiWire) -> usize {
-        wire.item.len() + 1
+        wire.item().len() + 1
     }
 
     async fn send(&self, batch: &[&ApiWire]) -> Result<Vec<Result<(), ApiError>>, ApiError> {
@@ -318,7 +320,7 @@ impl Destination for ApiDestination {
                 if index > 0 {
                     body.push(b',');
                 }
-                body.extend_from_slice(&wire.item);
+                body.extend_from_slice(wire.item());
             }
             body.push(b']');
             self.request(Some(body)).await?;

@@ -33,7 +33,7 @@ pub use settings::{KafkaRuleSettings, KafkaSettings, RuleKey};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::event::{Event, FieldRef, key};
-use crate::mapping::{ValueContext, ValueSpec};
+use crate::mapping::ValueSpec;
 
 /// One record, rendered once.
 pub struct KafkaRecord {
@@ -348,16 +348,7 @@ impl Destination for KafkaDestination {
             RuleKey::Unset => match &self.settings.key {
                 Some(ValueSpec::Key(path)) => key_at(input.event, path),
                 // walkerOS evaluates the destination's key as any value spec.
-                Some(spec) => {
-                    let context = ValueContext {
-                        collector_consent: &input.collector.consent,
-                        inherited_consent: None,
-                        event: input.event,
-                        collector: input.collector.script_view(),
-                        owner: input.destination,
-                    };
-                    spec.value(input.event.tree(), &context)
-                }
+                Some(spec) => spec.value(input.event.tree(), &input.value_context()),
                 None => None,
             },
             RuleKey::Path(path) => key_at(input.event, path),

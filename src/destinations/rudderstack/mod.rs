@@ -30,7 +30,6 @@ pub use settings::{RudderRuleSettings, RudderSettings};
 use self::calls::{Call, CallKind, NoCalls, PushInput};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
-use crate::mapping::ValueContext;
 
 /// Identities whose last identify / group weir remembers.
 const DEDUP_CAPACITY: usize = 100_000;
@@ -328,13 +327,7 @@ impl Destination for RudderStackDestination {
             return Ok(Rendered::Skip("enable is false: nothing is sent to RudderStack".into()));
         }
         let now = now_ms();
-        let context = ValueContext {
-            collector_consent: &input.collector.consent,
-            inherited_consent: None,
-            event: input.event,
-            collector: input.collector.script_view(),
-            owner: input.destination,
-        };
+        let context = input.value_context();
         let push = PushInput {
             event: input.event.tree(),
             data: input.data,
