@@ -150,6 +150,15 @@ fn resolve_string(text: &str, scopes: &Scopes<'_>) -> Result<Value, String> {
                 }
             }
             rest = &reference[length..];
+        } else if let Some(reference) = after.strip_prefix("secret.").filter(|r| name_length(r) > 0) {
+            // walkerOS's docs write secrets inline: `"Bearer $secret.API_TOKEN"`.
+            let length = name_length(reference);
+            let name = &reference[..length];
+            match (scopes.env)(name).filter(|value| !value.is_empty()) {
+                Some(value) => out.push_str(&value),
+                None => return Err(format!("secret {name} is not set in the environment")),
+            }
+            rest = &reference[length..];
         } else if let Some(reference) = after.strip_prefix("env.").filter(|r| name_length(r) > 0) {
             let length = name_length(reference);
             let name = &reference[..length];
@@ -238,6 +247,7 @@ mod tests {
                 "env": "$env.PORT",
                 "fallback": "$env.NOPE:6379",
                 "secret": "$secret.WRITE_KEY",
+                "bearer": "Bearer $secret.WRITE_KEY",
             }),
             json!({"prefix": "walkeros", "limits": {"max": 100}}),
         );
@@ -255,6 +265,7 @@ mod tests {
                 "env": "8080",
                 "fallback": "6379",
                 "secret": "wk",
+                "bearer": "Bearer wk",
             })
         );
     }
@@ -262,7 +273,7 @@ mod tests {
     #[test]
     fn unresolvable_references_are_errors_with_their_path() {
         let (_, errors) = resolved(
-            json!({"a": {"url": "${NOPE}"}, "b": "$var.missing", "c": {"x": "$code:(v) => v"}, "d": "x$var.obj"}),
+            json!({"a": {"url": "${NOPE}"}, "b": "$var.missing", "c": {"x": "$code:(v) => v"}, "d": "x$var.obj", "e": "Bearer $secret.NOPE"}),
             json!({"obj": {"k": 1}}),
         );
         let text = errors.to_string();
@@ -273,6 +284,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("d: variable \"obj\" is an object"), "{text}");
+        assert!(text.contains("e: secret NOPE is not set in the environment"), "{text}");
     }
 
     /// `$code:` outside a function slot is evaluated once; inside one it stays for the
