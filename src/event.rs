@@ -96,6 +96,24 @@ pub struct Event {
     /// The stream entry the event was read from, when a stream source read it: its id is
     /// the SSE `id:` and where `Last-Event-ID` resumes.
     origin: Option<Arc<StreamOrigin>>,
+    /// What the source's `ingest` mapping made of the request the event came in with
+    /// (walkerOS's `context.ingest`), shared by the events of one request.
+    ingest: Option<Arc<Ingest>>,
+}
+
+/// A request's ingest object, as a tree (for `ingest.*` paths) and as JSON text (for the
+/// journal, dead letters and code).
+#[derive(Debug, PartialEq)]
+pub struct Ingest {
+    pub value: Value,
+    pub text: Box<str>,
+}
+
+impl Ingest {
+    pub fn new(value: Value) -> Ingest {
+        let text = crate::json::to_string(&value).into_boxed_str();
+        Ingest { value, text }
+    }
 }
 
 /// Where in Redis an event was read from.
@@ -158,6 +176,7 @@ impl EventBuilder {
             extra: Vec::new(),
             tree: OnceLock::new(),
             origin: None,
+            ingest: None,
         }
     }
 }
@@ -170,6 +189,15 @@ impl Event {
 
     pub fn set_origin(&mut self, origin: StreamOrigin) {
         self.origin = Some(Arc::new(origin));
+    }
+
+    /// The request's ingest object, when its source has an `ingest` mapping.
+    pub fn ingest(&self) -> Option<&Ingest> {
+        self.ingest.as_deref()
+    }
+
+    pub fn set_ingest(&mut self, ingest: Arc<Ingest>) {
+        self.ingest = Some(ingest);
     }
 
     fn slot_text(&self, start: u32, end: u32) -> &str {
@@ -289,6 +317,7 @@ impl Event {
                 extra: Vec::new(),
                 tree: OnceLock::new(),
                 origin: None,
+                ingest: None,
             };
         };
         let mut slots: [Slot; 15] = std::array::from_fn(|_| Slot::Absent);
@@ -305,6 +334,7 @@ impl Event {
             extra,
             tree: OnceLock::new(),
             origin: None,
+            ingest: None,
         }
     }
 
@@ -337,6 +367,7 @@ impl Event {
             extra,
             tree: OnceLock::new(),
             origin: None,
+            ingest: None,
         })
     }
 
@@ -362,6 +393,8 @@ impl Event {
             }
         }
         event.extra = extra;
+        event.origin = previous.origin.clone();
+        event.ingest = previous.ingest.clone();
         event
     }
 

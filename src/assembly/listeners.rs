@@ -134,6 +134,8 @@ pub async fn start(
         for (_, router) in listener.endpoints {
             shared = shared.merge(router);
         }
+        // Only a source with an `ingest` reads the peer's address (its `ip`).
+        let with_peer = listener.source.as_ref().is_some_and(|config| config.ingest.is_some());
         let router = match listener.source {
             Some(config) => {
                 tracing::info!(serves = %serves, address = %address, "HTTP source listening");
@@ -144,7 +146,7 @@ pub async fn start(
                 shared.fallback(not_found)
             }
         };
-        tasks.spawn(serve_http(socket, router, stop.clone()));
+        tasks.spawn(serve_http(socket, router, with_peer, stop.clone()));
     }
     for reader in readers {
         tasks.spawn(crate::sources::redis_stream::run(reader, runtime.clone(), stop.clone()));
@@ -203,7 +205,13 @@ async fn not_found() -> Response {
 }
 
 /// Serves HTTP/1.1 connections until `stop`, then waits for in-flight requests to finish.
-async fn serve_http(listener: TcpListener, router: Router, stop: CancellationToken) -> std::io::Result<()> {
+/// `with_peer`: each request carries the peer's address (axum's `ConnectInfo`).
+async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    with_peer: bool,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -219,19 +227,45 @@ async fn serve_http(listener: TcpListener, router: Router, stop: CancellationTok
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
-            }
-        });
+        if with_peer {
+            let service =
+                tower::ServiceExt::map_request(router.clone(), move |mut request: axum::extract::Request<_>| {
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    request
+                });
+            serve_connection(&graceful, stream, peer, service);
+        } else {
+            serve_connection(&graceful, stream, peer, router.clone());
+        }
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Serves one HTTP/1.1 connection with `service`, watched by `graceful`.
+fn serve_connection<S>(
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    service: S,
+) where
+    S: tower::Service<axum::extract::Request<hyper::body::Incoming>, Response = axum::response::Response>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
+        }
+    });
 }

@@ -22,7 +22,7 @@ use crate::config::Flow;
 use crate::config::flow::JournalSettings;
 use crate::delivery::dead_letter::{FileLine, StoredDeadLetter, read_file, rewrite_file};
 use crate::delivery::feed::Journaled;
-use crate::event::Event;
+use crate::event::{Event, Ingest};
 
 /// Which dead letters of which file.
 #[derive(Args, Debug, Clone)]
@@ -252,10 +252,11 @@ fn replay(which: &Which, flow_args: &FlowArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|&index| {
                 let letter = letter(&lines, index);
-                let entry = Journaled::for_destination(
-                    Arc::from(letter.destination.as_str()),
-                    Arc::new(Event::from_tree(letter.event.clone())),
-                );
+                let mut event = Event::from_tree(letter.event.clone());
+                if let Some(ingest) = &letter.ingest {
+                    event.set_ingest(Arc::new(Ingest::new(ingest.clone())));
+                }
+                let entry = Journaled::for_destination(Arc::from(letter.destination.as_str()), Arc::new(event));
                 (entry.encode(), Arc::new(entry))
             })
             .collect::<Vec<(Bytes, Arc<Journaled>)>>();

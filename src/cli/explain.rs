@@ -12,7 +12,14 @@ use crate::assembly::build_flow;
 use crate::config::Flow;
 use crate::delivery::route::Outcome;
 
-pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyhow::Result<()> {
+/// `ingest`: the JSON object the events' request ingest is taken to be.
+pub fn explain(flow: &Flow, source: Option<&str>, ingest: Option<&str>, events: Option<&Path>) -> anyhow::Result<()> {
+    let ingest = match ingest.map(serde_json::from_str::<Value>) {
+        None => None,
+        Some(Ok(object @ Value::Object(_))) => Some(std::sync::Arc::new(crate::event::Ingest::new(object))),
+        Some(Ok(_)) => anyhow::bail!("--ingest must be a JSON object, e.g. '{{\"ip\": \"203.0.113.9\"}}'"),
+        Some(Err(error)) => anyhow::bail!("--ingest is not JSON: {error}"),
+    };
     let built = build_flow(flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
     for warning in &built.warnings {
         eprintln!("warning: {warning}");
@@ -67,7 +74,12 @@ pub fn explain(flow: &Flow, source: Option<&str>, events: Option<&Path>) -> anyh
             .and_then(|value| value.get("id").cloned())
             .unwrap_or(Value::Null);
         let event = match built.runtime.collector.enrich_json(partial.get()) {
-            Ok(event) => event,
+            Ok(mut event) => {
+                if let Some(ingest) = &ingest {
+                    event.set_ingest(ingest.clone());
+                }
+                event
+            }
             Err(invalid) => {
                 rejected(invalid.to_string(), given_id, &mut out)?;
                 continue;

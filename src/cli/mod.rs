@@ -66,6 +66,10 @@ enum Command {
         /// The source the events come from (default: the flow's first source).
         #[arg(long)]
         source: Option<String>,
+        /// The request ingest the events came with, as a JSON object (what the source's
+        /// `ingest` mapping makes of a request), for mappings that read `ingest.*`.
+        #[arg(long)]
+        ingest: Option<String>,
         /// JSON-lines file of events; `-` or nothing reads stdin.
         events: Option<PathBuf>,
     },
@@ -156,13 +160,14 @@ pub fn main() -> ExitCode {
             config,
             flow,
             source,
+            ingest,
             events,
         } => {
             let flow = match load(&config, flow.as_deref()) {
                 Ok(flow) => flow,
                 Err(code) => return code,
             };
-            match explain::explain(&flow, source.as_deref(), events.as_deref()) {
+            match explain::explain(&flow, source.as_deref(), ingest.as_deref(), events.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("weir explain: {error:#}");

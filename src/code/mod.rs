@@ -149,6 +149,11 @@ pub trait EventSource {
     fn keys(&self) -> Vec<String>;
     /// Whether `value` is this event (a call's value often is).
     fn is(&self, value: &Value) -> bool;
+    /// The request's ingest object (`context.ingest`), as a tree and as JSON text, when the
+    /// event's source has an `ingest` mapping.
+    fn ingest(&self) -> Option<(&Value, &str)> {
+        None
+    }
 }
 
 /// A call's first argument.
@@ -383,9 +388,13 @@ const HELPERS: &str = r#"(() => {
   // One call of a mapping function: `fn(value, {event, mapping, collector, logger, consent})`
   // with the event lazy (and the value the same object when it is the event), in one trip
   // into the runtime.
-  const caller = (makeEvent, logger) => (fn, isEvent, value, serial, mapping, collector, consent) => {
+  // `ingest` is there only when the event came with one (walkerOS's mapping context has
+  // no such key).
+  const caller = (makeEvent, logger) => (fn, isEvent, value, serial, mapping, collector, consent, ingest) => {
     const event = makeEvent(serial);
-    return fn(isEvent ? event : value, { event, mapping, collector, logger, consent });
+    const context = ingest === undefined ? { event, mapping, collector, logger, consent }
+      : { event, mapping, collector, logger, consent, ingest };
+    return fn(isEvent ? event : value, context);
   };
   return [property, logger, freeze, lazyEvent, caller];
 })()"#;
@@ -599,11 +608,24 @@ impl Engine {
                 }
             };
             let mapping = mapping.restore(&ctx).map_err(fail)?;
-            let returned: rquickjs::Value = invoke
-                .restore(&ctx)
-                .map_err(fail)?
-                .call((function, is_event, value, serial, mapping, collector, consent))
-                .map_err(fail)?;
+            let ingest = match call.event.ingest() {
+                Some((_, text)) => ctx.json_parse(text).map_err(fail)?,
+                None => undefined(),
+            };
+            // Eight arguments: one more than rquickjs's tuples take.
+            let mut args = rquickjs::function::Args::new(ctx.clone(), 8);
+            let pushed: rquickjs::Result<()> = (|| {
+                args.push_arg(function)?;
+                args.push_arg(is_event)?;
+                args.push_arg(value)?;
+                args.push_arg(serial)?;
+                args.push_arg(mapping)?;
+                args.push_arg(collector)?;
+                args.push_arg(consent)?;
+                args.push_arg(ingest)
+            })();
+            pushed.map_err(fail)?;
+            let returned: rquickjs::Value = invoke.restore(&ctx).map_err(fail)?.call_arg(args).map_err(fail)?;
             let returned = conclude(&ctx, returned, call.awaited, until, fired, memory, &property)?;
             Ok((returned, fresh, fresh_consent))
         });

@@ -82,6 +82,9 @@ struct DeadLetterLine<'a> {
     reason: &'a str,
     attempts: u32,
     event: &'a Event,
+    /// The request's ingest (kept so that a replay maps the event as it was first mapped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingest: Option<&'a serde_json::value::RawValue>,
 }
 
 impl DeadLetter {
@@ -94,6 +97,10 @@ impl DeadLetter {
             reason: &self.reason,
             attempts: self.attempts,
             event: &self.event,
+            ingest: self
+                .event
+                .ingest()
+                .and_then(|ingest| serde_json::from_str(&ingest.text).ok()),
         })
     }
 }
@@ -107,6 +114,8 @@ pub struct StoredDeadLetter {
     pub reason: String,
     pub attempts: u32,
     pub event: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<serde_json::Value>,
 }
 
 /// One line of a dead-letter file: the text, and the letter it holds (`None`: a line weir

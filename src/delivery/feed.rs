@@ -18,8 +18,11 @@ use super::ack::{AckToken, Delivery};
 use super::route::{Pipeline, Route, Tokens};
 use super::worker::Lifecycle;
 use crate::collector::Collector;
-use crate::event::Event;
+use crate::event::{Event, Ingest};
 use crate::journal::{Body, Consumer, CursorHandle};
+
+/// Marks a record's ingest section (an event's JSON starts with `{`, never with it).
+const INGEST_TAG: u8 = 1;
 
 /// The tokens of a request waiting for an event's delivery, by destination id.
 type Waiting = Mutex<Vec<(Arc<str>, AckToken)>>;
@@ -68,16 +71,24 @@ impl Journaled {
     }
 
     /// The record's bytes: the source name and the target destination (empty: every
-    /// destination taking the source), each as a little-endian u16 length and the name, then
-    /// the event's JSON.
+    /// destination taking the source), each as a little-endian u16 length and the name;
+    /// when the event has a request ingest, the byte [`INGEST_TAG`], its length as a
+    /// little-endian u32 and its JSON; then the event's JSON. An event's JSON starts with
+    /// `{`, so records written before ingest existed read the same.
     pub fn encode(&self) -> Bytes {
         let target = self.target.as_deref().unwrap_or("");
-        let names = 4 + self.source.len() + target.len();
+        let ingest = self.event.ingest().map(|ingest| ingest.text.as_bytes());
+        let names = 4 + self.source.len() + target.len() + ingest.map_or(0, |text| 5 + text.len());
         let mut out = BytesMut::with_capacity(names + self.event.approximate_size()).writer();
         for name in [&*self.source, target] {
             let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
             out.get_mut().put_u16_le(name.len() as u16);
             out.get_mut().put_slice(name);
+        }
+        if let Some(text) = ingest {
+            out.get_mut().put_u8(INGEST_TAG);
+            out.get_mut().put_u32_le(text.len() as u32);
+            out.get_mut().put_slice(text);
         }
         self.event.write_json(&mut out);
         out.into_inner().freeze()
@@ -99,9 +110,23 @@ impl Journaled {
         let source = Arc::from(name()?);
         let target = name()?;
         let target = (!target.is_empty()).then(|| Arc::from(target));
+        let mut ingest = None;
+        if rest.first() == Some(&INGEST_TAG) {
+            let len = rest
+                .get(1..5)
+                .ok_or(DecodeError::Short(bytes.len()))
+                .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize)?;
+            let text = rest.get(5..5 + len).ok_or(DecodeError::Short(bytes.len()))?;
+            ingest = Some(Arc::new(Ingest::new(serde_json::from_slice(text)?)));
+            rest = &rest[5 + len..];
+        }
+        let mut event = Event::from_written_json(rest)?;
+        if let Some(ingest) = ingest {
+            event.set_ingest(ingest);
+        }
         Ok(Journaled {
             source,
-            event: Arc::new(Event::from_written_json(rest)?),
+            event: Arc::new(event),
             target,
             waiting: None,
         })
@@ -262,6 +287,19 @@ mod tests {
         let replay = Journaled::for_destination(Arc::from("events"), event.clone());
         let back = Journaled::decode(&replay.encode()).unwrap();
         assert_eq!(back.target.as_deref(), Some("events"));
+        assert!(back.event.ingest().is_none());
+        // A request's ingest travels with its event.
+        let mut with_ingest = (*event).clone();
+        let ingest = serde_json::json!({"ip": "203.0.113.9", "_meta": {"hops": 0, "path": ["http"]}});
+        with_ingest.set_ingest(Arc::new(Ingest::new(ingest.clone())));
+        let back =
+            Journaled::decode(&Journaled::new(Arc::from("http"), Arc::new(with_ingest), Vec::new()).encode()).unwrap();
+        assert_eq!(back.event.ingest().map(|ingest| &ingest.value), Some(&ingest));
+        assert_eq!(back.event.to_json(), event.to_json());
+        assert!(matches!(
+            Journaled::decode(b"\x01\x00h\x00\x00\x01\x09"),
+            Err(DecodeError::Short(_))
+        ));
         assert!(matches!(Journaled::decode(b"\x05\x00ab"), Err(DecodeError::Short(4))));
     }
 }

@@ -27,7 +27,7 @@ pub use consent::granted_consent;
 pub use include::Section;
 use path::{remove_by_path, set_by_path};
 
-pub use value::{ValueContext, ValueSpec, code_failed, parse_code};
+pub use value::{ValueContext, ValueSpec, code_failed, ingest_path, parse_code};
 
 /// `batch` of a destination or a rule: a number (the debounce `wait`) or `{wait, size, age}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -364,6 +364,10 @@ impl crate::code::EventSource for Event {
 
     fn is(&self, value: &Value) -> bool {
         self.is_tree(value)
+    }
+
+    fn ingest(&self) -> Option<(&Value, &str)> {
+        self.ingest().map(|ingest| (&ingest.value, &*ingest.text))
     }
 }
 

@@ -116,6 +116,20 @@ impl ValueContext<'_> {
         }
     }
 
+    /// The value at `key` in `input`; a path that starts with `ingest` reads the request's
+    /// ingest instead, when the event came with one (see [`ingest_path`]).
+    fn lookup(&self, input: &Value, key: &str, default: Option<&Value>) -> Option<(Value, bool)> {
+        if let Some(rest) = ingest_path(key)
+            && let Some((ingest, _)) = self.event.ingest()
+        {
+            return match rest {
+                "" => Some((ingest.clone(), contains_null(ingest))),
+                rest => get_with_default(ingest, rest, default),
+            };
+        }
+        get_with_default(input, key, default)
+    }
+
     fn call(&self, code: &Code, value: Option<&Value>, input: &Value) -> Option<Returned> {
         let consent = self.consent_of(input);
         let call = Call {
@@ -128,6 +142,18 @@ impl ValueContext<'_> {
         code.call(&call)
             .map_err(|error| code_failed(self.owner, code, &error))
             .ok()
+    }
+}
+
+/// The rest of a path into the request's ingest (`"ip"` of `"ingest.ip"`, `""` of
+/// `"ingest"`). walkerOS hands the ingest to destinations and routes, not to the mapping
+/// language; weir lets a mapping read it, so that a request's IP or user agent can reach a
+/// stream entry without code. An event has no `ingest` member of its own, so no walkerOS
+/// mapping changes meaning.
+pub fn ingest_path(key: &str) -> Option<&str> {
+    match key {
+        "ingest" => Some(""),
+        _ => key.strip_prefix("ingest."),
     }
 }
 
@@ -261,7 +287,8 @@ impl ValueSpec {
     /// walkerOS `processMappingValue(input, spec)`: one alternative.
     fn process(&self, input: &Value, context: &ValueContext<'_>) -> Option<Resolved> {
         match self {
-            ValueSpec::Key(key) => get_with_default(input, key, None)
+            ValueSpec::Key(key) => context
+                .lookup(input, key, None)
                 .map(|(value, has_null)| Resolved { value, has_null })
                 .and_then(Resolved::cast),
             ValueSpec::Config(config) => config.process(input, context),
@@ -413,8 +440,9 @@ impl ValueConfig {
                 .map(|value| Resolved { value, has_null: false });
         }
         if let Some(key) = &self.key {
-            working =
-                get_with_default(input, key, self.value.as_ref()).map(|(value, has_null)| Resolved { value, has_null });
+            working = context
+                .lookup(input, key, self.value.as_ref())
+                .map(|(value, has_null)| Resolved { value, has_null });
         }
         if let Some(looped) = &self.loop_over {
             let (scope, item) = looped.as_ref();

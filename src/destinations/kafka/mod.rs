@@ -229,8 +229,15 @@ fn field_value(field: FieldRef<'_>) -> Option<Value> {
 }
 
 /// walkerOS `getMappingValue(event, keyPath)` for a plain path. The first segment names a
-/// top-level field, so only that field is parsed, not the whole event.
+/// top-level field, so only that field is parsed, not the whole event. `ingest.*` reads the
+/// request's ingest, as a mapping's paths do.
 fn key_at(event: &Event, path: &str) -> Option<Value> {
+    if let (Some(rest), Some(ingest)) = (crate::mapping::ingest_path(path), event.ingest()) {
+        return match rest {
+            "" => Some(ingest.value.clone()),
+            rest => crate::mapping::path::get_by_path(&ingest.value, rest),
+        };
+    }
     let (head, rest) = match path.split_once('.') {
         Some((head, rest)) => (head, Some(rest)),
         None => (path, None),

@@ -1,6 +1,6 @@
 //! The HTTP source's configuration: walkerOS's express source settings (`port`, `paths`,
 //! `maxBatchSize`, `cors`, `async`) plus weir's (`listen`, `ack`, `ackTimeout`,
-//! `maxBodyBytes`, `bearerToken`).
+//! `maxBodyBytes`, `bearerToken`, `trustProxy`), and walkerOS's source-level `ingest`.
 //!
 //! Everything a misconfiguration would only reveal at start-up (or never) is checked here,
 //! so `weir validate` catches it: paths that clash or that the router cannot take, listen
@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::request::TrustProxy;
 use crate::config::typed::{self, BearerToken};
 use crate::config::{ConfigErrors, join};
+use crate::mapping::ValueSpec;
 use crate::sources::cors::{Cors, CorsOptions};
 
 /// Default listen address when the flow sets neither `listen` nor `port`.
@@ -65,6 +67,9 @@ struct Settings {
     /// weir: require `Authorization: Bearer <token>` on the collect paths.
     bearer_token: Option<String>,
     bearer_token_file: Option<String>,
+    /// weir: which hops are proxies whose `X-Forwarded-*` headers the ingest's `ip`,
+    /// `protocol` and `hostname` believe (Express's `trust proxy`); checked by hand.
+    trust_proxy: Option<Value>,
     /// Settings of older express sources that walkerOS's own example flows still carry
     /// (4.4 ignores them): weir always answers `/health` and `/ready`.
     #[serde(rename = "healthCheck")]
@@ -118,6 +123,10 @@ pub struct HttpSourceConfig {
     /// With `ack = "delivered"`: answer 202 after this long instead of waiting on.
     pub ack_timeout: Duration,
     ack_origin: AckOrigin,
+    /// walkerOS's `ingest`: a mapping over the request whose result travels with each of
+    /// its events.
+    pub ingest: Option<ValueSpec>,
+    pub trust_proxy: TrustProxy,
 }
 
 impl HttpSourceConfig {
@@ -140,6 +149,7 @@ impl HttpSourceConfig {
         )?;
         let (get_ack, post_ack, ack_origin) = ack_modes(config_map, path, errors);
         let mut ack_timeout = DEFAULT_ACK_TIMEOUT;
+        let mut ingest = None;
         for (key, value) in config_map {
             let at = join(path, key);
             match key.as_str() {
@@ -148,7 +158,8 @@ impl HttpSourceConfig {
                     Some(ms) if ms > 0 => ack_timeout = Duration::from_millis(ms),
                     _ => errors.push(at, "must be a positive number of milliseconds"),
                 },
-                "mapping" | "consent" | "policy" | "data" | "include" | "ingest" | "state" => {
+                "ingest" => ingest = ValueSpec::parse(value, &at, errors),
+                "mapping" | "consent" | "policy" | "data" | "include" | "state" => {
                     errors.push(at, format!("source-level `{key}` is not supported by weir yet"));
                 }
                 "env" | "require" | "setup" | "credentials" => {
@@ -201,6 +212,8 @@ impl HttpSourceConfig {
             post_ack,
             ack_timeout,
             ack_origin,
+            ingest,
+            trust_proxy: super::request::trust_proxy(settings.trust_proxy.as_ref(), &settings_path, errors),
         })
     }
 }

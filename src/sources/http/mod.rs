@@ -32,6 +32,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 mod config;
+mod request;
 
 pub use config::{AckMode, DEFAULT_LISTEN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, HttpSourceConfig};
 
@@ -39,7 +40,7 @@ use super::cors::Cors;
 use super::query::parse_query;
 use crate::collector::now_ms;
 use crate::delivery::ack::{AckSet, EventOutcome};
-use crate::event::{Event, InvalidEvent};
+use crate::event::{Event, Ingest, InvalidEvent};
 use crate::runtime::{Refused, Runtime};
 
 /// The 1×1 transparent GIF walkerOS answers pixel requests with (42 bytes).
@@ -113,6 +114,44 @@ impl HttpSource {
             .is_none_or(|token| token.accepts(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())))
     }
 
+    /// walkerOS's ingest of a request (`extractIngest`): `{_meta}` with the `ingest`
+    /// mapping's result spread over it, when the source has one. The mapping reads Express's
+    /// `req` ([`request::request_object`]); its code runs off the async threads.
+    fn ingest(&self, parts: &axum::http::request::Parts) -> Option<Arc<Ingest>> {
+        let spec = self.config.ingest.as_ref()?;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0);
+        let request = request::request_object(parts, peer, &self.config.trust_proxy);
+        let collector = &self.runtime.collector;
+        let context = crate::mapping::ValueContext {
+            collector_consent: &collector.consent,
+            inherited_consent: None,
+            event: &request,
+            collector: collector.script_view(),
+            owner: &self.config.id,
+        };
+        let extracted = if crate::code::in_use() && tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| spec.value(&request, &context))
+        } else {
+            spec.value(&request, &context)
+        };
+        let mut ingest = match extracted {
+            Some(Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        let mut meta = json!({"hops": 0, "path": [self.config.id]});
+        if let Some(trace) = traceparent(&parts.headers) {
+            meta["trace"] = Value::from(trace);
+            if let Some(parent) = parts.headers.get("traceparent").and_then(|value| value.to_str().ok()) {
+                meta["parentEventId"] = Value::from(parent.split('-').nth(2).unwrap_or_default());
+            }
+        }
+        ingest.insert("_meta".into(), meta);
+        Some(Arc::new(Ingest::new(Value::Object(ingest))))
+    }
+
     /// Enriches `inputs`, queues the valid ones, and (when asked) waits for their outcomes.
     /// `Err` is a response to send as is (queue full).
     /// `trace` is the request's `traceparent` trace id, which events without `source.trace`
@@ -122,6 +161,7 @@ impl HttpSource {
         inputs: Vec<EventInput<'_>>,
         mode: AckMode,
         trace: Option<&str>,
+        ingest: Option<Arc<Ingest>>,
     ) -> Result<Processed, Response> {
         let count = inputs.len();
         self.received.increment(count as u64);
@@ -133,7 +173,10 @@ impl HttpSource {
                 EventInput::Value(value) => self.runtime.collector.enrich_traced(value, trace),
             };
             match enriched {
-                Ok(event) => {
+                Ok(mut event) => {
+                    if let Some(ingest) = &ingest {
+                        event.set_ingest(ingest.clone());
+                    }
                     let event = Arc::new(event);
                     valid.push((index, event.clone()));
                     results.push(Ok(event));
@@ -503,8 +546,10 @@ pub fn parse_events(text: &str, form: bool) -> Result<(Vec<EventInput<'_>>, bool
     }
 }
 
-async fn post_events(State(source): State<Arc<HttpSource>>, headers: HeaderMap, body: Body) -> Response {
-    if !source.authorized(&headers) {
+async fn post_events(State(source): State<Arc<HttpSource>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    if !source.authorized(headers) {
         source.requests_rejected("unauthorized").increment(1);
         return unauthorized();
     }
@@ -512,11 +557,11 @@ async fn post_events(State(source): State<Arc<HttpSource>>, headers: HeaderMap, 
         source.requests_rejected(reason).increment(1);
         response
     };
-    let kind = match body_kind(&headers) {
+    let kind = match body_kind(headers) {
         Ok(kind) => kind,
         Err(response) => return reject("content_type", response),
     };
-    let bytes = match read_body(body, &headers, source.config.max_body_bytes).await {
+    let bytes = match read_body(body, headers, source.config.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(response) => return reject("body", response),
     };
@@ -539,7 +584,8 @@ async fn post_events(State(source): State<Arc<HttpSource>>, headers: HeaderMap, 
         return reject("batch_too_large", failure(StatusCode::BAD_REQUEST, &message));
     }
     let mode = source.config.post_ack;
-    let processed = match source.process(inputs, mode, traceparent(&headers)).await {
+    let ingest = source.ingest(&parts);
+    let processed = match source.process(inputs, mode, traceparent(headers), ingest).await {
         Ok(processed) => processed,
         Err(response) => return response,
     };
@@ -620,8 +666,10 @@ fn gif(status: StatusCode, error: Option<&str>) -> Response {
     response
 }
 
-async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, uri: Uri) -> Response {
-    if !source.authorized(&headers) {
+async fn get_pixel(State(source): State<Arc<HttpSource>>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let (headers, uri) = (&parts.headers, &parts.uri);
+    if !source.authorized(headers) {
         source.requests_rejected("unauthorized").increment(1);
         return unauthorized();
     }
@@ -638,7 +686,8 @@ async fn get_pixel(State(source): State<Arc<HttpSource>>, headers: HeaderMap, ur
         .process(
             vec![EventInput::Value(event)],
             source.config.get_ack,
-            traceparent(&headers),
+            traceparent(headers),
+            source.ingest(&parts),
         )
         .await
     {
