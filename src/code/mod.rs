@@ -31,7 +31,6 @@
 //! NaN, a `Date`, a `Map`, a function are not properties.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -132,11 +131,19 @@ pub struct Returned {
 pub struct Call<'a> {
     pub value: Input<'a>,
     pub event: &'a dyn EventSource,
-    pub consent: &'a serde_json::Map<String, Value>,
+    pub consent: Consent<'a>,
     /// The collector as JSON text; the same `Arc` is parsed once per thread.
     pub collector: &'a Arc<str>,
     /// Whether a returned promise is awaited (value level) or counts as it is (rule level).
     pub awaited: bool,
+}
+
+/// `context.consent`: an object, or its JSON text when the caller holds it as text (an
+/// event's own consent), which spares parsing and writing it again.
+#[derive(Clone, Copy)]
+pub enum Consent<'a> {
+    Object(&'a serde_json::Map<String, Value>),
+    Json(&'a str),
 }
 
 /// The event a call sees (`context.event`, and the value when the value is the event),
@@ -187,6 +194,40 @@ impl EventSource for Value {
 /// The event of the call in progress, as the lazy event's host functions reach it.
 type Current = Cell<(f64, Option<*const (dyn EventSource + 'static)>)>;
 
+/// Whether `source` is an arrow function that takes at most one plain parameter
+/// (`() => ...`, `v => ...`, `(v) => ...`, `async (v) => ...`), the form most walkerOS
+/// mappings use: such a function cannot reach a second argument (an arrow has no
+/// `arguments` of its own; no rest or default parameter collects it), so its calls skip
+/// building the context. Anything else is taken to see it.
+fn takes_one_parameter(source: &str) -> bool {
+    let is_name = |name: &str| {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    let text = source.trim_start();
+    let text = match text.strip_prefix("async") {
+        Some(rest) if rest.starts_with(|c: char| c.is_whitespace() || c == '(') => rest.trim_start(),
+        _ => text,
+    };
+    let (parameters, rest) = match text.strip_prefix('(') {
+        Some(inner) => match inner.split_once(')') {
+            Some((parameters, rest)) => (parameters.trim(), rest),
+            None => return false,
+        },
+        None => {
+            let end = text
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(text.len());
+            (&text[..end], &text[end..])
+        }
+    };
+    // `async` alone is a parameter name, `async => 1` a one-parameter arrow.
+    (parameters.is_empty() || is_name(parameters)) && rest.trim_start().starts_with("=>")
+}
+
 /// A compiled `$code:` function.
 #[derive(Debug, Clone)]
 pub struct Code(Arc<Inner>);
@@ -197,6 +238,8 @@ struct Inner {
     source: String,
     /// `context.mapping`: the value spec or rule the function sits in.
     mapping: Value,
+    /// Whether the function can see its context (see [`takes_one_parameter`]).
+    sees_context: bool,
     /// Whether a failure was logged already (once per function).
     logged: AtomicBool,
 }
@@ -215,6 +258,7 @@ impl Code {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             source: source.to_owned(),
             mapping,
+            sees_context: !takes_one_parameter(source),
             logged: AtomicBool::new(false),
         }));
         with_engine(|engine| engine.function(&code).map(|_| ()))?;
@@ -334,16 +378,30 @@ const HELPERS: &str = r#"(() => {
   // that a function that reads `event.data.title` does not pay for parsing the whole event.
   // It behaves as the plain object would (writes, deletes, keys in the event's order,
   // JSON.stringify, Object.freeze).
+  // What a proxy needs lives on its target under a symbol no code can name (and the traps
+  // hide): the call's serial, upgraded to {serial, gone, order} once a member is deleted or
+  // the keys are listed. A member the target owns is loaded; one it does not own is loaded
+  // unless it was deleted. (A WeakMap of per-event records cost more than the call itself.)
   const lazyEvent = (field, fieldKeys) => {
-    const metas = new WeakMap(), owns = Object.hasOwn, R = Reflect, create = Object.create,
-          defineProperty = Object.defineProperty;
+    const META = Symbol('event'), owns = Object.hasOwn, R = Reflect, create = Object.create,
+          defineProperty = Object.defineProperty, frozenOrder = new WeakMap();
+    // The record form of the target's META (undefined once frozen: everything is loaded).
+    const record = (o) => {
+      const m = o[META];
+      if (typeof m !== 'number') return m;
+      const upgraded = { serial: m, gone: create(null), order: null };
+      o[META] = upgraded;
+      return upgraded;
+    };
     const load = (o, k) => {
-      if (typeof k !== 'string') return;
-      const m = metas.get(o);
-      if (m.done[k] === true) return;
-      m.done[k] = true;
-      if (owns(o, k)) return;
-      const value = field(m.serial, k);
+      if (typeof k !== 'string' || owns(o, k)) return;
+      const m = o[META];
+      let serial = m;
+      if (typeof m !== 'number') {
+        if (m === undefined || m.gone[k] === true) return;
+        serial = m.serial;
+      }
+      const value = field(serial, k);
       if (value === undefined) return;
       // A plain assignment makes the same data property, except for `__proto__`.
       if (k === '__proto__') {
@@ -352,21 +410,40 @@ const HELPERS: &str = r#"(() => {
         o[k] = value;
       }
     };
-    // Every member, loaded; the event's member names in order.
+    // Every member, loaded; the names that keep their place in the event's order (not
+    // those deleted: set again, they come after, as on a plain object).
     const loadAll = (o) => {
-      const m = metas.get(o);
+      const m = record(o);
+      if (m === undefined) return frozenOrder.get(o) || [];
       if (m.order === null) m.order = fieldKeys(m.serial) || [];
-      for (let i = 0; i < m.order.length; i++) load(o, m.order[i]);
-      return m.order;
+      const kept = [];
+      for (let i = 0; i < m.order.length; i++) {
+        if (m.gone[m.order[i]] === true) continue;
+        load(o, m.order[i]);
+        kept.push(m.order[i]);
+      }
+      return kept;
+    };
+    const forget = (o, k) => {
+      if (typeof k !== 'string') return;
+      const m = record(o);
+      if (m !== undefined) m.gone[k] = true;
     };
     const handler = {
-      get: (o, k) => { load(o, k); return o[k]; },
+      get: (o, k) => { if (!owns(o, k)) load(o, k); return o[k]; },
       has: (o, k) => { load(o, k); return k in o; },
       set: (o, k, v) => { load(o, k); o[k] = v; return true; },
-      deleteProperty: (o, k) => { load(o, k); return R.deleteProperty(o, k); },
+      deleteProperty: (o, k) => { forget(o, k); return R.deleteProperty(o, k); },
       defineProperty: (o, k, d) => { load(o, k); return R.defineProperty(o, k, d); },
       getOwnPropertyDescriptor: (o, k) => { load(o, k); return R.getOwnPropertyDescriptor(o, k); },
-      preventExtensions: (o) => { loadAll(o); return R.preventExtensions(o); },
+      preventExtensions: (o) => {
+        // A non-extensible target must list every key it has: META goes first.
+        if (o[META] !== undefined) {
+          frozenOrder.set(o, loadAll(o));
+          delete o[META];
+        }
+        return R.preventExtensions(o);
+      },
       ownKeys: (o) => {
         const order = loadAll(o), keys = [], listed = create(null);
         for (let i = 0; i < order.length; i++) {
@@ -374,14 +451,14 @@ const HELPERS: &str = r#"(() => {
         }
         const own = R.ownKeys(o);
         for (let i = 0; i < own.length; i++) {
-          if (typeof own[i] !== 'string' || listed[own[i]] !== true) keys.push(own[i]);
+          if (own[i] !== META && (typeof own[i] !== 'string' || listed[own[i]] !== true)) keys.push(own[i]);
         }
         return keys;
       },
     };
     return (serial) => {
       const o = {};
-      metas.set(o, { serial, done: create(null), order: null });
+      o[META] = serial;
       return new Proxy(o, handler);
     };
   };
@@ -396,7 +473,9 @@ const HELPERS: &str = r#"(() => {
       : { event, mapping, collector, logger, consent, ingest };
     return fn(isEvent ? event : value, context);
   };
-  return [property, logger, freeze, lazyEvent, caller];
+  // A function that cannot see its context (`(value) => ...`) gets the value alone.
+  const bareCaller = (makeEvent) => (fn, isEvent, value, serial) => fn(isEvent ? makeEvent(serial) : value);
+  return [property, logger, freeze, lazyEvent, caller, bareCaller];
 })()"#;
 
 /// ECMAScript's builtins; no `eval` of new text at run time is needed beyond compiling, but
@@ -416,12 +495,16 @@ type Intrinsics = (
 /// One thread's QuickJS. Field order is drop order: every `Persistent` goes before the
 /// context and the runtime (QuickJS aborts on values outliving their runtime).
 struct Engine {
-    functions: HashMap<u64, (Persistent<Function<'static>>, Persistent<rquickjs::Value<'static>>)>,
+    /// By code id: ids are a counter, so rustc's Fx hash (one multiply) does, where the
+    /// default SipHash showed in profiles of every call.
+    functions: rustc_hash::FxHashMap<u64, (Persistent<Function<'static>>, Persistent<rquickjs::Value<'static>>)>,
     collector: Option<(Arc<str>, Persistent<rquickjs::Value<'static>>)>,
     property: Persistent<Function<'static>>,
     freeze: Persistent<Function<'static>>,
     /// `caller`: runs one mapping function with its arguments and context, the event lazy.
     invoke: Persistent<Function<'static>>,
+    /// `bareCaller`: the same for a function that cannot see its context.
+    invoke_bare: Persistent<Function<'static>>,
     /// The last consent a call saw, as JSON text, and its (frozen) object.
     consent: Option<(String, Persistent<rquickjs::Value<'static>>)>,
     context: Context,
@@ -458,7 +541,7 @@ impl Engine {
             _ => false,
         })));
         let current: Rc<Current> = Rc::new(Cell::new((0.0, None)));
-        let (property, freeze, invoke) = context
+        let (property, freeze, invoke, invoke_bare) = context
             .with(|ctx| -> rquickjs::Result<_> {
                 let helpers: rquickjs::Array = ctx.eval(HELPERS)?;
                 let property: Function = helpers.get(0)?;
@@ -484,20 +567,24 @@ impl Engine {
                 // Shared by every call on this thread: frozen, so no call changes another's.
                 let logger: Object = freeze.call((logger,))?;
                 let caller: Function = helpers.get(4)?;
-                let invoke: Function = caller.call((make_event, logger))?;
+                let invoke: Function = caller.call((make_event.clone(), logger))?;
+                let bare_caller: Function = helpers.get(5)?;
+                let invoke_bare: Function = bare_caller.call((make_event,))?;
                 Ok((
                     Persistent::save(&ctx, property),
                     Persistent::save(&ctx, freeze),
                     Persistent::save(&ctx, invoke),
+                    Persistent::save(&ctx, invoke_bare),
                 ))
             })
             .map_err(engine_error)?;
         Ok(Engine {
-            functions: HashMap::new(),
+            functions: rustc_hash::FxHashMap::default(),
             collector: None,
             property,
             freeze,
             invoke,
+            invoke_bare,
             consent: None,
             context,
             runtime,
@@ -522,9 +609,13 @@ impl Engine {
     }
 
     /// Compiles `code` on this engine unless it already has.
-    fn function(&mut self, code: &Code) -> Result<(), CodeError> {
-        if self.functions.contains_key(&code.0.id) {
-            return Ok(());
+    /// `code`'s compiled function and its (frozen) mapping, compiled on first use.
+    fn function(
+        &mut self,
+        code: &Code,
+    ) -> Result<(Persistent<Function<'static>>, Persistent<rquickjs::Value<'static>>), CodeError> {
+        if let Some(found) = self.functions.get(&code.0.id) {
+            return Ok(found.clone());
         }
         self.arm();
         let (fired, memory) = (&self.fired, self.memory);
@@ -546,20 +637,26 @@ impl Engine {
             Ok((Persistent::save(&ctx, function), Persistent::save(&ctx, mapping)))
         });
         self.disarm();
-        self.functions.insert(code.0.id, compiled?);
-        Ok(())
+        let compiled = compiled?;
+        self.functions.insert(code.0.id, compiled.clone());
+        Ok(compiled)
     }
 
     fn call(&mut self, code: &Code, call: &Call<'_>) -> Result<Returned, CodeError> {
-        self.function(code)?;
-        let (function, mapping) = self.functions[&code.0.id].clone();
+        let (function, mapping) = self.function(code)?;
         let collector = match &self.collector {
             Some((text, parsed)) if Arc::ptr_eq(text, call.collector) => Some(parsed.clone()),
             _ => None,
         };
+        let sees_context = code.0.sees_context;
         let until = self.arm();
         let (fired, memory) = (&self.fired, self.memory);
-        let (property, freeze, invoke) = (self.property.clone(), self.freeze.clone(), self.invoke.clone());
+        let (property, freeze) = (self.property.clone(), self.freeze.clone());
+        let invoke = if sees_context {
+            self.invoke.clone()
+        } else {
+            self.invoke_bare.clone()
+        };
         self.serial += 1.0;
         let serial = self.serial;
         // Read by the lazy event's `field` while the call runs; cleared below.
@@ -568,9 +665,13 @@ impl Engine {
         // while this call runs, and it is cleared before the call returns.
         let event: *const (dyn EventSource + 'static) = unsafe { std::mem::transmute(event) };
         self.current.set((serial, Some(event)));
-        let consent_text = serde_json::to_string(call.consent).unwrap_or_else(|_| "{}".into());
+        let consent_text: std::borrow::Cow<'_, str> = match call.consent {
+            _ if !sees_context => "".into(),
+            Consent::Json(text) => text.into(),
+            Consent::Object(map) => serde_json::to_string(map).unwrap_or_else(|_| "{}".into()).into(),
+        };
         let cached_consent = match &self.consent {
-            Some((text, parsed)) if *text == consent_text => Some(parsed.clone()),
+            Some((text, parsed)) if *text == *consent_text => Some(parsed.clone()),
             _ => None,
         };
         let result = self.context.with(|ctx| {
@@ -585,10 +686,19 @@ impl Engine {
                 Input::Json(value) => (false, parse(value)?),
                 Input::Undefined => (false, undefined()),
             };
+            if !sees_context {
+                let returned: rquickjs::Value = invoke
+                    .restore(&ctx)
+                    .map_err(fail)?
+                    .call((function, is_event, value, serial))
+                    .map_err(fail)?;
+                let returned = conclude(&ctx, returned, call.awaited, until, fired, memory, &property)?;
+                return Ok((returned, None, None));
+            }
             let (consent, fresh_consent) = match cached_consent {
                 Some(parsed) => (parsed.restore(&ctx).map_err(fail)?, None),
                 None => {
-                    let parsed = ctx.json_parse(consent_text.clone()).map_err(fail)?;
+                    let parsed = ctx.json_parse(consent_text.as_bytes().to_vec()).map_err(fail)?;
                     // Shared by later calls with the same consent: frozen, as the collector is.
                     let parsed: rquickjs::Value = freeze
                         .clone()
@@ -636,15 +746,14 @@ impl Engine {
             self.collector = Some((call.collector.clone(), parsed));
         }
         if let Some(parsed) = fresh_consent {
-            self.consent = Some((consent_text, parsed));
+            self.consent = Some((consent_text.into_owned(), parsed));
         }
         Ok(returned)
     }
 
     /// Calls `code` with plain JSON arguments (no mapping context), awaiting a promise.
     fn apply(&mut self, code: &Code, args: &[&Value]) -> Result<Returned, CodeError> {
-        self.function(code)?;
-        let (function, _) = self.functions[&code.0.id].clone();
+        let (function, _) = self.function(code)?;
         let until = self.arm();
         let (fired, memory) = (&self.fired, self.memory);
         let property = self.property.clone();

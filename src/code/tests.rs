@@ -17,7 +17,7 @@ fn call_with(source: &str, value: &Value, awaited: bool) -> Result<Returned, Cod
     compile(source).call(&Call {
         value: Input::Json(value),
         event: value,
-        consent: consent.as_object().unwrap(),
+        consent: Consent::Object(consent.as_object().unwrap()),
         collector: &collector,
         awaited,
     })
@@ -127,7 +127,7 @@ fn the_context_has_walkeros_keys() {
         .call(&Call {
             value: Input::Json(&item),
             event: &event,
-            consent: json!({"functional": true}).as_object().unwrap(),
+            consent: Consent::Object(json!({"functional": true}).as_object().unwrap()),
             collector: &collector,
             awaited: true,
         })
@@ -303,6 +303,23 @@ fn the_lazy_event_behaves_as_the_plain_object() {
         text("(e) => Object.isFrozen(Object.freeze(e)) && e.data.title"),
         Some(json!("Home"))
     );
+    // Frozen after one member was read: the keys stay in the event's order.
+    assert_eq!(
+        text(
+            "(e) => { e.user; Object.freeze(e); return [Object.keys(e).join(), Object.getOwnPropertySymbols(e).length].join('|') }"
+        ),
+        Some(json!("name,data,user,consent|0"))
+    );
+    // A member deleted before it was read stays deleted, and is not listed.
+    assert_eq!(
+        text("(e) => { delete e.data; return [e.data === undefined, 'data' in e, Object.keys(e).join()].join('|') }"),
+        Some(json!("true|false|name,user,consent"))
+    );
+    // Deleted after listing, then set again: it is the new value, at the end.
+    assert_eq!(
+        text("(e) => { Object.keys(e); delete e.name; e.name = 'x'; return Object.keys(e).join() + '|' + e.name }"),
+        Some(json!("data,user,consent,name|x"))
+    );
     // A value that is not the event (a loop item) is a plain copy.
     let collector = collector();
     let item = json!({"entity": "product"});
@@ -310,7 +327,7 @@ fn the_lazy_event_behaves_as_the_plain_object() {
         .call(&Call {
             value: Input::Json(&item),
             event: &event,
-            consent: event["consent"].as_object().unwrap(),
+            consent: Consent::Object(event["consent"].as_object().unwrap()),
             collector: &collector,
             awaited: true,
         })
@@ -346,4 +363,47 @@ fn primitives_come_back_as_json_gives_them() {
         assert_eq!(returned.property, expected, "{source}");
         assert_eq!(returned.truthy, truthy, "{source}");
     }
+}
+
+#[test]
+fn only_a_one_parameter_arrow_is_called_without_its_context() {
+    for bare in [
+        "() => 1",
+        "v => v",
+        " (value) => value.x",
+        "async (e) => e",
+        "async e => e",
+        "$ => $",
+        "async => 1",
+    ] {
+        assert!(takes_one_parameter(bare), "{bare}");
+    }
+    for seeing in [
+        "(v, c) => c",
+        "(v, ...rest) => rest[0]",
+        "(v, c = 1) => c",
+        "({data}) => data",
+        "function (v) { return arguments[1] }",
+        "async function (v) { return 1 }",
+        "(v /* c */) => v",
+    ] {
+        assert!(!takes_one_parameter(seeing), "{seeing}");
+    }
+    // Each form that can reach the context gets it.
+    let event = json!({"name": "page view"});
+    for source in [
+        "(v, ...rest) => rest[0].event.name",
+        "(v, c = 1) => c.event.name",
+        "function (v) { return arguments[1].event.name }",
+    ] {
+        assert_eq!(
+            call(source, &event).unwrap().property,
+            Some(json!("page view")),
+            "{source}"
+        );
+    }
+    assert_eq!(
+        call("(e) => e.name", &event).unwrap().property,
+        Some(json!("page view"))
+    );
 }

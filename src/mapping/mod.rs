@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::code::{Call, Code, Input};
+use crate::code::{Call, Code, Consent, Input};
 use crate::collector::Collector;
 use crate::config::{ConfigErrors, join, typed};
 use crate::event::{Event, Object, split_name};
@@ -377,14 +377,13 @@ fn rule_holds<S>(rule: &Rule<S>, event: &Event, collector: &Collector, owner: &s
     let Some(condition) = &rule.condition else {
         return Ok(true);
     };
-    // walkerOS: the event's own consent object, else the collector's.
-    let own_object = match event.field(crate::event::key::CONSENT) {
-        Some(crate::event::FieldRef::Text(text)) => text.starts_with('{'),
-        Some(crate::event::FieldRef::Value(value)) => value.is_object(),
-        None => false,
+    // walkerOS: the event's own consent object, else the collector's; the event's as the
+    // text it keeps, unparsed.
+    let consent = match event.field(crate::event::key::CONSENT) {
+        Some(crate::event::FieldRef::Text(text)) if text.starts_with('{') => Consent::Json(text),
+        Some(crate::event::FieldRef::Value(Value::Object(own))) => Consent::Object(own),
+        _ => Consent::Object(&collector.consent),
     };
-    let own = event.object(crate::event::key::CONSENT);
-    let consent = if own_object { &*own } else { &collector.consent };
     let call = Call {
         value: Input::Event,
         event,

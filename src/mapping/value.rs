@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use super::consent::granted_consent;
 use super::path::{contains_null, get_with_default};
-use crate::code::{Call, Code, CodeError, Input, Returned};
+use crate::code::{Call, Code, CodeError, Consent, Input, Returned};
 use crate::config::{ConfigErrors, join};
 use crate::event::Object;
 use crate::json::truthy;
@@ -135,7 +135,7 @@ impl ValueContext<'_> {
         let call = Call {
             value: value.map_or(Input::Undefined, Input::Json),
             event: self.event,
-            consent,
+            consent: Consent::Object(consent),
             collector: self.collector,
             awaited: true,
         };
