@@ -228,3 +228,62 @@ fn explain_takes_the_ingest_as_a_request_would_make_it() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--ingest must be a JSON object"));
 }
+
+/// walkerOS's documented ingest examples against a real request: express.mdx's (`ip`,
+/// `country` from a function — a header here, where the docs call geoip —, `devMode` read only
+/// when the condition on `hostname` holds, a nested `request` map) and flow-complete.json's
+/// `anonymizedIp`, whose `key` beside `fn` wins in walkerOS's code: the raw address.
+#[test]
+fn walkeros_documented_ingest_examples() {
+    let recorder = Recorder::open();
+    let ingest = json!({"map": {
+        "ip": {"key": "ip"},
+        "country": {"fn": "$code:(req) => req.headers['x-country']"},
+        "devMode": {"key": "headers.x-debug", "condition": "$code:(req) => req.hostname === 'localhost'"},
+        "request": {"map": {"ua": {"key": "headers.user-agent"}, "origin": {"key": "headers.origin"}}},
+        "anonymizedIp": {"key": "ip", "fn": "$code:(ip) => ip ? ip.replace(/\\.\\d+$/, '.0') : ''"}
+    }});
+    let flow = json!({
+        "sources": {"web": {"type": "http", "config": {"ingest": ingest}}},
+        "destinations": {"hook": {"package": "@walkeros/server-destination-api", "config": {
+            "settings": {"url": format!("{}/hook", recorder.base)},
+            "data": {"map": {"ingest": "ingest"}}
+        }}}
+    });
+    let weir = Weir::start(&toml::to_string(&flow).unwrap());
+    let send = |host: &str| {
+        client()
+            .post(weir.url("/collect"))
+            .header("host", host)
+            .header("content-type", "application/json")
+            .header("user-agent", "docs/1")
+            .header("origin", "https://shop.example")
+            .header("x-country", "AT")
+            .header("x-debug", "1")
+            .body(json!({"name": "page view"}).to_string())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send("localhost:8080"), 200);
+    assert_eq!(send("collect.example"), 200);
+    let bodies = bodies(&recorder, 2);
+    let expected = |dev: bool| {
+        let mut ingest = json!({
+            "ip": "127.0.0.1",
+            "country": "AT",
+            "request": {"ua": "docs/1", "origin": "https://shop.example"},
+            "anonymizedIp": "127.0.0.1",
+            "_meta": {"hops": 0, "path": ["web"]}
+        });
+        if dev {
+            ingest["devMode"] = json!("1");
+        }
+        json!({"ingest": ingest})
+    };
+    let mut bodies = bodies;
+    bodies.sort_by_key(|body| body["ingest"].get("devMode").is_none());
+    // Key order aside (the map's order, then `_meta`), each request's ingest as walkerOS makes it.
+    assert_eq!(bodies, [expected(true), expected(false)]);
+}

@@ -94,7 +94,9 @@ pub fn in_use() -> bool {
 }
 
 fn timeout() -> Duration {
-    Duration::from_micros(TIMEOUT_US.load(Ordering::Relaxed))
+    LOAD_TIMEOUT
+        .with(Cell::get)
+        .unwrap_or_else(|| Duration::from_micros(TIMEOUT_US.load(Ordering::Relaxed)))
 }
 
 /// Why a call (or compiling) failed.
@@ -289,12 +291,20 @@ impl Code {
 
 /// Evaluates `source` once (a `$code:` value outside the mapping's function slots) and
 /// returns its result as JSON: it must be a property (a function is refused, as is `null`).
-pub fn evaluate(source: &str) -> Result<Value, CodeError> {
-    with_engine(|engine| engine.evaluate(source))
+/// It runs under `limits` (the flow's, which are not in force yet while it loads), in an
+/// engine of its own.
+pub fn evaluate(source: &str, limits: Limits) -> Result<Value, CodeError> {
+    LOAD_TIMEOUT.with(|slot| slot.set(Some(limits.timeout)));
+    let result =
+        Engine::new(GENERATION.load(Ordering::Relaxed), limits.memory).and_then(|mut engine| engine.evaluate(source));
+    LOAD_TIMEOUT.with(|slot| slot.set(None));
+    result
 }
 
 thread_local! {
     static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+    /// The time limit of [`evaluate`] while it runs on this thread.
+    static LOAD_TIMEOUT: Cell<Option<Duration>> = const { Cell::new(None) };
 }
 
 /// Runs `work` on this thread's engine, building it first (or again, after limits changed
@@ -305,7 +315,7 @@ fn with_engine<T>(work: impl FnOnce(&mut Engine) -> Result<T, CodeError>) -> Res
         let generation = GENERATION.load(Ordering::Relaxed);
         if slot.as_ref().is_none_or(|engine| engine.generation != generation) {
             *slot = None; // the old one goes before the new one is built
-            *slot = Some(Engine::new(generation)?);
+            *slot = Some(Engine::new(generation, MEMORY.load(Ordering::Relaxed))?);
         }
         let engine = slot.as_mut().expect("built above");
         let result = work(engine);
@@ -522,11 +532,10 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(generation: u64) -> Result<Engine, CodeError> {
+    fn new(generation: u64, memory: usize) -> Result<Engine, CodeError> {
         let engine_error = |error: rquickjs::Error| CodeError::Engine(error.to_string());
         let runtime = Runtime::new().map_err(engine_error)?;
         let context = Context::custom::<Intrinsics>(&runtime).map_err(engine_error)?;
-        let memory = MEMORY.load(Ordering::Relaxed);
         // After the context exists: building one under a small limit can fail.
         runtime.set_memory_limit(memory);
         runtime.set_max_stack_size(STACK);
@@ -608,8 +617,8 @@ impl Engine {
         self.deadline.set(None);
     }
 
-    /// Compiles `code` on this engine unless it already has.
-    /// `code`'s compiled function and its (frozen) mapping, compiled on first use.
+    /// `code`'s compiled function and its (frozen) mapping, compiled on this engine on first
+    /// use.
     fn function(
         &mut self,
         code: &Code,

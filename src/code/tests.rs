@@ -163,13 +163,13 @@ fn compiling_reports_syntax_errors_and_non_functions() {
 
 #[test]
 fn code_values_evaluate_once_to_json() {
-    assert_eq!(evaluate("1 + 2"), Ok(json!(3)));
+    assert_eq!(evaluate("1 + 2", Limits::default()), Ok(json!(3)));
     assert_eq!(
-        evaluate("['a', 'b'].map((s) => s.toUpperCase())"),
+        evaluate("['a', 'b'].map((s) => s.toUpperCase())", Limits::default()),
         Ok(json!(["A", "B"]))
     );
-    assert!(evaluate("(v) => v").is_err());
-    assert!(evaluate("null").is_err());
+    assert!(evaluate("(v) => v", Limits::default()).is_err());
+    assert!(evaluate("null", Limits::default()).is_err());
 }
 
 /// The sandbox: no host access exists, and a call past a limit fails alone; the next call on

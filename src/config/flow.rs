@@ -250,7 +250,23 @@ pub fn parse_flow(
         name: name.clone(),
         ..Flow::default()
     };
-    let base_scopes = [&flow_variables, &root_variables];
+    let base_variables = [&flow_variables, &root_variables];
+    // The `code` block first: `$code:` values elsewhere run under its limits as they load.
+    if let Some(mut value) = flow.remove("code") {
+        let at = join(&path, "code");
+        let scopes = Scopes {
+            variables: base_variables.to_vec(),
+            env,
+            code: crate::code::Limits::default(),
+        };
+        references::resolve(&mut value, &at, &scopes, &mut errors);
+        result.code = parse_code_limits(&value, &at, &mut errors);
+    }
+    let base_scopes = Scopes {
+        variables: base_variables.to_vec(),
+        env,
+        code: result.code,
+    };
 
     for (key, value) in flow {
         let at = join(&path, &key);
@@ -262,15 +278,7 @@ pub fn parse_flow(
                 };
                 for (id, step) in steps {
                     let step_path = join(&at, &id);
-                    let parsed = parse_step(
-                        &id,
-                        step,
-                        &step_path,
-                        key == "destinations",
-                        &base_scopes,
-                        env,
-                        &mut errors,
-                    );
+                    let parsed = parse_step(&id, step, &step_path, key == "destinations", &base_scopes, &mut errors);
                     if let Some(parsed) = parsed {
                         if key == "sources" {
                             result.sources.push(parsed);
@@ -280,18 +288,13 @@ pub fn parse_flow(
                     }
                 }
             }
-            "collector" | "journal" | "code" => {
+            "collector" | "journal" => {
                 // Blocks of flow-level state: their references resolve in the flow's scopes.
                 let mut value = value;
-                let scopes = Scopes {
-                    variables: base_scopes.to_vec(),
-                    env,
-                };
-                references::resolve(&mut value, &at, &scopes, &mut errors);
+                references::resolve(&mut value, &at, &base_scopes, &mut errors);
                 match key.as_str() {
                     "collector" => result.collector = parse_collector(value, &at, &mut errors),
-                    "journal" => result.journal = parse_journal(&value, &at, &mut errors),
-                    _ => result.code = parse_code_limits(&value, &at, &mut errors),
+                    _ => result.journal = parse_journal(&value, &at, &mut errors),
                 }
             }
             "config" => check_flow_config(&value, &at, &mut errors),
@@ -408,8 +411,7 @@ fn parse_step(
     step: Value,
     path: &str,
     is_destination: bool,
-    base_scopes: &[&Map<String, Value>],
-    env: &dyn Fn(&str) -> Option<String>,
+    base_scopes: &Scopes<'_>,
     errors: &mut ConfigErrors,
 ) -> Option<Step> {
     let Value::Object(mut step) = step else {
@@ -419,9 +421,10 @@ fn parse_step(
     let step_variables = take_object(&mut step, "variables", path, errors);
     let mut scopes = Scopes {
         variables: vec![&step_variables],
-        env,
+        env: base_scopes.env,
+        code: base_scopes.code,
     };
-    scopes.variables.extend_from_slice(base_scopes);
+    scopes.variables.extend_from_slice(&base_scopes.variables);
 
     let mut kind = None;
     let mut package = None;
@@ -567,6 +570,33 @@ mod tests {
         ] {
             assert!(problems.contains(expected), "{expected} in {problems}");
         }
+    }
+
+    /// A `$code:` value is evaluated while the flow loads, under the flow's own `code`
+    /// limits wherever the block stands in the file.
+    #[test]
+    fn code_values_load_under_the_flow_s_code_limits() {
+        let busy = "$code:(() => { const end = Date.now() + 200; while (Date.now() < end) {} return 1 })()";
+        let with_timeout = |timeout: u64| {
+            parse_flow(
+                json!({
+                    "destinations": {"b": {"type": "blackhole", "config": {"settings": {"n": busy}}}},
+                    "code": {"timeout": timeout}
+                }),
+                None,
+                &no_env,
+            )
+            .unwrap()
+            .problems
+            .to_string()
+        };
+        // 200 ms of work: beyond the default 50 ms, within a flow's 5 s.
+        assert_eq!(with_timeout(5000), "");
+        let problems = with_timeout(20);
+        assert!(
+            problems.contains("destinations.b.config.settings.n") && problems.contains("time limit of 20ms"),
+            "{problems}"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ use super::{ConfigErrors, join};
 pub struct Scopes<'a> {
     pub variables: Vec<&'a Map<String, Value>>,
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The flow's `code` limits, which a `$code:` value runs under while the flow loads.
+    pub code: crate::code::Limits,
 }
 
 impl Scopes<'_> {
@@ -102,7 +104,7 @@ fn dotted_length(text: &str) -> usize {
 
 fn resolve_string(text: &str, scopes: &Scopes<'_>) -> Result<Value, String> {
     if let Some(code) = text.strip_prefix("$code:") {
-        return crate::code::evaluate(code).map_err(|error| {
+        return crate::code::evaluate(code, scopes.code).map_err(|error| {
             let preview: String = code.chars().take(40).collect();
             format!("JavaScript `$code:{preview}` {error}")
         });
@@ -227,6 +229,7 @@ mod tests {
         let scopes = Scopes {
             variables: vec![&variables],
             env: &env,
+            code: crate::code::Limits::default(),
         };
         let mut errors = ConfigErrors::default();
         resolve(&mut value, "", &scopes, &mut errors);

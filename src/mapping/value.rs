@@ -131,11 +131,21 @@ impl ValueContext<'_> {
     }
 
     fn call(&self, code: &Code, value: Option<&Value>, input: &Value) -> Option<Returned> {
-        let consent = self.consent_of(input);
+        // The event's own consent as the text the event keeps (nothing to write again).
+        let own = self
+            .event
+            .is(input)
+            .then(|| self.event.member("consent"))
+            .flatten()
+            .filter(|text| text.starts_with('{'));
+        let consent = match &own {
+            Some(text) => Consent::Json(text),
+            None => Consent::Object(self.consent_of(input)),
+        };
         let call = Call {
             value: value.map_or(Input::Undefined, Input::Json),
             event: self.event,
-            consent: Consent::Object(consent),
+            consent,
             collector: self.collector,
             awaited: true,
         };
