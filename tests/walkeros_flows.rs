@@ -140,3 +140,122 @@ fn the_demos_server_flow_is_refused_naming_the_gcp_package() {
     // Its other keys (`packages`, `code` import names, express settings) are accepted.
     assert!(text.contains("1 problem(s)"), "{text}");
 }
+
+/// A walkerOS v4 flow file as the CLI writes it, with `$code:` in a Redis destination's
+/// mapping (a rule condition choosing among rules, a value `fn`, `validate`, a loop
+/// `condition`, a function reading its context): a real redis-server holds exactly the entries
+/// `weir explain` shows for the same events.
+#[test]
+fn a_walkeros_flow_with_code_mappings_into_redis_matches_explain_on_a_real_server() {
+    let server = support::redis::RedisServer::start();
+    let flow = json!({
+        "version": 4,
+        "$schema": "https://walkeros.io/schema/flow/v4.json",
+        "flows": {"default": {
+            "config": {"platform": "server"},
+            "packages": {
+                "@walkeros/server-source-express": {"version": "4.4.0"},
+                "@walkeros/server-destination-redis": {"version": "4.4.0"}
+            },
+            "sources": {"express": {
+                "package": "@walkeros/server-source-express",
+                "config": {"settings": {"port": 8080}}
+            }},
+            "destinations": {"redis": {
+                "package": "@walkeros/server-destination-redis",
+                "config": {
+                    "settings": {"redis": {"url": server.url(), "streamKey": "walkeros:events"}},
+                    "mapping": {"order": {"complete": [
+                        {
+                            "condition": "$code:(event) => event.data.total > 100",
+                            "name": "big_order",
+                            "settings": {"streamKey": "walkeros:big"},
+                            "data": {"map": {
+                                "id": "data.id",
+                                "total": {"key": "data.total", "validate": "$code:(total) => total > 0"},
+                                "products": {"loop": ["nested", {
+                                    "condition": "$code:(item) => item.entity === 'product'",
+                                    "map": {
+                                        "id": "data.id",
+                                        "cents": {"fn": "$code:(item) => Math.round(item.data.price * 100)"}
+                                    }
+                                }]}
+                            }}
+                        },
+                        {
+                            "name": "order",
+                            "data": {"map": {
+                                "id": "data.id",
+                                "customer": {"fn": "$code:(event, context) => context.consent.marketing ? event.user.id : undefined"}
+                            }}
+                        }
+                    ]}}
+                }
+            }}
+        }}
+    });
+    let events = [
+        json!({"name": "order complete", "data": {"id": "o1", "total": 250}, "nested": [
+            {"entity": "product", "data": {"id": "ers", "price": 199.99}},
+            {"entity": "gift", "data": {"id": "card"}},
+            {"entity": "product", "data": {"id": "cc", "price": 50.01}}
+        ]}),
+        json!({"name": "order complete", "data": {"id": "o2", "total": 50}, "user": {"id": "u2"},
+               "consent": {"marketing": true}}),
+        json!({"name": "order complete", "data": {"id": "o3", "total": 40}, "user": {"id": "u3"},
+               "consent": {"marketing": false, "functional": true}}),
+    ];
+    // explain: the commands, without connecting.
+    let explained: Vec<Vec<String>> = explain_events(&flow, &events)
+        .iter()
+        .map(|record| {
+            assert_eq!(record["outcome"], "send", "{record}");
+            serde_json::from_value(record["wire"]["command"].clone()).unwrap()
+        })
+        .collect();
+    let data = |command: &[String]| -> (String, Value) {
+        let at = command.iter().position(|arg| arg == "event").unwrap();
+        (command[1].clone(), serde_json::from_str(&command[at + 1]).unwrap())
+    };
+    assert_eq!(
+        explained.iter().map(|command| data(command)).collect::<Vec<_>>(),
+        [
+            (
+                "walkeros:big".to_owned(),
+                json!({"id": "o1", "total": 250, "products": [{"id": "ers", "cents": 19999}, {"id": "cc", "cents": 5001}]})
+            ),
+            ("walkeros:events".to_owned(), json!({"id": "o2", "customer": "u2"})),
+            ("walkeros:events".to_owned(), json!({"id": "o3"})),
+        ]
+    );
+    // serve: the same entries in a real Redis.
+    let weir = Weir::start_file("flow.json", &flow.to_string(), &[]);
+    for event in &events {
+        assert_eq!(post(&weir, event).status(), 200);
+    }
+    let mut stored = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        stored = ["walkeros:big", "walkeros:events"]
+            .iter()
+            .flat_map(|stream| {
+                server
+                    .xrange(stream)
+                    .into_iter()
+                    .map(move |(_, fields)| (stream.to_string(), fields))
+            })
+            .collect::<Vec<_>>();
+        stored.len() == 3
+    });
+    let expected: Vec<(String, Vec<(String, String)>)> = explained
+        .iter()
+        .map(|command| {
+            let star = command.iter().position(|arg| arg == "*").unwrap();
+            let fields = command[star + 1..]
+                .chunks(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            (command[1].clone(), fields)
+        })
+        .collect();
+    assert_eq!(stored, expected);
+}
