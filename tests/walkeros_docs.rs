@@ -142,8 +142,9 @@ fn conditional_rules() {
     assert_eq!(names, [json!("high_value_purchase"), json!("purchase")]);
 }
 
-/// reference-syntax.mdx: a variable holding `{condition: "$code:(entity) => entity.entity ===
-/// 'product'"}`, used in a loop over `nested` (the issue's loop example): only products.
+/// reference-syntax.mdx: a variable holding a `$code:` condition (`(entity) => entity.entity
+/// === 'product'`; the docs wrap it in `{condition: ...}`, here it is the string itself, used
+/// as a loop item's `condition` through `$var.`) in a loop over `nested`: only products.
 #[test]
 fn a_variable_with_a_code_condition_in_a_loop() {
     let mut flow = flow(json!({"data": {"map": {"products": {"loop": ["nested", {

@@ -240,8 +240,8 @@ struct Inner {
     source: String,
     /// `context.mapping`: the value spec or rule the function sits in.
     mapping: Value,
-    /// Whether the function can see its context (see [`takes_one_parameter`]).
-    sees_context: bool,
+    /// Whether the source reads as a one-parameter arrow (see [`takes_one_parameter`]).
+    one_parameter: bool,
     /// Whether a failure was logged already (once per function).
     logged: AtomicBool,
 }
@@ -260,7 +260,7 @@ impl Code {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             source: source.to_owned(),
             mapping,
-            sees_context: !takes_one_parameter(source),
+            one_parameter: takes_one_parameter(source),
             logged: AtomicBool::new(false),
         }));
         with_engine(|engine| engine.function(&code).map(|_| ()))?;
@@ -294,11 +294,16 @@ impl Code {
 /// It runs under `limits` (the flow's, which are not in force yet while it loads), in an
 /// engine of its own.
 pub fn evaluate(source: &str, limits: Limits) -> Result<Value, CodeError> {
+    /// Clears the load-time limit however evaluation ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LOAD_TIMEOUT.with(|slot| slot.set(None));
+        }
+    }
     LOAD_TIMEOUT.with(|slot| slot.set(Some(limits.timeout)));
-    let result =
-        Engine::new(GENERATION.load(Ordering::Relaxed), limits.memory).and_then(|mut engine| engine.evaluate(source));
-    LOAD_TIMEOUT.with(|slot| slot.set(None));
-    result
+    let _reset = Reset;
+    Engine::new(GENERATION.load(Ordering::Relaxed), limits.memory).and_then(|mut engine| engine.evaluate(source))
 }
 
 thread_local! {
@@ -394,7 +399,7 @@ const HELPERS: &str = r#"(() => {
   // unless it was deleted. (A WeakMap of per-event records cost more than the call itself.)
   const lazyEvent = (field, fieldKeys) => {
     const META = Symbol('event'), owns = Object.hasOwn, R = Reflect, create = Object.create,
-          defineProperty = Object.defineProperty, frozenOrder = new WeakMap();
+          defineProperty = Object.defineProperty, frozenOrder = new WeakMap(), proto = Object.prototype;
     // The record form of the target's META (undefined once frozen: everything is loaded).
     const record = (o) => {
       const m = o[META];
@@ -413,8 +418,9 @@ const HELPERS: &str = r#"(() => {
       }
       const value = field(serial, k);
       if (value === undefined) return;
-      // A plain assignment makes the same data property, except for `__proto__`.
-      if (k === '__proto__') {
+      // A plain assignment makes the same data property, unless the prototype has the name
+      // (`__proto__`, or a setter some code put on Object.prototype).
+      if (k in proto) {
         defineProperty(o, k, { value, writable: true, enumerable: true, configurable: true });
       } else {
         o[k] = value;
@@ -442,7 +448,7 @@ const HELPERS: &str = r#"(() => {
     const handler = {
       get: (o, k) => { if (!owns(o, k)) load(o, k); return o[k]; },
       has: (o, k) => { load(o, k); return k in o; },
-      set: (o, k, v) => { load(o, k); o[k] = v; return true; },
+      set: (o, k, v) => { load(o, k); return R.set(o, k, v); },
       deleteProperty: (o, k) => { forget(o, k); return R.deleteProperty(o, k); },
       defineProperty: (o, k, d) => { load(o, k); return R.defineProperty(o, k, d); },
       getOwnPropertyDescriptor: (o, k) => { load(o, k); return R.getOwnPropertyDescriptor(o, k); },
@@ -502,12 +508,22 @@ type Intrinsics = (
     intrinsic::WeakRef,
 );
 
+/// A function compiled on one engine.
+#[derive(Clone)]
+struct Compiled {
+    function: Persistent<Function<'static>>,
+    /// Its (frozen) `context.mapping`.
+    mapping: Persistent<rquickjs::Value<'static>>,
+    /// A one-parameter arrow, called without a context.
+    bare: bool,
+}
+
 /// One thread's QuickJS. Field order is drop order: every `Persistent` goes before the
 /// context and the runtime (QuickJS aborts on values outliving their runtime).
 struct Engine {
     /// By code id: ids are a counter, so rustc's Fx hash (one multiply) does, where the
     /// default SipHash showed in profiles of every call.
-    functions: rustc_hash::FxHashMap<u64, (Persistent<Function<'static>>, Persistent<rquickjs::Value<'static>>)>,
+    functions: rustc_hash::FxHashMap<u64, Compiled>,
     collector: Option<(Arc<str>, Persistent<rquickjs::Value<'static>>)>,
     property: Persistent<Function<'static>>,
     freeze: Persistent<Function<'static>>,
@@ -619,10 +635,7 @@ impl Engine {
 
     /// `code`'s compiled function and its (frozen) mapping, compiled on this engine on first
     /// use.
-    fn function(
-        &mut self,
-        code: &Code,
-    ) -> Result<(Persistent<Function<'static>>, Persistent<rquickjs::Value<'static>>), CodeError> {
+    fn function(&mut self, code: &Code) -> Result<Compiled, CodeError> {
         if let Some(found) = self.functions.get(&code.0.id) {
             return Ok(found.clone());
         }
@@ -643,7 +656,16 @@ impl Engine {
                 .json_parse(serde_json::to_string(&code.0.mapping).unwrap_or_else(|_| "null".into()))
                 .map_err(fail)?;
             let mapping: rquickjs::Value = freeze.restore(&ctx).map_err(fail)?.call((mapping,)).map_err(fail)?;
-            Ok((Persistent::save(&ctx, function), Persistent::save(&ctx, mapping)))
+            // The source must be that one function as a whole (`v => v, (e, c) => c` is not).
+            let text: String = ctx
+                .eval::<Function, _>("Function.prototype.toString")
+                .and_then(|to_string| to_string.call((rquickjs::function::This(function.clone()),)))
+                .unwrap_or_default();
+            Ok(Compiled {
+                bare: code.0.one_parameter && text.trim() == code.0.source.trim(),
+                function: Persistent::save(&ctx, function),
+                mapping: Persistent::save(&ctx, mapping),
+            })
         });
         self.disarm();
         let compiled = compiled?;
@@ -652,12 +674,16 @@ impl Engine {
     }
 
     fn call(&mut self, code: &Code, call: &Call<'_>) -> Result<Returned, CodeError> {
-        let (function, mapping) = self.function(code)?;
+        let Compiled {
+            function,
+            mapping,
+            bare,
+        } = self.function(code)?;
         let collector = match &self.collector {
             Some((text, parsed)) if Arc::ptr_eq(text, call.collector) => Some(parsed.clone()),
             _ => None,
         };
-        let sees_context = code.0.sees_context;
+        let sees_context = !bare;
         let until = self.arm();
         let (fired, memory) = (&self.fired, self.memory);
         let (property, freeze) = (self.property.clone(), self.freeze.clone());
@@ -762,7 +788,7 @@ impl Engine {
 
     /// Calls `code` with plain JSON arguments (no mapping context), awaiting a promise.
     fn apply(&mut self, code: &Code, args: &[&Value]) -> Result<Returned, CodeError> {
-        let (function, _) = self.function(code)?;
+        let function = self.function(code)?.function;
         let until = self.arm();
         let (fired, memory) = (&self.fired, self.memory);
         let property = self.property.clone();

@@ -310,6 +310,29 @@ fn the_lazy_event_behaves_as_the_plain_object() {
         ),
         Some(json!("name,data,user,consent|0"))
     );
+    // A write to a frozen event fails with a TypeError and changes nothing (QuickJS throws
+    // when a proxy refuses a write, in sloppy code too, where a plain object would ignore it).
+    for strict in ["", "'use strict'; "] {
+        assert_eq!(
+            text(&format!(
+                "(e) => {{ {strict}Object.freeze(e); try {{ e.name = 'x'; return 'wrote' }} catch (error) {{ return (error instanceof TypeError) + e.name }} }}"
+            )),
+            Some(json!("truepage view")),
+            "{strict}"
+        );
+    }
+    // A setter some code left on Object.prototype neither hides a member nor sees weir's
+    // bookkeeping.
+    call(
+        "() => { Object.defineProperty(Object.prototype, 'data', { configurable: true, get() { return 'proto' }, set(v) { globalThis.seen = Object.getOwnPropertySymbols(this).length } }); return 1 }",
+        &event,
+    )
+    .unwrap();
+    assert_eq!(
+        text("(e) => [e.data.title, globalThis.seen === undefined].join()"),
+        Some(json!("Home,true"))
+    );
+    call("() => { delete Object.prototype.data; return 1 }", &event).unwrap();
     // A member deleted before it was read stays deleted, and is not listed.
     assert_eq!(
         text("(e) => { delete e.data; return [e.data === undefined, 'data' in e, Object.keys(e).join()].join('|') }"),
@@ -395,6 +418,8 @@ fn only_a_one_parameter_arrow_is_called_without_its_context() {
         "(v, ...rest) => rest[0].event.name",
         "(v, c = 1) => c.event.name",
         "function (v) { return arguments[1].event.name }",
+        // Starts like a one-parameter arrow, but the function is the second one.
+        "v => v, (e, c) => c.event.name",
     ] {
         assert_eq!(
             call(source, &event).unwrap().property,

@@ -46,6 +46,8 @@ pub enum DecodeError {
     Name,
     #[error("the event is not JSON: {0}")]
     Event(#[from] serde_json::Error),
+    #[error("the request ingest is not JSON: {0}")]
+    Ingest(serde_json::Error),
 }
 
 impl Journaled {
@@ -117,7 +119,9 @@ impl Journaled {
                 .ok_or(DecodeError::Short(bytes.len()))
                 .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize)?;
             let text = rest.get(5..5 + len).ok_or(DecodeError::Short(bytes.len()))?;
-            ingest = Some(Arc::new(Ingest::new(serde_json::from_slice(text)?)));
+            ingest = Some(Arc::new(Ingest::new(
+                serde_json::from_slice(text).map_err(DecodeError::Ingest)?,
+            )));
             rest = &rest[5 + len..];
         }
         let mut event = Event::from_written_json(rest)?;

@@ -25,7 +25,7 @@ use crate::mapping::{DestinationMapping, MappingOutcome};
 
 /// Runs `work` (mapping that may call JavaScript) so that it holds up no other task: inside
 /// `block_in_place` on a multi-threaded runtime (elsewhere, as it is).
-fn off_async_threads<T>(work: impl FnOnce() -> T) -> T {
+pub fn off_async_threads<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)

@@ -117,10 +117,12 @@ impl ValueContext<'_> {
     }
 
     /// The value at `key` in `input`; a path that starts with `ingest` reads the request's
-    /// ingest instead, when the event came with one (see [`ingest_path`]).
+    /// ingest instead, when the input is the event and it came with one (see
+    /// [`ingest_path`]); inside a `loop` the item's own `ingest` is read.
     fn lookup(&self, input: &Value, key: &str, default: Option<&Value>) -> Option<(Value, bool)> {
         if let Some(rest) = ingest_path(key)
             && let Some((ingest, _)) = self.event.ingest()
+            && self.event.is(input)
         {
             return match rest {
                 "" => Some((ingest.clone(), contains_null(ingest))),

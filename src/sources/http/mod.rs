@@ -114,8 +114,9 @@ impl HttpSource {
             .is_none_or(|token| token.accepts(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())))
     }
 
-    /// walkerOS's ingest of a request (`extractIngest`): `{_meta}` with the `ingest`
-    /// mapping's result spread over it, when the source has one. The mapping reads Express's
+    /// walkerOS's ingest of a request (`extractIngest`): the `ingest` mapping's result (an
+    /// object; anything else counts as nothing) with walkerOS's `_meta`, when the source has
+    /// one. The mapping reads Express's
     /// `req` ([`request::request_object`]); its code runs off the async threads.
     fn ingest(&self, parts: &axum::http::request::Parts) -> Option<Arc<Ingest>> {
         let spec = self.config.ingest.as_ref()?;
@@ -132,8 +133,8 @@ impl HttpSource {
             collector: collector.script_view(),
             owner: &self.config.id,
         };
-        let extracted = if crate::code::in_use() && tokio::runtime::Handle::try_current().is_ok() {
-            tokio::task::block_in_place(|| spec.value(&request, &context))
+        let extracted = if crate::code::in_use() {
+            crate::delivery::route::off_async_threads(|| spec.value(&request, &context))
         } else {
             spec.value(&request, &context)
         };

@@ -110,7 +110,8 @@ impl TrustProxy {
         let mut hops = vec![peer.to_owned()];
         if *self != TrustProxy::Nobody {
             for value in headers.get_all("x-forwarded-for") {
-                let Ok(text) = value.to_str() else { continue };
+                // Bytes a client put in do not hide the hops a proxy appended after them.
+                let text = String::from_utf8_lossy(value.as_bytes());
                 let mut list: Vec<String> = text
                     .split(',')
                     .map(|hop| hop.trim().to_owned())
