@@ -129,8 +129,8 @@ fn a_pixel_request_carries_its_ingest_too() {
 }
 
 /// An event waiting in the journal for a retry keeps its request's ingest across a SIGKILL:
-/// after the restart it is sent with the address of the request that brought it, and a
-/// dead letter keeps the ingest too.
+/// after the restart it is sent with the address of the request that brought it; a dead
+/// letter keeps the ingest too, and `weir dlq replay` sends it again with it.
 #[test]
 fn the_ingest_survives_a_sigkill_in_the_journal_and_stays_with_a_dead_letter() {
     let recorder = Recorder::open();
@@ -160,6 +160,22 @@ fn the_ingest_survives_a_sigkill_in_the_journal_and_stays_with_a_dead_letter() {
     assert!(
         letters[0]["event"].get("ingest").is_none(),
         "the ingest is not part of the event"
+    );
+
+    // Replayed (weir stopped), the dead letter is sent again with its request's ingest.
+    assert!(weir.terminate(Duration::from_secs(20)).success());
+    let replay = std::process::Command::new(support::weir_binary())
+        .args(["dlq", "replay", "dead.jsonl", "--config", "flow.toml"])
+        .current_dir(weir.dir.path())
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    weir.restart();
+    let after = bodies(&recorder, 4);
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert_eq!(
+        (&after[3]["ip"], &after[3]["ua"]),
+        (&json!("192.0.2.77"), &json!("shop-app/2.1"))
     );
 }
 
