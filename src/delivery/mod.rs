@@ -144,13 +144,7 @@ impl<S> RenderInput<'_, S> {
     /// What a destination's value-spec settings (a Kafka `key`, RudderStack's `identify`)
     /// read while rendering this event.
     pub fn value_context(&self) -> crate::mapping::ValueContext<'_> {
-        crate::mapping::ValueContext {
-            collector_consent: &self.collector.consent,
-            inherited_consent: None,
-            event: self.event,
-            collector: self.collector.script_view(),
-            owner: self.destination,
-        }
+        crate::mapping::value_context(self.event, self.collector, self.destination)
     }
 }
 

@@ -277,7 +277,7 @@ impl<S> DestinationMapping<S> {
         }
         let owner = self.owner.as_str();
         if let Some(policy) = &self.policy {
-            event = Cow::Owned(with_policy(&event, policy, &value_context(&event, collector, owner)));
+            event = Cow::Owned(with_policy(&event, policy, &value_context(&*event, collector, owner)));
         }
         let found = match self
             .rules
@@ -289,12 +289,12 @@ impl<S> DestinationMapping<S> {
         if let Some((rule, _)) = &found
             && let Some(policy) = &rule.policy
         {
-            event = Cow::Owned(with_policy(&event, policy, &value_context(&event, collector, owner)));
+            event = Cow::Owned(with_policy(&event, policy, &value_context(&*event, collector, owner)));
         }
         let mut data = self
             .data
             .as_ref()
-            .and_then(|spec| spec.value(event.tree(), &value_context(&event, collector, owner)));
+            .and_then(|spec| spec.value(event.tree(), &value_context(&*event, collector, owner)));
         let Some((rule, rule_key)) = found else {
             data = with_include(data, self.include.as_deref(), &event);
             return MappingOutcome::Mapped(Mapped {
@@ -320,7 +320,7 @@ impl<S> DestinationMapping<S> {
             event.to_mut().set("name", Some(Value::from(name.as_str())));
         }
         if let Some(spec) = &rule.data {
-            let rule_data = spec.value(event.tree(), &value_context(&event, collector, owner));
+            let rule_data = spec.value(event.tree(), &value_context(&*event, collector, owner));
             data = match (data, rule_data) {
                 (Some(Value::Object(base)), Some(Value::Object(own))) => Some(Value::Object(assign(&base, &own))),
                 (_, rule_data) => rule_data,
@@ -341,8 +341,13 @@ impl<S> DestinationMapping<S> {
     }
 }
 
-/// What value specs read while mapping `event`.
-fn value_context<'a>(event: &'a Event, collector: &'a Collector, owner: &'a str) -> ValueContext<'a> {
+/// What value specs read while mapping `event` (or, for a source's `ingest`, a request)
+/// for `owner`, whose failed calls are counted under its name.
+pub fn value_context<'a>(
+    event: &'a dyn crate::code::EventSource,
+    collector: &'a Collector,
+    owner: &'a str,
+) -> ValueContext<'a> {
     ValueContext {
         collector_consent: &collector.consent,
         inherited_consent: None,

@@ -125,14 +125,7 @@ impl HttpSource {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|info| info.0);
         let request = request::request_object(parts, peer, &self.config.trust_proxy);
-        let collector = &self.runtime.collector;
-        let context = crate::mapping::ValueContext {
-            collector_consent: &collector.consent,
-            inherited_consent: None,
-            event: &request,
-            collector: collector.script_view(),
-            owner: &self.config.id,
-        };
+        let context = crate::mapping::value_context(&request, &self.runtime.collector, &self.config.id);
         let extracted = if crate::code::in_use() {
             crate::delivery::route::off_async_threads(|| spec.value(&request, &context))
         } else {
