@@ -330,7 +330,7 @@ fn serve_log(env: &[(&str, &str)], args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(weir_binary());
     command
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(args)
         .current_dir(dir.path())
         .env_remove("NO_COLOR")

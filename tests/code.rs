@@ -59,7 +59,7 @@ condition = "$code:(event) => event.data.missing.deeper"
 "#;
 
 fn code_errors(weir: &Weir) -> f64 {
-    let text = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let text = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix("weir_mapping_code_errors_total{destination=\"file\"} "))
         .map_or(0.0, |value| value.parse().unwrap())

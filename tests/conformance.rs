@@ -107,7 +107,7 @@ fn numbers(payloads: &[String]) -> Vec<u64> {
 }
 
 fn metric(weir: &Weir, name: &str) -> f64 {
-    let text = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let text = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     let prefix = format!("{name}{{destination=\"dest\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
@@ -203,7 +203,7 @@ fn fatal_errors_dead_letter_with_the_reason(backend: &mut dyn Backend) {
     );
     assert!(dead.iter().all(|letter| letter["cause"] == "fatal"), "{dead:?}");
     assert_eq!(metric(&weir, "weir_events_dead_lettered_total"), 2.0);
-    let text = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let text = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         text.contains("weir_dead_letters_total{destination=\"dest\",cause=\"fatal\"} 2"),
         "{text}"

@@ -432,7 +432,7 @@ fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
         .unwrap();
     assert_eq!(unsupported_encoding.status(), 415);
 
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains("weir_events_rejected_total{source=\"http\"}"),
         "{metrics}"
@@ -527,7 +527,7 @@ path = "/dev/full"
     assert_eq!(answer["failed"], 2);
     assert_eq!(answer["errors"][1]["error"], "Event was not processed");
 
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains("weir_events_dead_lettered_total{destination=\"full\"} 3"),
         "{metrics}"
@@ -733,7 +733,7 @@ path = "events.jsonl"
         let response = client().post(url).body(r#"{"name":"a b"}"#).send().unwrap();
         (response.status(), response.text().unwrap())
     });
-    let metrics_url = weir.url("/metrics");
+    let metrics_url = weir.admin_url("/metrics");
     assert!(eventually(Duration::from_secs(5), || {
         client()
             .get(&metrics_url)
@@ -780,7 +780,7 @@ fn hostile_form_bodies_and_pixels_are_refused_and_the_server_keeps_serving() {
     assert_eq!(pixel.status(), 200);
     assert_eq!(pixel.headers()["x-weir-error"], "query key nests deeper than 32 levels");
     assert_eq!(post_json(&weir, r#"{"name":"still serving"}"#).status(), 200);
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains("weir_requests_rejected_total{source=\"http\",reason=\"parse\"} 2"),
         "{metrics}"
@@ -816,7 +816,7 @@ path = "flow.toml/events.jsonl"
             .contains("not confirmed within 200 ms"),
         "{answer}"
     );
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains("weir_ack_timeouts_total{source=\"http\"} 1"),
         "{metrics}"

@@ -388,7 +388,7 @@ fn a_full_producer_queue_is_backpressure() {
     assert!(weir.json_lines("dead.jsonl").is_empty());
 
     // librdkafka's statistics show in the metrics: the broker is up, the queue drained.
-    let metrics = || client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = || client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     let broker_up = format!(
         "weir_kafka_broker_up{{topic=\"events\",broker=\"{}\"}} 1",
         broker.bootstrap()

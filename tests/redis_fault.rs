@@ -110,7 +110,7 @@ streamKey = "fault:events"
         .filter(|n| !seen.contains_key(&(*n as u64)))
         .collect();
     let duplicates: usize = seen.values().filter(|count| **count > 1).map(|count| count - 1).sum();
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     let retried = metrics
         .lines()
         .find(|line| line.starts_with("weir_events_retried_total{destination=\"redis\"}"))

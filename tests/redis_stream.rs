@@ -204,7 +204,7 @@ fn entries_with_a_bad_or_missing_signature_are_dead_lettered() {
         "never left pending, never dropped"
     );
     let metrics = support::client()
-        .get(weir.url("/metrics"))
+        .get(weir.admin_url("/metrics"))
         .send()
         .unwrap()
         .text()

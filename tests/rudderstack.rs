@@ -251,7 +251,7 @@ fn identify_and_group_are_deduplicated_like_walkeros() {
     }
     let calls: Vec<Value> = recorder.delivered().iter().map(as_call).collect();
     assert_eq!(Value::Array(calls), vectors()["rudderDedup"]);
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains(r#"weir_events_not_sent_total{destination="rudderstack",reason="skipped"} 1"#),
         "the event without identity is counted:\n{metrics}"
@@ -515,7 +515,7 @@ fn enable_false_accepts_and_counts_but_sends_nothing() {
     ));
     assert_eq!(post(&weir, &json!({"name": "a b", "user": {"id": "u"}})).status(), 200);
     assert!(recorder.requests().is_empty());
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains(r#"weir_events_not_sent_total{destination="rudderstack",reason="skipped"} 1"#),
         "{metrics}"

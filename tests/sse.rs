@@ -131,9 +131,10 @@ fn clients_receive_events_with_their_stream_ids_and_filters_apply() {
 }
 
 /// A flow with no HTTP source (a stream read and fanned out, Optimizely Agent's scenario
-/// without ingest) serves the process endpoints and its SSE path on the hub's `listen`.
+/// without ingest) serves the health endpoints and its SSE path on the hub's `listen`, and
+/// its metrics on the admin listener only.
 #[test]
-fn a_flow_without_an_http_source_serves_health_metrics_and_sse_on_the_hub_listener() {
+fn a_flow_without_an_http_source_serves_health_and_sse_on_the_hub_listener() {
     let server = RedisServer::start();
     let flow = json!({
         "sources": {
@@ -164,7 +165,7 @@ fn a_flow_without_an_http_source_serves_health_metrics_and_sse_on_the_hub_listen
     let frame = listener.frame();
     assert_eq!(frame.event, "order complete");
     assert_eq!(frame.id, stream_ids(&server)[0]);
-    let metrics = || client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = || client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     let counted = |text: &str| text.contains("weir_events_delivered_total{destination=\"notifications\"} 1");
     assert!(
         eventually(Duration::from_secs(5), || counted(&metrics())),
@@ -173,6 +174,8 @@ fn a_flow_without_an_http_source_serves_health_metrics_and_sse_on_the_hub_listen
     );
     let missing = client().get(weir.url("/collect")).send().unwrap();
     assert_eq!(missing.status(), 404, "no HTTP source, so no collect path");
+    let public = client().get(weir.url("/metrics")).send().unwrap();
+    assert_eq!(public.status(), 404, "the hub's public port shows no internals");
 }
 
 /// A client that reconnects with Last-Event-ID gets what it missed from the stream, then
@@ -232,7 +235,7 @@ fn a_slow_client_is_disconnected_and_the_others_keep_up() {
         "the reading client got every event, in order"
     );
     let dropped = || {
-        let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+        let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
         metrics.contains("weir_sse_clients_dropped_total{path=\"/v1/notifications/event-stream\"} 1")
     };
     assert!(eventually(Duration::from_secs(10), dropped), "{}", weir.log());
@@ -422,7 +425,7 @@ fn a_thousand_clients_all_receive_the_event() {
             seen.extend_from_slice(&buffer[..read]);
         }
     }
-    let metrics = client().get(weir.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(weir.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(
         metrics.contains("weir_sse_clients{path=\"/v1/notifications/event-stream\"} 1000"),
         "{metrics}"

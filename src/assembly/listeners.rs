@@ -3,8 +3,10 @@
 //! Each HTTP source gets a listener at its `listen` address; a destination endpoint (the SSE
 //! hub) is served on every HTTP source's listener, or on its own `listen` address, where it
 //! joins a source's listener of that address or gets one of its own. Every listener also
-//! serves the process endpoints: `/healthz` (the process is up), `/readyz` (every
-//! destination connected) and `/metrics` (Prometheus text). All listeners are bound before
+//! serves the process's health endpoints: `/healthz` (the process is up) and `/readyz` (every
+//! destination connected), which load balancers probe; `/metrics` only where a source asks
+//! for it (`settings.metrics`): it is the admin listener's ([`super::admin`]), which is bound
+//! here with the others. All listeners are bound before
 //! any is served or any source reads, so a taken port stops the start before an event is
 //! taken in. Addresses are compared as written: `localhost:8080` and `127.0.0.1:8080` are two
 //! listeners, and the second fails to bind with a clear error.
@@ -65,17 +67,33 @@ impl Planned {
     }
 }
 
-/// Binds every listener the flow needs, then serves them and runs the other sources until
-/// `stop`. `override_listen` (`weir serve --listen`) replaces the first HTTP source's address,
-/// or in a flow without one the first listener's. Each task ends when its source has
-/// stopped and (for a listener) its in-flight requests are answered.
+/// Binds every listener the flow needs (and the admin listener at `admin`'s address, if
+/// any), then serves them and runs the other sources until `stop`. `override_listen`
+/// (`weir serve --listen`) replaces the first HTTP source's address, or in a flow without
+/// one the first listener's. Each task ends when its source has stopped and (for a
+/// listener) its in-flight requests are answered.
 pub async fn start(
     runtime: &Arc<Runtime>,
     sources: Vec<SourceConfig>,
     endpoints: Vec<(String, Endpoint)>,
     override_listen: Option<&str>,
+    admin: Option<(String, super::admin::Admin)>,
     stop: &CancellationToken,
 ) -> Result<JoinSet<std::io::Result<()>>, StartError> {
+    let admin = match admin {
+        Some((address, admin)) => match TcpListener::bind(&address).await {
+            Ok(socket) => Some((socket, admin)),
+            Err(source) => {
+                return Err(StartError::Bind {
+                    address,
+                    serves: "the admin listener: set `admin.listen` (or `--admin-listen`), or `admin.listen = false`"
+                        .into(),
+                    source,
+                });
+            }
+        },
+        None => None,
+    };
     let mut planned: Vec<Planned> = Vec::new();
     let mut readers = Vec::new();
     for source in sources {
@@ -125,12 +143,22 @@ pub async fn start(
     }
 
     let mut tasks = JoinSet::new();
+    if let Some((socket, admin)) = admin {
+        let address = socket
+            .local_addr()
+            .map_or_else(|_| "?".into(), |local| local.to_string());
+        tracing::info!(address = %address, "admin listening (status page, /metrics, tap)");
+        tasks.spawn(serve_http(socket, super::admin::router(admin), false, stop.clone()));
+    }
     for (socket, listener) in bound {
         let address = socket
             .local_addr()
             .map_or_else(|_| listener.address.clone(), |local| local.to_string());
         let serves = listener.serves();
-        let mut shared = process_routes(runtime.clone());
+        let mut shared = health_routes(runtime.clone());
+        if listener.source.as_ref().is_some_and(|config| config.metrics) {
+            shared = shared.route("/metrics", get(metrics_text));
+        }
         for (_, router) in listener.endpoints {
             shared = shared.merge(router);
         }
@@ -154,15 +182,14 @@ pub async fn start(
     Ok(tasks)
 }
 
-/// `/healthz`, `/readyz` (and walkerOS's runner's `/health`, `/ready`, answered alike) and
-/// `/metrics`, on every listener.
-fn process_routes(runtime: Arc<Runtime>) -> Router {
+/// `/healthz` and `/readyz` (and walkerOS's runner's `/health`, `/ready`, answered alike),
+/// on every listener.
+pub(super) fn health_routes<S>(runtime: Arc<Runtime>) -> Router<S> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/health", get(healthz))
         .route("/ready", get(readyz))
-        .route("/metrics", get(metrics_text))
         .with_state(runtime)
 }
 
@@ -188,7 +215,7 @@ async fn readyz(State(runtime): State<Arc<Runtime>>) -> Response {
     }
 }
 
-async fn metrics_text() -> Response {
+pub(super) async fn metrics_text() -> Response {
     let mut response = crate::telemetry::prometheus().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -197,7 +224,7 @@ async fn metrics_text() -> Response {
     response
 }
 
-async fn not_found() -> Response {
+pub(super) async fn not_found() -> Response {
     json_response(
         StatusCode::NOT_FOUND,
         "{\"success\":false,\"error\":\"Not found\"}".into(),

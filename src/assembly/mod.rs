@@ -16,6 +16,7 @@
 //! This is the one module that knows every source and destination type; the runtime, the
 //! sources and the destinations know none of each other.
 
+pub mod admin;
 pub mod journal;
 pub mod listeners;
 
@@ -50,6 +51,10 @@ pub struct BuiltFlow {
     pub endpoints: Vec<(String, Endpoint)>,
     /// Legal but probably unintended (a source no destination takes...).
     pub warnings: Vec<String>,
+    /// The admin listener's settings.
+    pub admin: crate::config::flow::AdminSettings,
+    /// Each source's id and type, for the status page.
+    pub described_sources: Vec<(String, &'static str)>,
 }
 
 /// Checks every part of `flow` and wires it; all problems are reported together.
@@ -162,7 +167,13 @@ pub fn build_flow(flow: &Flow) -> Result<BuiltFlow, ConfigErrors> {
         return Err(errors);
     }
     warnings.extend(errors.warnings.iter().map(ToString::to_string));
+    let described_sources = sources
+        .iter()
+        .map(|source| (source.id().to_owned(), source.kind()))
+        .collect();
     Ok(BuiltFlow {
+        admin: flow.admin.clone(),
+        described_sources,
         runtime: Arc::new(Runtime::new(Collector::new(&flow.collector), routes)),
         sources,
         workers,
@@ -276,6 +287,7 @@ pub fn embedded_default() -> Flow {
         collector: Default::default(),
         journal: Default::default(),
         code: Default::default(),
+        admin: Default::default(),
         sources: vec![Step {
             id: "http".into(),
             kind: "http".into(),

@@ -42,6 +42,10 @@ enum Command {
         /// listener, e.g. an SSE hub's), e.g. 127.0.0.1:0.
         #[arg(long)]
         listen: Option<String>,
+        /// Listen address of the admin listener (status page, /metrics, tap), replacing
+        /// `admin.listen`; `off` for none.
+        #[arg(long, env = "WEIR_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
         /// Seconds to deliver what is queued after SIGTERM/SIGINT; then journaled events stay
         /// in the journal for the next start and the rest are dead-lettered.
         #[arg(long, default_value_t = 10)]
@@ -104,6 +108,7 @@ pub fn main() -> ExitCode {
             config,
             flow,
             listen,
+            admin_listen,
             shutdown_timeout,
             log_format,
         } => {
@@ -117,6 +122,7 @@ pub fn main() -> ExitCode {
             };
             let options = serve::ServeOptions {
                 listen,
+                admin_listen,
                 shutdown_timeout: std::time::Duration::from_secs(shutdown_timeout),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()

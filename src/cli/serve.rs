@@ -17,6 +17,8 @@ use crate::delivery::worker::{Lifecycle, spawn_workers};
 
 pub struct ServeOptions {
     pub listen: Option<String>,
+    /// Replaces `admin.listen` (`off`: no admin listener).
+    pub admin_listen: Option<String>,
     pub shutdown_timeout: Duration,
 }
 
@@ -38,11 +40,27 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
 
     let mut signals = Signals::install().context("cannot listen for SIGTERM and SIGINT")?;
     let stop = CancellationToken::new();
+    let admin_address = match options.admin_listen.as_deref() {
+        Some("off" | "false") => None,
+        Some(address) => Some(address.to_owned()),
+        None => built.admin.listen.clone(),
+    };
+    let admin = admin_address.map(|address| {
+        let admin = crate::assembly::admin::Admin {
+            runtime: built.runtime.clone(),
+            sources: std::sync::Arc::new(std::mem::take(&mut built.described_sources)),
+            flow_name: flow.name.clone(),
+            started: std::time::SystemTime::now(),
+            token: built.admin.bearer_token.clone(),
+        };
+        (address, admin)
+    });
     let mut servers = crate::assembly::start(
         &built.runtime,
         built.sources,
         built.endpoints,
         options.listen.as_deref(),
+        admin,
         &stop,
     )
     .await?;

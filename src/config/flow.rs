@@ -145,6 +145,57 @@ fn parse_code_limits(value: &Value, path: &str, errors: &mut ConfigErrors) -> cr
     }
 }
 
+/// The flow's `admin` block: the listener that serves `/metrics`, the status page and the
+/// tap, apart from ingest (loopback by default; `listen = false` turns it off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// `None`: no admin listener.
+    pub listen: Option<String>,
+    /// Required on every admin path but `/healthz` and `/readyz` when set.
+    pub bearer_token: Option<super::typed::BearerToken>,
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: Some(DEFAULT_ADMIN_LISTEN.to_owned()),
+            bearer_token: None,
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminBlock {
+    /// An address, or `false`.
+    listen: Option<Value>,
+    bearer_token: Option<String>,
+    bearer_token_file: Option<String>,
+}
+
+fn parse_admin(value: &Value, path: &str, errors: &mut ConfigErrors) -> AdminSettings {
+    let Some(block) = super::typed::parse::<AdminBlock>(value, path, errors) else {
+        return AdminSettings::default();
+    };
+    let listen = match block.listen {
+        None => Some(DEFAULT_ADMIN_LISTEN.to_owned()),
+        Some(Value::Bool(false)) => None,
+        Some(Value::String(address)) if super::typed::is_listen_address(&address) => Some(address),
+        Some(other) => {
+            errors.push(
+                join(path, "listen"),
+                format!("{other} is not host:port (or false for no admin listener)"),
+            );
+            None
+        }
+    };
+    let bearer_token =
+        super::typed::BearerToken::resolve(block.bearer_token, block.bearer_token_file.as_deref(), path, errors);
+    AdminSettings { listen, bearer_token }
+}
+
 /// A loaded flow.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Flow {
@@ -154,6 +205,8 @@ pub struct Flow {
     pub journal: JournalSettings,
     /// The `code` block: limits of `$code:` JavaScript.
     pub code: crate::code::Limits,
+    /// The `admin` block: the admin listener.
+    pub admin: AdminSettings,
     pub sources: Vec<Step>,
     pub destinations: Vec<Step>,
     /// Problems found while loading that did not stop it; building the flow reports them
@@ -288,12 +341,13 @@ pub fn parse_flow(
                     }
                 }
             }
-            "collector" | "journal" => {
+            "collector" | "journal" | "admin" => {
                 // Blocks of flow-level state: their references resolve in the flow's scopes.
                 let mut value = value;
                 references::resolve(&mut value, &at, &base_scopes, &mut errors);
                 match key.as_str() {
                     "collector" => result.collector = parse_collector(value, &at, &mut errors),
+                    "admin" => result.admin = parse_admin(&value, &at, &mut errors),
                     _ => result.journal = parse_journal(&value, &at, &mut errors),
                 }
             }

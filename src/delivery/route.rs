@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::ack::{AckSet, AckToken};
 use super::dead_letter::DeadLetterSink;
-use super::metrics::DestinationMetrics;
+use super::metrics::{DestinationMetrics, HealthState};
 use super::policy::{BatchPolicy, DeliveryPolicy};
 use super::queue::{Envelope, Queue};
 use super::worker::Worker;
@@ -98,6 +98,8 @@ pub trait Route: Send + Sync {
     fn takes_source(&self, source: &str) -> bool;
     /// Connected and checked (`/readyz`).
     fn is_ready(&self) -> bool;
+    /// Its state, last error and last dead letters (the status page).
+    fn health(&self) -> HealthState;
     /// Events the queue holds at most (`queueMax`).
     fn queue_capacity(&self) -> usize;
     /// The longest an event may be held back to fill a batch (`batch` `wait`/`age`).
@@ -297,6 +299,10 @@ impl<D: Destination> Route for Pipeline<D> {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    fn health(&self) -> HealthState {
+        self.metrics.health.snapshot()
     }
 
     fn queue_capacity(&self) -> usize {

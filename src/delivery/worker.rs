@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{AckToken, Delivery};
 use super::batcher::Buffer;
 use super::dead_letter::{Cause, DeadLetter, DeadLetterSink};
-use super::metrics::DestinationMetrics;
+use super::metrics::{DestinationMetrics, State};
 use super::policy::{BatchPolicy, DeliveryPolicy};
 use super::queue::Envelope;
 use super::{Destination, ErrorClass};
@@ -201,10 +201,12 @@ impl<D: Destination> Worker<D> {
             match self.destination.connect().await {
                 Ok(()) => {
                     self.ready.store(true, Ordering::Release);
+                    self.metrics.health.set(State::Up, None);
                     tracing::info!(destination = %self.id, kind = D::KIND, "destination connected");
                     return Ok(());
                 }
                 Err(error) => {
+                    self.metrics.health.set(State::Connecting, Some(&error.to_string()));
                     let delay = self.delivery.retry.delay(attempt);
                     tracing::warn!(destination = %self.id, error = %error, retry_in = ?delay, "destination cannot connect");
                     attempt = attempt.saturating_add(1);
@@ -401,6 +403,7 @@ impl<D: Destination> Sender<D> {
             }
             if delivered > 0 {
                 self.metrics.delivered.increment(delivered);
+                self.metrics.health.set(State::Up, None);
             }
             if let Some(oldest) = oldest {
                 self.metrics.latency.record(now.duration_since(oldest).as_secs_f64());
@@ -411,6 +414,9 @@ impl<D: Destination> Sender<D> {
             }
             if retry.is_empty() {
                 break;
+            }
+            if delivered == 0 {
+                self.metrics.health.set(State::Retrying, Some(&last_retryable));
             }
             if attempt >= self.delivery.retry.max_retries {
                 let (journaled, exhausted): (Vec<_>, Vec<_>) =
@@ -518,6 +524,7 @@ impl<D: Destination> Sender<D> {
         match self.dead_letters.write(&letters).await {
             Ok(()) => {
                 self.metrics.count_dead_letters(cause, count);
+                self.metrics.health.dead_lettered(cause, &items[0].2);
                 tracing::warn!(
                     destination = %self.id, events = count, cause = cause.label(), reason = %items[0].2,
                     sink = %self.dead_letters.describe(), "events dead-lettered"

@@ -50,6 +50,14 @@ impl SourceConfig {
         }
     }
 
+    /// Its `type` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Http(_) => "http",
+            SourceConfig::RedisStream(_) => "redis_stream",
+        }
+    }
+
     /// The most events one dispatch from this source can carry: every destination taking
     /// it must have room for that many.
     pub fn largest_batch(&self) -> usize {

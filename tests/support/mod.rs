@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Weir {
     pub child: Child,
     pub base: String,
+    /// The admin listener's base URL (status page, /metrics, tap).
+    pub admin: String,
     pub dir: tempfile::TempDir,
     pub stderr: Arc<Mutex<String>>,
     /// What it wrote to standard output (the `stdout` and `demo` destinations).
@@ -45,13 +47,17 @@ impl Weir {
             .into_iter()
             .map(String::from)
             .collect();
+        if !extra_args.contains(&"--admin-listen") {
+            args.extend(["--admin-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
-        let (child, base) = launch(dir.path(), &args, &log, &stdout);
+        let (child, base, admin) = launch(dir.path(), &args, &log, &stdout);
         Weir {
             child,
             base,
+            admin,
             dir,
             stderr: log,
             stdout,
@@ -75,13 +81,24 @@ impl Weir {
     pub fn restart(&mut self) {
         assert!(self.child.try_wait().unwrap().is_some(), "restart a stopped weir only");
         self.stderr.lock().unwrap().push_str("--- restart ---\n");
-        let (child, base) = launch(self.dir.path(), &self.args, &self.stderr, &self.stdout);
+        let (child, base, admin) = launch(self.dir.path(), &self.args, &self.stderr, &self.stdout);
         self.child = child;
         self.base = base;
+        self.admin = admin;
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// The Prometheus text on the admin listener.
+    pub fn metrics(&self) -> String {
+        client().get(self.admin_url("/metrics")).send().unwrap().text().unwrap()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -124,9 +141,14 @@ impl Drop for Weir {
     }
 }
 
-/// Runs `weir serve <args>` in `dir`, collecting its log into `log`; returns the process and
-/// the base URL of its first listener once it listens.
-fn launch(dir: &Path, args: &[String], log: &Arc<Mutex<String>>, output: &Arc<Mutex<String>>) -> (Child, String) {
+/// Runs `weir serve <args>` in `dir`, collecting its log into `log`; returns the process, the
+/// base URL of its first listener and of its admin listener once it listens.
+fn launch(
+    dir: &Path,
+    args: &[String],
+    log: &Arc<Mutex<String>>,
+    output: &Arc<Mutex<String>>,
+) -> (Child, String, String) {
     let mut child = Command::new(weir_binary())
         .arg("serve")
         .args(args)
@@ -152,10 +174,16 @@ fn launch(dir: &Path, args: &[String], log: &Arc<Mutex<String>>, output: &Arc<Mu
     });
     let stderr = child.stderr.take().unwrap();
     let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let (admin_tx, admin_rx) = std::sync::mpsc::channel();
     let collected = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            if line.contains("admin listening")
+                && let Some(address) = line.split("address=").nth(1)
+            {
+                let _ = admin_tx.send(strip_ansi(address).trim().to_owned());
+            }
             // The first listener: an HTTP source's, or in a flow without one, the
             // process's own (health, metrics, SSE).
             if (line.contains("HTTP source listening") || line.contains("HTTP endpoints listening"))
@@ -168,8 +196,15 @@ fn launch(dir: &Path, args: &[String], log: &Arc<Mutex<String>>, output: &Arc<Mu
             text.push('\n');
         }
     });
+    // The admin listener is bound (and logged) before the others.
     match address_rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(address) => (child, format!("http://{address}")),
+        Ok(address) => {
+            let admin = admin_rx
+                .try_recv()
+                .map(|admin| format!("http://{admin}"))
+                .unwrap_or_default();
+            (child, format!("http://{address}"), admin)
+        }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();

@@ -70,6 +70,9 @@ struct Settings {
     /// weir: which hops are proxies whose `X-Forwarded-*` headers the ingest's `ip`,
     /// `protocol` and `hostname` believe (Express's `trust proxy`); checked by hand.
     trust_proxy: Option<Value>,
+    /// weir: also serve `/metrics` here (it is on the admin listener; a public ingest port
+    /// shows no internals unless asked).
+    metrics: Option<bool>,
     /// Settings of older express sources that walkerOS's own example flows still carry
     /// (4.4 ignores them): weir always answers `/health` and `/ready`.
     #[serde(rename = "healthCheck")]
@@ -127,6 +130,8 @@ pub struct HttpSourceConfig {
     /// its events.
     pub ingest: Option<ValueSpec>,
     pub trust_proxy: TrustProxy,
+    /// Serve `/metrics` on this source's listener too (`settings.metrics`).
+    pub metrics: bool,
 }
 
 impl HttpSourceConfig {
@@ -214,6 +219,7 @@ impl HttpSourceConfig {
             ack_origin,
             ingest,
             trust_proxy: super::request::trust_proxy(settings.trust_proxy.as_ref(), &settings_path, errors),
+            metrics: settings.metrics.unwrap_or(false),
         })
     }
 }

@@ -81,6 +81,10 @@ pub(super) async fn consume(
         let (consumer, stop) = (consumer.clone(), stop.clone());
         tokio::spawn(async move { consumer.reap(stop).await })
     };
+    let watcher = {
+        let (consumer, stop) = (consumer.clone(), stop.clone());
+        tokio::spawn(async move { consumer.watch_group(stop).await })
+    };
     // The next batch is read while earlier ones are delivered: a few batches in flight keep
     // the round trips to Redis and the wait for acknowledgements from adding up.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
@@ -194,6 +198,7 @@ pub(super) async fn consume(
     drop(reads.take());
     while delivering.join_next().await.is_some() {}
     reaper.abort();
+    watcher.abort();
 }
 
 /// Batches read ahead of their delivery.
@@ -267,6 +272,8 @@ impl Consumer {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(self.config.max_retry_delay);
         }
+        metrics::counter!("weir_events_received_total", "source" => self.config.id.clone())
+            .increment(events.len() as u64);
         acks.seal();
         Some((ids, wait))
     }

@@ -44,7 +44,9 @@ pub(super) async fn run(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, s
             match decode(&entry, &runtime) {
                 Ok(event) => {
                     let events = [(0, Arc::new(event))];
-                    if runtime.dispatch(&config.id, &events, None).is_err() {
+                    if runtime.dispatch(&config.id, &events, None).is_ok() {
+                        metrics::counter!("weir_events_received_total", "source" => config.id.clone()).increment(1);
+                    } else {
                         metrics::counter!("weir_pubsub_dropped_total", "source" => config.id.clone()).increment(1);
                         tracing::warn!(source = %config.id, "queues full: a Pub/Sub message is dropped (Pub/Sub cannot wait)");
                     }

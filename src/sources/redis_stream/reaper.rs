@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::Consumer;
 use crate::redis::dead_letters::Reason;
-use crate::redis::replies::{Entry, as_text, entries};
+use crate::redis::replies::{Entry, as_text, entries, field};
 
 impl Consumer {
     /// Every `claimIdle`: claims entries idle that long (XAUTOCLAIM, paging to `0-0`);
@@ -127,5 +127,46 @@ impl Consumer {
             .query_async(connection)
             .await?;
         Ok(reply.into_iter().map(|(id, _, _, delivered)| (id, delivered)).collect())
+    }
+}
+
+/// How often the group's lag and pending count are read for the status page and `/metrics`.
+const GROUP_WATCH_PERIOD: Duration = Duration::from_secs(5);
+
+impl Consumer {
+    /// Every few seconds: the group's lag (entries not yet read by it; Redis 7+) and pending
+    /// count (read, not yet acknowledged), as `weir_stream_group_lag` and
+    /// `weir_stream_group_pending` gauges per source and stream.
+    pub(super) async fn watch_group(&self, stop: CancellationToken) {
+        let labels = [("source", self.config.id.clone()), ("stream", self.stream.clone())];
+        let lag = metrics::gauge!("weir_stream_group_lag", &labels);
+        let pending = metrics::gauge!("weir_stream_group_pending", &labels);
+        loop {
+            let mut connection = self.commands.clone();
+            let reply: RedisResult<Reply> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&self.stream)
+                .query_async(&mut connection)
+                .await;
+            if let Ok(Reply::Array(groups)) = reply {
+                let ours = groups
+                    .iter()
+                    .find(|group| field(group, "name").and_then(as_text).as_deref() == Some(&self.config.group));
+                let number = |group: &Reply, name: &str| field(group, name).and_then(as_text)?.parse::<f64>().ok();
+                if let Some(group) = ours {
+                    // `lag` is nil when Redis cannot tell (entries deleted since): left as it was.
+                    if let Some(value) = number(group, "lag") {
+                        lag.set(value);
+                    }
+                    if let Some(value) = number(group, "pending") {
+                        pending.set(value);
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(GROUP_WATCH_PERIOD) => {}
+                () = stop.cancelled() => return,
+            }
+        }
     }
 }

@@ -1,17 +1,30 @@
 //! Logs and metrics set-up.
 //!
-//! Metrics go through the `metrics` facade into a Prometheus recorder whose text the HTTP
-//! source serves at `/metrics`; the recorder is installed once per process. Histogram
-//! buckets are chosen for what they measure: batch sizes in events, delivery latency from
-//! sub-millisecond (a local Redis) to the retry horizon.
+//! Metrics go through the `metrics` facade to two recorders at once: a Prometheus recorder
+//! whose text the admin listener serves at `/metrics`, and a [`Readings`] registry the status
+//! page reads, with a few minutes of history (per-second increments of every counter, the
+//! last minute of every histogram). Both are installed once per process. Prometheus
+//! histogram buckets are chosen for what they measure: batch sizes in events, delivery
+//! latency from sub-millisecond (a local Redis) to the retry horizon.
+
+mod readings;
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+pub use readings::{Quantiles, Reading, Readings};
 
-/// The process's Prometheus recorder, installed on first use.
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+static READINGS: OnceLock<std::sync::Arc<Readings>> = OnceLock::new();
+
+/// The process's metrics as the status page reads them (installed with the recorders).
+pub fn readings() -> &'static Readings {
+    prometheus();
+    READINGS.get().expect("installed with the Prometheus recorder")
+}
+
+/// The process's Prometheus recorder, installed on first use (with the [`readings`]).
 pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -30,21 +43,30 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();
+        let readings = std::sync::Arc::new(Readings::default());
+        let _ = READINGS.set(readings.clone());
         // Histogram samples pile up until they are folded into buckets; without a scrape
-        // that only happens in upkeep, so run it periodically to keep memory flat.
+        // that only happens in upkeep, so run it periodically to keep memory flat. The
+        // readings take their per-second sample at the same time.
         let upkeep = handle.clone();
+        let sampled = readings.clone();
         std::thread::Builder::new()
             .name("metrics-upkeep".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(std::time::Duration::from_secs(1));
                     upkeep.run_upkeep();
+                    sampled.tick();
                 }
             })
             .expect("cannot start the metrics upkeep thread");
+        let fanout = metrics_util::layers::FanoutBuilder::default()
+            .add_recorder(recorder)
+            .add_recorder(readings::Recorder(readings))
+            .build();
         // Another recorder may already be installed (tests embedding weir): then metrics go
         // there and /metrics shows this recorder's (empty) view, which is harmless.
-        let _ = metrics::set_global_recorder(recorder);
+        let _ = metrics::set_global_recorder(fanout);
         handle
     })
 }

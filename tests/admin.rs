@@ -1,0 +1,441 @@
+//! The admin listener against the real binary: what the public ingest port no longer shows,
+//! the token, the status data, and the status page in a real headless Chromium.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::{Weir, client, eventually, post};
+
+fn status(weir: &Weir) -> Value {
+    client()
+        .get(weir.admin_url("/status.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn destination<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("no destination {id} in {status}"))
+}
+
+/// Ingest ports keep the health probes and show no metrics unless a source asks; the admin
+/// listener serves them.
+#[test]
+fn metrics_are_on_the_admin_listener_and_on_ingest_only_when_asked() {
+    let weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+[destinations.file]
+type = "file"
+"#,
+    );
+    assert!(weir.log().contains("admin listening"), "{}", weir.log());
+    for path in ["/healthz", "/readyz", "/health", "/ready"] {
+        assert_eq!(client().get(weir.url(path)).send().unwrap().status(), 200, "{path}");
+        assert_eq!(
+            client().get(weir.admin_url(path)).send().unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(client().get(weir.url("/metrics")).send().unwrap().status(), 404);
+    assert_eq!(post(&weir, &json!({"name": "page view"})).status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || weir
+            .metrics()
+            .contains("weir_events_delivered_total{destination=\"file\"} 1")),
+        "{}",
+        weir.metrics()
+    );
+
+    let asked = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+config.settings.metrics = true
+[destinations.file]
+type = "file"
+"#,
+    );
+    let text = client().get(asked.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(text.contains("weir_events_delivered_total"), "{text}");
+}
+
+#[test]
+fn the_admin_token_guards_everything_but_the_health_probes() {
+    let weir = Weir::start(
+        r#"
+admin.bearerToken = "s3cret"
+[sources.http]
+type = "http"
+[destinations.file]
+type = "file"
+"#,
+    );
+    for path in ["/metrics", "/status.json", "/", "/status/events"] {
+        let refused = client().get(weir.admin_url(path)).send().unwrap();
+        assert_eq!(refused.status(), 401, "{path}");
+        assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+        let wrong = client().get(weir.admin_url(path)).bearer_auth("s3cre").send().unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+    let header = client()
+        .get(weir.admin_url("/metrics"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(header.status(), 200);
+    let query = client()
+        .get(weir.admin_url("/status.json?token=s3cret"))
+        .send()
+        .unwrap();
+    assert_eq!(query.status(), 200);
+    assert_eq!(query.json::<Value>().unwrap()["destinations"][0]["id"], "file");
+    assert_eq!(client().get(weir.admin_url("/readyz")).send().unwrap().status(), 200);
+    assert!(
+        !weir.log().contains("s3cret"),
+        "the token is never logged:\n{}",
+        weir.log()
+    );
+}
+
+#[test]
+fn the_admin_listener_can_be_turned_off_and_a_bad_address_is_named() {
+    let off = Weir::start_with(
+        r#"
+[sources.http]
+type = "http"
+[destinations.file]
+type = "file"
+"#,
+        &["--admin-listen", "off"],
+    );
+    assert!(!off.log().contains("admin listening"), "{}", off.log());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flow.toml");
+    std::fs::write(
+        &file,
+        "admin.listen = \"nowhere\"\n[destinations.file]\ntype = \"file\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(support::weir_binary())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("admin.listen: \"nowhere\" is not host:port (or false for no admin listener)"),
+        "{stderr}"
+    );
+}
+
+/// The status data: counts, rates, latency, and a destination whose Redis died is shown
+/// retrying with the error while its events wait in the journal.
+#[test]
+fn the_status_shows_counts_and_a_dead_redis() {
+    let mut server = RedisServer::start();
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[destinations.file]
+type = "file"
+[destinations.events]
+type = "redis"
+config.settings.redis = {{ url = "{}", streamKey = "events" }}
+config.retry = {{ maxRetries = 2 }}
+"#,
+        server.url()
+    ));
+    for _ in 0..5 {
+        assert_eq!(post(&weir, &json!({"name": "page view"})).status(), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let now = status(&weir);
+            destination(&now, "events")["delivered"] == 5.0 && destination(&now, "file")["delivered"] == 5.0
+        }),
+        "{}",
+        status(&weir)
+    );
+    // Counters are sampled each second: the rate shows the five events.
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let now = status(&weir);
+            let seconds = destination(&now, "events")["perSecond"].as_array().unwrap().clone();
+            seconds.iter().map(|v| v.as_u64().unwrap()).sum::<u64>() == 5
+        }),
+        "{}",
+        status(&weir)
+    );
+    let now = status(&weir);
+    let events = destination(&now, "events");
+    assert_eq!(events["state"], "up");
+    assert_eq!(events["type"], "redis");
+    assert!(events["latency"]["p99"].as_f64().unwrap() > 0.0, "{events}");
+    assert_eq!(now["sources"][0]["received"], 5.0);
+    assert_eq!(now["ready"], true);
+
+    server.kill();
+    assert_eq!(post(&weir, &json!({"name": "after the kill"})).status(), 200);
+    assert!(
+        eventually(
+            Duration::from_secs(10),
+            || destination(&status(&weir), "events")["state"] == "retrying"
+        ),
+        "{}",
+        status(&weir)
+    );
+    let now = status(&weir);
+    let events = destination(&now, "events");
+    assert!(events["lastError"]["message"].as_str().unwrap().len() > 3, "{events}");
+    assert_eq!(destination(&now, "file")["state"], "up");
+    // Journaled: an outage dead-letters nothing, the event waits in the journal.
+    assert_eq!(events["deadLettered"], 0.0);
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let now = status(&weir);
+            destination(&now, "events")["state"] == "up" && destination(&now, "events")["delivered"] == 6.0
+        }),
+        "{}",
+        status(&weir)
+    );
+}
+
+/// Collects what the page reports as errors: console errors, uncaught exceptions and
+/// failed loads.
+#[derive(Clone, Default)]
+struct Problems(Arc<Mutex<Vec<String>>>);
+
+impl Problems {
+    fn watch(&self, tab: &headless_chrome::Tab) {
+        use headless_chrome::protocol::cdp::types::Event;
+        let seen = self.0.clone();
+        tab.add_event_listener(Arc::new(move |event: &Event| {
+            let problem = match event {
+                Event::LogEntryAdded(added) => {
+                    let entry = &added.params.entry;
+                    (format!("{:?}", entry.level) == "Error").then(|| format!("log: {}", entry.text))
+                }
+                Event::RuntimeExceptionThrown(thrown) => {
+                    Some(format!("exception: {:?}", thrown.params.exception_details))
+                }
+                Event::RuntimeConsoleAPICalled(called) => (format!("{:?}", called.params.Type) == "Error")
+                    .then(|| format!("console.error: {:?}", called.params.args)),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                seen.lock().unwrap().push(problem);
+            }
+        }))
+        .unwrap();
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The page in a real browser: it loads with no console errors, lists every destination,
+/// its counters move as events are posted, and a destination whose Redis is killed shows
+/// as retrying within seconds. Saves a screenshot (`target/status-page.png`; the README's
+/// copy is `docs/status-page.png`).
+#[test]
+fn the_status_page_in_headless_chromium() {
+    use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+    use headless_chrome::{Browser, LaunchOptions};
+
+    let chromium = std::path::PathBuf::from("/usr/bin/chromium");
+    assert!(
+        chromium.exists(),
+        "{} is missing: scripts/test.sh installs it (Debian package chromium)",
+        chromium.display()
+    );
+    let mut server = RedisServer::start();
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[destinations.file]
+type = "file"
+[destinations.events]
+type = "redis"
+config.settings.redis = {{ url = "{}", streamKey = "events" }}
+[destinations.audit]
+type = "blackhole"
+"#,
+        server.url()
+    ));
+    let profile = tempfile::tempdir().unwrap();
+    let args: Vec<&std::ffi::OsStr> = [
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .collect();
+    let browser = Browser::new(
+        LaunchOptions::default_builder()
+            .path(Some(chromium))
+            .headless(true)
+            .sandbox(false)
+            .window_size(Some((1200, 900)))
+            .user_data_dir(Some(profile.path().to_path_buf()))
+            .args(args)
+            .idle_browser_timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(Duration::from_secs(20));
+    let problems = Problems::default();
+    problems.watch(&tab);
+    tab.enable_log().unwrap();
+    tab.enable_runtime().unwrap();
+    tab.navigate_to(&weir.admin_url("/")).unwrap();
+    tab.wait_until_navigated().unwrap();
+    tab.wait_for_element("[data-destination=\"events\"]").unwrap();
+
+    let read = |expression: &str| -> Value { tab.evaluate(expression, false).unwrap().value.unwrap_or(Value::Null) };
+    let shown = || -> Value {
+        read(
+            r#"JSON.stringify(Array.from(document.querySelectorAll('[data-destination]')).map((card) => ({
+                id: card.dataset.destination,
+                state: card.dataset.state,
+                delivered: card.querySelector('[data-field=delivered]').textContent,
+                error: (card.querySelector('[data-field=lastError]') || {}).textContent || null,
+            })))"#,
+        )
+    };
+    let cards = |value: Value| -> Vec<Value> { serde_json::from_str(value.as_str().unwrap()).unwrap() };
+    let ids: Vec<String> = cards(shown())
+        .iter()
+        .map(|card| card["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["file", "events", "audit"], "every destination of the flow");
+
+    for n in 0..20 {
+        assert_eq!(
+            post(&weir, &json!({"name": "page view", "data": {"n": n}})).status(),
+            200
+        );
+    }
+    let moved = |id: &str, count: &str| {
+        let id = id.to_owned();
+        let count = count.to_owned();
+        move || {
+            cards(shown())
+                .iter()
+                .any(|card| card["id"] == id.as_str() && card["delivered"] == count.as_str())
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), moved("events", "20")),
+        "{}",
+        shown()
+    );
+    assert!(eventually(Duration::from_secs(10), moved("audit", "20")), "{}", shown());
+    // Let the chart show a second or two of traffic for the screenshot.
+    for n in 0..30 {
+        assert_eq!(
+            post(&weir, &json!({"name": "product add", "data": {"n": n}})).status(),
+            200
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        eventually(Duration::from_secs(10), moved("events", "50")),
+        "{}",
+        shown()
+    );
+
+    server.kill();
+    assert_eq!(post(&weir, &json!({"name": "after the kill"})).status(), 200);
+    let down = || {
+        cards(shown())
+            .iter()
+            .any(|card| card["id"] == "events" && card["state"] == "retrying" && card["error"].is_string())
+    };
+    assert!(eventually(Duration::from_secs(10), down), "{}", shown());
+    let pill = read("document.querySelector('[data-destination=events] [data-field=state]').textContent");
+    assert_eq!(pill, "retrying");
+
+    let png = tab
+        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
+    std::fs::write(&target, &png).unwrap();
+    assert!(png.len() > 10_000, "a screenshot of a real page");
+    assert_eq!(problems.list(), Vec::<String>::new(), "no console errors");
+    drop(server);
+}
+
+/// A stream source shows what it received and its group's lag and pending count: entries
+/// handed to a destination that cannot deliver them stay pending.
+#[test]
+fn the_status_shows_a_stream_source_and_its_group() {
+    let server = RedisServer::start();
+    let weir = Weir::start(&format!(
+        r#"
+[sources.http]
+type = "http"
+[sources.orders]
+type = "redis_stream"
+config.settings = {{ url = "{}", stream = "orders", group = "weir", consumer = "one", block = 50 }}
+[destinations.unreachable]
+type = "redis"
+sources = ["orders"]
+config.settings.redis = {{ url = "redis://127.0.0.1:{}", streamKey = "copy" }}
+[destinations.sink]
+type = "blackhole"
+sources = ["http"]
+"#,
+        server.url(),
+        support::free_port()
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .cli(&["XINFO", "GROUPS", "orders"])
+            .contains("weir")),
+        "the group exists"
+    );
+    for n in 0..3 {
+        server.cli(&[
+            "XADD",
+            "orders",
+            "*",
+            "event",
+            &json!({"name": "order complete", "data": {"n": n}}).to_string(),
+        ]);
+    }
+    let shown = || {
+        let now = status(&weir);
+        let source = now["sources"][1].clone();
+        source["id"] == "orders"
+            && source["received"] == 3.0
+            && source["streams"] == json!([{"stream": "orders", "lag": 0, "pending": 3}])
+            && source["type"] == "redis_stream"
+    };
+    // The group is read every 5 s.
+    assert!(eventually(Duration::from_secs(12), shown), "{}", status(&weir));
+}
