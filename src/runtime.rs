@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::collector::Collector;
 use crate::delivery::ack::AckSet;
 use crate::delivery::feed::Journaled;
-use crate::delivery::route::{Explained, QueueFull, Route};
+use crate::delivery::route::{Explained, FromSource, QueueFull, Route};
 use crate::event::Event;
 use crate::journal::{AppendError, Journal};
 
@@ -95,7 +95,7 @@ impl Runtime {
         for stage in &mut staged {
             stage.reserve()?;
         }
-        let mut tokens = acks;
+        let mut tokens = FromSource::new(acks, source);
         for stage in staged {
             stage.commit(&mut tokens);
         }
@@ -151,7 +151,7 @@ impl Runtime {
                 Err(error) => return Err(Refused::Unavailable(error.to_string())),
             }
         }
-        let mut tokens = acks;
+        let mut tokens = FromSource::new(acks, &source);
         for stage in staged {
             stage.commit(&mut tokens);
         }

@@ -439,3 +439,180 @@ sources = ["http"]
     // The group is read every 5 s.
     assert!(eventually(Duration::from_secs(12), shown), "{}", status(&weir));
 }
+
+/// `weir tap` as a user runs it, until it has printed `limit` records (or 20 s pass).
+struct Tap {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Tap {
+    fn start(weir: &Weir, args: &[&str]) -> Tap {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(support::weir_binary())
+            .args(["tap", "--admin", &weir.admin, "--json"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (attached_tx, attached_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = attached_tx.send(line);
+            }
+        });
+        let attached = attached_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(attached.starts_with("tapping"), "{attached}");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Tap { child, lines }
+    }
+
+    /// Every record it printed, once it has exited (its `--limit` reached).
+    fn records(mut self) -> Vec<Value> {
+        let started = std::time::Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "weir tap did not reach its limit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(self.child.wait().unwrap().success());
+        self.lines
+            .try_iter()
+            .map(|line| serde_json::from_str(&line).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `weir tap` shows live events with each destination's outcome and the wire form sent,
+/// which is what `weir explain` says for that event; filters pick what it shows.
+#[test]
+fn weir_tap_shows_live_events_with_their_wire_form() {
+    let server = RedisServer::start();
+    let flow = json!({
+        "sources": {"http": {"type": "http"}},
+        "destinations": {
+            "events": {"type": "redis", "config": {
+                "settings": {"redis": {"url": server.url(), "streamKey": "events"}},
+                "mapping": {"debug": {"*": {"ignore": true}}}
+            }},
+            "file": {"type": "file"}
+        }
+    });
+    let weir = Weir::start_file("flow.json", &flow.to_string(), &[]);
+    let delivered = Tap::start(&weir, &["--destination", "events", "--name", "order *", "--limit", "1"]);
+    let ignored = Tap::start(&weir, &["--outcome", "ignored", "--limit", "1"]);
+    for event in [
+        json!({"name": "page view"}),
+        json!({"name": "debug ping"}),
+        json!({"name": "order complete", "data": {"total": 42}}),
+    ] {
+        assert_eq!(post(&weir, &event).status(), 200);
+    }
+    let records = delivered.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(
+        (&record["source"], &record["destination"], &record["outcome"]),
+        (&json!("http"), &json!("events"), &json!("delivered"))
+    );
+    assert_eq!(record["event"]["name"], "order complete");
+    let explained = support::explain_events(&flow, std::slice::from_ref(&record["event"]));
+    let at_events = explained.iter().find(|line| line["destination"] == "events").unwrap();
+    assert_eq!(record["wire"], at_events["wire"], "the tap shows what explain shows");
+    // And it is what the stream holds.
+    let entries = server.xrange("events");
+    assert_eq!(entries.len(), 2, "page view and order complete; debug ignored");
+
+    let records = ignored.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (
+            &records[0]["destination"],
+            &records[0]["event"]["name"],
+            &records[0]["wire"]
+        ),
+        (&json!("events"), &json!("debug ping"), &Value::Null)
+    );
+}
+
+/// A tap that does not read loses records, counted and told, and never holds delivery up.
+#[test]
+fn a_stalled_tap_drops_records_and_delivery_goes_on() {
+    use std::io::Read;
+    let weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+[destinations.sink]
+type = "blackhole"
+"#,
+    );
+    // Attached, then not read while 20 000 events pass.
+    let mut stalled = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap()
+        .get(weir.admin_url("/tap"))
+        .send()
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    let batch: Vec<Value> = (0..100)
+        .map(|n| json!({"name": "page view", "data": {"n": n}}))
+        .collect();
+    for _ in 0..200 {
+        assert_eq!(post(&weir, &Value::Array(batch.clone())).status(), 200);
+    }
+    assert!(
+        eventually(
+            Duration::from_secs(20),
+            || destination(&status(&weir), "sink")["delivered"] == 20_000
+        ),
+        "{}",
+        status(&weir)
+    );
+    // Now read what the tap kept: every record is either there or counted as dropped.
+    let (mut records, mut dropped) = (0u64, 0u64);
+    let mut text = String::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let started = std::time::Instant::now();
+    while records + dropped < 20_000 && started.elapsed() < Duration::from_secs(30) {
+        let read = stalled.read(&mut buffer).unwrap();
+        assert!(read > 0, "the tap stream ended");
+        text.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        while let Some(end) = text.find("\n\n") {
+            let frame: String = text.drain(..end + 2).collect();
+            if frame.contains("event: tap") {
+                records += 1;
+            } else if frame.contains("event: dropped") {
+                let data = frame.lines().find_map(|line| line.strip_prefix("data: ")).unwrap();
+                dropped += serde_json::from_str::<Value>(data).unwrap()["dropped"]
+                    .as_u64()
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(records + dropped, 20_000, "records {records}, dropped {dropped}");
+    assert!(dropped > 0, "a tap that stalls through 20 000 events falls behind");
+    assert!(
+        weir.metrics().contains(&format!("weir_tap_dropped_total {dropped}")),
+        "{}",
+        weir.metrics()
+    );
+}

@@ -1,7 +1,10 @@
 //! The admin listener: what an operator looks at, apart from the ingest ports. It serves
 //! `/metrics` (Prometheus text), `/healthz` and `/readyz` (and walkerOS's `/health`,
 //! `/ready`), the live status page (`/`), its data (`/status.json`, and `/status/events`:
-//! the same, once a second, as Server-Sent Events) and the tap (`/tap`).
+//! the same, once a second, as Server-Sent Events) and the tap (`/tap`: what becomes of each
+//! event at each destination, as Server-Sent Events, filtered by `source`, `destination`,
+//! `name` (`*` matches any run of characters) and `outcome` (comma-separated); a watcher
+//! that falls behind gets a `dropped` event with the count instead of what it missed).
 //!
 //! It listens on loopback by default (`admin.listen`). With `admin.bearerToken` every path but
 //! the health probes needs `Authorization: Bearer <token>`, or `?token=<token>` for a browser
@@ -50,6 +53,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/status.json", get(status_json))
         .route("/status/events", get(status_events))
         .route("/metrics", get(super::listeners::metrics_text))
+        .route("/tap", get(tap))
         .route_layer(axum::middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin.clone());
     super::listeners::health_routes(admin.runtime.clone())
@@ -129,6 +133,82 @@ fn number(value: f64) -> Value {
     } else {
         json!(value)
     }
+}
+
+/// What a tap watcher asked to see.
+#[derive(Debug, Default, serde::Deserialize)]
+struct TapFilter {
+    source: Option<String>,
+    destination: Option<String>,
+    name: Option<String>,
+    outcome: Option<String>,
+}
+
+impl TapFilter {
+    fn admits(&self, record: &crate::delivery::tap::Tapped) -> bool {
+        self.source
+            .as_deref()
+            .is_none_or(|source| record.source.as_deref() == Some(source))
+            && self
+                .destination
+                .as_deref()
+                .is_none_or(|destination| *record.destination == *destination)
+            && self
+                .outcome
+                .as_deref()
+                .is_none_or(|outcomes| outcomes.split(',').any(|outcome| outcome.trim() == record.outcome))
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|pattern| glob(pattern, record.event.name()))
+    }
+}
+
+/// `*` matches any run of characters, everything else itself. By hand: a dozen lines, where
+/// a glob crate brings path semantics (`/`, `**`) event names do not have.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Streams tap records that pass the filter until the watcher goes.
+async fn tap(axum::extract::Query(filter): axum::extract::Query<TapFilter>) -> impl IntoResponse {
+    use tokio::sync::broadcast::error::RecvError;
+    let watch = crate::delivery::tap::watch();
+    let dropped = metrics::counter!("weir_tap_dropped_total");
+    let stream = futures_util::stream::unfold((watch, filter, dropped), |(mut watch, filter, dropped)| async move {
+        loop {
+            let event = match watch.receiver.recv().await {
+                Ok(record) if filter.admits(&record) => {
+                    SseEvent::default().event("tap").data(record.to_json().to_string())
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(missed)) => {
+                    dropped.increment(missed);
+                    SseEvent::default()
+                        .event("dropped")
+                        .data(json!({"dropped": missed}).to_string())
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, Infallible>(event), (watch, filter, dropped)));
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 fn millis(time: SystemTime) -> u64 {
@@ -280,4 +360,27 @@ pub fn status(admin: &Admin) -> Value {
         "destinations": destinations,
         "hubs": hubs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn glob_matches_runs_of_characters() {
+        for (pattern, text, expected) in [
+            ("order *", "order complete", true),
+            ("order *", "order", false),
+            ("*", "", true),
+            ("page view", "page view", true),
+            ("page view", "page views", false),
+            ("* view", "page view", true),
+            ("p*e*w", "page view", true),
+            ("p*x*w", "page view", false),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+        ] {
+            assert_eq!(glob(pattern, text), expected, "{pattern:?} on {text:?}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod dlq;
 mod explain;
 mod serve;
 mod streams;
+mod tap;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,9 @@ enum Command {
         /// JSON-lines file of events; `-` or nothing reads stdin.
         events: Option<PathBuf>,
     },
+    /// Events as they pass a running weir: each destination's outcome and the wire form
+    /// sent, read from its admin listener.
+    Tap(tap::TapArgs),
     /// The dead-letter file: list, show, replay into the journal, purge.
     Dlq {
         #[command(subcommand)]
@@ -158,6 +162,13 @@ pub fn main() -> ExitCode {
                 Err(errors) => report(&file, &errors),
             }
         }
+        Command::Tap(args) => match tap::tap(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("weir tap: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dlq { command } => dlq::dlq(command),
         Command::Journal { command } => dlq::journal(command),
         Command::Streams { command } => streams::streams(command),

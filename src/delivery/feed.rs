@@ -241,6 +241,10 @@ struct FeedTokens<'a> {
 }
 
 impl Tokens for FeedTokens<'_> {
+    fn source(&self, index: usize) -> Option<Arc<str>> {
+        Some(self.entries[index].1.source.clone())
+    }
+
     fn token(&mut self, index: usize, destination: &Arc<str>) -> AckToken {
         let (seq, entry) = &self.entries[index];
         entry

@@ -12,6 +12,7 @@
 //!   dead-lettering ([`dead_letter`]), and shutdown;
 //! - [`feed`]: a journaled destination's reader, which takes events from the journal through
 //!   its cursor into the same queue (the request path only appends to the journal);
+//! - [`tap`]: what became of each event, for whoever watches (`weir tap`);
 //! - [`ack`]: the end-to-end acknowledgement that tells the source, per event, whether it
 //!   was delivered or dead-lettered; [`policy`]: the settings all of it runs by.
 //!
@@ -26,6 +27,7 @@ mod metrics;
 pub mod policy;
 mod queue;
 pub mod route;
+pub mod tap;
 pub mod worker;
 
 use std::future::Future;

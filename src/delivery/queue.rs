@@ -21,6 +21,8 @@ pub(super) struct Envelope<W> {
     pub(super) slot: usize,
     pub(super) size: usize,
     pub(super) enqueued: Instant,
+    /// The source that took it in: only while someone watches the [`super::tap`].
+    pub(super) source: Option<Arc<str>>,
 }
 
 /// The queue between the request path and the worker: an unbounded channel whose length is

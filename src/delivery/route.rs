@@ -134,6 +134,40 @@ pub trait Tokens {
     fn token(&mut self, index: usize, destination: &Arc<str>) -> AckToken;
     /// Event `index` needs no sending at `destination` (ignored, consent, skipped).
     fn settled(&mut self, index: usize, destination: &Arc<str>);
+    /// The source that took event `index` in, for the tap (asked only while it is watched).
+    fn source(&self, _index: usize) -> Option<Arc<str>> {
+        None
+    }
+}
+
+/// A source's acknowledgement set and its name (the tap shows where events came from).
+pub struct FromSource<'a> {
+    pub acks: Option<&'a AckSet>,
+    /// Set only while the tap is watched.
+    pub source: Option<Arc<str>>,
+}
+
+impl<'a> FromSource<'a> {
+    pub fn new(acks: Option<&'a AckSet>, source: &str) -> FromSource<'a> {
+        FromSource {
+            acks,
+            source: super::tap::active().then(|| Arc::from(source)),
+        }
+    }
+}
+
+impl Tokens for FromSource<'_> {
+    fn token(&mut self, index: usize, destination: &Arc<str>) -> AckToken {
+        self.acks.token(index, destination)
+    }
+
+    fn settled(&mut self, index: usize, destination: &Arc<str>) {
+        self.acks.settled(index, destination);
+    }
+
+    fn source(&self, _index: usize) -> Option<Arc<str>> {
+        self.source.clone()
+    }
 }
 
 /// A source's acknowledgement set, if it waits for outcomes.
@@ -275,7 +309,7 @@ impl<D: Destination> Pipeline<D> {
                         size,
                     });
                 }
-                other => staged.settled.push((*index, other)),
+                other => staged.settled.push((*index, event.clone(), other)),
             }
         }
         Box::new(staged)
@@ -377,7 +411,7 @@ struct StagedEvents<'p, D: Destination> {
     pipeline: &'p Pipeline<D>,
     queued: Vec<QueuedEvent<D::Wire>>,
     /// Events that need no sending, with their index in the source's batch.
-    settled: Vec<(usize, Disposition<D::Wire>)>,
+    settled: Vec<(usize, Arc<Event>, Disposition<D::Wire>)>,
     reserved: bool,
 }
 
@@ -403,13 +437,33 @@ impl<D: Destination> Staged for StagedEvents<'_, D> {
     fn commit(mut self: Box<Self>, tokens: &mut dyn Tokens) {
         assert!(self.reserved, "commit without reserve");
         let pipeline = self.pipeline;
-        for (index, disposition) in self.settled.drain(..) {
+        let tapping = super::tap::active();
+        for (index, event, disposition) in self.settled.drain(..) {
             tokens.settled(index, &pipeline.id);
-            match disposition {
-                Disposition::Ignored => pipeline.metrics.ignored.increment(1),
-                Disposition::Consent => pipeline.metrics.consent.increment(1),
-                Disposition::Skipped(_) => pipeline.metrics.skipped.increment(1),
+            let outcome = match &disposition {
+                Disposition::Ignored => Outcome::Ignored,
+                Disposition::Consent => Outcome::Consent,
+                Disposition::Skipped(_) => Outcome::Skipped,
                 Disposition::Send { .. } => unreachable!("sends are queued, not settled"),
+            };
+            match outcome {
+                Outcome::Ignored => pipeline.metrics.ignored.increment(1),
+                Outcome::Consent => pipeline.metrics.consent.increment(1),
+                _ => pipeline.metrics.skipped.increment(1),
+            }
+            if tapping {
+                super::tap::publish(super::tap::Tapped {
+                    time: std::time::SystemTime::now(),
+                    source: tokens.source(index),
+                    destination: pipeline.id.clone(),
+                    event,
+                    outcome: outcome.label(),
+                    reason: match disposition {
+                        Disposition::Skipped(reason) => Some(reason),
+                        _ => None,
+                    },
+                    wire: None,
+                });
             }
         }
         let now = Instant::now();
@@ -435,6 +489,7 @@ impl<D: Destination> Staged for StagedEvents<'_, D> {
                 slot,
                 size,
                 enqueued: now,
+                source: if tapping { tokens.source(index) } else { None },
             };
             if let Err(mpsc::error::SendError(envelope)) = pipeline.queue.sender.send(envelope) {
                 // The worker has stopped (shutdown): the token reports the failure.

@@ -91,6 +91,16 @@ struct InFlight<W> {
     event: Arc<Event>,
     ack: AckToken,
     enqueued: Instant,
+    /// Set only while the tap is watched.
+    source: Option<Arc<str>>,
+}
+
+/// An event to dead-letter, and why.
+struct Letter {
+    event: Arc<Event>,
+    ack: AckToken,
+    reason: String,
+    source: Option<Arc<str>>,
 }
 
 impl<D: Destination> Worker<D> {
@@ -325,8 +335,14 @@ impl<D: Destination> Sender<D> {
                     event: envelope.event,
                     ack: envelope.ack,
                     enqueued: envelope.enqueued,
+                    source: envelope.source,
                 }),
-                Err(reason) => unrenderable.push((envelope.event, envelope.ack, format!("cannot render: {reason}"))),
+                Err(reason) => unrenderable.push(Letter {
+                    event: envelope.event,
+                    ack: envelope.ack,
+                    reason: format!("cannot render: {reason}"),
+                    source: envelope.source,
+                }),
             }
         }
         if !unrenderable.is_empty() {
@@ -387,14 +403,31 @@ impl<D: Destination> Sender<D> {
             // histogram shows the worst wait) and one counter increment.
             let mut delivered = 0u64;
             let mut oldest: Option<Instant> = None;
+            let tapping = super::tap::active();
             for (item, result) in pending.into_iter().zip(results) {
                 match result {
                     Ok(()) => {
                         delivered += 1;
                         oldest = Some(oldest.map_or(item.enqueued, |o| o.min(item.enqueued)));
                         item.ack.resolve(Delivery::Delivered);
+                        if tapping {
+                            super::tap::publish(super::tap::Tapped {
+                                time: SystemTime::now(),
+                                source: item.source,
+                                destination: self.id.clone(),
+                                event: item.event,
+                                outcome: "delivered",
+                                reason: None,
+                                wire: Some(self.destination.explain(&item.wire)),
+                            });
+                        }
                     }
-                    Err((ErrorClass::Fatal, reason)) => fatal.push((item.event, item.ack, reason)),
+                    Err((ErrorClass::Fatal, reason)) => fatal.push(Letter {
+                        event: item.event,
+                        ack: item.ack,
+                        reason,
+                        source: item.source,
+                    }),
                     Err((ErrorClass::Retryable, reason)) => {
                         last_retryable = reason;
                         retry.push(item);
@@ -409,7 +442,7 @@ impl<D: Destination> Sender<D> {
                 self.metrics.latency.record(now.duration_since(oldest).as_secs_f64());
             }
             if !fatal.is_empty() {
-                tracing::warn!(destination = %self.id, events = fatal.len(), error = %fatal[0].2, "fatal delivery error");
+                tracing::warn!(destination = %self.id, events = fatal.len(), error = %fatal[0].reason, "fatal delivery error");
                 failed += self.dead_letter(fatal, Cause::Fatal, attempt + 1).await;
             }
             if retry.is_empty() {
@@ -468,8 +501,20 @@ impl<D: Destination> Sender<D> {
     ) -> Tally {
         let (journaled, others): (Vec<_>, Vec<_>) = items.into_iter().partition(|item| item.ack.is_journaled());
         tally.held += journaled.len() as u64;
+        let tapping = super::tap::active();
         for item in journaled {
             item.ack.abandon(&self.id, reason);
+            if tapping {
+                super::tap::publish(super::tap::Tapped {
+                    time: SystemTime::now(),
+                    source: item.source,
+                    destination: self.id.clone(),
+                    event: item.event,
+                    outcome: "held",
+                    reason: Some(reason.to_owned()),
+                    wire: None,
+                });
+            }
         }
         let count = others.len() as u64;
         let failures = self
@@ -489,7 +534,12 @@ impl<D: Destination> Sender<D> {
     ) -> u64 {
         let letters = items
             .into_iter()
-            .map(|item| (item.event, item.ack, reason.to_owned()))
+            .map(|item| Letter {
+                event: item.event,
+                ack: item.ack,
+                reason: reason.to_owned(),
+                source: item.source,
+            })
             .collect();
         self.dead_letter(letters, cause, attempts).await
     }
@@ -497,26 +547,31 @@ impl<D: Destination> Sender<D> {
     async fn dead_letter_envelopes(&self, envelopes: Vec<Envelope<D::Wire>>, cause: Cause, reason: &str) -> u64 {
         let letters = envelopes
             .into_iter()
-            .map(|envelope| (envelope.event, envelope.ack, reason.to_owned()))
+            .map(|envelope| Letter {
+                event: envelope.event,
+                ack: envelope.ack,
+                reason: reason.to_owned(),
+                source: envelope.source,
+            })
             .collect();
         self.dead_letter(letters, cause, 0).await
     }
 
     /// Writes dead letters and resolves their acknowledgements; returns how many could not
     /// be written (those are reported as failed).
-    async fn dead_letter(&self, items: Vec<(Arc<Event>, AckToken, String)>, cause: Cause, attempts: u32) -> u64 {
+    async fn dead_letter(&self, items: Vec<Letter>, cause: Cause, attempts: u32) -> u64 {
         if items.is_empty() {
             return 0;
         }
         let time = SystemTime::now();
         let letters: Vec<DeadLetter> = items
             .iter()
-            .map(|(event, _, reason)| DeadLetter {
+            .map(|letter| DeadLetter {
                 destination: self.id.clone(),
                 cause,
-                reason: reason.clone(),
+                reason: letter.reason.clone(),
                 attempts,
-                event: event.clone(),
+                event: letter.event.clone(),
                 time,
             })
             .collect();
@@ -524,15 +579,23 @@ impl<D: Destination> Sender<D> {
         match self.dead_letters.write(&letters).await {
             Ok(()) => {
                 self.metrics.count_dead_letters(cause, count);
-                self.metrics.health.dead_lettered(cause, &items[0].2);
+                self.metrics.health.dead_lettered(cause, &items[0].reason);
                 tracing::warn!(
-                    destination = %self.id, events = count, cause = cause.label(), reason = %items[0].2,
+                    destination = %self.id, events = count, cause = cause.label(), reason = %items[0].reason,
                     sink = %self.dead_letters.describe(), "events dead-lettered"
                 );
-                for (_, ack, reason) in items {
-                    ack.resolve(Delivery::DeadLettered {
+                let tapping = super::tap::active();
+                for letter in items {
+                    if tapping {
+                        self.tap(
+                            &letter,
+                            "dead_lettered",
+                            format!("{}: {}", cause.label(), letter.reason),
+                        );
+                    }
+                    letter.ack.resolve(Delivery::DeadLettered {
                         destination: self.id.clone(),
-                        reason,
+                        reason: letter.reason,
                     });
                 }
                 0
@@ -543,14 +606,32 @@ impl<D: Destination> Sender<D> {
                     destination = %self.id, events = count, error = %error,
                     "events could not be delivered nor dead-lettered"
                 );
-                for (_, ack, reason) in items {
-                    ack.resolve(Delivery::Failed {
+                let tapping = super::tap::active();
+                for letter in items {
+                    let reason = format!("{}; and the dead-letter write failed: {error}", letter.reason);
+                    if tapping {
+                        self.tap(&letter, "failed", reason.clone());
+                    }
+                    letter.ack.resolve(Delivery::Failed {
                         destination: self.id.clone(),
-                        reason: format!("{reason}; and the dead-letter write failed: {error}"),
+                        reason,
                     });
                 }
                 count
             }
         }
+    }
+
+    /// Tells the tap what became of a letter.
+    fn tap(&self, letter: &Letter, outcome: &'static str, reason: String) {
+        super::tap::publish(super::tap::Tapped {
+            time: SystemTime::now(),
+            source: letter.source.clone(),
+            destination: self.id.clone(),
+            event: letter.event.clone(),
+            outcome,
+            reason: Some(reason),
+            wire: None,
+        });
     }
 }
