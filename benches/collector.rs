@@ -103,7 +103,7 @@ fn main() {
                     let batch: Vec<(usize, Arc<weir::event::Event>)> = (0..CHUNK)
                         .map(|i| {
                             let text = &texts[(chunk * CHUNK + i) % TEXT_POOL];
-                            (i, Arc::new(flow_runtime.collector.enrich_json(text).unwrap()))
+                            (i, Arc::new(flow_runtime.collector().enrich_json(text).unwrap()))
                         })
                         .collect();
                     let (acks, wait) = AckSet::new(CHUNK);

@@ -12,8 +12,15 @@
 //! to the destinations that are not journaled as above, and are appended to the journal for
 //! the rest (each reads it through its own feed); the call returns once the append is on
 //! disk.
+//!
+//! The collector and the routes are one [`Generation`], replaced whole by a reload
+//! ([`Runtime::replace`]): each dispatch takes the generation current when it starts and
+//! keeps it to the end, so a batch goes to one flow's destinations, never half to each;
+//! [`Runtime::settled`] tells when no dispatch holds an old generation any more.
 
 use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use serde_json::Value;
 
@@ -44,9 +51,14 @@ pub enum Refused {
 pub const PROCESS_PATHS: [&str; 5] = ["/healthz", "/readyz", "/health", "/ready", "/metrics"];
 
 pub struct Runtime {
-    pub collector: Arc<Collector>,
-    routes: Vec<Arc<dyn Route>>,
+    current: ArcSwap<Generation>,
     journal: OnceLock<Arc<Journal<Journaled>>>,
+}
+
+/// The collector and the destinations' routes of one version of the flow.
+pub struct Generation {
+    pub collector: Arc<Collector>,
+    pub routes: Vec<Arc<dyn Route>>,
 }
 
 /// One line of `weir explain`: what happens to one event at one destination.
@@ -59,9 +71,34 @@ pub struct ExplainLine {
 impl Runtime {
     pub fn new(collector: Collector, routes: Vec<Arc<dyn Route>>) -> Runtime {
         Runtime {
-            collector: Arc::new(collector),
-            routes,
+            current: ArcSwap::from_pointee(Generation {
+                collector: Arc::new(collector),
+                routes,
+            }),
             journal: OnceLock::new(),
+        }
+    }
+
+    /// The collector events are completed with now.
+    pub fn collector(&self) -> Arc<Collector> {
+        self.current.load().collector.clone()
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Makes `next` the generation every dispatch from now on goes by; returns the one it
+    /// replaces.
+    pub fn replace(&self, next: Generation) -> Arc<Generation> {
+        self.current.swap(Arc::new(next))
+    }
+
+    /// Waits until no dispatch holds `old` any more (the caller's own reference aside).
+    pub async fn settled(old: &Arc<Generation>) {
+        while Arc::strong_count(old) > 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
@@ -76,8 +113,9 @@ impl Runtime {
         self.journal.get().is_some()
     }
 
-    pub fn routes(&self) -> &[Arc<dyn Route>] {
-        &self.routes
+    /// The current generation's routes.
+    pub fn routes(&self) -> Vec<Arc<dyn Route>> {
+        self.current.load().routes.clone()
     }
 
     /// Queues `events` (each with its index in the source's batch) at every destination
@@ -88,9 +126,10 @@ impl Runtime {
         events: &[(usize, Arc<Event>)],
         acks: Option<&AckSet>,
     ) -> Result<(), QueueFull> {
-        let mut staged = Vec::with_capacity(self.routes.len());
-        for route in self.routes.iter().filter(|route| route.takes_source(source)) {
-            staged.push(route.stage(events, &self.collector));
+        let generation = self.current.load_full();
+        let mut staged = Vec::with_capacity(generation.routes.len());
+        for route in generation.routes.iter().filter(|route| route.takes_source(source)) {
+            staged.push(route.stage(events, &generation.collector));
         }
         for stage in &mut staged {
             stage.reserve()?;
@@ -115,10 +154,11 @@ impl Runtime {
         let Some(journal) = self.journal.get() else {
             return Ok(self.dispatch(source, events, acks)?);
         };
-        let takers = || self.routes.iter().filter(|route| route.takes_source(source));
+        let generation = self.current.load_full();
+        let takers = || generation.routes.iter().filter(|route| route.takes_source(source));
         let mut staged = Vec::new();
         for route in takers().filter(|route| !route.journaled()) {
-            staged.push(route.stage(events, &self.collector));
+            staged.push(route.stage(events, &generation.collector));
         }
         for stage in &mut staged {
             stage.reserve()?;
@@ -160,12 +200,14 @@ impl Runtime {
 
     /// What each destination taking `source` would do with `event`.
     pub fn explain(&self, source: &str, event: &Event) -> Vec<ExplainLine> {
-        self.routes
+        let generation = self.current.load();
+        generation
+            .routes
             .iter()
             .filter(|route| route.takes_source(source))
             .map(|route| ExplainLine {
                 destination: route.id().to_owned(),
-                explained: route.explain(event, &self.collector),
+                explained: route.explain(event, &generation.collector),
             })
             .collect()
     }
@@ -181,7 +223,7 @@ impl Runtime {
                 return Err("the journal is full".to_owned());
             }
         }
-        match self.routes.iter().find(|route| !route.is_ready()) {
+        match self.current.load().routes.iter().find(|route| !route.is_ready()) {
             None => Ok(()),
             Some(route) => Err(format!("destination \"{}\" is not connected", route.id())),
         }
@@ -190,7 +232,9 @@ impl Runtime {
     /// Destination ids and kinds, for the start-up log.
     pub fn describe(&self) -> Value {
         Value::Array(
-            self.routes
+            self.current
+                .load()
+                .routes
                 .iter()
                 .map(|route| serde_json::json!({"id": route.id(), "type": route.kind()}))
                 .collect(),

@@ -39,7 +39,7 @@ const PAGE: &str = include_str!("status.html");
 pub struct Admin {
     pub runtime: Arc<Runtime>,
     /// Each source's id and type, in the flow's order.
-    pub sources: Arc<Vec<(String, &'static str)>>,
+    pub sources: Arc<std::sync::RwLock<Vec<(String, &'static str)>>>,
     pub flow_name: Option<String>,
     pub started: SystemTime,
     pub token: Option<BearerToken>,
@@ -247,6 +247,8 @@ pub fn status(admin: &Admin) -> Value {
 
     let sources: Vec<Value> = admin
         .sources
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
         .iter()
         .map(|(id, kind)| {
             let streams: Vec<Value> = gauges

@@ -4,12 +4,9 @@
 
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
-
 use super::BuiltFlow;
 use crate::config::flow::JournalSettings;
 use crate::delivery::feed::Journaled;
-use crate::delivery::worker::Lifecycle;
 use crate::journal::storage::Disk;
 use crate::journal::{Journal, JournalConfig, JournalError, Recovered};
 
@@ -50,31 +47,16 @@ pub fn open_offline(settings: &JournalSettings) -> Result<Journal<Journaled>, Jo
     Ok(open(settings)?.0)
 }
 
-/// Opens the flow's journal and starts the feeds; `None` when the flow has no journal.
-pub fn start_journal(
-    built: &mut BuiltFlow,
-    lifecycle: &Lifecycle,
-    feeds: &mut JoinSet<()>,
-) -> Result<Option<Arc<Journal<Journaled>>>, JournalStartError> {
+/// Opens the flow's journal (locked, recovered); `None` when the flow has no journal. The
+/// caller opens its consumers, then calls `consumers_opened` and attaches it to the runtime.
+pub fn open_journal(built: &BuiltFlow) -> Result<Option<Arc<Journal<Journaled>>>, JournalStartError> {
     let Some(settings) = &built.journal else {
         return Ok(None);
     };
-    let path = settings.path.display().to_string();
     let (journal, recovered) = open(settings)?;
-    let recover = |source| JournalStartError::Recover {
-        path: path.clone(),
-        source,
-    };
     tracing::info!(
-        path = %path, segments = recovered.segments, last = recovered.last_seq,
+        path = %settings.path.display(), segments = recovered.segments, last = recovered.last_seq,
         truncated_bytes = recovered.truncated_bytes, "journal opened"
     );
-    let journal = Arc::new(journal);
-    for (id, feed) in built.feeds.drain(..) {
-        let consumer = journal.consumer(&id).map_err(recover)?;
-        feeds.spawn(feed(consumer, built.runtime.collector.clone(), lifecycle.clone()));
-    }
-    journal.consumers_opened();
-    built.runtime.attach_journal(journal.clone());
-    Ok(Some(journal))
+    Ok(Some(Arc::new(journal)))
 }

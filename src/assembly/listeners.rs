@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -67,33 +68,41 @@ impl Planned {
     }
 }
 
-/// Binds every listener the flow needs (and the admin listener at `admin`'s address, if
-/// any), then serves them and runs the other sources until `stop`. `override_listen`
-/// (`weir serve --listen`) replaces the first HTTP source's address, or in a flow without
-/// one the first listener's. Each task ends when its source has stopped and (for a
-/// listener) its in-flight requests are answered.
-pub async fn start(
-    runtime: &Arc<Runtime>,
+/// The listeners and stream readers of a running flow. A reload ([`Listeners::update`])
+/// keeps every listener whose address stays and swaps what it serves (connections already
+/// open finish on what they started with); it binds new addresses before anything changes
+/// and stops listeners whose address went, after their requests are answered.
+pub struct Listeners {
+    runtime: Arc<Runtime>,
+    live: Vec<Live>,
+    readers: Vec<(String, CancellationToken)>,
+    override_listen: Option<String>,
+    stop: CancellationToken,
+    /// Every listener's and reader's task; each ends when it has stopped.
+    pub tasks: JoinSet<std::io::Result<()>>,
+}
+
+/// A bound listener: its address as configured, what it serves now, and its own stop.
+struct Live {
+    address: String,
+    serving: Arc<ArcSwap<Serving>>,
+    stop: CancellationToken,
+}
+
+/// What a listener serves, swapped whole by a reload.
+struct Serving {
+    router: Router,
+    /// Each request carries the peer's address (a source with an `ingest` reads its `ip`).
+    with_peer: bool,
+}
+
+/// Where listeners go: each HTTP source's address, and each endpoint's (joining a source's
+/// listener of that address, or one of its own); stream sources read instead.
+fn plan(
     sources: Vec<SourceConfig>,
     endpoints: Vec<(String, Endpoint)>,
     override_listen: Option<&str>,
-    admin: Option<(String, super::admin::Admin)>,
-    stop: &CancellationToken,
-) -> Result<JoinSet<std::io::Result<()>>, StartError> {
-    let admin = match admin {
-        Some((address, admin)) => match TcpListener::bind(&address).await {
-            Ok(socket) => Some((socket, admin)),
-            Err(source) => {
-                return Err(StartError::Bind {
-                    address,
-                    serves: "the admin listener: set `admin.listen` (or `--admin-listen`), or `admin.listen = false`"
-                        .into(),
-                    source,
-                });
-            }
-        },
-        None => None,
-    };
+) -> (Vec<Planned>, Vec<crate::sources::redis_stream::RedisStreamConfig>) {
     let mut planned: Vec<Planned> = Vec::new();
     let mut readers = Vec::new();
     for source in sources {
@@ -127,35 +136,105 @@ pub async fn start(
     if let (Some(address), Some(first)) = (override_listen, planned.first_mut()) {
         first.address = address.to_owned();
     }
+    (planned, readers)
+}
 
-    let mut bound = Vec::with_capacity(planned.len());
-    for listener in planned {
-        match TcpListener::bind(&listener.address).await {
-            Ok(socket) => bound.push((socket, listener)),
-            Err(source) => {
-                return Err(StartError::Bind {
-                    serves: listener.serves(),
-                    address: listener.address,
-                    source,
-                });
-            }
+async fn bind(address: &str, serves: impl FnOnce() -> String) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address).await.map_err(|source| StartError::Bind {
+        address: address.to_owned(),
+        serves: serves(),
+        source,
+    })
+}
+
+impl Listeners {
+    /// Binds every listener the flow needs (and the admin listener at `admin`'s address, if
+    /// any), then serves them and runs the stream sources until `stop`. `override_listen`
+    /// (`weir serve --listen`) replaces the first HTTP source's address, or in a flow without
+    /// one the first listener's.
+    pub async fn start(
+        runtime: &Arc<Runtime>,
+        sources: Vec<SourceConfig>,
+        endpoints: Vec<(String, Endpoint)>,
+        override_listen: Option<&str>,
+        admin: Option<(String, super::admin::Admin)>,
+        stop: &CancellationToken,
+    ) -> Result<Listeners, StartError> {
+        let admin = match admin {
+            Some((address, admin)) => Some((
+                bind(&address, || {
+                    "the admin listener: set `admin.listen` (or `--admin-listen`), or `admin.listen = false`".into()
+                })
+                .await?,
+                admin,
+            )),
+            None => None,
+        };
+        let mut listeners = Listeners {
+            runtime: runtime.clone(),
+            live: Vec::new(),
+            readers: Vec::new(),
+            override_listen: override_listen.map(str::to_owned),
+            stop: stop.clone(),
+            tasks: JoinSet::new(),
+        };
+        let (planned, readers) = plan(sources, endpoints, override_listen);
+        let mut bound = Vec::with_capacity(planned.len());
+        for listener in planned {
+            bound.push((bind(&listener.address, || listener.serves()).await?, listener));
         }
+        if let Some((socket, admin)) = admin {
+            let address = socket
+                .local_addr()
+                .map_or_else(|_| "?".into(), |local| local.to_string());
+            tracing::info!(address = %address, "admin listening (status page, /metrics, tap)");
+            let serving = Arc::new(ArcSwap::from_pointee(Serving {
+                router: super::admin::router(admin),
+                with_peer: false,
+            }));
+            listeners.tasks.spawn(serve_http(socket, serving, stop.clone()));
+        }
+        for (socket, listener) in bound {
+            listeners.serve(socket, listener);
+        }
+        for reader in readers {
+            listeners.read(reader);
+        }
+        Ok(listeners)
     }
 
-    let mut tasks = JoinSet::new();
-    if let Some((socket, admin)) = admin {
-        let address = socket
-            .local_addr()
-            .map_or_else(|_| "?".into(), |local| local.to_string());
-        tracing::info!(address = %address, "admin listening (status page, /metrics, tap)");
-        tasks.spawn(serve_http(socket, super::admin::router(admin), false, stop.clone()));
+    /// Stops accepting on every listener and stops the stream readers (each task ends once
+    /// its requests are answered, or what it read is delivered).
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
-    for (socket, listener) in bound {
+
+    fn serve(&mut self, socket: TcpListener, listener: Planned) {
         let address = socket
             .local_addr()
             .map_or_else(|_| listener.address.clone(), |local| local.to_string());
+        let configured = listener.address.clone();
+        let serving = Arc::new(ArcSwap::from_pointee(self.serving(listener, &address)));
+        let stop = self.stop.child_token();
+        self.tasks.spawn(serve_http(socket, serving.clone(), stop.clone()));
+        self.live.push(Live {
+            address: configured,
+            serving,
+            stop,
+        });
+    }
+
+    fn read(&mut self, reader: crate::sources::redis_stream::RedisStreamConfig) {
+        let stop = self.stop.child_token();
+        self.readers.push((reader.id.clone(), stop.clone()));
+        self.tasks
+            .spawn(crate::sources::redis_stream::run(reader, self.runtime.clone(), stop));
+    }
+
+    /// What `listener` serves: its source's routes, its endpoints, the health probes.
+    fn serving(&self, listener: Planned, address: &str) -> Serving {
         let serves = listener.serves();
-        let mut shared = health_routes(runtime.clone());
+        let mut shared = health_routes(self.runtime.clone());
         if listener.source.as_ref().is_some_and(|config| config.metrics) {
             shared = shared.route("/metrics", get(metrics_text));
         }
@@ -167,19 +246,86 @@ pub async fn start(
         let router = match listener.source {
             Some(config) => {
                 tracing::info!(serves = %serves, address = %address, "HTTP source listening");
-                HttpSource::new(config, runtime.clone()).router(shared)
+                HttpSource::new(config, self.runtime.clone()).router(shared)
             }
             None => {
                 tracing::info!(serves = %serves, address = %address, "HTTP endpoints listening");
                 shared.fallback(not_found)
             }
         };
-        tasks.spawn(serve_http(socket, router, with_peer, stop.clone()));
+        Serving { router, with_peer }
     }
-    for reader in readers {
-        tasks.spawn(crate::sources::redis_stream::run(reader, runtime.clone(), stop.clone()));
+
+    /// Binds the addresses `sources` and `endpoints` need that are not bound yet, without
+    /// serving them: a reload that cannot bind changes nothing.
+    pub async fn prepare(
+        &self,
+        sources: Vec<SourceConfig>,
+        endpoints: Vec<(String, Endpoint)>,
+    ) -> Result<Prepared, StartError> {
+        let (planned, readers) = plan(sources, endpoints, self.override_listen.as_deref());
+        let mut listeners = Vec::with_capacity(planned.len());
+        for listener in planned {
+            let socket = match self.live.iter().any(|live| live.address == listener.address) {
+                true => None,
+                false => Some(bind(&listener.address, || listener.serves()).await?),
+            };
+            listeners.push((socket, listener));
+        }
+        Ok(Prepared { listeners, readers })
     }
-    Ok(tasks)
+
+    /// Serves what `prepared` planned: swaps what kept listeners serve, starts new ones,
+    /// stops those whose address went; stops the readers named in `stopped` and starts
+    /// `prepared`'s readers whose id is not running.
+    pub fn update(&mut self, prepared: Prepared, stopped: &[String]) {
+        let wanted: Vec<String> = prepared
+            .listeners
+            .iter()
+            .map(|(_, listener)| listener.address.clone())
+            .collect();
+        self.live.retain(|live| {
+            let stays = wanted.contains(&live.address);
+            if !stays {
+                tracing::info!(address = %live.address, "listener no longer in the flow: closing it");
+                live.stop.cancel();
+            }
+            stays
+        });
+        for (socket, listener) in prepared.listeners {
+            match socket {
+                Some(socket) => self.serve(socket, listener),
+                None => {
+                    let at = self
+                        .live
+                        .iter()
+                        .position(|live| live.address == listener.address)
+                        .expect("prepared against these listeners");
+                    let address = self.live[at].address.clone();
+                    let serving = self.serving(listener, &address);
+                    self.live[at].serving.store(Arc::new(serving));
+                }
+            }
+        }
+        self.readers.retain(|(id, stop)| {
+            let stays = !stopped.contains(id);
+            if !stays {
+                stop.cancel();
+            }
+            stays
+        });
+        for reader in prepared.readers {
+            if !self.readers.iter().any(|(id, _)| *id == reader.id) {
+                self.read(reader);
+            }
+        }
+    }
+}
+
+/// Listeners bound for a reload, not yet serving.
+pub struct Prepared {
+    listeners: Vec<(Option<TcpListener>, Planned)>,
+    readers: Vec<crate::sources::redis_stream::RedisStreamConfig>,
 }
 
 /// `/healthz` and `/readyz` (and walkerOS's runner's `/health`, `/ready`, answered alike),
@@ -232,11 +378,10 @@ pub(super) async fn not_found() -> Response {
 }
 
 /// Serves HTTP/1.1 connections until `stop`, then waits for in-flight requests to finish.
-/// `with_peer`: each request carries the peer's address (axum's `ConnectInfo`).
+/// Each connection is served by what `serving` holds when it is accepted.
 async fn serve_http(
     listener: TcpListener,
-    router: Router,
-    with_peer: bool,
+    serving: Arc<ArcSwap<Serving>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -254,15 +399,16 @@ async fn serve_http(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        if with_peer {
+        let now = serving.load();
+        if now.with_peer {
             let service =
-                tower::ServiceExt::map_request(router.clone(), move |mut request: axum::extract::Request<_>| {
+                tower::ServiceExt::map_request(now.router.clone(), move |mut request: axum::extract::Request<_>| {
                     request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                     request
                 });
             serve_connection(&graceful, stream, peer, service);
         } else {
-            serve_connection(&graceful, stream, peer, router.clone());
+            serve_connection(&graceful, stream, peer, now.router.clone());
         }
     }
     drop(listener);

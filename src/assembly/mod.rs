@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod journal;
 pub mod listeners;
+pub mod running;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,8 +35,9 @@ use crate::runtime::{PROCESS_PATHS, Runtime};
 use crate::sources::SourceConfig;
 use crate::sources::http::AckMode;
 
-pub use journal::{JournalStartError, open_offline, start_journal};
-pub use listeners::{StartError, start};
+pub use journal::{JournalStartError, open_journal, open_offline};
+pub use listeners::StartError;
+pub use running::{ReloadError, Reloaded, RunOptions, Running};
 
 /// A flow checked and wired, not yet running.
 pub struct BuiltFlow {

@@ -73,7 +73,7 @@ pub fn explain(flow: &Flow, source: Option<&str>, ingest: Option<&str>, events: 
             .ok()
             .and_then(|value| value.get("id").cloned())
             .unwrap_or(Value::Null);
-        let event = match built.runtime.collector.enrich_json(partial.get()) {
+        let event = match built.runtime.collector().enrich_json(partial.get()) {
             Ok(mut event) => {
                 if let Some(ingest) = &ingest {
                     event.set_ingest(ingest.clone());

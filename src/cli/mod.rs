@@ -47,6 +47,9 @@ enum Command {
         /// `admin.listen`; `off` for none.
         #[arg(long, env = "WEIR_ADMIN_LISTEN")]
         admin_listen: Option<String>,
+        /// Reload the flow when the flow file changes (checked every second), as on SIGHUP.
+        #[arg(long)]
+        watch: bool,
         /// Seconds to deliver what is queued after SIGTERM/SIGINT; then journaled events stay
         /// in the journal for the next start and the rest are dead-lettered.
         #[arg(long, default_value_t = 10)]
@@ -113,10 +116,12 @@ pub fn main() -> ExitCode {
             flow,
             listen,
             admin_listen,
+            watch,
             shutdown_timeout,
             log_format,
         } => {
             crate::telemetry::init_logging(log_format);
+            let flow_name = flow.clone();
             let flow = match &config {
                 Some(path) => match load(path, flow.as_deref()) {
                     Ok(flow) => flow,
@@ -125,6 +130,8 @@ pub fn main() -> ExitCode {
                 None => crate::assembly::embedded_default(),
             };
             let options = serve::ServeOptions {
+                config: config.clone().map(|path| (path, flow_name.clone())),
+                watch,
                 listen,
                 admin_listen,
                 shutdown_timeout: std::time::Duration::from_secs(shutdown_timeout),

@@ -1,4 +1,6 @@
-//! `weir serve`: run a flow until SIGTERM/SIGINT, then shut down gracefully.
+//! `weir serve`: run a flow until SIGTERM/SIGINT, then shut down gracefully; SIGHUP (and,
+//! with `--watch`, a change to the flow file) reloads the flow without stopping
+//! ([`crate::assembly::running`] says how).
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests finish (they may
 //! be waiting for their events' delivery), then drain every destination's queue, then flush
@@ -6,114 +8,92 @@
 //! journal (journaled events) or is dead-lettered with the reason, and the totals are logged.
 //! A journal that fails (fdatasync) starts the same shutdown, and weir exits non-zero.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::assembly::{build_flow, start_journal};
+use crate::assembly::{RunOptions, Running, build_flow};
 use crate::config::Flow;
-use crate::delivery::worker::{Lifecycle, spawn_workers};
 
 pub struct ServeOptions {
     pub listen: Option<String>,
     /// Replaces `admin.listen` (`off`: no admin listener).
     pub admin_listen: Option<String>,
     pub shutdown_timeout: Duration,
+    /// The flow file and flow name, read again on SIGHUP (none: the embedded default).
+    pub config: Option<(PathBuf, Option<String>)>,
+    /// Also reload when the flow file changes.
+    pub watch: bool,
 }
+
+/// How often `--watch` looks at the flow file.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     // The recorder must exist before the pipelines resolve their metric handles.
     crate::telemetry::prometheus();
-    let mut built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
+    let built = build_flow(&flow).map_err(|errors| anyhow::anyhow!("the flow is invalid:\n{errors}"))?;
     for warning in &built.warnings {
         tracing::warn!("{warning}");
     }
-    let lifecycle = Lifecycle::default();
-    let mut feeds = tokio::task::JoinSet::new();
-    let journal = start_journal(&mut built, &lifecycle, &mut feeds)?;
-    let journal_failed = journal
-        .as_ref()
-        .map_or_else(CancellationToken::new, |journal| journal.fatal());
-    let mut workers = spawn_workers(std::mem::take(&mut built.workers), &lifecycle);
-    tracing::info!(destinations = %built.runtime.describe(), "flow started");
-
-    let mut signals = Signals::install().context("cannot listen for SIGTERM and SIGINT")?;
-    let stop = CancellationToken::new();
-    let admin_address = match options.admin_listen.as_deref() {
+    let mut signals = Signals::install().context("cannot listen for SIGTERM, SIGINT and SIGHUP")?;
+    let admin = match options.admin_listen.as_deref() {
         Some("off" | "false") => None,
         Some(address) => Some(address.to_owned()),
         None => built.admin.listen.clone(),
     };
-    let admin = admin_address.map(|address| {
-        let admin = crate::assembly::admin::Admin {
-            runtime: built.runtime.clone(),
-            sources: std::sync::Arc::new(std::mem::take(&mut built.described_sources)),
-            flow_name: flow.name.clone(),
-            started: std::time::SystemTime::now(),
-            token: built.admin.bearer_token.clone(),
-        };
-        (address, admin)
-    });
-    let mut servers = crate::assembly::start(
-        &built.runtime,
-        built.sources,
-        built.endpoints,
-        options.listen.as_deref(),
-        admin,
-        &stop,
+    let mut running = Running::start(
+        flow,
+        built,
+        RunOptions {
+            listen: options.listen.clone(),
+            admin,
+            shutdown_timeout: options.shutdown_timeout,
+        },
     )
     .await?;
-
-    tokio::select! {
-        () = signals.next() => {}
-        // A failed fdatasync: stop accepting, shut down, exit non-zero.
-        () = journal_failed.cancelled() => {}
+    tracing::info!(destinations = %running.runtime.describe(), "flow started");
+    let journal_failed = running
+        .journal()
+        .map_or_else(CancellationToken::new, |journal| journal.fatal());
+    let mut watched = match (&options.config, options.watch) {
+        (Some((path, _)), true) => Some(std::fs::read(path).unwrap_or_default()),
+        _ => None,
+    };
+    let mut ticks = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tokio::select! {
+            signal = signals.next() => match (signal, &options.config) {
+                (Signal::Stop, _) => break,
+                (Signal::Reload, Some(config)) => reload(&mut running, config, "SIGHUP").await,
+                (Signal::Reload, None) => {
+                    tracing::warn!("SIGHUP: weir runs its embedded default, there is no flow file to read again");
+                }
+            },
+            // A failed fdatasync: stop accepting, shut down, exit non-zero.
+            () = journal_failed.cancelled() => break,
+            _ = ticks.tick(), if watched.is_some() => {
+                let Some((path, _)) = &options.config else { continue };
+                let now = std::fs::read(path).unwrap_or_default();
+                if watched.as_ref() != Some(&now) {
+                    watched = Some(now);
+                    reload(&mut running, options.config.as_ref().expect("watched"), "the flow file changed").await;
+                }
+            }
+        }
     }
     tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: no new requests, draining queues");
     let deadline = tokio::time::Instant::now() + options.shutdown_timeout;
-    // In-flight requests may be waiting for events held back to fill a batch: send them now.
-    lifecycle.flush.cancel();
-    stop.cancel();
-    let abort = lifecycle.abort.clone();
-    let deadline_watch = tokio::spawn(async move {
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {}
-            // A second signal means "now": dead-letter what is left and exit.
-            () = signals.next() => tracing::warn!("second signal: giving up on delivery"),
-        }
-        abort.cancel();
-    });
-    // In-flight requests wait for their events' delivery, so the workers keep running meanwhile.
-    loop {
-        tokio::select! {
-            finished = servers.join_next() => match finished {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(error))) => tracing::error!(error = %error, "HTTP server failed"),
-                Some(Err(error)) => tracing::error!(error = %error, "HTTP server task failed"),
-            },
-            () = lifecycle.abort.cancelled() => break,
-        }
-    }
-    servers.abort_all();
-    lifecycle.drain.cancel();
-    while feeds.join_next().await.is_some() {}
+    let journal = running.journal().cloned();
+    let hurry = async move { while signals.next().await != Signal::Stop {} };
+    let reports = running.shutdown(deadline, hurry).await;
     let (mut dead_lettered, mut failed, mut held) = (0, 0, 0);
-    while let Some(report) = workers.join_next().await {
-        match report {
-            Ok(report) => {
-                dead_lettered += report.dead_lettered_at_shutdown;
-                failed += report.failed;
-                held += report.held;
-            }
-            Err(error) => tracing::error!(error = %error, "destination worker failed"),
-        }
-    }
-    deadline_watch.abort();
-    if let Some(journal) = &journal {
-        // Saves every cursor a last time: fewer redeliveries after the restart.
-        journal.close();
+    for report in reports {
+        dead_lettered += report.dead_lettered_at_shutdown;
+        failed += report.failed;
+        held += report.held;
     }
     if dead_lettered == 0 && failed == 0 && held == 0 {
         tracing::info!("shutdown complete: every queued event was delivered");
@@ -133,13 +113,46 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
     }
 }
 
-/// SIGTERM and SIGINT, listened for from before the first listener is bound: a signal sent
-/// the moment weir says it listens is never lost between binding and waiting.
+/// Reads the flow file again and applies it; a flow with problems changes nothing, and
+/// every problem is logged. Counted in `weir_config_reload_total{result}`.
+async fn reload(running: &mut Running, (path, name): &(PathBuf, Option<String>), why: &str) {
+    tracing::info!(file = %path.display(), "{why}: reloading the flow");
+    let result = match crate::config::load_flow(path, name.as_deref()) {
+        Err(errors) => Err(crate::assembly::ReloadError::Invalid(errors)),
+        Ok(flow) => running.reload(flow).await,
+    };
+    let label = match &result {
+        Ok(reloaded) => {
+            tracing::info!(
+                kept = ?reloaded.kept, added = ?reloaded.added, changed = ?reloaded.changed,
+                removed = ?reloaded.removed, "flow reloaded"
+            );
+            "ok"
+        }
+        Err(error) => {
+            tracing::error!("reload refused, the running flow is unchanged: {error}");
+            error.label()
+        }
+    };
+    metrics::counter!("weir_config_reload_total", "result" => label).increment(1);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM and SIGINT (stop), SIGHUP (reload), listened for from before the first listener
+/// is bound: a signal sent the moment weir says it listens is never lost between binding and
+/// waiting.
 struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -150,20 +163,25 @@ impl Signals {
             Ok(Signals {
                 terminate: signal(SignalKind::terminate())?,
                 interrupt: signal(SignalKind::interrupt())?,
+                hangup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]
         Ok(Signals {})
     }
 
-    /// The next SIGTERM or SIGINT.
-    async fn next(&mut self) {
+    /// The next SIGTERM or SIGINT (stop), or SIGHUP (reload).
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => Signal::Stop,
+            _ = self.interrupt.recv() => Signal::Stop,
+            _ = self.hangup.recv() => Signal::Reload,
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }

@@ -63,6 +63,7 @@ pub enum RenderError {
 }
 
 /// Routes a destination serves over HTTP, and where.
+#[derive(Clone)]
 pub struct Endpoint {
     /// The path it answers (for clash checks and logs).
     pub path: String,

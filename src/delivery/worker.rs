@@ -48,6 +48,18 @@ pub struct Lifecycle {
     pub abort: CancellationToken,
 }
 
+impl Lifecycle {
+    /// One destination's own signals: cancelled with the flow's, or alone when a reload
+    /// retires that destination.
+    pub fn child(&self) -> Lifecycle {
+        Lifecycle {
+            flush: self.flush.child_token(),
+            drain: self.drain.child_token(),
+            abort: self.abort.child_token(),
+        }
+    }
+}
+
 /// What a worker did by the time it stopped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerReport {

@@ -173,7 +173,7 @@ impl CursorState {
     }
 
     /// Writes the cursor file if the position moved; returns whether it did.
-    fn persist(&self, storage: &dyn Storage) -> Result<bool, std::io::Error> {
+    pub(super) fn persist(&self, storage: &dyn Storage) -> Result<bool, std::io::Error> {
         let saved = {
             let inner = self.inner.lock().expect("cursor lock");
             Saved {

@@ -353,6 +353,38 @@ impl<T: Send + Sync + 'static> Journal<T> {
         Ok(reader::Consumer::new(self.shared.clone(), state, redeliver_until))
     }
 
+    /// Hands consumer `name` to a new reader (its destination changed by a reload, its old
+    /// reader finished): the cursor is saved as it stands and the new consumer continues from
+    /// its resolved prefix, so what the old one left unresolved is read again. The swap holds
+    /// the cursor list, so no segment the new consumer needs can go in between. Without an
+    /// open consumer of that name, the same as [`Journal::consumer`].
+    pub fn reopen_consumer(&self, name: &str) -> Result<Consumer<T>, JournalError> {
+        let mut cursors = self.shared.cursors.lock().expect("journal lock");
+        if let Some(at) = cursors.iter().position(|cursor| cursor.name == name) {
+            cursors[at]
+                .persist(self.shared.storage.as_ref())
+                .map_err(io_error(format!("saving the cursor of {name}")))?;
+            cursors.remove(at);
+        }
+        let (state, redeliver_until) = cursor::open(&self.shared, name)?;
+        cursors.push(state.clone());
+        Ok(reader::Consumer::new(self.shared.clone(), state, redeliver_until))
+    }
+
+    /// Consumer `name` is gone (its destination removed by a reload, its reader finished):
+    /// the cursor is saved and holds no segment back any more. Its file stays, as for a
+    /// destination taken out of the flow across a restart.
+    pub fn close_consumer(&self, name: &str) -> Result<(), JournalError> {
+        let mut cursors = self.shared.cursors.lock().expect("journal lock");
+        if let Some(at) = cursors.iter().position(|cursor| cursor.name == name) {
+            cursors[at]
+                .persist(self.shared.storage.as_ref())
+                .map_err(io_error(format!("saving the cursor of {name}")))?;
+            cursors.remove(at);
+        }
+        Ok(())
+    }
+
     /// Every consumer is open: from now on segments that every open cursor has passed are
     /// removed. Until then none is, so a segment a consumer still needs cannot go before that
     /// consumer's cursor is read. Cursor files of consumers not opened (a destination taken

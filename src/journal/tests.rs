@@ -114,6 +114,46 @@ async fn appends_are_read_in_order_resumed_after_a_restart_and_passed_segments_g
     );
 }
 
+/// A reload hands a consumer to a new reader: it continues from the resolved prefix, the
+/// segments it needs stay meanwhile; a closed consumer holds nothing back any more.
+#[tokio::test]
+async fn a_consumer_is_handed_over_and_a_closed_one_holds_nothing_back() {
+    let storage = Faulty::new(1);
+    let (journal, _) = open(&storage, config());
+    let mut events = journal.consumer("events").unwrap();
+    let removed = journal.consumer("removed").unwrap();
+    journal.consumers_opened();
+    for group in 0..20 {
+        let items: Vec<_> = (0..5)
+            .map(|i| item(&format!("event {group}-{i} {}", "x".repeat(60))))
+            .collect();
+        journal.append(items).await.unwrap();
+    }
+    assert_eq!(read_all(&journal, &mut events).await.len(), 100);
+    let handle = events.handle();
+    for seq in 1..=40 {
+        handle.resolve(seq);
+    }
+    handle.resolve(60);
+    drop(events);
+
+    let mut handed = journal.reopen_consumer("events").unwrap();
+    let read = read_all(&journal, &mut handed).await;
+    assert_eq!(read.first().map(|(seq, _)| *seq), Some(41), "from the resolved prefix");
+    assert_eq!(read.len(), 60);
+    // The removed consumer resolved nothing: while open it kept every segment.
+    let segments = journal.size().0;
+    let handle = handed.handle();
+    for seq in 41..=100 {
+        handle.resolve(seq);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(journal.size().0, segments, "the removed consumer still holds them");
+    drop(removed);
+    journal.close_consumer("removed").unwrap();
+    eventually("a closed consumer holds nothing back", || journal.size().0 < segments).await;
+}
+
 #[tokio::test]
 async fn max_bytes_refuses_appends_until_consumers_drain() {
     let storage = Faulty::new(2);

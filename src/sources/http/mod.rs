@@ -125,7 +125,8 @@ impl HttpSource {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|info| info.0);
         let request = request::request_object(parts, peer, &self.config.trust_proxy);
-        let context = crate::mapping::value_context(&request, &self.runtime.collector, &self.config.id);
+        let collector = self.runtime.collector();
+        let context = crate::mapping::value_context(&request, &collector, &self.config.id);
         let extracted = if crate::code::in_use() {
             crate::delivery::route::off_async_threads(|| spec.value(&request, &context))
         } else {
@@ -161,10 +162,11 @@ impl HttpSource {
         self.received.increment(count as u64);
         let mut results: Vec<Result<Arc<Event>, InvalidEvent>> = Vec::with_capacity(count);
         let mut valid = Vec::with_capacity(count);
+        let collector = self.runtime.collector();
         for (index, input) in inputs.into_iter().enumerate() {
             let enriched = match input {
-                EventInput::Json(text) => self.runtime.collector.enrich_json_traced(text, trace),
-                EventInput::Value(value) => self.runtime.collector.enrich_traced(value, trace),
+                EventInput::Json(text) => collector.enrich_json_traced(text, trace),
+                EventInput::Value(value) => collector.enrich_traced(value, trace),
             };
             match enriched {
                 Ok(mut event) => {

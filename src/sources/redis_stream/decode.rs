@@ -16,7 +16,7 @@ pub(super) fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> 
     let json = |bytes: &[u8]| -> Result<Event, String> {
         let json = text(bytes)?;
         serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| format!("not JSON: {e}"))?;
-        runtime.collector.enrich_json(&json).map_err(|e| e.to_string())
+        runtime.collector().enrich_json(&json).map_err(|e| e.to_string())
     };
     if let Some(event) = field("event") {
         return json(event);
@@ -39,7 +39,7 @@ pub(super) fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> 
             object.insert(name.clone(), parsed);
         }
         return runtime
-            .collector
+            .collector()
             .enrich(Value::Object(object))
             .map_err(|e| e.to_string());
     }
