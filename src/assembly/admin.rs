@@ -43,6 +43,8 @@ pub struct Admin {
     pub flow_name: Option<String>,
     pub started: SystemTime,
     pub token: Option<BearerToken>,
+    /// HTTPS on the admin listener.
+    pub tls: Option<crate::config::typed::TlsServer>,
 }
 
 /// The admin routes (health probes open, the rest behind the token when there is one).

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::typed::TlsServer;
 use crate::delivery::Endpoint;
 use crate::runtime::Runtime;
 use crate::sources::SourceConfig;
@@ -80,6 +81,8 @@ pub struct Listeners {
     stop: CancellationToken,
     /// Every listener's and reader's task; each ends when it has stopped.
     pub tasks: JoinSet<std::io::Result<()>>,
+    /// What the admin listener serves (a reload reads its certificate again).
+    admin: Option<Arc<ArcSwap<Serving>>>,
 }
 
 /// A bound listener: its address as configured, what it serves now, and its own stop.
@@ -94,6 +97,12 @@ struct Serving {
     router: Router,
     /// Each request carries the peer's address (a source with an `ingest` reads its `ip`).
     with_peer: bool,
+    /// HTTPS: connections are TLS handshakes first.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+fn acceptor(tls: Option<&TlsServer>) -> Option<tokio_rustls::TlsAcceptor> {
+    tls.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()))
 }
 
 /// Where listeners go: each HTTP source's address, and each endpoint's (joining a source's
@@ -177,6 +186,7 @@ impl Listeners {
             override_listen: override_listen.map(str::to_owned),
             stop: stop.clone(),
             tasks: JoinSet::new(),
+            admin: None,
         };
         let (planned, readers) = plan(sources, endpoints, override_listen);
         let mut bound = Vec::with_capacity(planned.len());
@@ -187,11 +197,14 @@ impl Listeners {
             let address = socket
                 .local_addr()
                 .map_or_else(|_| "?".into(), |local| local.to_string());
-            tracing::info!(address = %address, "admin listening (status page, /metrics, tap)");
+            let scheme = if admin.tls.is_some() { "https" } else { "http" };
+            tracing::info!(scheme, address = %address, "admin listening (status page, /metrics, tap)");
             let serving = Arc::new(ArcSwap::from_pointee(Serving {
+                tls: acceptor(admin.tls.as_ref()),
                 router: super::admin::router(admin),
                 with_peer: false,
             }));
+            listeners.admin = Some(serving.clone());
             listeners.tasks.spawn(serve_http(socket, serving, stop.clone()));
         }
         for (socket, listener) in bound {
@@ -243,9 +256,11 @@ impl Listeners {
         }
         // Only a source with an `ingest` reads the peer's address (its `ip`).
         let with_peer = listener.source.as_ref().is_some_and(|config| config.ingest.is_some());
+        let tls = acceptor(listener.source.as_ref().and_then(|config| config.tls.as_ref()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let router = match listener.source {
             Some(config) => {
-                tracing::info!(serves = %serves, address = %address, "HTTP source listening");
+                tracing::info!(serves = %serves, scheme, address = %address, "HTTP source listening");
                 HttpSource::new(config, self.runtime.clone()).router(shared)
             }
             None => {
@@ -253,7 +268,23 @@ impl Listeners {
                 shared.fallback(not_found)
             }
         };
-        Serving { router, with_peer }
+        Serving { router, with_peer, tls }
+    }
+
+    /// The admin listener's certificate, read again by a reload (its address and token apply
+    /// at the next start).
+    pub fn update_admin_tls(&self, tls: Option<&TlsServer>) {
+        let (Some(admin), Some(tls)) = (&self.admin, tls) else {
+            return;
+        };
+        let now = admin.load();
+        if now.tls.is_some() {
+            admin.store(Arc::new(Serving {
+                router: now.router.clone(),
+                with_peer: now.with_peer,
+                tls: acceptor(Some(tls)),
+            }));
+        }
     }
 
     /// Binds the addresses `sources` and `endpoints` need that are not bound yet, without
@@ -399,46 +430,73 @@ async fn serve_http(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let now = serving.load();
-        if now.with_peer {
-            let service =
-                tower::ServiceExt::map_request(now.router.clone(), move |mut request: axum::extract::Request<_>| {
-                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    request
-                });
-            serve_connection(&graceful, stream, peer, service);
-        } else {
-            serve_connection(&graceful, stream, peer, now.router.clone());
-        }
+        spawn_connection(graceful.watcher(), stream, peer, serving.load_full());
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
 }
 
-/// Serves one HTTP/1.1 connection with `service`, watched by `graceful`.
-fn serve_connection<S>(
-    graceful: &hyper_util::server::graceful::GracefulShutdown,
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection with what `serving` held when it was accepted (after the TLS
+/// handshake, for HTTPS), on a task of its own, watched by `watcher` for a graceful stop.
+fn spawn_connection(
+    watcher: hyper_util::server::graceful::Watcher,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    service: S,
-) where
-    S: tower::Service<axum::extract::Request<hyper::body::Incoming>, Response = axum::response::Response>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: std::error::Error + Send + Sync + 'static,
-{
-    let service = hyper_util::service::TowerToHyperService::new(service);
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
+    serving: Arc<Serving>,
+) {
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        let result = match &serving.tls {
+            None => serve_connection(watcher, stream, peer, &serving).await,
+            Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(watcher, tls, peer, &serving).await,
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %peer, error = %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+        };
+        if let Err(error) = result {
             tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
         }
     });
+}
+
+/// Serves HTTP/1.1 on `io` until the client or a graceful stop ends it.
+async fn serve_connection<I>(
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    peer: std::net::SocketAddr,
+    serving: &Serving,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+    };
+    let io = hyper_util::rt::TokioIo::new(io);
+    if serving.with_peer {
+        let service =
+            tower::ServiceExt::map_request(serving.router.clone(), move |mut request: axum::extract::Request<_>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        watcher.watch(builder.serve_connection(io, service)).await
+    } else {
+        let service = hyper_util::service::TowerToHyperService::new(serving.router.clone());
+        watcher.watch(builder.serve_connection(io, service)).await
+    }
 }

@@ -186,6 +186,7 @@ impl Running {
                 flow_name: flow.name.clone(),
                 started: std::time::SystemTime::now(),
                 token: built.admin.bearer_token.clone(),
+                tls: built.admin.tls.clone(),
             };
             (address, admin)
         });
@@ -327,6 +328,7 @@ impl Running {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = std::mem::take(&mut built.described_sources);
         self.listeners.update(prepared, &restarted);
+        self.listeners.update_admin_tls(flow.admin.tls.as_ref());
         // Told to finish once no dispatch holds the old generation (so none can still queue
         // into them).
         let settled = CancellationToken::new();

@@ -153,6 +153,8 @@ pub struct AdminSettings {
     pub listen: Option<String>,
     /// Required on every admin path but `/healthz` and `/readyz` when set.
     pub bearer_token: Option<super::typed::BearerToken>,
+    /// HTTPS on the admin listener.
+    pub tls: Option<super::typed::TlsServer>,
 }
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
@@ -162,6 +164,7 @@ impl Default for AdminSettings {
         AdminSettings {
             listen: Some(DEFAULT_ADMIN_LISTEN.to_owned()),
             bearer_token: None,
+            tls: None,
         }
     }
 }
@@ -173,6 +176,7 @@ struct AdminBlock {
     listen: Option<Value>,
     bearer_token: Option<String>,
     bearer_token_file: Option<String>,
+    tls: Option<Value>,
 }
 
 fn parse_admin(value: &Value, path: &str, errors: &mut ConfigErrors) -> AdminSettings {
@@ -193,7 +197,15 @@ fn parse_admin(value: &Value, path: &str, errors: &mut ConfigErrors) -> AdminSet
     };
     let bearer_token =
         super::typed::BearerToken::resolve(block.bearer_token, block.bearer_token_file.as_deref(), path, errors);
-    AdminSettings { listen, bearer_token }
+    let tls = block
+        .tls
+        .as_ref()
+        .and_then(|tls| super::typed::TlsServer::parse(tls, &join(path, "tls"), errors));
+    AdminSettings {
+        listen,
+        bearer_token,
+        tls,
+    }
 }
 
 /// A loaded flow.

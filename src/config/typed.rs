@@ -167,6 +167,92 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// HTTPS on a listener: `tls = { certFile, keyFile }` (PEM files: the certificate chain,
+/// leaf first, and its private key; Optimizely Agent's `server.certFile` / `keyFile`). Read
+/// and checked when the flow is loaded, so a reload reads them again. Two are equal when
+/// they name the same files.
+#[derive(Clone)]
+pub struct TlsServer {
+    pub cert_file: String,
+    pub key_file: String,
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl PartialEq for TlsServer {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.cert_file, &self.key_file) == (&other.cert_file, &other.key_file)
+    }
+}
+
+impl Eq for TlsServer {}
+
+impl std::fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsServer({}, {})", self.cert_file, self.key_file)
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TlsFiles {
+    cert_file: String,
+    key_file: String,
+}
+
+impl TlsServer {
+    /// The `tls` block at `path`; problems (a missing file, no certificate, a key that does
+    /// not fit) go into `errors`.
+    pub fn parse(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<TlsServer> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let files = parse::<TlsFiles>(value, path, errors)?;
+        let certs: Result<Vec<CertificateDer<'static>>, _> =
+            CertificateDer::pem_file_iter(&files.cert_file).and_then(Iterator::collect);
+        let certs = match certs {
+            Ok(certs) if certs.is_empty() => {
+                errors.push(
+                    join(path, "certFile"),
+                    format!("{}: no certificate in it", files.cert_file),
+                );
+                return None;
+            }
+            Ok(certs) => certs,
+            Err(error) => {
+                errors.push(join(path, "certFile"), format!("{}: {error}", files.cert_file));
+                return None;
+            }
+        };
+        let key = match PrivateKeyDer::from_pem_file(&files.key_file) {
+            Ok(key) => key,
+            Err(error) => {
+                errors.push(join(path, "keyFile"), format!("{}: {error}", files.key_file));
+                return None;
+            }
+        };
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let built = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key));
+        match built {
+            Ok(mut config) => {
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(TlsServer {
+                    cert_file: files.cert_file,
+                    key_file: files.key_file,
+                    config: std::sync::Arc::new(config),
+                })
+            }
+            Err(error) => {
+                errors.push(
+                    join(path, "keyFile"),
+                    format!("{} does not go with {}: {error}", files.key_file, files.cert_file),
+                );
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,7 +199,7 @@ impl Drop for RedisServer {
 }
 
 /// A CA and a server certificate for 127.0.0.1, written as PEM files into `dir`.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -70,6 +70,8 @@ struct Settings {
     /// weir: which hops are proxies whose `X-Forwarded-*` headers the ingest's `ip`,
     /// `protocol` and `hostname` believe (Express's `trust proxy`); checked by hand.
     trust_proxy: Option<Value>,
+    /// weir: HTTPS (`{certFile, keyFile}`); checked by hand.
+    tls: Option<Value>,
     /// weir: also serve `/metrics` here (it is on the admin listener; a public ingest port
     /// shows no internals unless asked).
     metrics: Option<bool>,
@@ -132,6 +134,8 @@ pub struct HttpSourceConfig {
     pub trust_proxy: TrustProxy,
     /// Serve `/metrics` on this source's listener too (`settings.metrics`).
     pub metrics: bool,
+    /// HTTPS on this source's listener (`settings.tls`).
+    pub tls: Option<typed::TlsServer>,
 }
 
 impl HttpSourceConfig {
@@ -220,6 +224,10 @@ impl HttpSourceConfig {
             ingest,
             trust_proxy: super::request::trust_proxy(settings.trust_proxy.as_ref(), &settings_path, errors),
             metrics: settings.metrics.unwrap_or(false),
+            tls: settings
+                .tls
+                .as_ref()
+                .and_then(|tls| typed::TlsServer::parse(tls, &join(&settings_path, "tls"), errors)),
         })
     }
 }
