@@ -83,7 +83,7 @@ type = "http"
 type = "file"
 "#,
     );
-    for path in ["/metrics", "/status.json", "/", "/status/events"] {
+    for path in ["/metrics", "/status.json", "/", "/status", "/status/events", "/tap"] {
         let refused = client().get(weir.admin_url(path)).send().unwrap();
         assert_eq!(refused.status(), 401, "{path}");
         assert_eq!(refused.headers()["www-authenticate"], "Bearer");
@@ -615,4 +615,72 @@ type = "blackhole"
         "{}",
         weir.metrics()
     );
+}
+
+/// Without a token the admin paths answer only requests addressed to localhost or an IP
+/// address: a web page cannot read them through a name it points at 127.0.0.1.
+#[test]
+fn without_a_token_only_local_addresses_are_answered() {
+    let weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+[destinations.file]
+type = "file"
+"#,
+    );
+    let port = weir.admin.rsplit(':').next().unwrap().to_owned();
+    let with_host = |host: &str| {
+        client()
+            .get(weir.admin_url("/status.json"))
+            .header("host", host)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(with_host(&format!("127.0.0.1:{port}")), 200);
+    assert_eq!(with_host(&format!("localhost:{port}")), 200);
+    assert_eq!(with_host(&format!("[::1]:{port}")), 200);
+    assert_eq!(with_host(&format!("rebound.example:{port}")), 403);
+    // The health probes stay open.
+    let probe = client()
+        .get(weir.admin_url("/readyz"))
+        .header("host", "rebound.example")
+        .send()
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+}
+
+/// An open status page or tap does not hold a shutdown up: their streams end when weir
+/// stops, and queued events are delivered, not dead-lettered at the deadline.
+#[test]
+fn open_admin_streams_end_at_shutdown() {
+    let mut weir = Weir::start(
+        r#"
+[sources.http]
+type = "http"
+[destinations.file]
+type = "file"
+"#,
+    );
+    let streaming = reqwest::blocking::Client::builder().timeout(None).build().unwrap();
+    let status = streaming.get(weir.admin_url("/status/events")).send().unwrap();
+    let tap = streaming.get(weir.admin_url("/tap")).send().unwrap();
+    assert_eq!((status.status().as_u16(), tap.status().as_u16()), (200, 200));
+    assert_eq!(post(&weir, &json!({"name": "page view"})).status(), 200);
+    let started = std::time::Instant::now();
+    let exit = weir.terminate(Duration::from_secs(20));
+    assert!(exit.success(), "{}", weir.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for the open streams",
+        started.elapsed()
+    );
+    assert!(
+        weir.log()
+            .contains("shutdown complete: every queued event was delivered"),
+        "{}",
+        weir.log()
+    );
+    drop((status, tap));
 }

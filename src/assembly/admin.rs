@@ -45,6 +45,8 @@ pub struct Admin {
     pub token: Option<BearerToken>,
     /// HTTPS on the admin listener.
     pub tls: Option<crate::config::typed::TlsServer>,
+    /// Cancelled when weir stops: the live streams end, so the listener can close.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// The admin routes (health probes open, the rest behind the token when there is one).
@@ -63,10 +65,40 @@ pub fn router(admin: Admin) -> Router {
         .fallback(super::listeners::not_found)
 }
 
-/// The token from `Authorization: Bearer`, or `?token=`.
+/// Whether the request was addressed to `localhost` or an IP address (its `Host`). Without
+/// a token that is all that guards the admin paths, and it stops a web page the operator
+/// opens from reading them through a name it points at 127.0.0.1 (DNS rebinding).
+fn addressed_locally(request: &Request) -> bool {
+    let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The token from `Authorization: Bearer`, or `?token=`; without a token, a request
+/// addressed to `localhost` or an IP address.
 async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
     let Some(token) = &admin.token else {
-        return next.run(request).await;
+        if addressed_locally(&request) {
+            return next.run(request).await;
+        }
+        let mut response = (
+            StatusCode::FORBIDDEN,
+            "{\"success\":false,\"error\":\"Forbidden: without admin.bearerToken the admin listener answers only requests addressed to localhost or an IP address\"}",
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return response;
     };
     let header = request
         .headers()
@@ -106,6 +138,8 @@ async fn page(RawQuery(_): RawQuery) -> Response {
         ),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A `?token=` in the page's address goes nowhere else.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
 }
 
@@ -121,7 +155,10 @@ async fn status_json(State(admin): State<Admin>) -> Response {
 async fn status_events(State(admin): State<Admin>) -> impl IntoResponse {
     let ticks = tokio::time::interval(Duration::from_secs(1));
     let stream = futures_util::stream::unfold((admin, ticks), |(admin, mut ticks)| async move {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = admin.stop.cancelled() => return None,
+        }
         let event = SseEvent::default().event("status").data(status(&admin).to_string());
         Some((Ok::<_, Infallible>(event), (admin, ticks)))
     });
@@ -187,14 +224,23 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// Streams tap records that pass the filter until the watcher goes.
-async fn tap(axum::extract::Query(filter): axum::extract::Query<TapFilter>) -> impl IntoResponse {
+/// Streams tap records that pass the filter until the watcher goes (or weir stops).
+async fn tap(
+    State(admin): State<Admin>,
+    axum::extract::Query(filter): axum::extract::Query<TapFilter>,
+) -> impl IntoResponse {
     use tokio::sync::broadcast::error::RecvError;
     let watch = crate::delivery::tap::watch();
     let dropped = metrics::counter!("weir_tap_dropped_total");
-    let stream = futures_util::stream::unfold((watch, filter, dropped), |(mut watch, filter, dropped)| async move {
+    let stop = admin.stop.clone();
+    let state = (watch, filter, dropped, stop);
+    let stream = futures_util::stream::unfold(state, |(mut watch, filter, dropped, stop)| async move {
         loop {
-            let event = match watch.receiver.recv().await {
+            let received = tokio::select! {
+                received = watch.receiver.recv() => received,
+                () = stop.cancelled() => return None,
+            };
+            let event = match received {
                 Ok(record) if filter.admits(&record) => {
                     SseEvent::default().event("tap").data(record.to_json().to_string())
                 }
@@ -207,7 +253,7 @@ async fn tap(axum::extract::Query(filter): axum::extract::Query<TapFilter>) -> i
                 }
                 Err(RecvError::Closed) => return None,
             };
-            return Some((Ok::<_, Infallible>(event), (watch, filter, dropped)));
+            return Some((Ok::<_, Infallible>(event), (watch, filter, dropped, stop)));
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())

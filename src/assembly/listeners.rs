@@ -76,7 +76,8 @@ impl Planned {
 pub struct Listeners {
     runtime: Arc<Runtime>,
     live: Vec<Live>,
-    readers: Vec<(String, CancellationToken)>,
+    /// Stream readers: id, stop, and a token cancelled once the reader has ended.
+    readers: Vec<(String, CancellationToken, CancellationToken)>,
     override_listen: Option<String>,
     stop: CancellationToken,
     /// Every listener's and reader's task; each ends when it has stopped.
@@ -211,7 +212,7 @@ impl Listeners {
             listeners.serve(socket, listener);
         }
         for reader in readers {
-            listeners.read(reader);
+            listeners.read(reader, None);
         }
         Ok(listeners)
     }
@@ -237,11 +238,21 @@ impl Listeners {
         });
     }
 
-    fn read(&mut self, reader: crate::sources::redis_stream::RedisStreamConfig) {
+    /// Starts a stream reader, once `after` (its predecessor of the same id, still
+    /// delivering what it read) has ended: two readers with one consumer name would hand
+    /// out the same pending entries twice.
+    fn read(&mut self, reader: crate::sources::redis_stream::RedisStreamConfig, after: Option<CancellationToken>) {
         let stop = self.stop.child_token();
-        self.readers.push((reader.id.clone(), stop.clone()));
-        self.tasks
-            .spawn(crate::sources::redis_stream::run(reader, self.runtime.clone(), stop));
+        let ended = CancellationToken::new();
+        self.readers.push((reader.id.clone(), stop.clone(), ended.clone()));
+        let runtime = self.runtime.clone();
+        self.tasks.spawn(async move {
+            let _ended = ended.drop_guard();
+            if let Some(after) = after {
+                after.cancelled().await;
+            }
+            crate::sources::redis_stream::run(reader, runtime, stop).await
+        });
     }
 
     /// What `listener` serves: its source's routes, its endpoints, the health probes.
@@ -338,16 +349,22 @@ impl Listeners {
                 }
             }
         }
-        self.readers.retain(|(id, stop)| {
+        let mut ending = Vec::new();
+        self.readers.retain(|(id, stop, ended)| {
             let stays = !stopped.contains(id);
             if !stays {
                 stop.cancel();
+                ending.push((id.clone(), ended.clone()));
             }
             stays
         });
         for reader in prepared.readers {
-            if !self.readers.iter().any(|(id, _)| *id == reader.id) {
-                self.read(reader);
+            if !self.readers.iter().any(|(id, _, _)| *id == reader.id) {
+                let after = ending
+                    .iter()
+                    .find(|(id, _)| *id == reader.id)
+                    .map(|(_, ended)| ended.clone());
+                self.read(reader, after);
             }
         }
     }
@@ -430,7 +447,7 @@ async fn serve_http(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        spawn_connection(graceful.watcher(), stream, peer, serving.load_full());
+        spawn_connection(graceful.watcher(), stream, peer, serving.clone());
     }
     drop(listener);
     graceful.shutdown().await;
@@ -440,19 +457,22 @@ async fn serve_http(
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one connection with what `serving` held when it was accepted (after the TLS
-/// handshake, for HTTPS), on a task of its own, watched by `watcher` for a graceful stop.
+/// Serves one connection on a task of its own, watched by `watcher` for a graceful stop:
+/// the TLS handshake (for HTTPS) with the certificate `serving` holds when it is accepted,
+/// then each request with the routes `serving` holds when that request arrives (a reload
+/// reaches keep-alive connections too).
 fn spawn_connection(
     watcher: hyper_util::server::graceful::Watcher,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    serving: Arc<Serving>,
+    serving: Arc<ArcSwap<Serving>>,
 ) {
     tokio::spawn(async move {
-        let result = match &serving.tls {
-            None => serve_connection(watcher, stream, peer, &serving).await,
+        let tls = serving.load().tls.clone();
+        let result = match tls {
+            None => serve_connection(watcher, stream, peer, serving).await,
             Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_connection(watcher, tls, peer, &serving).await,
+                Ok(Ok(tls)) => serve_connection(watcher, tls, peer, serving).await,
                 Ok(Err(error)) => {
                     tracing::debug!(peer = %peer, error = %error, "TLS handshake failed");
                     return;
@@ -474,29 +494,24 @@ async fn serve_connection<I>(
     watcher: hyper_util::server::graceful::Watcher,
     io: I,
     peer: std::net::SocketAddr,
-    serving: &Serving,
+    serving: Arc<ArcSwap<Serving>>,
 ) -> Result<(), hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        builder
-    };
-    let io = hyper_util::rt::TokioIo::new(io);
-    if serving.with_peer {
-        let service =
-            tower::ServiceExt::map_request(serving.router.clone(), move |mut request: axum::extract::Request<_>| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                request
-            });
-        let service = hyper_util::service::TowerToHyperService::new(service);
-        watcher.watch(builder.serve_connection(io, service)).await
-    } else {
-        let service = hyper_util::service::TowerToHyperService::new(serving.router.clone());
-        watcher.watch(builder.serve_connection(io, service)).await
-    }
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let service = tower::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+        let now = serving.load();
+        if now.with_peer {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        }
+        tower::ServiceExt::oneshot(now.router.clone(), request)
+    });
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    watcher
+        .watch(builder.serve_connection(hyper_util::rt::TokioIo::new(io), service))
+        .await
 }

@@ -7,11 +7,14 @@
 //! - **added**: started;
 //! - **changed**: the new one starts at once and takes every event dispatched from the
 //!   reload on; the old one stops taking events, delivers what it holds (its queue; with a
-//!   journal, what its feed had read) and shuts down. A journaled destination's new feed
-//!   starts after that, from the cursor the old one leaves, so nothing journaled is missed
-//!   and nothing is read by both;
+//!   journal, what was committed up to the switch) and shuts down. A journaled
+//!   destination's new feed starts after that, from the cursor the old one leaves, so
+//!   nothing journaled is missed and nothing is read by both;
 //! - **removed**: finishes like a changed one; its journal cursor is saved and holds nothing
 //!   back any more.
+//!
+//! A reload that touches a destination still finishing from the last one is refused as
+//! busy (`weir serve` tries it again a second later): one journal cursor, one reader.
 //!
 //! The old ones have the shutdown timeout to finish; then, as at shutdown, journaled events
 //! stay in the journal (for the new destination, or the next start) and the rest are
@@ -19,13 +22,15 @@
 //! dispatched to the old flow's destinations or the new one's, never half to each, and the
 //! old ones are told to finish only once no dispatch holds the old generation.
 //!
-//! Listeners stay where their address stays (what they serve is swapped); new addresses
-//! are bound before anything changes, and listeners whose address went are closed after
-//! their requests are answered. Stream sources whose entry changed are stopped (what they
-//! read is still delivered and acknowledged) and started again. The journal and admin
-//! blocks apply at the next start.
+//! Everything that can fail (journal cursors, new listen addresses) is done before anything
+//! changes. Listeners stay where their address stays (each request is served by the routes
+//! current when it arrives); listeners whose address went are closed after their requests
+//! are answered. Stream sources whose entry changed are stopped and, once what they read is
+//! delivered and acknowledged, started again. The journal block applies at the next start
+//! (a reload that changes it is refused), the admin block too, but for its certificate.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -37,7 +42,7 @@ use super::{BuiltFlow, build_flow};
 use crate::config::Flow;
 use crate::config::flow::Step;
 use crate::delivery::Endpoint;
-use crate::delivery::feed::{FeedTask, Journaled};
+use crate::delivery::feed::{Collectors, FeedTask, Journaled};
 use crate::delivery::route::Route;
 use crate::delivery::worker::{Lifecycle, WorkerReport, WorkerTask};
 use crate::journal::Journal;
@@ -61,6 +66,8 @@ pub enum ReloadError {
     NeedsRestart(String),
     #[error(transparent)]
     Listen(#[from] StartError),
+    #[error("destinations {0:?} are still finishing after the last reload; trying again in a moment")]
+    Busy(Vec<String>),
 }
 
 impl ReloadError {
@@ -70,6 +77,7 @@ impl ReloadError {
             ReloadError::Invalid(_) => "invalid",
             ReloadError::NeedsRestart(_) => "needs_restart",
             ReloadError::Listen(_) => "cannot_listen",
+            ReloadError::Busy(_) => "busy",
         }
     }
 }
@@ -109,8 +117,12 @@ pub struct Running {
     destinations: HashMap<String, Current>,
     /// Workers of destinations a reload retired (each task returns its report once done).
     retired: Vec<JoinHandle<WorkerReport>>,
+    /// Ids of destinations still finishing after a reload retired them.
+    retiring: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Feeds started by retirements (a changed journaled destination's new feed).
     late_feeds: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The collector feeds map with: the runtime's current one.
+    collectors: Collectors,
     pub listeners: Listeners,
     /// The sources the status page lists.
     described_sources: Arc<RwLock<Vec<(String, &'static str)>>>,
@@ -164,21 +176,33 @@ impl Running {
             .as_ref()
             .map(|settings| settings.path.display().to_string());
         let described_sources = Arc::new(RwLock::new(std::mem::take(&mut built.described_sources)));
+        let collectors: Collectors = {
+            let runtime = built.runtime.clone();
+            Arc::new(move || runtime.collector())
+        };
         let mut destinations = HashMap::new();
         for (id, fresh) in fresh(&mut built) {
-            let current =
-                launch(&flow, &id, fresh, &lifecycle, &built.runtime, journal.as_ref()).map_err(|source| {
-                    super::JournalStartError::Recover {
-                        path: journal_path.clone().unwrap_or_default(),
-                        source,
-                    }
-                })?;
+            let consumer = match (&fresh.feed, &journal) {
+                (Some(_), Some(journal)) => {
+                    Some(
+                        journal
+                            .consumer(&id)
+                            .map_err(|source| super::JournalStartError::Recover {
+                                path: journal_path.clone().unwrap_or_default(),
+                                source,
+                            })?,
+                    )
+                }
+                _ => None,
+            };
+            let current = launch(&flow, &id, fresh, consumer, &lifecycle, &collectors);
             destinations.insert(id, current);
         }
         if let Some(journal) = &journal {
             journal.consumers_opened();
             built.runtime.attach_journal(journal.clone());
         }
+        let stop = CancellationToken::new();
         let admin = options.admin.map(|address| {
             let admin = super::admin::Admin {
                 runtime: built.runtime.clone(),
@@ -187,6 +211,7 @@ impl Running {
                 started: std::time::SystemTime::now(),
                 token: built.admin.bearer_token.clone(),
                 tls: built.admin.tls.clone(),
+                stop: stop.clone(),
             };
             (address, admin)
         });
@@ -194,7 +219,6 @@ impl Running {
             .iter()
             .filter_map(|(id, current)| Some((id.clone(), current.endpoint.clone()?)))
             .collect();
-        let stop = CancellationToken::new();
         let listeners = Listeners::start(
             &built.runtime,
             built.sources,
@@ -211,6 +235,8 @@ impl Running {
             flow,
             destinations,
             retired: Vec::new(),
+            retiring: Arc::default(),
+            collectors,
             late_feeds: Arc::default(),
             listeners,
             described_sources,
@@ -233,14 +259,9 @@ impl Running {
                 "the journal block changed: restart weir to apply it (nothing was changed)".into(),
             ));
         }
-        if flow.admin != self.flow.admin {
-            tracing::warn!("the admin block changed: it applies at the next start");
-        }
         let mut report = Reloaded::default();
-        let mut incoming = fresh(&mut built);
-        // What runs on: unchanged destinations keep their route and endpoint.
         let mut plan: Vec<(String, Option<Fresh>)> = Vec::new();
-        for (id, fresh) in incoming.drain(..) {
+        for (id, fresh) in fresh(&mut built) {
             match self.destinations.get(&id) {
                 Some(current) if current.step == *step_of(&flow, &id) => {
                     report.kept.push(id.clone());
@@ -263,8 +284,50 @@ impl Running {
             .cloned()
             .collect();
         report.removed.sort();
+        {
+            let retiring = self.retiring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let busy: Vec<String> = report
+                .changed
+                .iter()
+                .chain(&report.added)
+                .chain(&report.removed)
+                .filter(|id| retiring.contains(*id))
+                .cloned()
+                .collect();
+            if !busy.is_empty() {
+                return Err(ReloadError::Busy(busy));
+            }
+        }
+        if flow.admin != self.flow.admin {
+            tracing::warn!("the admin block changed: its address and token apply at the next start");
+        }
 
-        // Bind what is new before anything changes.
+        // Everything that can fail, before anything changes: journal consumers of
+        // destinations that start reading now (a changed journaled one takes its
+        // predecessor's cursor once that one is done), and new listen addresses.
+        let mut consumers: HashMap<String, crate::journal::Consumer<Journaled>> = HashMap::new();
+        if let Some(journal) = &self.journal {
+            for (id, fresh) in &plan {
+                let Some(fresh) = fresh else { continue };
+                let hands_over = self.destinations.get(id).is_some_and(|old| old.route.journaled());
+                if fresh.feed.is_none() || hands_over {
+                    continue;
+                }
+                match journal.consumer(id) {
+                    Ok(consumer) => {
+                        consumers.insert(id.clone(), consumer);
+                    }
+                    Err(error) => {
+                        for opened in consumers.keys() {
+                            let _ = journal.close_consumer(opened);
+                        }
+                        return Err(ReloadError::NeedsRestart(format!(
+                            "the journal cannot open destination {id}'s cursor: {error}"
+                        )));
+                    }
+                }
+            }
+        }
         let endpoints: Vec<(String, Endpoint)> = plan
             .iter()
             .filter_map(|(id, fresh)| {
@@ -275,7 +338,6 @@ impl Running {
                 Some((id.clone(), endpoint?))
             })
             .collect();
-        let sources = std::mem::take(&mut built.sources);
         let restarted: Vec<String> = self
             .flow
             .sources
@@ -283,31 +345,38 @@ impl Running {
             .filter(|old| flow.sources.iter().find(|new| new.id == old.id) != Some(old))
             .map(|old| old.id.clone())
             .collect();
-        let prepared = self.listeners.prepare(sources, endpoints).await?;
+        let prepared = match self
+            .listeners
+            .prepare(std::mem::take(&mut built.sources), ordered(&flow, endpoints))
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                if let Some(journal) = &self.journal {
+                    for opened in consumers.keys() {
+                        let _ = journal.close_consumer(opened);
+                    }
+                }
+                return Err(error.into());
+            }
+        };
 
-        // Start what is new, then switch.
+        // Start what is new, then switch in one swap.
         let mut routes = Vec::with_capacity(plan.len());
         let mut retiring: Vec<(Current, Option<(FeedTask, Lifecycle)>)> = Vec::new();
         for (id, fresh) in plan {
-            match fresh {
-                None => routes.push(self.destinations[&id].route.clone()),
-                Some(fresh) => {
-                    routes.push(fresh.route.clone());
-                    let changed = self.destinations.contains_key(&id);
-                    // A changed journaled destination's feed starts once the old one is done.
-                    let (fresh, deferred_feed) = match (changed, fresh.feed) {
-                        (true, Some(feed)) => (Fresh { feed: None, ..fresh }, Some(feed)),
-                        (_, feed) => (Fresh { feed, ..fresh }, None),
-                    };
-                    let current = launch(&flow, &id, fresh, &self.lifecycle, &self.runtime, self.journal.as_ref())
-                        .map_err(|error| {
-                            ReloadError::NeedsRestart(format!("the journal refused destination {id}: {error}"))
-                        })?;
-                    let deferred = deferred_feed.map(|feed| (feed, current.lifecycle.clone()));
-                    if let Some(old) = self.destinations.insert(id.clone(), current) {
-                        retiring.push((old, deferred));
-                    }
-                }
+            let Some(mut fresh) = fresh else {
+                routes.push(self.destinations[&id].route.clone());
+                continue;
+            };
+            routes.push(fresh.route.clone());
+            let consumer = consumers.remove(&id);
+            // A changed journaled destination's new feed starts once the old one is done.
+            let deferred = if consumer.is_none() { fresh.feed.take() } else { None };
+            let current = launch(&flow, &id, fresh, consumer, &self.lifecycle, &self.collectors);
+            let deferred = deferred.map(|feed| (feed, current.lifecycle.clone()));
+            if let Some(old) = self.destinations.insert(id.clone(), current) {
+                retiring.push((old, deferred));
             }
         }
         for id in &report.removed {
@@ -323,14 +392,20 @@ impl Running {
             },
             routes,
         });
+        // Retired journaled feeds take what was committed up to now, and no more.
+        let boundary = self.journal.as_ref().map_or(0, |journal| journal.committed());
+        for (old_destination, _) in &retiring {
+            old_destination.lifecycle.stop_at.store(boundary, Ordering::Release);
+            old_destination.lifecycle.retire.cancel();
+        }
         *self
             .described_sources
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = std::mem::take(&mut built.described_sources);
         self.listeners.update(prepared, &restarted);
         self.listeners.update_admin_tls(flow.admin.tls.as_ref());
-        // Told to finish once no dispatch holds the old generation (so none can still queue
-        // into them).
+        // Their workers are told to finish once no dispatch holds the old generation (so
+        // none can still queue into them).
         let settled = CancellationToken::new();
         {
             let settled = settled.clone();
@@ -350,48 +425,65 @@ impl Running {
     fn retire(&mut self, settled: CancellationToken, current: Current, deferred: Option<(FeedTask, Lifecycle)>) {
         let timeout = self.shutdown_timeout;
         let journal = self.journal.clone();
-        let runtime = self.runtime.clone();
+        let collectors = self.collectors.clone();
         let late_feeds = self.late_feeds.clone();
+        let retiring = self.retiring.clone();
         let id = current.step.id.clone();
+        retiring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.clone());
         self.retired.push(tokio::spawn(async move {
             settled.cancelled().await;
             let lifecycle = current.lifecycle;
-            lifecycle.flush.cancel();
-            lifecycle.drain.cancel();
-            let abort = lifecycle.abort.clone();
-            let deadline = tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                abort.cancel();
-            });
+            let deadline = {
+                let lifecycle = lifecycle.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    lifecycle.drain.cancel();
+                    lifecycle.abort.cancel();
+                })
+            };
+            // A journaled one first takes what was committed before the switch.
             if let Some(feed) = current.feed {
                 let _ = feed.await;
             }
+            lifecycle.flush.cancel();
+            lifecycle.drain.cancel();
             let report = current.worker.await.unwrap_or_else(|error| {
                 tracing::error!(destination = %id, error = %error, "destination worker failed");
                 WorkerReport::default()
             });
             deadline.abort();
-            if current.route.journaled()
-                && let Some(journal) = journal
-            {
+            if let Some(journal) = journal {
                 match deferred {
                     Some((feed, lifecycle)) => match journal.reopen_consumer(&id) {
                         Ok(consumer) => {
-                            let task = tokio::spawn(feed(consumer, runtime.collector(), lifecycle));
+                            let task = tokio::spawn(feed(consumer, collectors, lifecycle));
                             late_feeds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(task);
                         }
-                        Err(error) => {
-                            tracing::error!(destination = %id, error = %error, "cannot hand the journal over to the changed destination; restart weir")
-                        }
+                        Err(error) => tracing::error!(
+                            destination = %id, error = %error,
+                            "cannot hand the journal over to the changed destination: restart weir (what is journaled stays)"
+                        ),
                     },
-                    None => {
+                    None if current.route.journaled() => {
                         if let Err(error) = journal.close_consumer(&id) {
                             tracing::warn!(destination = %id, error = %error, "cannot save the removed destination's cursor");
                         }
                     }
+                    None => {}
                 }
             }
-            tracing::info!(destination = %id, "replaced or removed destination finished");
+            if report.dead_lettered_at_shutdown + report.failed > 0 {
+                tracing::warn!(
+                    destination = %id, dead_lettered = report.dead_lettered_at_shutdown, failed = report.failed,
+                    held = report.held, "replaced or removed destination finished; what it could not deliver in time was dead-lettered"
+                );
+            } else {
+                tracing::info!(destination = %id, held = report.held, "replaced or removed destination finished");
+            }
+            retiring.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&id);
             report
         }));
     }
@@ -463,31 +555,27 @@ fn ordered(flow: &Flow, mut endpoints: Vec<(String, Endpoint)>) -> Vec<(String, 
     endpoints
 }
 
-/// Starts one destination: its worker, and its journal feed (from its cursor) when it has
-/// one.
+/// Starts one destination: its worker, and its journal feed reading through `consumer`.
 fn launch(
     flow: &Flow,
     id: &str,
     fresh: Fresh,
+    consumer: Option<crate::journal::Consumer<Journaled>>,
     flow_lifecycle: &Lifecycle,
-    runtime: &Arc<Runtime>,
-    journal: Option<&Arc<Journal<Journaled>>>,
-) -> Result<Current, crate::journal::JournalError> {
+    collectors: &Collectors,
+) -> Current {
     let lifecycle = flow_lifecycle.child();
-    let feed = match (fresh.feed, journal) {
-        (Some(feed), Some(journal)) => {
-            let consumer = journal.consumer(id)?;
-            Some(tokio::spawn(feed(consumer, runtime.collector(), lifecycle.clone())))
-        }
+    let feed = match (fresh.feed, consumer) {
+        (Some(feed), Some(consumer)) => Some(tokio::spawn(feed(consumer, collectors.clone(), lifecycle.clone()))),
         _ => None,
     };
     let worker = tokio::spawn((fresh.worker)(lifecycle.clone()));
-    Ok(Current {
+    Current {
         step: step_of(flow, id).clone(),
         route: fresh.route,
         endpoint: fresh.endpoint,
         lifecycle,
         worker,
         feed,
-    })
+    }
 }

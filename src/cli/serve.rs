@@ -59,27 +59,35 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
         .journal()
         .map_or_else(CancellationToken::new, |journal| journal.fatal());
     let mut watched = match (&options.config, options.watch) {
-        (Some((path, _)), true) => Some(std::fs::read(path).unwrap_or_default()),
+        (Some((path, _)), true) => std::fs::read(path).ok(),
         _ => None,
     };
     let mut ticks = tokio::time::interval(WATCH_EVERY);
+    // A reload refused as busy (destinations of the last one still finishing) is tried
+    // again on the next tick.
+    let mut again = None;
     loop {
         tokio::select! {
             signal = signals.next() => match (signal, &options.config) {
                 (Signal::Stop, _) => break,
-                (Signal::Reload, Some(config)) => reload(&mut running, config, "SIGHUP").await,
+                (Signal::Reload, Some(config)) => again = reload(&mut running, config, "SIGHUP").await,
                 (Signal::Reload, None) => {
                     tracing::warn!("SIGHUP: weir runs its embedded default, there is no flow file to read again");
                 }
             },
             // A failed fdatasync: stop accepting, shut down, exit non-zero.
             () = journal_failed.cancelled() => break,
-            _ = ticks.tick(), if watched.is_some() => {
-                let Some((path, _)) = &options.config else { continue };
-                let now = std::fs::read(path).unwrap_or_default();
+            _ = ticks.tick(), if watched.is_some() || again.is_some() => {
+                let Some(config) = &options.config else { continue };
+                if let Some(why) = again.take() {
+                    again = reload(&mut running, config, why).await;
+                    continue;
+                }
+                // Unreadable for a moment (being replaced): looked at again next tick.
+                let Ok(now) = std::fs::read(&config.0) else { continue };
                 if watched.as_ref() != Some(&now) {
                     watched = Some(now);
-                    reload(&mut running, options.config.as_ref().expect("watched"), "the flow file changed").await;
+                    again = reload(&mut running, config, "the flow file changed").await;
                 }
             }
         }
@@ -114,8 +122,13 @@ pub async fn serve(flow: Flow, options: ServeOptions) -> anyhow::Result<()> {
 }
 
 /// Reads the flow file again and applies it; a flow with problems changes nothing, and
-/// every problem is logged. Counted in `weir_config_reload_total{result}`.
-async fn reload(running: &mut Running, (path, name): &(PathBuf, Option<String>), why: &str) {
+/// every problem is logged. Counted in `weir_config_reload_total{result}`. Returns why to
+/// try again when the reload was refused as busy.
+async fn reload(
+    running: &mut Running,
+    (path, name): &(PathBuf, Option<String>),
+    why: &'static str,
+) -> Option<&'static str> {
     tracing::info!(file = %path.display(), "{why}: reloading the flow");
     let result = match crate::config::load_flow(path, name.as_deref()) {
         Err(errors) => Err(crate::assembly::ReloadError::Invalid(errors)),
@@ -135,6 +148,7 @@ async fn reload(running: &mut Running, (path, name): &(PathBuf, Option<String>),
         }
     };
     metrics::counter!("weir_config_reload_total", "result" => label).increment(1);
+    matches!(result, Err(crate::assembly::ReloadError::Busy(_))).then_some(why)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! left its tokens in the [`Journaled`] entry; the feed picks its own up, so the answer
 //! comes from the same outcome that moves the cursor.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,10 +145,12 @@ impl Journaled {
     }
 }
 
+/// The collector events are mapped with now (a reload may replace it).
+pub type Collectors = Arc<dyn Fn() -> Arc<Collector> + Send + Sync>;
+
 /// A journaled destination's feed, ready to be spawned with its consumer.
-pub type FeedTask = Box<
-    dyn FnOnce(Consumer<Journaled>, Arc<Collector>, Lifecycle) -> futures_util::future::BoxFuture<'static, ()> + Send,
->;
+pub type FeedTask =
+    Box<dyn FnOnce(Consumer<Journaled>, Collectors, Lifecycle) -> futures_util::future::BoxFuture<'static, ()> + Send>;
 
 /// The feed of `pipeline`.
 pub fn task<D: Destination>(pipeline: Arc<Pipeline<D>>) -> FeedTask {
@@ -160,19 +163,27 @@ const READ_MAX: usize = 1000;
 async fn run<D: Destination>(
     pipeline: Arc<Pipeline<D>>,
     mut consumer: Consumer<Journaled>,
-    collector: Arc<Collector>,
+    collectors: Collectors,
     lifecycle: Lifecycle,
 ) {
     let cursor = consumer.handle();
     let read_max = pipeline.queue.capacity.clamp(1, READ_MAX);
     let corrupt = metrics::counter!("weir_journal_corrupt_records_total");
+    let mut retiring = false;
     loop {
         let read = tokio::select! {
             biased;
             () = lifecycle.drain.cancelled() => return,
+            () = lifecycle.retire.cancelled(), if !retiring => {
+                retiring = true;
+                if consumer.next_seq() > lifecycle.stop_at.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
             read = consumer.read(read_max) => read,
         };
-        let records = match read {
+        let mut records = match read {
             Ok(records) => records,
             Err(error) => {
                 tracing::error!(destination = %pipeline.id, error = %error, "cannot read the journal; retrying");
@@ -182,6 +193,16 @@ async fn run<D: Destination>(
                 }
             }
         };
+        // Retired: what came after the new flow took over is its successor's (left
+        // unresolved, so the cursor hands it over).
+        let limit = lifecycle
+            .retire
+            .is_cancelled()
+            .then(|| lifecycle.stop_at.load(Ordering::Acquire));
+        let past_limit = limit.is_some_and(|limit| records.iter().any(|record| record.seq > limit));
+        if let Some(limit) = limit {
+            records.retain(|record| record.seq <= limit);
+        }
         let mut entries = Vec::with_capacity(records.len());
         for record in records {
             let entry = match record.body {
@@ -207,6 +228,9 @@ async fn run<D: Destination>(
             }
         }
         if entries.is_empty() {
+            if past_limit {
+                return;
+            }
             continue;
         }
         let events: Vec<(usize, Arc<Event>)> = entries
@@ -214,6 +238,7 @@ async fn run<D: Destination>(
             .enumerate()
             .map(|(index, (_, entry))| (index, entry.event.clone()))
             .collect();
+        let collector = collectors();
         let mut staged = pipeline.stage(&events, &collector);
         loop {
             let room = pipeline.queue.room.notified();
@@ -232,6 +257,10 @@ async fn run<D: Destination>(
             entries: &entries,
             cursor: &cursor,
         });
+        let reached = limit.is_some_and(|limit| consumer.next_seq() > limit);
+        if past_limit || reached {
+            return;
+        }
     }
 }
 

@@ -246,6 +246,11 @@ pub trait Destination: Send + Sync + Sized + 'static {
 
     /// Flushes and closes. Called once, after the last batch was sent.
     fn shutdown(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The flow is shutting down, or a reload retired this destination: let go of
+    /// long-lived clients (an SSE hub ends its streams, so listeners can close) while what
+    /// is queued is still delivered.
+    fn closing(&self) {}
 }
 
 #[cfg(test)]

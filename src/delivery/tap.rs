@@ -1,7 +1,7 @@
 //! The tap: what became of each event at each destination, as it happens, for whoever is
 //! watching (`weir tap`, the admin listener's `/tap`). One process-wide broadcast ring, so a
 //! slow watcher only loses records (it is told how many), never slows delivery: sending into
-//! it never waits. With nobody watching it costs one relaxed atomic load per batch; the
+//! it never waits. With nobody watching it costs a few relaxed atomic loads per batch; the
 //! records (and the wire forms in them) are built only while someone is.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

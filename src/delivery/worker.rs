@@ -46,6 +46,11 @@ pub struct Lifecycle {
     pub drain: CancellationToken,
     /// The shutdown deadline passed: dead-letter everything not yet delivered, now.
     pub abort: CancellationToken,
+    /// A reload retired this destination: its journal feed takes records up to `stop_at`
+    /// (the last one committed when the new flow took over), then stops; later records are
+    /// left to its successor.
+    pub retire: CancellationToken,
+    pub stop_at: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Lifecycle {
@@ -56,6 +61,8 @@ impl Lifecycle {
             flush: self.flush.child_token(),
             drain: self.drain.child_token(),
             abort: self.abort.child_token(),
+            retire: self.retire.child_token(),
+            stop_at: Arc::default(),
         }
     }
 }
@@ -168,6 +175,7 @@ impl<D: Destination> Worker<D> {
                 biased;
                 () = lifecycle.flush.cancelled(), if !flushing => {
                     flushing = true;
+                    self.destination.closing();
                 }
                 () = lifecycle.drain.cancelled(), if !draining => {
                     draining = true;

@@ -78,6 +78,10 @@ pub struct Hub {
     /// Frames the ring holds (`clientQueue`).
     capacity: usize,
     clients: AtomicUsize,
+    /// Cancelled when the hub stops (shutdown, or a reload retired it): every client's
+    /// stream ends, and a client reconnects (with `Last-Event-ID`) to whoever serves the path
+    /// then.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 pub struct SseDestination {
@@ -151,6 +155,7 @@ impl Destination for SseDestination {
                 frames,
                 capacity: queue,
                 clients: AtomicUsize::new(0),
+                closed: tokio_util::sync::CancellationToken::new(),
             }),
         })
     }
@@ -206,7 +211,12 @@ impl Destination for SseDestination {
     }
 
     async fn shutdown(&self) -> Result<(), SseError> {
+        self.hub.closed.cancel();
         Ok(())
+    }
+
+    fn closing(&self) {
+        self.hub.closed.cancel();
     }
 
     fn http_endpoint(&self) -> Option<Endpoint> {
@@ -302,6 +312,7 @@ async fn forward(
         let frame = tokio::select! {
             received = live.recv() => received,
             () = queue.closed() => return,
+            () = hub.closed.cancelled() => return,
         };
         let frame = match frame {
             Ok(frame) => frame,

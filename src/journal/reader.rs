@@ -53,6 +53,11 @@ impl<T: Send + Sync + 'static> Consumer<T> {
         }
     }
 
+    /// The sequence number of the next record it hands out.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
     /// Resolves this consumer's records.
     pub fn handle(&self) -> CursorHandle {
         CursorHandle(self.cursor.clone())
