@@ -253,8 +253,9 @@ impl Problems {
 
 /// The page in a real browser: it loads with no console errors, lists every destination,
 /// its counters move as events are posted, and a destination whose Redis is killed shows
-/// as retrying within seconds. Saves a screenshot (`target/status-page.png`; the README's
-/// copy is `docs/status-page.png`).
+/// as retrying within seconds, and it fits a phone's screen. Saves screenshots
+/// (`target/status-page.png` and `target/status-page-phone.png`; the README's copy is
+/// `docs/status-page.png`).
 #[test]
 fn the_status_page_in_headless_chromium() {
     use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
@@ -386,6 +387,32 @@ type = "blackhole"
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
     std::fs::write(&target, &png).unwrap();
     assert!(png.len() > 10_000, "a screenshot of a real page");
+
+    // On a phone: one column, nothing wider than the screen.
+    tab.call_method(headless_chrome::protocol::cdp::Emulation::SetDeviceMetricsOverride {
+        width: 390,
+        height: 844,
+        device_scale_factor: 1.0,
+        mobile: true,
+        scale: None,
+        screen_width: None,
+        screen_height: None,
+        position_x: None,
+        position_y: None,
+        dont_set_visible_size: None,
+        screen_orientation: None,
+        viewport: None,
+        display_feature: None,
+        device_posture: None,
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let fits = read("[window.innerWidth, document.documentElement.scrollWidth].join(' ')");
+    assert_eq!(fits, "390 390", "the page fits a 390-pixel screen");
+    let phone = tab
+        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    std::fs::write(target.with_file_name("status-page-phone.png"), &phone).unwrap();
     assert_eq!(problems.list(), Vec::<String>::new(), "no console errors");
     drop(server);
 }
