@@ -126,7 +126,9 @@ impl Runtime {
         events: &[(usize, Arc<Event>)],
         acks: Option<&AckSet>,
     ) -> Result<(), QueueFull> {
-        let generation = self.current.load_full();
+        // A guard, not a counted reference: a swap turns it into one before it returns, so
+        // `settled` still sees this dispatch.
+        let generation = self.current.load();
         let mut staged = Vec::with_capacity(generation.routes.len());
         for route in generation.routes.iter().filter(|route| route.takes_source(source)) {
             staged.push(route.stage(events, &generation.collector));

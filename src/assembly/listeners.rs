@@ -503,14 +503,15 @@ where
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
-    let service = tower::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+    // hyper's own service calls through `&self`: nothing is cloned per request but the
+    // router, as a tower service adapter would clone it too.
+    let service = hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
         let now = serving.load();
         if now.with_peer {
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         }
-        tower::ServiceExt::oneshot(now.router.clone(), request)
+        tower::ServiceExt::oneshot(now.router.clone(), request.map(axum::body::Body::new))
     });
-    let service = hyper_util::service::TowerToHyperService::new(service);
     watcher
         .watch(builder.serve_connection(hyper_util::rt::TokioIo::new(io), service))
         .await
