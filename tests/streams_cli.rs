@@ -466,3 +466,35 @@ fn the_commands_speak_tls_with_a_private_ca() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+/// Caracal's operators' environment: `REDIS_HOST`, `REDIS_PORT` and `REDIS_PASSWORD_FILE`
+/// (what its provision and verify scripts take), no URL.
+#[test]
+fn caracal_s_environment_is_enough_to_provision_and_verify() {
+    let server = RedisServer::start_with(&["--requirepass", "caracal-pass"]);
+    let password = server.dir.path().join("redis-password");
+    std::fs::write(&password, "caracal-pass\n").unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(support::weir_binary())
+            .args(args)
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_PASSWORD")
+            .env("REDIS_HOST", "127.0.0.1")
+            .env("REDIS_PORT", server.port.to_string())
+            .env("REDIS_PASSWORD_FILE", &password)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["streams", "provision", EXAMPLE]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("redis streams provisioned: 10 changes\n"), "{out}");
+    let (code, out, err) = run(&["streams", "verify", EXAMPLE]);
+    assert_eq!(code, 0, "{out}{err}");
+    let groups = server.cli(&["XINFO", "GROUPS", "caracal.audit.events"]);
+    assert!(groups.contains("audit-ingestor"), "{groups}");
+}

@@ -1,8 +1,9 @@
 //! `weir streams …` and `weir doctor`: operations on the Redis that carries the streams.
 //!
-//! The connection comes from `--url` (else `REDIS_URL`, else `redis://127.0.0.1:6379`; a
-//! `rediss://` URL is TLS, `--tls-ca` names a private CA), the password from the URL or
-//! `REDIS_PASSWORD` / `REDIS_PASSWORD_FILE`: the Redis destination's connection code. Every
+//! The connection comes from `--url` (else `REDIS_URL`, else Caracal's `REDIS_HOST` and
+//! `REDIS_PORT`, else `redis://127.0.0.1:6379`; a `rediss://` URL is TLS, `--tls-ca` names a
+//! private CA), the password from the URL or `REDIS_PASSWORD` / `REDIS_PASSWORD_FILE`: the
+//! Redis destination's connection code. Every
 //! command prints readable lines, or one JSON document with `--json`.
 
 use std::io::IsTerminal;
@@ -20,9 +21,10 @@ use crate::streams::{dlq, gc, status};
 
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
-    /// Redis URL (redis:// or rediss://).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    url: String,
+    /// Redis URL (redis:// or rediss://); without it, `REDIS_HOST` and `REDIS_PORT` (as
+    /// Caracal's scripts take them), else redis://127.0.0.1:6379.
+    #[arg(long, env = "REDIS_URL")]
+    url: Option<String>,
     /// PEM file of the CA that signed the server's certificate (rediss:// only).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
@@ -158,9 +160,28 @@ pub enum DlqCommand {
     },
 }
 
+impl RedisArgs {
+    /// The URL to connect to: `--url` / `REDIS_URL`, else `REDIS_HOST` and `REDIS_PORT` (each
+    /// defaulting to 127.0.0.1 and 6379), else the local default.
+    fn url(&self, env: &dyn Fn(&str) -> Option<String>) -> String {
+        if let Some(url) = &self.url {
+            return url.clone();
+        }
+        let host = env("REDIS_HOST").filter(|host| !host.is_empty());
+        let port = env("REDIS_PORT").filter(|port| !port.is_empty());
+        let host = host.unwrap_or_else(|| "127.0.0.1".to_owned());
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("redis://{host}:{}", port.as_deref().unwrap_or("6379"))
+    }
+}
+
 /// A current-thread runtime and a connection to the first node.
 fn connect(args: &RedisArgs) -> anyhow::Result<(tokio::runtime::Runtime, redis::aio::MultiplexedConnection)> {
-    let mut block = json!({"url": args.url});
+    let mut block = json!({"url": args.url(&|name| std::env::var(name).ok())});
     if let Some(ca) = &args.tls_ca {
         block["options"] = json!({"tls": {"caFile": ca}});
     }
@@ -452,4 +473,35 @@ pub fn doctor(args: &RedisArgs) -> ExitCode {
         eprintln!("weir doctor: {error:#}");
         ExitCode::from(3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisArgs;
+
+    #[test]
+    fn the_url_comes_from_the_flag_then_caracal_s_host_and_port() {
+        let args = |url: Option<&str>| RedisArgs {
+            url: url.map(str::to_owned),
+            tls_ca: None,
+            json: false,
+        };
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            }
+        };
+        let caracal = env(&[("REDIS_HOST", "redis"), ("REDIS_PORT", "6380")]);
+        assert_eq!(args(Some("redis://a:1")).url(&caracal), "redis://a:1");
+        assert_eq!(args(None).url(&caracal), "redis://redis:6380");
+        assert_eq!(
+            args(None).url(&env(&[("REDIS_PORT", "7000")])),
+            "redis://127.0.0.1:7000"
+        );
+        assert_eq!(args(None).url(&env(&[("REDIS_HOST", "::1")])), "redis://[::1]:6379");
+        assert_eq!(args(None).url(&env(&[])), "redis://127.0.0.1:6379");
+    }
 }
