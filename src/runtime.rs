@@ -84,11 +84,6 @@ impl Runtime {
         self.current.load().collector.clone()
     }
 
-    /// The current generation.
-    pub fn generation(&self) -> Arc<Generation> {
-        self.current.load_full()
-    }
-
     /// Makes `next` the generation every dispatch from now on goes by; returns the one it
     /// replaces.
     pub fn replace(&self, next: Generation) -> Arc<Generation> {

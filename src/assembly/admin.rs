@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::listeners::json_response;
 use crate::config::typed::BearerToken;
 use crate::runtime::Runtime;
 
@@ -90,15 +91,10 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
         if addressed_locally(&request) {
             return next.run(request).await;
         }
-        let mut response = (
+        return json_response(
             StatusCode::FORBIDDEN,
-            "{\"success\":false,\"error\":\"Forbidden: without admin.bearerToken the admin listener answers only requests addressed to localhost or an IP address\"}",
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        return response;
+            "{\"success\":false,\"error\":\"Forbidden: without admin.bearerToken the admin listener answers only requests addressed to localhost or an IP address\"}".into(),
+        );
     };
     let header = request
         .headers()
@@ -112,14 +108,14 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
     if token.accepts(header) || token.accepts(query.as_deref()) {
         return next.run(request).await;
     }
-    let mut response = (
+    let mut response = json_response(
         StatusCode::UNAUTHORIZED,
-        "{\"success\":false,\"error\":\"Unauthorized: send Authorization: Bearer <admin.bearerToken> (or ?token=)\"}",
-    )
-        .into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        "{\"success\":false,\"error\":\"Unauthorized: send Authorization: Bearer <admin.bearerToken> (or ?token=)\"}"
+            .into(),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -144,11 +140,7 @@ async fn page(RawQuery(_): RawQuery) -> Response {
 }
 
 async fn status_json(State(admin): State<Admin>) -> Response {
-    let mut response = status(&admin).to_string().into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    json_response(StatusCode::OK, status(&admin).to_string())
 }
 
 /// The status, now and then once a second, until the client goes.

@@ -387,7 +387,7 @@ pub(super) fn health_routes<S>(runtime: Arc<Runtime>) -> Router<S> {
         .with_state(runtime)
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(super) fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     response
         .headers_mut()

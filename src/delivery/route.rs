@@ -452,18 +452,11 @@ impl<D: Destination> Staged for StagedEvents<'_, D> {
                 _ => pipeline.metrics.skipped.increment(1),
             }
             if tapping {
-                super::tap::publish(super::tap::Tapped {
-                    time: std::time::SystemTime::now(),
-                    source: tokens.source(index),
-                    destination: pipeline.id.clone(),
-                    event,
-                    outcome: outcome.label(),
-                    reason: match disposition {
-                        Disposition::Skipped(reason) => Some(reason),
-                        _ => None,
-                    },
-                    wire: None,
-                });
+                let reason = match disposition {
+                    Disposition::Skipped(reason) => Some(reason),
+                    _ => None,
+                };
+                super::tap::publish(tokens.source(index), &pipeline.id, event, outcome.label(), reason, None);
             }
         }
         let now = Instant::now();

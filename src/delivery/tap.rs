@@ -49,8 +49,25 @@ pub fn active() -> bool {
     hub().watching.load(Ordering::Relaxed) > 0
 }
 
-/// Hands a record to every watcher (dropped when nobody watches).
-pub fn publish(record: Tapped) {
+/// Hands a record of what became of `event` at `destination`, now, to every watcher
+/// (dropped when nobody watches).
+pub fn publish(
+    source: Option<Arc<str>>,
+    destination: &Arc<str>,
+    event: Arc<Event>,
+    outcome: &'static str,
+    reason: Option<String>,
+    wire: Option<Value>,
+) {
+    let record = Tapped {
+        time: SystemTime::now(),
+        source,
+        destination: destination.clone(),
+        event,
+        outcome,
+        reason,
+        wire,
+    };
     let _ = hub().sender.send(Arc::new(record));
 }
 

@@ -431,15 +431,8 @@ impl<D: Destination> Sender<D> {
                         oldest = Some(oldest.map_or(item.enqueued, |o| o.min(item.enqueued)));
                         item.ack.resolve(Delivery::Delivered);
                         if tapping {
-                            super::tap::publish(super::tap::Tapped {
-                                time: SystemTime::now(),
-                                source: item.source,
-                                destination: self.id.clone(),
-                                event: item.event,
-                                outcome: "delivered",
-                                reason: None,
-                                wire: Some(self.destination.explain(&item.wire)),
-                            });
+                            let wire = Some(self.destination.explain(&item.wire));
+                            super::tap::publish(item.source, &self.id, item.event, "delivered", None, wire);
                         }
                     }
                     Err((ErrorClass::Fatal, reason)) => fatal.push(Letter {
@@ -525,15 +518,7 @@ impl<D: Destination> Sender<D> {
         for item in journaled {
             item.ack.abandon(&self.id, reason);
             if tapping {
-                super::tap::publish(super::tap::Tapped {
-                    time: SystemTime::now(),
-                    source: item.source,
-                    destination: self.id.clone(),
-                    event: item.event,
-                    outcome: "held",
-                    reason: Some(reason.to_owned()),
-                    wire: None,
-                });
+                super::tap::publish(item.source, &self.id, item.event, "held", Some(reason.to_owned()), None);
             }
         }
         let count = others.len() as u64;
@@ -644,14 +629,7 @@ impl<D: Destination> Sender<D> {
 
     /// Tells the tap what became of a letter.
     fn tap(&self, letter: &Letter, outcome: &'static str, reason: String) {
-        super::tap::publish(super::tap::Tapped {
-            time: SystemTime::now(),
-            source: letter.source.clone(),
-            destination: self.id.clone(),
-            event: letter.event.clone(),
-            outcome,
-            reason: Some(reason),
-            wire: None,
-        });
+        let event = letter.event.clone();
+        super::tap::publish(letter.source.clone(), &self.id, event, outcome, Some(reason), None);
     }
 }

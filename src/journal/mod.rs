@@ -360,12 +360,7 @@ impl<T: Send + Sync + 'static> Journal<T> {
     /// open consumer of that name, the same as [`Journal::consumer`].
     pub fn reopen_consumer(&self, name: &str) -> Result<Consumer<T>, JournalError> {
         let mut cursors = self.shared.cursors.lock().expect("journal lock");
-        if let Some(at) = cursors.iter().position(|cursor| cursor.name == name) {
-            cursors[at]
-                .persist(self.shared.storage.as_ref())
-                .map_err(io_error(format!("saving the cursor of {name}")))?;
-            cursors.remove(at);
-        }
+        self.release(&mut cursors, name)?;
         let (state, redeliver_until) = cursor::open(&self.shared, name)?;
         cursors.push(state.clone());
         Ok(reader::Consumer::new(self.shared.clone(), state, redeliver_until))
@@ -376,6 +371,12 @@ impl<T: Send + Sync + 'static> Journal<T> {
     /// destination taken out of the flow across a restart.
     pub fn close_consumer(&self, name: &str) -> Result<(), JournalError> {
         let mut cursors = self.shared.cursors.lock().expect("journal lock");
+        self.release(&mut cursors, name)?;
+        Ok(())
+    }
+
+    /// Saves consumer `name`'s cursor and takes it out of `cursors` (the held cursor list).
+    fn release(&self, cursors: &mut Vec<Arc<cursor::CursorState>>, name: &str) -> Result<(), JournalError> {
         if let Some(at) = cursors.iter().position(|cursor| cursor.name == name) {
             cursors[at]
                 .persist(self.shared.storage.as_ref())

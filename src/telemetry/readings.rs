@@ -42,19 +42,13 @@ pub struct Quantiles {
 
 impl Quantiles {
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        label(&self.labels, name)
     }
 }
 
 impl Reading {
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        label(&self.labels, name)
     }
 }
 
@@ -78,6 +72,14 @@ struct History {
     counters: HashMap<Key, (u64, VecDeque<u32>)>,
     /// Per histogram: bucket counts per second.
     histograms: HashMap<Key, VecDeque<Vec<u32>>>,
+}
+
+/// The value of label `name`.
+fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
 }
 
 fn bucket(value: f64) -> usize {
