@@ -208,6 +208,67 @@ fn signed_entries_verify_with_the_consumer_side_code() {
     assert!(!signing.verify("other:stream", &signed, signature));
 }
 
+/// Caracal's audit form: `id`, `data` (the event JSON) and `sig` = hex HMAC-SHA256 of `data`
+/// alone, checked here with Python's own hmac module, as Caracal's audit consumer checks it.
+#[test]
+fn audit_signed_entries_carry_caracal_s_sig_over_data() {
+    let server = RedisServer::start();
+    let key = "00112233445566778899aabbccddeeff".repeat(2);
+    let weir = serve_with_redis(
+        "",
+        "data = { map = { id = \"id\", data = \"data\" } }",
+        &format!(
+            "url = \"{}\"\nstreamKey = \"caracal.audit.events\"\nserialization = \"flat\"\nsign = {{ key = \"{key}\", scheme = \"audit\" }}",
+            server.url()
+        ),
+        "",
+    );
+    assert_eq!(
+        post(
+            &weir,
+            &json!({"name": "session revoke", "data": {"zone_id": "z1", "occurred_at": "2026-12-07T00:00:00Z"}})
+        )
+        .status(),
+        200
+    );
+    let entries = server.xrange("caracal.audit.events");
+    let fields: Vec<(&str, &str)> = entries[0].1.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["id", "data", "sig"]);
+    let data = fields[1].1;
+    assert_eq!(serde_json::from_str::<Value>(data).unwrap()["zone_id"], "z1");
+    let expected = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(bytes.fromhex(sys.argv[1]), sys.argv[2].encode(), hashlib.sha256).hexdigest())",
+            &key,
+            data,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(fields[2].1, String::from_utf8(expected.stdout).unwrap().trim());
+    // An event whose entry has no `data` field cannot be audit-signed: dead-lettered, with
+    // the field named in the answer.
+    let weir = serve_with_redis(
+        "",
+        "",
+        &format!(
+            "url = \"{}\"\nstreamKey = \"caracal.audit.events\"\nsign = {{ key = \"{key}\", scheme = \"audit\" }}",
+            server.url()
+        ),
+        "",
+    );
+    let response = post(&weir, &json!({"name": "session revoke"}));
+    let status = response.status();
+    let body = response.text().unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("dead-lettered the event: cannot render: the entry's `data` field"),
+        "{body}"
+    );
+    assert_eq!(server.xrange("caracal.audit.events").len(), 1);
+}
+
 #[test]
 fn a_wrong_type_key_is_fatal_and_dead_lettered() {
     let server = RedisServer::start();

@@ -142,9 +142,11 @@ pub enum DlqCommand {
     Replay {
         #[command(flatten)]
         which: DlqArgs,
-        /// Sign the replayed entries afresh (`_sig`) with STREAMS_HMAC_KEY / STREAMS_HMAC_KEY_FILE.
-        #[arg(long)]
-        sign: bool,
+        /// Sign the replayed entries afresh: `--sign` or `--sign stream` (`_sig`, key from
+        /// STREAMS_HMAC_KEY / STREAMS_HMAC_KEY_FILE), `--sign audit` (`sig` over `data`, key
+        /// from AUDIT_HMAC_KEY / AUDIT_HMAC_KEY_FILE).
+        #[arg(long, value_name = "SCHEME", num_args = 0..=1, default_missing_value = "stream")]
+        sign: Option<String>,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -333,12 +335,12 @@ fn dlq_command(command: DlqCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DlqCommand::Replay { sign, .. } => {
-            let key = match *sign {
-                false => None,
-                true => {
+            let key = match sign {
+                None => None,
+                Some(scheme) => {
                     let mut errors = crate::config::ConfigErrors::default();
                     let key = crate::redis::signing::signing_key(
-                        &serde_json::Value::Bool(true),
+                        &serde_json::Value::from(scheme.as_str()),
                         "--sign",
                         &|name| std::env::var(name).ok(),
                         &mut errors,

@@ -1,11 +1,15 @@
-//! Signed stream messages, compatible with Caracal (github.com/Garudex-Labs/caracal
-//! `packages/core/go/crypto/streamsig.go`), and the `sign` / `verify` settings that name the
-//! key.
+//! Signed stream messages, compatible with Caracal (github.com/Garudex-Labs/caracal), in
+//! both of its schemes, and the `sign` / `verify` settings that choose one and name the key.
 //!
-//! The signed bytes are the stream name and a newline, then every field except `_sig`, in
-//! ascending byte order of the field name, as `<name>=<value>` and a newline. The signature
-//! is the lowercase hex HMAC-SHA256 of those bytes, stored in the entry's `_sig` field.
-//! Because the stream name is signed, an entry copied onto another stream fails to verify.
+//! - **stream** (`packages/core/go/crypto/streamsig.go`, key `STREAMS_HMAC_KEY`): the signed
+//!   bytes are the stream name and a newline, then every field except `_sig`, in ascending
+//!   byte order of the field name, as `<name>=<value>` and a newline; the lowercase hex
+//!   HMAC-SHA256 of those bytes goes in the entry's `_sig` field. Because the stream name is
+//!   signed, an entry copied onto another stream fails to verify.
+//! - **audit** (`packages/core/go/audit/client.go`, key `AUDIT_HMAC_KEY`): the lowercase hex
+//!   HMAC-SHA256 of the raw `data` field alone, in the field `sig`; the stream is not bound,
+//!   so Caracal's audit dead-letter replay can move an entry back unchanged.
+//!
 //! The same code signs on XADD and verifies on read (constant-time).
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -13,11 +17,15 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::config::ConfigErrors;
 use crate::config::typed::{self, Secret};
+use crate::config::{ConfigErrors, join};
 
-/// The field that carries the signature.
+/// The field that carries a stream-scheme signature.
 pub const SIGNATURE_FIELD: &str = "_sig";
+/// The field that carries an audit-scheme signature.
+pub const AUDIT_SIGNATURE_FIELD: &str = "sig";
+/// The one field the audit scheme signs.
+pub const AUDIT_SIGNED_FIELD: &str = "data";
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -29,6 +37,92 @@ pub enum KeyError {
     TooShort(usize),
     #[error("the signing key is not hex: {0}")]
     NotHex(String),
+}
+
+/// Which of Caracal's two signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `_sig` over the stream name and every field (`STREAMS_HMAC_KEY`).
+    Stream,
+    /// `sig` over the raw `data` field (`AUDIT_HMAC_KEY`).
+    Audit,
+}
+
+impl Scheme {
+    /// The field the signature is stored in.
+    pub fn field(self) -> &'static str {
+        match self {
+            Scheme::Stream => SIGNATURE_FIELD,
+            Scheme::Audit => AUDIT_SIGNATURE_FIELD,
+        }
+    }
+
+    /// The environment variable Caracal reads the key from (and its `_FILE` twin).
+    fn key_variable(self) -> &'static str {
+        match self {
+            Scheme::Stream => "STREAMS_HMAC_KEY",
+            Scheme::Audit => "AUDIT_HMAC_KEY",
+        }
+    }
+}
+
+/// An entry cannot be signed in the audit scheme without the field it signs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit signing signs the entry's `data` field, and this entry has none")]
+pub struct NoDataField;
+
+/// A key and the scheme it signs with.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub key: SigningKey,
+    pub scheme: Scheme,
+}
+
+impl Signer {
+    /// The field the signature goes in.
+    pub fn field(&self) -> &'static str {
+        self.scheme.field()
+    }
+
+    /// The signature of an entry with `fields` (any old signature among them is ignored) on
+    /// `stream`.
+    pub fn sign(&self, stream: &str, fields: &[(&str, &[u8])]) -> Result<String, NoDataField> {
+        match self.scheme {
+            Scheme::Stream => Ok(self.key.sign(stream, fields)),
+            Scheme::Audit => {
+                let data = audit_data(fields).ok_or(NoDataField)?;
+                Ok(hex::encode(self.key.raw_mac(data).finalize().into_bytes()))
+            }
+        }
+    }
+
+    /// Whether an entry read from `stream` carries a valid signature of this scheme (a
+    /// missing, empty or non-hex one is invalid).
+    pub fn verify_entry(&self, stream: &str, fields: &[(&str, &[u8])]) -> bool {
+        let field = self.field();
+        let Some(signature) = fields.iter().find(|(name, _)| *name == field).map(|(_, value)| *value) else {
+            return false;
+        };
+        let Ok(signature) = hex::decode(signature) else {
+            return false;
+        };
+        match self.scheme {
+            Scheme::Stream => {
+                let unsigned: Vec<(&str, &[u8])> = fields.iter().copied().filter(|(name, _)| *name != field).collect();
+                self.key.mac(stream, &unsigned).verify_slice(&signature).is_ok()
+            }
+            Scheme::Audit => {
+                audit_data(fields).is_some_and(|data| self.key.raw_mac(data).verify_slice(&signature).is_ok())
+            }
+        }
+    }
+}
+
+fn audit_data<'a>(fields: &[(&str, &'a [u8])]) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(name, _)| *name == AUDIT_SIGNED_FIELD)
+        .map(|(_, value)| *value)
 }
 
 /// A signing (or verification) key.
@@ -55,10 +149,14 @@ impl SigningKey {
         Ok(SigningKey(bytes))
     }
 
-    fn mac(&self, stream: &str, fields: &[(&str, &[u8])]) -> HmacSha256 {
+    fn raw_mac(&self, bytes: &[u8]) -> HmacSha256 {
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(&canonical(stream, fields));
+        mac.update(bytes);
         mac
+    }
+
+    fn mac(&self, stream: &str, fields: &[(&str, &[u8])]) -> HmacSha256 {
+        self.raw_mac(&canonical(stream, fields))
     }
 
     /// The `_sig` value for an entry with `fields` on `stream`.
@@ -91,52 +189,97 @@ pub fn canonical(stream: &str, fields: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SignOptions {
     /// Hex, at least 32 bytes.
     key: Option<String>,
     key_file: Option<String>,
+    /// `stream` (default) or `audit`.
+    scheme: Option<String>,
 }
 
-/// `sign = true` (key from `STREAMS_HMAC_KEY` / `STREAMS_HMAC_KEY_FILE`, Caracal's names) or
-/// `sign = {key = "...", keyFile = "..."}` (hex).
+fn scheme_named(name: &str) -> Option<Scheme> {
+    match name {
+        "stream" => Some(Scheme::Stream),
+        "audit" => Some(Scheme::Audit),
+        _ => None,
+    }
+}
+
+/// `sign = true` or `"stream"` (key from `STREAMS_HMAC_KEY` / `STREAMS_HMAC_KEY_FILE`,
+/// Caracal's names), `sign = "audit"` (`AUDIT_HMAC_KEY` / `AUDIT_HMAC_KEY_FILE`), or
+/// `sign = {key = "...", keyFile = "...", scheme = "stream" | "audit"}` (hex).
 pub fn signing_key(
     value: &Value,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut ConfigErrors,
-) -> Option<SigningKey> {
-    let hex = match value {
-        Value::Bool(false) => return None,
-        Value::Bool(true) => match (env("STREAMS_HMAC_KEY"), env("STREAMS_HMAC_KEY_FILE")) {
+) -> Option<Signer> {
+    let from_env = |scheme: Scheme, errors: &mut ConfigErrors| {
+        let variable = scheme.key_variable();
+        match (env(variable), env(&format!("{variable}_FILE"))) {
             (Some(key), _) => Some(key),
             (None, Some(file)) => match std::fs::read_to_string(&file) {
                 Ok(text) => Some(text),
                 Err(error) => {
-                    errors.push(path, format!("STREAMS_HMAC_KEY_FILE {file}: {error}"));
-                    return None;
+                    errors.push(path, format!("{variable}_FILE {file}: {error}"));
+                    None
                 }
             },
             (None, None) => {
                 errors.push(
                     path,
-                    "sign = true needs STREAMS_HMAC_KEY or STREAMS_HMAC_KEY_FILE in the environment",
+                    format!("this scheme takes its key from {variable} or {variable}_FILE in the environment; set one, or give {{key}} or {{keyFile}}"),
+                );
+                None
+            }
+        }
+    };
+    let (hex, scheme) = match value {
+        Value::Bool(false) => return None,
+        Value::Bool(true) => (from_env(Scheme::Stream, errors)?, Scheme::Stream),
+        Value::String(name) => {
+            let Some(scheme) = scheme_named(name) else {
+                errors.push(
+                    path,
+                    format!("\"{name}\" is not a scheme: use \"stream\" (_sig) or \"audit\" (sig)"),
                 );
                 return None;
-            }
-        },
+            };
+            (from_env(scheme, errors)?, scheme)
+        }
         Value::Object(_) => {
             let options = typed::parse::<SignOptions>(value, path, errors)?;
-            Secret::resolve(options.key, options.key_file.as_deref(), path, "keyFile", errors)
-                .map(|secret| secret.expose().to_owned())
+            let scheme = match options.scheme.as_deref() {
+                None => Scheme::Stream,
+                Some(name) => match scheme_named(name) {
+                    Some(scheme) => scheme,
+                    None => {
+                        errors.push(
+                            join(path, "scheme"),
+                            format!("\"{name}\" is not a scheme: use \"stream\" (_sig) or \"audit\" (sig)"),
+                        );
+                        return None;
+                    }
+                },
+            };
+            if options.key.is_none() && options.key_file.is_none() {
+                errors.push(path, "give the key: {key = \"<hex>\"} or {keyFile = \"<path>\"}");
+                return None;
+            }
+            let secret = Secret::resolve(options.key, options.key_file.as_deref(), path, "keyFile", errors)?;
+            (secret.expose().to_owned(), scheme)
         }
         _ => {
-            errors.push(path, "must be true, false or {key, keyFile}");
+            errors.push(
+                path,
+                "must be true, false, \"stream\", \"audit\" or {key, keyFile, scheme}",
+            );
             return None;
         }
-    }?;
+    };
     match SigningKey::from_hex(&hex) {
-        Ok(key) => Some(key),
+        Ok(key) => Some(Signer { key, scheme }),
         Err(error) => {
             errors.push(path, error.to_string());
             None
@@ -197,6 +340,88 @@ mod tests {
         assert!(!key().verify("walkeros:other", fields, &signature));
         assert!(!key().verify("walkeros:events", &[("event", b"{ }")], &signature));
         assert!(!key().verify("walkeros:events", fields, "not hex"));
+    }
+
+    /// The audit scheme signs the raw `data` field alone, not the stream or other fields, as
+    /// Caracal's audit client does (HMAC-SHA256 of `data`, checked here with the hmac crate's
+    /// own one-shot MAC so the test does not lean on the code it tests).
+    #[test]
+    fn the_audit_scheme_signs_data_alone() {
+        let signer = Signer {
+            key: key(),
+            scheme: Scheme::Audit,
+        };
+        let data: &[u8] = br#"{"id":"a1","zone_id":"z"}"#;
+        let fields: &[(&str, &[u8])] = &[("id", b"a1"), ("data", data)];
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(&hex::decode("0123456789abcdef".repeat(4)).unwrap()).unwrap();
+        mac.update(data);
+        let expected = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(signer.sign("caracal.audit.events", fields).unwrap(), expected);
+        assert_eq!(signer.field(), "sig");
+        let signed: &[(&str, &[u8])] = &[("id", b"other"), ("data", data), ("sig", expected.as_bytes())];
+        // Another stream, another id: still valid (neither is signed).
+        assert!(signer.verify_entry("caracal.audit.events.dlq", signed));
+        let changed: &[(&str, &[u8])] = &[("data", b"{}"), ("sig", expected.as_bytes())];
+        assert!(!signer.verify_entry("caracal.audit.events", changed));
+        assert!(!signer.verify_entry("caracal.audit.events", &[("data", data)]));
+        assert!(!signer.verify_entry("caracal.audit.events", &[("data", data), ("_sig", expected.as_bytes())]));
+        assert_eq!(signer.sign("s", &[("event", b"{}")]), Err(NoDataField));
+    }
+
+    #[test]
+    fn the_stream_scheme_verifies_whole_entries() {
+        let signer = Signer {
+            key: key(),
+            scheme: Scheme::Stream,
+        };
+        let fields: &[(&str, &[u8])] = &[("action", b"transfer"), ("amount", b"100")];
+        let signature = signer.sign("audit:events", fields).unwrap();
+        assert_eq!(
+            signature,
+            "c06ccc579e026c31a97a04f203981b236a3c88041712e9b46242e8762da23d75"
+        );
+        let signed = [fields[0], fields[1], ("_sig", signature.as_bytes())];
+        assert!(signer.verify_entry("audit:events", &signed));
+        assert!(!signer.verify_entry("audit:other", &signed));
+        assert!(!signer.verify_entry("audit:events", fields));
+    }
+
+    #[test]
+    fn settings_choose_the_scheme_and_its_key() {
+        let hex_key = "0123456789abcdef".repeat(4);
+        let env = |name: &str| match name {
+            "STREAMS_HMAC_KEY" => Some("ab".repeat(32)),
+            "AUDIT_HMAC_KEY" => Some("cd".repeat(32)),
+            _ => None,
+        };
+        let parse = |value: Value| {
+            let mut errors = ConfigErrors::default();
+            let signer = signing_key(&value, "s.sign", &env, &mut errors);
+            (signer, errors.to_string())
+        };
+        let (signer, _) = parse(Value::Bool(true));
+        let signer = signer.unwrap();
+        assert_eq!((signer.scheme, signer.key.0.clone()), (Scheme::Stream, vec![0xab; 32]));
+        let signer = parse(Value::from("audit")).0.unwrap();
+        assert_eq!((signer.scheme, signer.key.0.clone()), (Scheme::Audit, vec![0xcd; 32]));
+        let signer = parse(serde_json::json!({"key": hex_key, "scheme": "audit"})).0.unwrap();
+        assert_eq!(signer.scheme, Scheme::Audit);
+        let (none, message) = parse(Value::from("bogus"));
+        assert!(none.is_none());
+        assert!(message.contains("s.sign: \"bogus\" is not a scheme"), "{message}");
+        let (none, message) = parse(serde_json::json!({"scheme": "audit"}));
+        assert!(none.is_none());
+        assert!(message.contains("give the key"), "{message}");
+        let (none, message) = parse(Value::from("audit"));
+        assert!(none.is_some(), "{message}");
+        let nothing = |_: &str| None;
+        let mut errors = ConfigErrors::default();
+        assert!(signing_key(&Value::from("audit"), "s.sign", &nothing, &mut errors).is_none());
+        assert!(
+            errors.to_string().contains("AUDIT_HMAC_KEY or AUDIT_HMAC_KEY_FILE"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::redis::dead_letters::METADATA;
 use crate::redis::replies::as_text;
-use crate::redis::signing::{SIGNATURE_FIELD, SigningKey};
+use crate::redis::signing::Signer;
 
 /// One dead-letter entry.
 #[derive(Debug, Clone, Serialize)]
@@ -129,8 +129,20 @@ pub async fn read(
     Ok((letters, foreign))
 }
 
-/// Adds each letter's original fields back to `stream` (without its old `_sig` and with a
-/// new one when `key` is given; as it was otherwise), then deletes the dead letter. Stops at
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("dead letter {id}: {reason}")]
+    Unsignable {
+        id: String,
+        reason: crate::redis::signing::NoDataField,
+    },
+}
+
+/// Adds each letter's original fields back to `stream` (without its old signature and with a
+/// new one when `signer` is given; as it was otherwise), then deletes the dead letter. Stops at
 /// the first failure: what was replayed is gone from `dlq`, the rest is still there.
 /// `progress` is called after each.
 pub async fn replay(
@@ -138,25 +150,31 @@ pub async fn replay(
     stream: &str,
     dlq: &str,
     letters: &[DeadLetter],
-    key: Option<&SigningKey>,
+    signer: Option<&Signer>,
     progress: &dyn Fn(),
-) -> RedisResult<u64> {
+) -> Result<u64, ReplayError> {
     let mut replayed = 0;
     for letter in letters {
         let mut xadd = redis::cmd("XADD");
         xadd.arg(stream).arg("*");
-        match key {
-            Some(key) => {
+        match signer {
+            Some(signer) => {
                 let unsigned: Vec<(&str, &[u8])> = letter
                     .fields
                     .iter()
-                    .filter(|(name, _)| name != SIGNATURE_FIELD)
+                    .filter(|(name, _)| name != signer.field())
                     .map(|(name, value)| (name.as_str(), value.as_slice()))
                     .collect();
+                let signature = signer
+                    .sign(stream, &unsigned)
+                    .map_err(|reason| ReplayError::Unsignable {
+                        id: letter.id.clone(),
+                        reason,
+                    })?;
                 for (name, value) in &unsigned {
                     xadd.arg(*name).arg(*value);
                 }
-                xadd.arg(SIGNATURE_FIELD).arg(key.sign(stream, &unsigned));
+                xadd.arg(signer.field()).arg(signature);
             }
             None => {
                 for (name, value) in &letter.fields {

@@ -27,7 +27,6 @@ pub use settings::{RedisRuleSettings, RedisSettings, Serialization};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::event::FieldRef;
-use crate::redis::signing::SIGNATURE_FIELD;
 
 /// One XADD, built once.
 pub struct Xadd {
@@ -277,7 +276,10 @@ impl Destination for RedisDestination {
         }
         if let Some(signing) = &self.settings.sign {
             let borrowed: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-            command.arg(SIGNATURE_FIELD).arg(signing.sign(&key, &borrowed));
+            let signature = signing.sign(&key, &borrowed).map_err(|_| RenderError::Missing {
+                field: "the entry's `data` field (what audit signing signs)",
+            })?;
+            command.arg(signing.field()).arg(signature);
         }
         Ok(Rendered::Send(Xadd { key, command, size }))
     }

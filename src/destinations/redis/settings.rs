@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::typed;
 use crate::config::{ConfigErrors, join};
 use crate::redis::connection::{Connection, parse_connection, without_connection_keys};
-use crate::redis::signing::{SigningKey, signing_key};
+use crate::redis::signing::{Signer, signing_key};
 
 /// How an event is laid out in the stream entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -40,7 +40,7 @@ pub struct RedisSettings {
     pub max_len: Option<u64>,
     pub exact_trimming: bool,
     pub serialization: Serialization,
-    pub sign: Option<SigningKey>,
+    pub sign: Option<Signer>,
 }
 
 /// Per-rule settings: `mapping.<entity>.<action>.settings.streamKey`. As in walkerOS, only a

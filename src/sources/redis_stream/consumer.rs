@@ -17,7 +17,6 @@ use crate::event::now_ms;
 use crate::redis::dead_letters::{Reason, entry_fields};
 use crate::redis::replies::{Entry, deleted_ids, entries, last_id};
 use crate::redis::retryable;
-use crate::redis::signing::SIGNATURE_FIELD;
 use crate::runtime::Runtime;
 
 pub(super) struct Consumer {
@@ -229,18 +228,9 @@ impl Consumer {
         let mut ids = Vec::with_capacity(batch.len());
         let mut settled = Vec::new();
         for entry in batch {
-            if let Some(key) = &self.config.verify {
-                let signature = entry.fields.iter().find(|(n, _)| n == SIGNATURE_FIELD);
-                let unsigned: Vec<(&str, &[u8])> = entry
-                    .fields
-                    .iter()
-                    .filter(|(n, _)| n != SIGNATURE_FIELD)
-                    .map(|(n, v)| (n.as_str(), v.as_slice()))
-                    .collect();
-                let valid = signature.is_some_and(|(_, sig)| {
-                    std::str::from_utf8(sig).is_ok_and(|sig| key.verify(&self.stream, &unsigned, sig))
-                });
-                if !valid {
+            if let Some(signer) = &self.config.verify {
+                let fields: Vec<(&str, &[u8])> = entry.fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+                if !signer.verify_entry(&self.stream, &fields) {
                     self.dead_letter(&entry, Reason::BadSignature, 1).await;
                     settled.push(entry.id);
                     continue;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::{ConfigErrors, join, typed};
 use crate::redis::connection::{Connection, parse_connection, without_connection_keys};
 use crate::redis::dead_letters::default_dlq;
-use crate::redis::signing::{SigningKey, signing_key};
+use crate::redis::signing::{Signer, signing_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,7 +37,7 @@ struct Raw {
     claim_idle: Option<u64>,
     max_deliveries: Option<u64>,
     dead_letter_stream: Option<String>,
-    /// `true` (STREAMS_HMAC_KEY) or `{key | keyFile}`.
+    /// `true` / `"stream"` (STREAMS_HMAC_KEY), `"audit"` (AUDIT_HMAC_KEY) or `{key | keyFile, scheme}`.
     verify: Option<Value>,
     /// ms, Optimizely Agent's names.
     retry_delay: Option<u64>,
@@ -61,7 +61,7 @@ pub struct RedisStreamConfig {
     pub max_deliveries: u64,
     /// `None`: `<stream>.dlq`.
     pub dead_letter_stream: Option<String>,
-    pub verify: Option<SigningKey>,
+    pub verify: Option<Signer>,
     pub retry_delay: Duration,
     pub max_retry_delay: Duration,
 }
