@@ -118,6 +118,97 @@ pub fn js_string(value: &serde_json::Value) -> Vec<u8> {
     }
 }
 
+/// The text Go's `encoding/json` `Marshal` writes for `value` once Go has read it into an
+/// `interface{}` — what Optimizely Agent does to every notification before it frames it, so
+/// weir's Agent-mode frames are byte for byte Agent's. Written here because no crate writes
+/// Go's form: object keys sorted by byte order, every number a float64 (`'f'` form from 1e-6
+/// to below 1e21, else `1e+21` / `1e-7`), and `<`, `>`, `&`, U+2028 and U+2029 escaped as
+/// `\u003c`-style sequences (Marshal's HTML escaping); other string escapes are serde_json's,
+/// which are Go's since Go 1.22 (`\b`, `\f`, lowercase `\u00xx`).
+pub fn to_go_vec(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    write_go(&mut out, value);
+    out
+}
+
+fn write_go(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => go_float(out, n.as_f64().unwrap_or_default()),
+        Value::String(text) => go_string(out, text),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_go(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => {
+            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, member)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                go_string(out, key);
+                out.push(b':');
+                write_go(out, member);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn go_float(out: &mut Vec<u8>, value: f64) {
+    use std::io::Write;
+    let magnitude = value.abs();
+    if magnitude == 0.0 || (1e-6..1e21).contains(&magnitude) {
+        // Rust's Display is the shortest round-trip digits without an exponent: Go's 'f', -1.
+        let _ = write!(out, "{value}");
+        return;
+    }
+    // Go writes the exponent with a sign and at least two digits, then trims a leading zero
+    // from a negative one: 1e+21, 1.5e-07 → 1.5e-7.
+    let text = format!("{value:e}");
+    let (mantissa, exponent) = text.split_once('e').expect("{:e} has an exponent");
+    match exponent.strip_prefix('-') {
+        Some(digits) => {
+            let _ = write!(out, "{mantissa}e-{digits}");
+        }
+        None => {
+            let _ = write!(out, "{mantissa}e+{exponent:0>2}");
+        }
+    }
+}
+
+fn go_string(out: &mut Vec<u8>, text: &str) {
+    let start = out.len();
+    write(out, text);
+    if !text.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
+        return;
+    }
+    let written = out.split_off(start);
+    let written = String::from_utf8(written).expect("serde_json writes UTF-8");
+    for c in written.chars() {
+        match c {
+            '<' => out.extend_from_slice(b"\\u003c"),
+            '>' => out.extend_from_slice(b"\\u003e"),
+            '&' => out.extend_from_slice(b"\\u0026"),
+            '\u{2028}' => out.extend_from_slice(b"\\u2028"),
+            '\u{2029}' => out.extend_from_slice(b"\\u2029"),
+            c => {
+                let mut buffer = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
+            }
+        }
+    }
+}
+
 // JavaScript semantics on JSON values, shared by the collector, the mapping and the sources.
 
 /// JavaScript truthiness of a JSON value.
@@ -158,6 +249,21 @@ pub fn assign(target: &Map<String, Value>, source: &Map<String, Value>) -> Map<S
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    /// Expected: Go 1.24's `json.Marshal` of what `json.Unmarshal` made of the same text into
+    /// an `interface{}` (keys sorted, every number a float64, HTML characters escaped).
+    #[test]
+    fn go_text_is_what_encoding_json_writes_after_a_round_trip() {
+        let value: Value = serde_json::from_str(
+            r#"{"b":1,"a":[1.5,100,1e21,1e20,0.0000001,0.000001,1.2e-7,-0.5,123456789012345678901234],
+               "c":"<a&b> \u2028\u0001\n\"x\"","Z":{"y":false,"x":null},"é":"ü"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(to_go_vec(&value)).unwrap(),
+            r#"{"Z":{"x":null,"y":false},"a":[1.5,100,1e+21,100000000000000000000,1e-7,0.000001,1.2e-7,-0.5,1.2345678901234569e+23],"b":1,"c":"\u003ca\u0026b\u003e \u2028\u0001\n\"x\"","é":"ü"}"#
+        );
+    }
 
     #[test]
     fn floats_are_written_as_javascript_writes_them() {

@@ -11,6 +11,16 @@
 //! names; `Last-Event-ID` replays what a client missed from the stream (`replay` settings),
 //! then continues live without gaps or repeats; comment lines every `heartbeat` keep proxies
 //! from closing idle connections; an optional bearer token guards it all.
+//!
+//! `protocol = "optimizely-agent"` speaks Agent's endpoint on the wire instead: a client names
+//! its SDK key in `X-Optimizely-SDK-Key` (the part before the first `:`; a missing one is
+//! Agent's 400) and gets only that key's notifications (events `notification <type>` with
+//! `custom.sdkKey`, as [`crate::redis::optimizely`] reads them from Agent's streams), framed
+//! as Agent frames them — `data: <message>` with the message as Go re-marshals it, or
+//! `<message>` lines with `raw` — filtered by Agent's `filter` rules. weir adds an `id:` line
+//! (the stream entry id) so `Last-Event-ID` resumes from `stream:optimizely-sync-<sdkKey>`,
+//! heartbeat comments (not in `raw`, which is not SSE), and `?sdkKey=` for browsers, which
+//! cannot set headers on an EventSource.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,6 +40,7 @@ use crate::config::typed::{self, BearerToken};
 use crate::config::{ConfigErrors, join};
 use crate::delivery::{DeliveryDefaults, Destination, Endpoint, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::redis::connection::report_unknown_keys;
+use crate::redis::optimizely;
 use crate::redis::replies::as_text;
 use crate::redis::{Connection, parse_connection};
 
@@ -51,25 +62,42 @@ struct Raw {
     bearer_token_file: Option<String>,
     /// `{url, stream, …}`: where `Last-Event-ID` replays from.
     replay: Option<Value>,
+    /// `weir` (default) or `optimizely-agent`.
+    protocol: Option<String>,
+}
+
+/// What the endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// weir's frames: `id:`, `event:` (the event name), `data:` (the event JSON).
+    Weir,
+    /// Optimizely Agent's notification endpoint.
+    OptimizelyAgent,
 }
 
 /// One event, ready for every client.
 #[derive(Debug)]
 pub struct Frame {
     pub id: String,
+    /// What `filter` matches: the event name (weir) or the notification type (Agent).
     pub name: String,
     pub bytes: Bytes,
+    /// Agent mode: the SDK key whose clients get it, and its `raw` line.
+    pub sdk_key: Option<String>,
+    pub raw: Bytes,
 }
 
-/// Where missed entries are read back from.
+/// Where missed entries are read back from (Agent mode: the client's SDK key's stream when
+/// no `stream` is given).
 #[derive(Debug, Clone)]
 struct Replay {
     connection: Connection,
-    stream: String,
+    stream: Option<String>,
 }
 
 pub struct Hub {
     path: String,
+    protocol: Protocol,
     listen: Option<String>,
     heartbeat: Duration,
     bearer_token: Option<BearerToken>,
@@ -104,8 +132,33 @@ fn frame(id: &str, name: &str, data: &[u8]) -> Frame {
         id,
         name,
         bytes: Bytes::from(bytes),
+        sdk_key: None,
+        raw: Bytes::new(),
     }
 }
+
+/// Agent's frame of a notification `message` (already in Go's form) of type `kind`, with
+/// weir's `id:` line before it.
+fn agent_frame(id: &str, kind: &str, sdk_key: &str, message: &[u8]) -> Frame {
+    let id = id.replace(['\r', '\n'], " ");
+    let mut bytes = Vec::with_capacity(message.len() + id.len() + 16);
+    bytes.extend_from_slice(format!("id: {id}\ndata: ").as_bytes());
+    bytes.extend_from_slice(message);
+    bytes.extend_from_slice(b"\n\n");
+    let mut raw = Vec::with_capacity(message.len() + 1);
+    raw.extend_from_slice(message);
+    raw.push(b'\n');
+    Frame {
+        id,
+        name: kind.to_owned(),
+        bytes: Bytes::from(bytes),
+        sdk_key: Some(sdk_key.to_owned()),
+        raw: Bytes::from(raw),
+    }
+}
+
+/// Agent's 400 when a client names no SDK key: `render.JSON`'s body, newline included.
+const MISSING_SDK_KEY: &str = "{\"error\":\"missing required X-Optimizely-SDK-Key header\"}\n";
 
 impl Destination for SseDestination {
     type RuleSettings = serde::de::IgnoredAny;
@@ -128,6 +181,17 @@ impl Destination for SseDestination {
         if let Some(listen) = raw.listen.as_deref().filter(|listen| !typed::is_listen_address(listen)) {
             errors.push(join(path, "listen"), format!("\"{listen}\" is not host:port"));
         }
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("weir") => Protocol::Weir,
+            Some("optimizely-agent") => Protocol::OptimizelyAgent,
+            Some(other) => {
+                errors.push(
+                    join(path, "protocol"),
+                    format!("\"{other}\" is not a protocol: use \"weir\" or \"optimizely-agent\""),
+                );
+                Protocol::Weir
+            }
+        };
         let bearer_token =
             BearerToken::resolve(raw.bearer_token.clone(), raw.bearer_token_file.as_deref(), path, errors);
         let replay = raw.replay.as_ref().and_then(|value| {
@@ -135,12 +199,13 @@ impl Destination for SseDestination {
             let stream = value.get("stream").and_then(Value::as_str).map(str::to_owned);
             report_unknown_keys(value, &["stream"], &at, errors);
             let connection = parse_connection(value, &at, &|name| std::env::var(name).ok(), errors);
-            if stream.is_none() {
+            if stream.is_none() && protocol == Protocol::Weir {
                 errors.push(join(&at, "stream"), "the stream to replay missed entries from");
+                return None;
             }
             Some(Replay {
                 connection: connection?,
-                stream: stream?,
+                stream,
             })
         });
         let queue = raw.client_queue.unwrap_or(1024).max(1);
@@ -148,6 +213,7 @@ impl Destination for SseDestination {
         Some(SseDestination {
             hub: Arc::new(Hub {
                 path: endpoint,
+                protocol,
                 listen: raw.listen.clone(),
                 heartbeat: Duration::from_millis(raw.heartbeat.unwrap_or(15_000).max(10)),
                 bearer_token,
@@ -178,14 +244,32 @@ impl Destination for SseDestination {
         if input.silent {
             return Ok(Rendered::Skip("the matching rule is silent".into()));
         }
-        let data = match input.data {
-            Some(Value::Object(data)) if !data.is_empty() => crate::json::to_vec(&Value::Object(data.clone())),
-            _ => input.event.to_json(),
-        };
         let id = input
             .event
             .origin()
             .map_or(input.event.id(), |origin| origin.id.as_str());
+        if self.hub.protocol == Protocol::OptimizelyAgent {
+            let Some(kind) = optimizely::notification_type(input.event.name()) else {
+                return Ok(Rendered::Skip(
+                    "not an Optimizely notification (an event named `notification <type>`)".into(),
+                ));
+            };
+            let tree = input.event.tree();
+            let Some(sdk_key) = tree.pointer("/custom/sdkKey").and_then(Value::as_str) else {
+                return Ok(Rendered::Skip(
+                    "no custom.sdkKey: Agent's clients ask for one SDK key's notifications".into(),
+                ));
+            };
+            let message = match input.data {
+                Some(Value::Object(data)) if !data.is_empty() => crate::json::to_go_vec(&Value::Object(data.clone())),
+                _ => crate::json::to_go_vec(tree.get("data").unwrap_or(&Value::Null)),
+            };
+            return Ok(Rendered::Send(Arc::new(agent_frame(id, kind, sdk_key, &message))));
+        }
+        let data = match input.data {
+            Some(Value::Object(data)) if !data.is_empty() => crate::json::to_vec(&Value::Object(data.clone())),
+            _ => input.event.to_json(),
+        };
         Ok(Rendered::Send(Arc::new(frame(id, input.event.name(), &data))))
     }
 
@@ -245,20 +329,88 @@ fn filters(query: Option<&str>) -> HashSet<String> {
         .collect()
 }
 
+/// Agent's `getFilter`: every `filter` value split on `,`; the known notification types kept
+/// (untrimmed, as Agent compares them), the rest ignored; no `filter` at all means every type,
+/// while filters that are all unknown mean none.
+fn agent_filters(query: Option<&str>) -> HashSet<String> {
+    let given: Vec<String> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(key, _)| key == "filter")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    if given.is_empty() {
+        return optimizely::TYPES.iter().map(|kind| kind.to_string()).collect();
+    }
+    given
+        .iter()
+        .flat_map(|value| value.split(','))
+        .filter(|kind| optimizely::TYPES.contains(kind))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What one client asked for.
+struct Wanted {
+    /// Frame names (event names, or Agent's types) it wants; `all`: any.
+    names: HashSet<String>,
+    all: bool,
+    /// Agent mode: the SDK key it asked for.
+    sdk_key: Option<String>,
+    /// Agent's `raw`: bare JSON lines instead of SSE frames.
+    raw: bool,
+}
+
+impl Wanted {
+    fn accepts(&self, frame: &Frame) -> bool {
+        frame.sdk_key == self.sdk_key && (self.all || self.names.contains(&frame.name))
+    }
+
+    fn bytes(&self, frame: &Frame) -> Bytes {
+        if self.raw { frame.raw.clone() } else { frame.bytes.clone() }
+    }
+}
+
 /// Stream ids compare by (ms, sequence); `None` for anything else.
 fn stream_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Frames of the entries after `last` in the replay stream, oldest first.
-async fn missed(replay: &Replay, last: &str) -> redis::RedisResult<Vec<Frame>> {
+/// The frame of a stream entry read back for a replay: weir's `event` field, or (Agent mode)
+/// Agent's `data` payload for `sdk_key`.
+fn replayed_frame(id: &str, fields: &[redis::Value], sdk_key: Option<&str>) -> Option<Frame> {
+    let field = |wanted: &str| {
+        fields
+            .chunks(2)
+            .find(|pair| pair.first().and_then(as_text).as_deref() == Some(wanted))
+            .and_then(|pair| pair.get(1).and_then(as_text))
+    };
+    match sdk_key {
+        Some(sdk_key) => {
+            let payload: Value = serde_json::from_str(&field("data")?).ok()?;
+            let kind = payload.get("type")?.as_str()?;
+            let message = crate::json::to_go_vec(payload.get("message")?);
+            Some(agent_frame(id, kind, sdk_key, &message))
+        }
+        None => {
+            // weir's (and walkerOS's) `event` field: its JSON is the frame's data.
+            let event = field("event")?;
+            let name = serde_json::from_str::<Value>(&event)
+                .ok()
+                .and_then(|value| value.get("name").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_default();
+            Some(frame(id, &name, event.as_bytes()))
+        }
+    }
+}
+
+/// Frames of the entries after `last` in `stream`, oldest first.
+async fn missed(replay: &Replay, stream: &str, last: &str, sdk_key: Option<&str>) -> redis::RedisResult<Vec<Frame>> {
     let mut connection = replay.connection.connect_first().await?;
     let mut frames = Vec::new();
     let mut start = format!("({last}");
     loop {
         let page: Vec<redis::Value> = redis::cmd("XRANGE")
-            .arg(&replay.stream)
+            .arg(stream)
             .arg(&start)
             .arg("+")
             .arg("COUNT")
@@ -271,17 +423,7 @@ async fn missed(replay: &Replay, last: &str) -> redis::RedisResult<Vec<Frame>> {
                 continue;
             };
             start = format!("({id}");
-            // weir's (and walkerOS's) `event` field: its JSON is the frame's data.
-            let event = fields
-                .chunks(2)
-                .find(|pair| pair.first().and_then(as_text).as_deref() == Some("event"))
-                .and_then(|pair| pair.get(1).and_then(as_text));
-            let Some(event) = event else { continue };
-            let name = serde_json::from_str::<Value>(&event)
-                .ok()
-                .and_then(|value| value.get("name").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_default();
-            frames.push(frame(&id, &name, event.as_bytes()));
+            frames.extend(replayed_frame(&id, fields, sdk_key));
         }
         if page.len() < 1000 {
             return Ok(frames);
@@ -305,7 +447,7 @@ async fn forward(
     hub: Arc<Hub>,
     mut live: broadcast::Receiver<Arc<Frame>>,
     queue: tokio::sync::mpsc::Sender<Bytes>,
-    wanted: HashSet<String>,
+    wanted: Wanted,
     replayed_up_to: Option<(u64, u64)>,
 ) {
     loop {
@@ -320,10 +462,10 @@ async fn forward(
             Err(broadcast::error::RecvError::Lagged(_)) => break,
         };
         let repeat = replayed_up_to.is_some_and(|up_to| stream_id(&frame.id).is_some_and(|id| id <= up_to));
-        if repeat || !(wanted.is_empty() || wanted.contains(&frame.name)) {
+        if repeat || !wanted.accepts(&frame) {
             continue;
         }
-        match queue.try_send(frame.bytes.clone()) {
+        match queue.try_send(wanted.bytes(&frame)) {
             Ok(()) => {}
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break,
@@ -331,6 +473,47 @@ async fn forward(
     }
     metrics::counter!("weir_sse_clients_dropped_total", "path" => hub.path.clone()).increment(1);
     tracing::warn!("SSE client too slow: disconnected (it can resume with Last-Event-ID)");
+}
+
+/// What a request asks for, by the hub's protocol; Agent's 400 when it names no SDK key.
+fn wanted(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Result<Wanted, Response> {
+    if hub.protocol == Protocol::Weir {
+        let names = filters(query);
+        return Ok(Wanted {
+            all: names.is_empty(),
+            names,
+            sdk_key: None,
+            raw: false,
+        });
+    }
+    let from_query = || {
+        form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .find(|(key, _)| key == "sdkKey")
+            .map(|(_, value)| value.into_owned())
+    };
+    let given = headers
+        .get("x-optimizely-sdk-key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or_else(from_query)
+        .unwrap_or_default();
+    // `sdkKey:apiKey`: the part before the first `:`.
+    let sdk_key = given.split(':').next().unwrap_or_default().to_owned();
+    if sdk_key.is_empty() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            MISSING_SDK_KEY,
+        )
+            .into_response());
+    }
+    let raw = form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(key, _)| key == "raw");
+    Ok(Wanted {
+        names: agent_filters(query),
+        all: false,
+        sdk_key: Some(sdk_key),
+        raw,
+    })
 }
 
 async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
@@ -344,7 +527,10 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
         )
             .into_response();
     }
-    let wanted = filters(query.as_deref());
+    let wanted = match wanted(&hub, &headers, query.as_deref()) {
+        Ok(wanted) => wanted,
+        Err(refused) => return refused,
+    };
     // Subscribe before replaying, so nothing published meanwhile is missed; live frames the
     // replay already sent are skipped by id.
     let live = hub.frames.subscribe();
@@ -355,14 +541,20 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
     let mut backlog: Vec<Bytes> = Vec::new();
     let mut replayed_up_to = last_event_id.as_deref().and_then(stream_id);
     if let (Some(replay), Some(last)) = (&hub.replay, &last_event_id) {
-        match missed(replay, last).await {
+        let sdk_key = wanted.sdk_key.as_deref();
+        let stream = match (&replay.stream, sdk_key) {
+            (Some(stream), _) => stream.clone(),
+            (None, Some(sdk_key)) => optimizely::stream_for(sdk_key),
+            (None, None) => unreachable!("settings: weir's replay names its stream"),
+        };
+        match missed(replay, &stream, last, sdk_key).await {
             Ok(frames) => {
                 for missed in frames {
                     if let Some(id) = stream_id(&missed.id) {
                         replayed_up_to = replayed_up_to.max(Some(id));
                     }
-                    if wanted.is_empty() || wanted.contains(&missed.name) {
-                        backlog.push(missed.bytes);
+                    if wanted.accepts(&missed) {
+                        backlog.push(wanted.bytes(&missed));
                     }
                 }
             }
@@ -383,15 +575,17 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
             break;
         }
     }
+    // Raw lines are not SSE: a comment would be a line of garbage to a JSON-lines reader.
+    let heartbeats = !wanted.raw;
     tokio::spawn(forward(hub.clone(), live, queue, wanted, replayed_up_to));
     let mut heartbeat = tokio::time::interval(hub.heartbeat);
     heartbeat.tick().await;
     let stream = futures_util::stream::unfold(
         (queued, heartbeat, guard),
-        |(mut queued, mut heartbeat, guard)| async move {
+        move |(mut queued, mut heartbeat, guard)| async move {
             let bytes = tokio::select! {
                 received = queued.recv() => received?,
-                _ = heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
+                _ = heartbeat.tick(), if heartbeats => Bytes::from_static(b": heartbeat\n\n"),
             };
             // Whatever else is queued goes in the same write: under load one write carries
             // many frames instead of one system call each.
@@ -410,7 +604,7 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
             Some((Ok(Bytes::from(joined)), (queued, heartbeat, guard)))
         },
     );
-    (
+    let mut response = (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
@@ -418,7 +612,14 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
         ],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response();
+    if hub.protocol == Protocol::OptimizelyAgent {
+        // Agent's third header.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("keep-alive"));
+    }
+    response
 }
 
 #[cfg(test)]
@@ -439,6 +640,26 @@ mod tests {
             HashSet::from(["a b".to_owned(), "c".to_owned(), "d".to_owned()])
         );
         assert!(filters(None).is_empty());
+    }
+
+    /// Agent's `getFilter` (`pkg/handlers/notification.go`).
+    #[test]
+    fn agent_filters_are_agent_s() {
+        let set = |kinds: &[&str]| kinds.iter().map(|k| k.to_string()).collect::<HashSet<String>>();
+        assert_eq!(agent_filters(None), set(&["decision", "track", "project_config_update"]));
+        assert_eq!(agent_filters(Some("raw")), set(&["decision", "track", "project_config_update"]));
+        assert_eq!(agent_filters(Some("filter=track,bogus&filter=decision")), set(&["track", "decision"]));
+        // Given, but none known: nothing (Agent does not fall back to all).
+        assert_eq!(agent_filters(Some("filter=bogus")), set(&[]));
+        // Untrimmed, as Agent compares them.
+        assert_eq!(agent_filters(Some("filter=track,%20decision")), set(&["track"]));
+    }
+
+    #[test]
+    fn agent_frames_carry_the_message_alone() {
+        let frame = agent_frame("5-0", "track", "key", br#"{"a":1}"#);
+        assert_eq!(&frame.bytes[..], b"id: 5-0\ndata: {\"a\":1}\n\n");
+        assert_eq!(&frame.raw[..], b"{\"a\":1}\n");
     }
 
     #[test]

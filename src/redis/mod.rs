@@ -8,12 +8,14 @@
 //! - [`info`]: `INFO` fields and the server version;
 //! - [`replies`]: text, map fields and stream entries out of replies;
 //! - [`signing`]: Caracal-compatible entry signatures and the settings that name the key;
-//! - [`dead_letters`]: the dead-letter entry format the stream source writes and the CLI reads.
+//! - [`dead_letters`]: the dead-letter entry format the stream source writes and the CLI reads;
+//! - [`optimizely`]: Optimizely Agent's stream and channel names and its notification entries.
 
 pub mod connection;
 pub mod dead_letters;
 pub mod errors;
 pub mod info;
+pub mod optimizely;
 pub mod replies;
 pub mod signing;
 

@@ -27,6 +27,7 @@ pub use settings::{RedisRuleSettings, RedisSettings, Serialization};
 use crate::config::ConfigErrors;
 use crate::delivery::{DeliveryDefaults, Destination, ErrorClass, RenderError, RenderInput, Rendered};
 use crate::event::FieldRef;
+use crate::redis::optimizely;
 
 /// One XADD, built once.
 pub struct Xadd {
@@ -52,6 +53,23 @@ impl RedisDestination {
         RedisDestination {
             settings,
             connection: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// `serialization = "optimizely"`: the event's SDK key names its stream
+    /// (`stream:optimizely-sync-<sdkKey>`); without one, the destination's `streamKey`.
+    fn optimizely_stream(&self, input: &RenderInput<'_, RedisRuleSettings>) -> Result<String, RenderError> {
+        let sdk_key = self
+            .settings
+            .sdk_key
+            .as_ref()
+            .and_then(|spec| spec.value(input.event.tree(), &input.value_context()));
+        match (sdk_key, &self.settings.stream_key) {
+            (Some(Value::String(key)), _) if !key.is_empty() => Ok(optimizely::stream_for(&key)),
+            (_, Some(stream)) => Ok(stream.clone()),
+            _ => Err(RenderError::Missing {
+                field: "the SDK key (settings.redis.sdkKey; custom.sdkKey by default)",
+            }),
         }
     }
 
@@ -227,11 +245,15 @@ impl Destination for RedisDestination {
         if input.silent {
             return Ok(Rendered::Skip("the matching rule is silent".into()));
         }
-        let key = input
-            .rule_settings
-            .and_then(|rule| rule.stream_key())
-            .unwrap_or(&self.settings.stream_key)
-            .to_owned();
+        let key = match input.rule_settings.and_then(|rule| rule.stream_key()) {
+            Some(key) => key.to_owned(),
+            None if self.settings.serialization == Serialization::Optimizely => self.optimizely_stream(input)?,
+            None => self
+                .settings
+                .stream_key
+                .clone()
+                .expect("settings: json and flat have a streamKey"),
+        };
         // A non-empty mapped `data` object replaces the event (weir; walkerOS ignores it).
         let data = match input.data {
             Some(Value::Object(data)) if !data.is_empty() => Some(data),
@@ -268,6 +290,27 @@ impl Destination for RedisDestination {
                 .flat_fields()
                 .map(|(name, field)| (name, field.map_or_else(|| b"undefined".to_vec(), flat_value)))
                 .collect(),
+            (Serialization::Optimizely, data) => {
+                let name = input.event.name();
+                let kind = optimizely::notification_type(name).ok_or_else(|| RenderError::OutOfRange {
+                    field: "name",
+                    value: format!("\"{name}\""),
+                    allowed: "Optimizely's notification names (`notification decision`, `notification track`, `notification project_config_update`)",
+                })?;
+                let message = match data {
+                    Some(data) => crate::json::to_vec(data),
+                    None => input
+                        .event
+                        .member_json("data")
+                        .map_or_else(|| b"{}".to_vec(), |data| data.as_bytes().to_vec()),
+                };
+                // Agent writes the time of publishing in seconds; weir the event's own time.
+                let seconds = input.event.tree().get("timestamp").and_then(Value::as_f64).unwrap_or(0.0) / 1000.0;
+                vec![
+                    ("data", optimizely::payload(kind, &message)),
+                    ("timestamp", (seconds as u64).to_string().into_bytes()),
+                ]
+            }
         };
         let mut size = key.len();
         for (name, value) in &fields {
@@ -301,7 +344,7 @@ impl Destination for RedisDestination {
     }
 
     fn stream_targets(&self) -> Vec<String> {
-        vec![self.settings.stream_key.clone()]
+        self.settings.stream_key.iter().cloned().collect()
     }
 
     async fn send(&self, batch: &[&Xadd]) -> Result<Vec<Result<(), RedisError>>, RedisError> {

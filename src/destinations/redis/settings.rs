@@ -1,7 +1,8 @@
 //! The Redis destination's settings, under `settings.redis` as walkerOS has them
 //! (`streamKey`, the connection keys of [`crate::redis::connection`], `maxLen`,
 //! `exactTrimming`, `serialization`), plus weir's `sign` for Caracal-compatible message
-//! signing.
+//! signing, `serialization = "optimizely"` for Optimizely Agent's notification entries, and
+//! `sdkKey`, where such an entry's SDK key (and so its stream) comes from.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -20,6 +21,9 @@ pub enum Serialization {
     Json,
     /// One field per event key; objects and arrays as JSON, scalars as JavaScript's String().
     Flat,
+    /// Optimizely Agent's entry: `data` = `{"type","message"}`, `timestamp` = unix seconds,
+    /// on `stream:optimizely-sync-<sdkKey>`.
+    Optimizely,
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,17 +34,21 @@ struct Raw {
     exact_trimming: Option<bool>,
     serialization: Option<Serialization>,
     sign: Option<Value>,
+    sdk_key: Option<Value>,
 }
 
 /// Checked settings.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub stream_key: String,
+    /// Required except with `serialization = "optimizely"`, where the SDK key names the stream.
+    pub stream_key: Option<String>,
     pub connection: Connection,
     pub max_len: Option<u64>,
     pub exact_trimming: bool,
     pub serialization: Serialization,
     pub sign: Option<Signer>,
+    /// `optimizely` only: the SDK key of an event (a path or value spec; `custom.sdkKey`).
+    pub sdk_key: Option<crate::mapping::ValueSpec>,
 }
 
 /// Per-rule settings: `mapping.<entity>.<action>.settings.streamKey`. As in walkerOS, only a
@@ -108,13 +116,23 @@ impl RedisSettings {
         };
         let connection = parse_connection(redis, &path, env, errors);
         let raw = typed::parse::<Raw>(&without_connection_keys(redis), &path, errors)?;
-        let stream_key = match raw.stream_key.clone() {
-            Some(key) if !key.is_empty() => Some(key),
-            _ => {
-                // walkerOS's message.
-                errors.push(join(&path, "streamKey"), "Config settings redis.streamKey missing");
+        let serialization = raw.serialization.unwrap_or_default();
+        let stream_key = raw.stream_key.clone().filter(|key| !key.is_empty());
+        let missing_stream = stream_key.is_none() && serialization != Serialization::Optimizely;
+        if missing_stream {
+            // walkerOS's message.
+            errors.push(join(&path, "streamKey"), "Config settings redis.streamKey missing");
+        }
+        let sdk_key = match (&raw.sdk_key, serialization) {
+            (Some(_), Serialization::Json | Serialization::Flat) => {
+                errors.push(join(&path, "sdkKey"), "only serialization = \"optimizely\" takes an SDK key");
                 None
             }
+            (given, Serialization::Optimizely) => {
+                let spec = given.clone().unwrap_or_else(|| Value::from(crate::redis::optimizely::SDK_KEY_PATH));
+                crate::mapping::ValueSpec::parse(&spec, &join(&path, "sdkKey"), errors)
+            }
+            (None, _) => None,
         };
         if raw.max_len == Some(0) {
             // walkerOS reads 0 as "not set".
@@ -127,13 +145,17 @@ impl RedisSettings {
             .sign
             .as_ref()
             .and_then(|sign| signing_key(sign, &join(&path, "sign"), env, errors));
+        if missing_stream {
+            return None;
+        }
         Some(RedisSettings {
-            stream_key: stream_key?,
+            stream_key,
             connection: connection?,
             max_len: raw.max_len.filter(|n| *n > 0),
             exact_trimming: raw.exact_trimming.unwrap_or(false),
-            serialization: raw.serialization.unwrap_or_default(),
+            serialization,
             sign,
+            sdk_key,
         })
     }
 }
@@ -160,7 +182,7 @@ mod tests {
         );
         assert_eq!(errors, "");
         let parsed = parsed.unwrap();
-        assert_eq!(parsed.stream_key, "walkeros:events");
+        assert_eq!(parsed.stream_key.as_deref(), Some("walkeros:events"));
         assert_eq!(parsed.max_len, Some(1000));
         assert!(!parsed.exact_trimming);
         assert_eq!(parsed.serialization, Serialization::Json);

@@ -35,6 +35,7 @@ pub(super) struct Consumer {
 pub(super) async fn consume(
     config: Arc<RedisStreamConfig>,
     stream: String,
+    start: String,
     runtime: Arc<Runtime>,
     stop: CancellationToken,
 ) {
@@ -44,7 +45,7 @@ pub(super) async fn consume(
     };
     let create = || {
         let mut connection = commands.clone();
-        let (stream, group, start) = (stream.clone(), config.group.clone(), config.start_id.clone());
+        let (stream, group, start) = (stream.clone(), config.group.clone(), start.clone());
         async move {
             let created: RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -138,7 +139,7 @@ pub(super) async fn consume(
             // someone deleted it. Created again as at start (at `startId`), read on.
             Err(error) if error.code() == Some("NOGROUP") => {
                 tracing::warn!(
-                    source = %config.id, stream = %stream, group = %config.group, start = %config.start_id,
+                    source = %config.id, stream = %stream, group = %config.group, start = %start,
                     "the consumer group is gone (Redis lost its data, or it was deleted); creating it again"
                 );
                 if with_retries(&config, &stop, "creating the consumer group", create)
@@ -236,7 +237,7 @@ impl Consumer {
                     continue;
                 }
             }
-            match decode(&entry, &self.runtime) {
+            match decode(&entry, &self.stream, &self.runtime) {
                 Ok(mut event) => {
                     event.set_origin(crate::event::StreamOrigin {
                         stream: self.stream.clone(),

@@ -1,16 +1,20 @@
 //! An entry as an event: weir's and walkerOS's `event` field (JSON), walkerOS's flat fields,
-//! or Optimizely Agent's `data` field.
+//! or a `data` field — Optimizely Agent's notification (see [`crate::redis::optimizely`]) on
+//! Agent's streams and channels, or whenever it has Agent's `type` and `message`; else an
+//! event's JSON.
 
 use serde_json::Value;
 
 use crate::event::Event;
+use crate::redis::optimizely;
 use crate::redis::replies::Entry;
 use crate::redis::signing::SIGNATURE_FIELD;
 use crate::runtime::Runtime;
 
 /// The event an entry carries: weir's and walkerOS's `event` field (JSON), walkerOS's flat
-/// fields (objects and arrays as JSON, scalars as text), or Optimizely Agent's `data` field.
-pub(super) fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> {
+/// fields (objects and arrays as JSON, scalars as text), or a `data` field (Optimizely
+/// Agent's, or an event's JSON). `stream` is the stream (or Pub/Sub channel) it came from.
+pub(super) fn decode(entry: &Entry, stream: &str, runtime: &Runtime) -> Result<Event, String> {
     let field = |name: &str| entry.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
     let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| "a field is not UTF-8".to_owned());
     let json = |bytes: &[u8]| -> Result<Event, String> {
@@ -44,7 +48,13 @@ pub(super) fn decode(entry: &Entry, runtime: &Runtime) -> Result<Event, String> 
             .map_err(|e| e.to_string());
     }
     if let Some(data) = field("data") {
-        return json(data);
+        let agent = optimizely::sdk_key_of(stream).is_some()
+            || serde_json::from_slice::<Value>(data).is_ok_and(|value| optimizely::looks_like_payload(&value));
+        if !agent {
+            return json(data);
+        }
+        let partial = optimizely::event_from(stream, data, field("timestamp")).map_err(|e| e.to_string())?;
+        return runtime.collector().enrich(partial).map_err(|e| e.to_string());
     }
     Err("no `event`, `data` or walkerOS flat fields".to_owned())
 }

@@ -15,6 +15,13 @@
 //! `mode = "shared"`: one group, competing consumers (work is split). `mode = "broadcast"`:
 //! one group per instance, `<group>:<consumer>`, so every instance sees every entry.
 //!
+//! A stream name with `*`, `?` or `[` is a pattern (Optimizely Agent writes one stream per SDK
+//! key, `stream:optimizely-sync-<sdkKey>`): every `scanInterval` a SCAN finds the streams that
+//! match it (dead-letter streams, `*.dlq` and `deadLetterStream`, excepted), and each new one
+//! gets its consumer. Streams there at the first scan start at `startId`; streams found later
+//! were created since, so their groups start at `0` and nothing written before the scan that
+//! found them is missed.
+//!
 //! Two connections per stream. Blocking reads have their own, whose reply timeout outlasts
 //! `BLOCK`: Redis answers a read the client has given up on, handing it the entries that
 //! arrived meanwhile, so a read that timed out (or failed) means a new connection and the
@@ -48,13 +55,81 @@ pub async fn run(config: RedisStreamConfig, runtime: Arc<Runtime>, stop: Cancell
         return Ok(());
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for stream in config.streams.clone() {
-        tasks.spawn(consumer::consume(config.clone(), stream, runtime.clone(), stop.clone()));
+    let (patterns, streams): (Vec<String>, Vec<String>) =
+        config.streams.iter().cloned().partition(|stream| settings::is_pattern(stream));
+    for stream in streams.iter().cloned() {
+        tasks.spawn(consumer::consume(config.clone(), stream, config.start_id.clone(), runtime.clone(), stop.clone()));
+    }
+    if !patterns.is_empty() {
+        let mut known: std::collections::HashSet<String> = streams.into_iter().collect();
+        let mut first = true;
+        let mut every = tokio::time::interval(config.scan_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => break,
+                Some(done) = tasks.join_next() => {
+                    done.map_err(std::io::Error::other)?;
+                    continue;
+                }
+            }
+            let found = with_retries(&config, &stop, "looking for streams (SCAN)", || discover(&config, &patterns, &known)).await;
+            let Some(found) = found else { break };
+            let start = if first { config.start_id.clone() } else { "0".to_owned() };
+            for stream in found {
+                if known.insert(stream.clone()) {
+                    tracing::info!(source = %config.id, stream = %stream, start = %start, "found a stream matching the pattern");
+                    tasks.spawn(consumer::consume(config.clone(), stream, start.clone(), runtime.clone(), stop.clone()));
+                }
+            }
+            metrics::gauge!("weir_stream_source_streams", "source" => config.id.clone()).set(known.len() as f64);
+            first = false;
+        }
     }
     while let Some(done) = tasks.join_next().await {
         done.map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+/// The streams not `known` yet whose names match `patterns`, dead-letter streams excepted:
+/// SCAN with MATCH (any key type: `TYPE` filtering needs Redis 6), then TYPE for each match.
+async fn discover(
+    config: &RedisStreamConfig,
+    patterns: &[String],
+    known: &std::collections::HashSet<String>,
+) -> RedisResult<Vec<String>> {
+    let mut connection = config.connection.connect_first().await?;
+    let mut found = Vec::new();
+    for pattern in patterns {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            for key in keys {
+                let dead_letters = key.ends_with(".dlq") || config.dead_letter_stream.as_deref() == Some(key.as_str());
+                if dead_letters || known.contains(&key) || found.contains(&key) {
+                    continue;
+                }
+                let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut connection).await?;
+                if kind == "stream" {
+                    found.push(key);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(found)
 }
 
 /// Whether the server has streams (Redis 5.0): `INFO server`, as Optimizely Agent decides.

@@ -1,13 +1,17 @@
 //! Redis before 5.0 has no streams: SUBSCRIBE to channels named like the streams instead,
-//! fire-and-forget (chosen by itself then, or by `mode = "pubsub"`).
+//! fire-and-forget (chosen by itself then, or by `mode = "pubsub"`). A stream pattern
+//! (`events:*`) is a PSUBSCRIBE; Optimizely Agent's streams (`stream:optimizely-sync-…`) map
+//! to the channels Agent publishes to without streams (`optimizely-sync-…`), whose messages
+//! are Agent's notification payloads.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::decode::decode;
-use super::settings::RedisStreamConfig;
+use super::settings::{RedisStreamConfig, is_pattern};
 use super::with_retries;
+use crate::redis::optimizely;
 use crate::redis::replies::Entry;
 use crate::runtime::Runtime;
 
@@ -15,13 +19,18 @@ use crate::runtime::Runtime;
 /// acknowledgement to wait for (there is no one to tell). Resubscribes after a lost connection.
 pub(super) async fn run(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, stop: CancellationToken) {
     use futures_util::StreamExt;
-    tracing::info!(source = %config.id, channels = ?config.streams, "subscribing (Pub/Sub: fire-and-forget)");
+    let channels: Vec<&str> = config.streams.iter().map(|stream| optimizely::channel_for(stream)).collect();
+    tracing::info!(source = %config.id, channels = ?channels, "subscribing (Pub/Sub: fire-and-forget)");
     while !stop.is_cancelled() {
         let subscribed = with_retries(&config, &stop, "subscribing", || async {
             let client = config.connection.client(&config.connection.nodes[0])?;
             let mut pubsub = client.get_async_pubsub().await?;
-            for channel in &config.streams {
-                pubsub.subscribe(channel).await?;
+            for channel in &channels {
+                if is_pattern(channel) {
+                    pubsub.psubscribe(*channel).await?;
+                } else {
+                    pubsub.subscribe(*channel).await?;
+                }
             }
             Ok(pubsub)
         })
@@ -37,11 +46,14 @@ pub(super) async fn run(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, s
                 tracing::warn!(source = %config.id, "Pub/Sub connection lost; subscribing again");
                 break;
             };
+            let channel = message.get_channel_name();
+            // Agent publishes its payload alone; weir's and walkerOS's publishers the event.
+            let field = if optimizely::sdk_key_of(channel).is_some() { "data" } else { "event" };
             let entry = Entry {
                 id: String::new(),
-                fields: vec![("event".to_owned(), message.get_payload_bytes().to_vec())],
+                fields: vec![(field.to_owned(), message.get_payload_bytes().to_vec())],
             };
-            match decode(&entry, &runtime) {
+            match decode(&entry, channel, &runtime) {
                 Ok(event) => {
                     let events = [(0, Arc::new(event))];
                     if runtime.dispatch(&config.id, &events, None).is_ok() {
@@ -53,7 +65,7 @@ pub(super) async fn run(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, s
                 }
                 Err(reason) => {
                     metrics::counter!("weir_pubsub_dropped_total", "source" => config.id.clone()).increment(1);
-                    tracing::warn!(source = %config.id, channel = %message.get_channel_name(), reason, "undecodable Pub/Sub message dropped");
+                    tracing::warn!(source = %config.id, channel = %channel, reason, "undecodable Pub/Sub message dropped");
                 }
             }
         }

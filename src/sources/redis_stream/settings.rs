@@ -39,6 +39,8 @@ struct Raw {
     dead_letter_stream: Option<String>,
     /// `true` / `"stream"` (STREAMS_HMAC_KEY), `"audit"` (AUDIT_HMAC_KEY) or `{key | keyFile, scheme}`.
     verify: Option<Value>,
+    /// ms: how often stream patterns are looked for again.
+    scan_interval: Option<u64>,
     /// ms, Optimizely Agent's names.
     retry_delay: Option<u64>,
     max_retry_delay: Option<u64>,
@@ -64,6 +66,13 @@ pub struct RedisStreamConfig {
     pub verify: Option<Signer>,
     pub retry_delay: Duration,
     pub max_retry_delay: Duration,
+    /// How often streams matching a pattern are looked for.
+    pub scan_interval: Duration,
+}
+
+/// Whether a stream name is a pattern (Redis glob: `*`, `?`, `[…]`) to discover streams by.
+pub(super) fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '?', '['])
 }
 
 /// The host name: a stable consumer name, so a restarted consumer finds its pending entries.
@@ -136,6 +145,7 @@ impl RedisStreamConfig {
             verify,
             retry_delay: Duration::from_millis(raw.retry_delay.unwrap_or(100)),
             max_retry_delay: Duration::from_millis(raw.max_retry_delay.unwrap_or(5_000)),
+            scan_interval: Duration::from_millis(raw.scan_interval.unwrap_or(5_000).max(100)),
         })
     }
 
