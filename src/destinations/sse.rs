@@ -365,7 +365,11 @@ impl Wanted {
     }
 
     fn bytes(&self, frame: &Frame) -> Bytes {
-        if self.raw { frame.raw.clone() } else { frame.bytes.clone() }
+        if self.raw {
+            frame.raw.clone()
+        } else {
+            frame.bytes.clone()
+        }
     }
 }
 
@@ -475,11 +479,12 @@ async fn forward(
     tracing::warn!("SSE client too slow: disconnected (it can resume with Last-Event-ID)");
 }
 
-/// What a request asks for, by the hub's protocol; Agent's 400 when it names no SDK key.
-fn wanted(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Result<Wanted, Response> {
+/// What a request asks for, by the hub's protocol; `None` in Agent mode when it names no SDK
+/// key.
+fn wanted(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Option<Wanted> {
     if hub.protocol == Protocol::Weir {
         let names = filters(query);
-        return Ok(Wanted {
+        return Some(Wanted {
             all: names.is_empty(),
             names,
             sdk_key: None,
@@ -500,15 +505,10 @@ fn wanted(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Result<Wanted,
     // `sdkKey:apiKey`: the part before the first `:`.
     let sdk_key = given.split(':').next().unwrap_or_default().to_owned();
     if sdk_key.is_empty() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "application/json")],
-            MISSING_SDK_KEY,
-        )
-            .into_response());
+        return None;
     }
     let raw = form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(key, _)| key == "raw");
-    Ok(Wanted {
+    Some(Wanted {
         names: agent_filters(query),
         all: false,
         sdk_key: Some(sdk_key),
@@ -527,9 +527,13 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
         )
             .into_response();
     }
-    let wanted = match wanted(&hub, &headers, query.as_deref()) {
-        Ok(wanted) => wanted,
-        Err(refused) => return refused,
+    let Some(wanted) = wanted(&hub, &headers, query.as_deref()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            MISSING_SDK_KEY,
+        )
+            .into_response();
     };
     // Subscribe before replaying, so nothing published meanwhile is missed; live frames the
     // replay already sent are skipped by id.
@@ -646,9 +650,18 @@ mod tests {
     #[test]
     fn agent_filters_are_agent_s() {
         let set = |kinds: &[&str]| kinds.iter().map(|k| k.to_string()).collect::<HashSet<String>>();
-        assert_eq!(agent_filters(None), set(&["decision", "track", "project_config_update"]));
-        assert_eq!(agent_filters(Some("raw")), set(&["decision", "track", "project_config_update"]));
-        assert_eq!(agent_filters(Some("filter=track,bogus&filter=decision")), set(&["track", "decision"]));
+        assert_eq!(
+            agent_filters(None),
+            set(&["decision", "track", "project_config_update"])
+        );
+        assert_eq!(
+            agent_filters(Some("raw")),
+            set(&["decision", "track", "project_config_update"])
+        );
+        assert_eq!(
+            agent_filters(Some("filter=track,bogus&filter=decision")),
+            set(&["track", "decision"])
+        );
         // Given, but none known: nothing (Agent does not fall back to all).
         assert_eq!(agent_filters(Some("filter=bogus")), set(&[]));
         // Untrimmed, as Agent compares them.

@@ -74,7 +74,10 @@ pub fn event_from(name: &str, payload: &[u8], timestamp: Option<&[u8]>) -> Resul
         event.insert("data".into(), serde_json::json!({ "sdkKey": key }));
     } else {
         let parsed: Value = serde_json::from_slice(payload).map_err(|e| NotificationError::NotJson(e.to_string()))?;
-        let kind = parsed.get("type").and_then(Value::as_str).ok_or(NotificationError::NoType)?;
+        let kind = parsed
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or(NotificationError::NoType)?;
         let message = match parsed.get("message") {
             Some(Value::Object(message)) => message.clone(),
             _ => return Err(NotificationError::MessageNotObject),
@@ -156,7 +159,10 @@ mod tests {
             event_from("stream:optimizely-sync-abc", br#"{"type":"track","message":1}"#, None),
             Err(NotificationError::MessageNotObject)
         );
-        assert!(matches!(event_from("optimizely-sync-abc", b"nope", None), Err(NotificationError::NotJson(_))));
+        assert!(matches!(
+            event_from("optimizely-sync-abc", b"nope", None),
+            Err(NotificationError::NotJson(_))
+        ));
         let datafile = event_from("stream:optimizely-sync-datafile", b"abc", Some(b"1")).unwrap();
         assert_eq!(
             datafile,

@@ -305,7 +305,13 @@ impl Destination for RedisDestination {
                         .map_or_else(|| b"{}".to_vec(), |data| data.as_bytes().to_vec()),
                 };
                 // Agent writes the time of publishing in seconds; weir the event's own time.
-                let seconds = input.event.tree().get("timestamp").and_then(Value::as_f64).unwrap_or(0.0) / 1000.0;
+                let seconds = input
+                    .event
+                    .tree()
+                    .get("timestamp")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+                    / 1000.0;
                 vec![
                     ("data", optimizely::payload(kind, &message)),
                     ("timestamp", (seconds as u64).to_string().into_bytes()),

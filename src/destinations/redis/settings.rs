@@ -125,11 +125,16 @@ impl RedisSettings {
         }
         let sdk_key = match (&raw.sdk_key, serialization) {
             (Some(_), Serialization::Json | Serialization::Flat) => {
-                errors.push(join(&path, "sdkKey"), "only serialization = \"optimizely\" takes an SDK key");
+                errors.push(
+                    join(&path, "sdkKey"),
+                    "only serialization = \"optimizely\" takes an SDK key",
+                );
                 None
             }
             (given, Serialization::Optimizely) => {
-                let spec = given.clone().unwrap_or_else(|| Value::from(crate::redis::optimizely::SDK_KEY_PATH));
+                let spec = given
+                    .clone()
+                    .unwrap_or_else(|| Value::from(crate::redis::optimizely::SDK_KEY_PATH));
                 crate::mapping::ValueSpec::parse(&spec, &join(&path, "sdkKey"), errors)
             }
             (None, _) => None,

@@ -55,10 +55,19 @@ pub async fn run(config: RedisStreamConfig, runtime: Arc<Runtime>, stop: Cancell
         return Ok(());
     }
     let mut tasks = tokio::task::JoinSet::new();
-    let (patterns, streams): (Vec<String>, Vec<String>) =
-        config.streams.iter().cloned().partition(|stream| settings::is_pattern(stream));
+    let (patterns, streams): (Vec<String>, Vec<String>) = config
+        .streams
+        .iter()
+        .cloned()
+        .partition(|stream| settings::is_pattern(stream));
     for stream in streams.iter().cloned() {
-        tasks.spawn(consumer::consume(config.clone(), stream, config.start_id.clone(), runtime.clone(), stop.clone()));
+        tasks.spawn(consumer::consume(
+            config.clone(),
+            stream,
+            config.start_id.clone(),
+            runtime.clone(),
+            stop.clone(),
+        ));
     }
     if !patterns.is_empty() {
         let mut known: std::collections::HashSet<String> = streams.into_iter().collect();
@@ -74,13 +83,22 @@ pub async fn run(config: RedisStreamConfig, runtime: Arc<Runtime>, stop: Cancell
                     continue;
                 }
             }
-            let found = with_retries(&config, &stop, "looking for streams (SCAN)", || discover(&config, &patterns, &known)).await;
+            let found = with_retries(&config, &stop, "looking for streams (SCAN)", || {
+                discover(&config, &patterns, &known)
+            })
+            .await;
             let Some(found) = found else { break };
             let start = if first { config.start_id.clone() } else { "0".to_owned() };
             for stream in found {
                 if known.insert(stream.clone()) {
                     tracing::info!(source = %config.id, stream = %stream, start = %start, "found a stream matching the pattern");
-                    tasks.spawn(consumer::consume(config.clone(), stream, start.clone(), runtime.clone(), stop.clone()));
+                    tasks.spawn(consumer::consume(
+                        config.clone(),
+                        stream,
+                        start.clone(),
+                        runtime.clone(),
+                        stop.clone(),
+                    ));
                 }
             }
             metrics::gauge!("weir_stream_source_streams", "source" => config.id.clone()).set(known.len() as f64);

@@ -19,7 +19,11 @@ use crate::runtime::Runtime;
 /// acknowledgement to wait for (there is no one to tell). Resubscribes after a lost connection.
 pub(super) async fn run(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, stop: CancellationToken) {
     use futures_util::StreamExt;
-    let channels: Vec<&str> = config.streams.iter().map(|stream| optimizely::channel_for(stream)).collect();
+    let channels: Vec<&str> = config
+        .streams
+        .iter()
+        .map(|stream| optimizely::channel_for(stream))
+        .collect();
     tracing::info!(source = %config.id, channels = ?channels, "subscribing (Pub/Sub: fire-and-forget)");
     while !stop.is_cancelled() {
         let subscribed = with_retries(&config, &stop, "subscribing", || async {
@@ -48,7 +52,11 @@ pub(super) async fn run(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, s
             };
             let channel = message.get_channel_name();
             // Agent publishes its payload alone; weir's and walkerOS's publishers the event.
-            let field = if optimizely::sdk_key_of(channel).is_some() { "data" } else { "event" };
+            let field = if optimizely::sdk_key_of(channel).is_some() {
+                "data"
+            } else {
+                "event"
+            };
             let entry = Entry {
                 id: String::new(),
                 fields: vec![(field.to_owned(), message.get_payload_bytes().to_vec())],
