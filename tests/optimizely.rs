@@ -302,3 +302,44 @@ fn pubsub_mode_reads_agent_s_fallback_channels() {
     }));
     assert_eq!(listener.line(), "{\"eventKey\":\"e\"}\n");
 }
+
+/// `examples/optimizely-agent.toml` as shipped: Redis from `${REDIS_URL}`, two instances on
+/// one host told apart by `WEIR_INSTANCE`, each with its own group, each client served.
+#[test]
+fn the_shipped_example_runs_two_instances_on_one_host() {
+    let server = RedisServer::start();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/optimizely-agent.toml")).unwrap();
+    let url = server.url();
+    let start = |instance: &str| {
+        Weir::start_env(
+            "flow.toml",
+            &example,
+            &[],
+            &[("REDIS_URL", url.as_str()), ("WEIR_INSTANCE", instance)],
+        )
+    };
+    let (blue, green) = (start("blue"), start("green"));
+    let mut clients = [
+        AgentClient::connect(&blue, "", &[("X-Optimizely-SDK-Key", "key")]),
+        AgentClient::connect(&green, "", &[("X-Optimizely-SDK-Key", "key")]),
+    ];
+    let id = agent_publishes(
+        &server,
+        "key",
+        "project_config_update",
+        json!({"Revision": "7", "SDKKey": "key"}),
+    );
+    assert!(found(&blue, "stream:optimizely-sync-key") && found(&green, "stream:optimizely-sync-key"));
+    for client in &mut clients {
+        assert_eq!(
+            client.frame(),
+            format!("id: {id}\ndata: {{\"Revision\":\"7\",\"SDKKey\":\"key\"}}\n\n")
+        );
+    }
+    let groups = server.cli(&["XINFO", "GROUPS", "stream:optimizely-sync-key"]);
+    assert!(
+        groups.contains("weir-notifications:blue") && groups.contains("weir-notifications:green"),
+        "{groups}"
+    );
+}

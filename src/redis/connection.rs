@@ -3,6 +3,9 @@
 //! list of URLs (or `cluster = true`) for Redis Cluster, `passwordFile` and TLS files. The
 //! password is taken, first found, from the URL, `options.password`, `passwordFile`, then the
 //! environment (`REDIS_PASSWORD`, `REDIS_PASSWORD_FILE`); it never appears in logs or errors.
+//! Optimizely Agent's `synchronization.pubsub.redis` keys (`host`, `database`, `auth_token` /
+//! `redis_secret` / `password` in Agent's order, `connection_timeout` as a Go duration) are
+//! accepted too, so an Agent operator's block pastes unchanged.
 //!
 //! Three ways to connect, for three uses: [`Connection::connect_first`] (a plain multiplexed
 //! connection: the CLI, start-up checks), [`Connection::connect_managed`] (reconnects by
@@ -19,7 +22,103 @@ use crate::config::typed::{self, Secret};
 use crate::config::{ConfigErrors, join};
 
 /// The connection keys of a Redis settings block; the other keys belong to its user.
-pub const CONNECTION_KEYS: [&str; 4] = ["url", "options", "cluster", "passwordFile"];
+pub const CONNECTION_KEYS: [&str; 10] = [
+    "url",
+    "options",
+    "cluster",
+    "passwordFile",
+    // Optimizely Agent's.
+    "host",
+    "database",
+    "auth_token",
+    "redis_secret",
+    "password",
+    "connection_timeout",
+];
+
+/// Optimizely Agent's connection keys (`synchronization.pubsub.redis`).
+const AGENT_KEYS: [&str; 6] = [
+    "host",
+    "database",
+    "auth_token",
+    "redis_secret",
+    "password",
+    "connection_timeout",
+];
+
+/// A Go duration string (`"100ms"`, `"5s"`, `"1m30s"`), as Agent's duration keys take, at
+/// `path`; anything else is an error naming it (Agent silently uses its default instead).
+pub fn go_duration(value: &Value, path: &str, errors: &mut ConfigErrors) -> Option<Duration> {
+    match value.as_str().map(humantime::parse_duration) {
+        Some(Ok(duration)) => Some(duration),
+        _ => {
+            errors.push(
+                path,
+                format!("{value} is not a Go duration string such as \"100ms\", \"5s\" or \"1m30s\""),
+            );
+            None
+        }
+    }
+}
+
+/// Agent's keys as the ioredis-style `options` weir reads: `host` ("host:port"), `database`
+/// (a whole number, as int or float), the first non-empty of `auth_token`, `redis_secret`,
+/// `password`, and `connection_timeout` (connect and command timeout). `None` when the block
+/// has none of them.
+fn agent_options(block: &Map<String, Value>, path: &str, errors: &mut ConfigErrors) -> Option<Value> {
+    if !AGENT_KEYS.iter().any(|key| block.contains_key(*key)) {
+        return None;
+    }
+    if block.contains_key("url") || block.contains_key("options") {
+        errors.push(
+            path,
+            "set either Optimizely Agent's keys (host, database, password…) or url/options, not both",
+        );
+        return None;
+    }
+    let mut options = Map::new();
+    if let Some(host) = block.get("host") {
+        let at = join(path, "host");
+        match host.as_str() {
+            Some(address) => {
+                let (name, port) = match address.rsplit_once(':') {
+                    Some((name, port)) => (name, port.parse::<u16>().ok()),
+                    None => (address, Some(6379)),
+                };
+                match port {
+                    Some(port) if !name.is_empty() => {
+                        options.insert("host".into(), Value::from(name));
+                        options.insert("port".into(), Value::from(port));
+                    }
+                    _ => errors.push(at, format!("\"{address}\" is not host:port")),
+                }
+            }
+            None => errors.push(at, "must be \"host:port\""),
+        }
+    }
+    if let Some(database) = block.get("database") {
+        match database.as_f64().filter(|db| db.fract() == 0.0 && *db >= 0.0) {
+            Some(db) => {
+                options.insert("db".into(), Value::from(db as i64));
+            }
+            None => errors.push(join(path, "database"), "must be a database number (0, 1, …)"),
+        }
+    }
+    let password = ["auth_token", "redis_secret", "password"]
+        .iter()
+        .find_map(|key| block.get(*key).and_then(Value::as_str).filter(|p| !p.is_empty()));
+    if let Some(password) = password {
+        options.insert("password".into(), Value::from(password));
+    }
+    if let Some(timeout) = block.get("connection_timeout")
+        && let Some(timeout) = go_duration(timeout, &join(path, "connection_timeout"), errors)
+    {
+        let ms = Value::from(timeout.as_millis() as u64);
+        options.insert("connectTimeout".into(), ms.clone());
+        options.insert("commandTimeout".into(), ms);
+    }
+    Some(Value::Object(options))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,13 +234,17 @@ pub fn parse_connection(
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut ConfigErrors,
 ) -> Option<Connection> {
-    let keys: Map<String, Value> = value
+    let mut keys: Map<String, Value> = value
         .as_object()
         .into_iter()
         .flatten()
         .filter(|(key, _)| CONNECTION_KEYS.contains(&key.as_str()))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
+    if let Some(options) = agent_options(&keys, path, errors) {
+        keys.retain(|key, _| !AGENT_KEYS.contains(&key.as_str()));
+        keys.insert("options".into(), options);
+    }
     let raw = typed::parse::<Raw>(&Value::Object(keys), path, errors)?;
     connection(&raw, path, env, errors)
 }
@@ -447,5 +550,52 @@ mod tests {
         let connection = parse_connection(&block, "s.replay", &|_| None, &mut errors);
         assert!(errors.is_empty(), "{errors}");
         assert_eq!(connection.unwrap().describe, "redis://127.0.0.1:6390");
+    }
+
+    /// Agent's `synchronization.pubsub.redis` block, pasted as it is.
+    #[test]
+    fn optimizely_agent_s_keys_connect_as_agent_does() {
+        let parse = |block: Value, env: &dyn Fn(&str) -> Option<String>| {
+            let mut errors = ConfigErrors::default();
+            let connection = parse_connection(&block, "s", env, &mut errors);
+            (connection, errors.to_string())
+        };
+        let (connection, errors) = parse(
+            json!({"host": "10.0.0.5:6380", "database": 2.0, "auth_token": "", "redis_secret": "secret",
+                   "password": "later", "connection_timeout": "1500ms", "stream": "x"}),
+            &|_| None,
+        );
+        assert_eq!(errors, "");
+        let connection = connection.unwrap();
+        let node = &connection.nodes[0];
+        assert_eq!(connection.describe, "redis://10.0.0.5:6380");
+        assert_eq!(node.redis_settings().db(), 2);
+        // Agent's order: the first non-empty of auth_token, redis_secret, password.
+        assert_eq!(node.redis_settings().password(), Some("secret"));
+        assert_eq!(connection.connect_timeout, Duration::from_millis(1500));
+        // No password key: REDIS_PASSWORD, as Agent falls back to it.
+        let (connection, _) = parse(json!({"host": "localhost:6379", "database": 0}), &|name| {
+            (name == "REDIS_PASSWORD").then(|| "from-env".to_owned())
+        });
+        assert_eq!(
+            connection.unwrap().nodes[0].redis_settings().password(),
+            Some("from-env")
+        );
+        let (_, errors) = parse(
+            json!({"host": "nohost:", "database": 1.5, "connection_timeout": 10, "url": "redis://x"}),
+            &|_| None,
+        );
+        assert!(errors.contains("either Optimizely Agent's keys"), "{errors}");
+        let (_, errors) = parse(
+            json!({"host": "h:notaport", "database": 1.5, "connection_timeout": 10}),
+            &|_| None,
+        );
+        for expected in [
+            "s.host: \"h:notaport\" is not host:port",
+            "s.database: must be a database number",
+            "s.connection_timeout: 10 is not a Go duration string",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in {errors}");
+        }
     }
 }

@@ -21,6 +21,8 @@ pub struct Weir {
     pub stdout: Arc<Mutex<String>>,
     /// Everything after `serve`, for a restart.
     args: Vec<String>,
+    /// Environment variables set for it, for a restart.
+    env: Vec<(String, String)>,
 }
 
 pub fn weir_binary() -> &'static str {
@@ -40,6 +42,11 @@ impl Weir {
 
     /// Starts `weir serve` with `config` written to `file` (its extension says the format).
     pub fn start_file(file: &str, config: &str, extra_args: &[&str]) -> Weir {
+        Weir::start_env(file, config, extra_args, &[])
+    }
+
+    /// [`start_file`](Self::start_file) with environment variables set.
+    pub fn start_env(file: &str, config: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let config = config.replace("{dir}", dir.path().to_str().unwrap());
         std::fs::write(dir.path().join(file), config).unwrap();
@@ -53,7 +60,8 @@ impl Weir {
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
-        let (child, base, admin) = launch(dir.path(), &args, &log, &stdout);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (child, base, admin) = launch(dir.path(), &args, &env, &log, &stdout);
         Weir {
             child,
             base,
@@ -62,6 +70,7 @@ impl Weir {
             stderr: log,
             stdout,
             args,
+            env,
         }
     }
 
@@ -81,7 +90,7 @@ impl Weir {
     pub fn restart(&mut self) {
         assert!(self.child.try_wait().unwrap().is_some(), "restart a stopped weir only");
         self.stderr.lock().unwrap().push_str("--- restart ---\n");
-        let (child, base, admin) = launch(self.dir.path(), &self.args, &self.stderr, &self.stdout);
+        let (child, base, admin) = launch(self.dir.path(), &self.args, &self.env, &self.stderr, &self.stdout);
         self.child = child;
         self.base = base;
         self.admin = admin;
@@ -146,12 +155,14 @@ impl Drop for Weir {
 fn launch(
     dir: &Path,
     args: &[String],
+    env: &[(String, String)],
     log: &Arc<Mutex<String>>,
     output: &Arc<Mutex<String>>,
 ) -> (Child, String, String) {
     let mut child = Command::new(weir_binary())
         .arg("serve")
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
