@@ -129,11 +129,11 @@ pub fn build_flow(flow: &Flow) -> Result<BuiltFlow, ConfigErrors> {
                 );
             }
             for stream in route.stream_targets() {
-                if source.streams_read().contains(&stream) {
+                if source.streams_read().iter().any(|read| may_overlap(read, &stream)) {
                     errors.push(
                         format!("destinations.{}.config.settings.redis.streamKey", route.id()),
                         format!(
-                            "writes into stream \"{stream}\", which source \"{}\" reads and hands back to it: every event would go round forever (list the destination's `sources`)",
+                            "writes into stream(s) \"{stream}\", which source \"{}\" reads and hands back to it: every event would go round forever (list the destination's `sources`)",
                             source.id()
                         ),
                     );
@@ -310,6 +310,22 @@ pub fn embedded_default() -> Flow {
     }
 }
 
+/// Whether two stream names, either of which may be a Redis glob pattern, can name the same
+/// stream: literals when equal, a literal and a pattern when the literal starts with the
+/// pattern's text before its first wildcard, two patterns when one such text starts with the
+/// other. Errs towards "yes": it guards against events going round forever.
+fn may_overlap(a: &str, b: &str) -> bool {
+    fn literal(name: &str) -> &str {
+        &name[..name.find(['*', '?', '[']).unwrap_or(name.len())]
+    }
+    match (literal(a).len() == a.len(), literal(b).len() == b.len()) {
+        (true, true) => a == b,
+        (true, false) => a.starts_with(literal(b)),
+        (false, true) => b.starts_with(literal(a)),
+        (false, false) => literal(a).starts_with(literal(b)) || literal(b).starts_with(literal(a)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -383,6 +399,38 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
         assert!(!text.contains("loadScript"), "{text}");
+    }
+
+    #[test]
+    fn stream_patterns_overlap_conservatively() {
+        assert!(may_overlap("events", "events"));
+        assert!(!may_overlap("events", "orders"));
+        assert!(may_overlap("stream:optimizely-sync-*", "stream:optimizely-sync-abc"));
+        assert!(may_overlap("stream:optimizely-sync-abc", "stream:optimizely-sync-*"));
+        assert!(may_overlap("stream:*", "stream:optimizely-sync-*"));
+        assert!(!may_overlap("orders:*", "stream:optimizely-sync-*"));
+        assert!(!may_overlap("orders", "stream:optimizely-sync-*"));
+    }
+
+    /// Agent's publisher fed by the source that reads Agent's streams would write back what it
+    /// reads, forever.
+    #[test]
+    fn an_optimizely_publisher_fed_by_agent_s_streams_is_a_loop() {
+        let flow = |sources: serde_json::Value| {
+            problems(json!({
+                "sources": {
+                    "http": {"type": "http"},
+                    "agents": {"type": "redis_stream", "config": {"settings": {"url": "redis://127.0.0.1:1", "streams": ["stream:optimizely-sync-*"]}}}
+                },
+                "destinations": {"publish": {"type": "redis", "sources": sources, "config": {"settings": {"redis": {"url": "redis://127.0.0.1:1", "serialization": "optimizely"}}}}}
+            }))
+        };
+        let looping = flow(json!(["http", "agents"]));
+        assert!(
+            looping.contains("writes into stream(s) \"stream:optimizely-sync-*\", which source \"agents\" reads"),
+            "{looping}"
+        );
+        assert_eq!(flow(json!(["http"])), "");
     }
 
     #[test]

@@ -350,7 +350,12 @@ impl Destination for RedisDestination {
     }
 
     fn stream_targets(&self) -> Vec<String> {
-        self.settings.stream_key.iter().cloned().collect()
+        let mut streams: Vec<String> = self.settings.stream_key.iter().cloned().collect();
+        if self.settings.serialization == Serialization::Optimizely {
+            // One stream per SDK key.
+            streams.push(optimizely::stream_for("*"));
+        }
+        streams
     }
 
     async fn send(&self, batch: &[&Xadd]) -> Result<Vec<Result<(), RedisError>>, RedisError> {
