@@ -343,3 +343,66 @@ fn the_shipped_example_runs_two_instances_on_one_host() {
         "{groups}"
     );
 }
+
+/// The browser path: an `EventSource` cannot send `X-Optimizely-SDK-Key`, so weir takes
+/// `?sdkKey=` too (Agent does not). Headless Chromium subscribes, publishes a notification
+/// through weir's collect path, and shows the message that came back.
+#[test]
+fn a_browser_subscribes_with_the_sdk_key_as_a_query_parameter() {
+    let chromium = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(chromium).exists(),
+        "{chromium} is missing: scripts/test.sh installs it (Debian package chromium)"
+    );
+    let server = RedisServer::start();
+    let weir = instance(&server, "host-a", json!({}));
+    let page = weir.dir.path().join("page.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<!doctype html><html><body><ul id="got"></ul><script>
+const base = '{base}';
+const source = new EventSource(base + '{PATH}?sdkKey=web');
+source.addEventListener('open', () => {{
+  fetch(base + '/collect', {{method: 'POST', headers: {{'content-type': 'text/plain'}},
+    body: JSON.stringify({{name: 'notification track', data: {{eventKey: 'from-chromium'}}, custom: {{sdkKey: 'web'}}}})}});
+}});
+source.onmessage = (event) => {{
+  const item = document.createElement('li');
+  item.id = 'received';
+  item.textContent = event.lastEventId + ' ' + JSON.parse(event.data).eventKey;
+  document.getElementById('got').appendChild(item);
+  source.close();
+}};
+</script></body></html>"#,
+            base = weir.base
+        ),
+    )
+    .unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let entries = server.xrange("stream:optimizely-sync-web");
+    assert_eq!(entries.len(), 1, "the browser's POST reached Agent's stream: {dom}");
+    assert!(
+        dom.contains(&format!(r#"<li id="received">{} from-chromium</li>"#, entries[0].0)),
+        "{dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
