@@ -406,3 +406,141 @@ source.onmessage = (event) => {{
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Three Agent pods publishing at once, `per_pod` notifications each, alternately for SDK keys
+/// `A` and `B` and through Agent's three types; message `{"n":<n>,"p":<pod>}` (already in Go's
+/// form). Waits for the pods to finish.
+fn three_pods_publish(server: &RedisServer, round: usize, per_pod: usize) {
+    let pods: Vec<_> = (0..3)
+        .map(|pod| {
+            let url = server.url();
+            std::thread::spawn(move || {
+                let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+                for i in 0..per_pod {
+                    let n = round * 1000 + pod * 100 + i;
+                    let key = if i % 2 == 0 { "A" } else { "B" };
+                    let kind = ["decision", "track", "project_config_update"][i % 3];
+                    let data = format!(r#"{{"type":"{kind}","message":{{"n":{n},"p":{pod}}}}}"#);
+                    let _: String = redis::cmd("XADD")
+                        .arg(format!("stream:optimizely-sync-{key}"))
+                        .arg("*")
+                        .arg("data")
+                        .arg(data)
+                        .arg("timestamp")
+                        .arg(1_765_100_000)
+                        .query(&mut connection)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for pod in pods {
+        pod.join().unwrap();
+    }
+}
+
+/// What a client of `key` (only `decision` with `decisions_only`) must receive after entry
+/// `after`, in stream order: (entry id, message).
+fn expected(server: &RedisServer, key: &str, decisions_only: bool, after: Option<&str>) -> Vec<(String, String)> {
+    let entries = server.xrange(&format!("stream:optimizely-sync-{key}"));
+    let start = after.map_or(0, |after| entries.iter().position(|(id, _)| id == after).unwrap() + 1);
+    entries[start..]
+        .iter()
+        .filter_map(|(id, fields)| {
+            let payload: Value = serde_json::from_str(&fields[0].1).unwrap();
+            let message = &payload["message"];
+            let wanted = !decisions_only || payload["type"] == "decision";
+            wanted.then(|| (id.clone(), format!(r#"{{"n":{},"p":{}}}"#, message["n"], message["p"])))
+        })
+        .collect()
+}
+
+/// Reads `count` SSE frames; returns them as (id, data).
+fn frames(client: &mut AgentClient, count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|_| {
+            let frame = client.frame();
+            let (id, data) = frame
+                .strip_prefix("id: ")
+                .and_then(|rest| rest.split_once("\ndata: "))
+                .unwrap_or_else(|| panic!("not an Agent frame with weir's id: {frame:?}"));
+            (id.to_owned(), data.trim_end_matches('\n').to_owned())
+        })
+        .collect()
+}
+
+/// The seed's scenario: three Agent pods publishing for two SDK keys, two weir instances, Agent
+/// clients on both for each key, plus `filter=decision` and `raw` ones. Every client receives
+/// every notification of its key, in order, and none of the other key's. Then one instance is
+/// SIGKILLed while the pods go on: its clients reconnect to the other with `Last-Event-ID` and
+/// miss nothing.
+#[test]
+fn the_seed_scenario_three_pods_two_instances_two_keys() {
+    let server = RedisServer::start();
+    let (mut a, b) = (
+        instance(&server, "host-a", json!({})),
+        instance(&server, "host-b", json!({})),
+    );
+    let header = |key: &'static str| [("X-Optimizely-SDK-Key", key)];
+    // (instance, key, decisions only, client)
+    let mut sse: Vec<(&str, &str, bool, AgentClient)> = Vec::new();
+    for (name, weir) in [("a", &a), ("b", &b)] {
+        for key in ["A", "B"] {
+            sse.push((name, key, false, AgentClient::connect(weir, "", &header(key))));
+            sse.push((
+                name,
+                key,
+                true,
+                AgentClient::connect(weir, "?filter=decision", &header(key)),
+            ));
+        }
+    }
+    let mut raw_a = AgentClient::connect(&a, "?raw", &header("A"));
+    let mut raw_b = AgentClient::connect(&b, "?raw", &header("B"));
+
+    three_pods_publish(&server, 1, 20);
+    for (name, key, decisions, client) in &mut sse {
+        let want = expected(&server, key, *decisions, None);
+        // 30 per key; decisions: A 12, B 9 (i % 3 == 0 of each pod's even or odd i).
+        assert_eq!(
+            want.len(),
+            [[30, 12], [30, 9]][usize::from(*key == "B")][usize::from(*decisions)]
+        );
+        assert_eq!(
+            frames(client, want.len()),
+            want,
+            "client of {key} on {name} (decisions only: {decisions})"
+        );
+    }
+    for (key, client) in [("A", &mut raw_a), ("B", &mut raw_b)] {
+        for (_, message) in expected(&server, key, false, None) {
+            assert_eq!(client.line(), format!("{message}\n"));
+        }
+    }
+    // The last id each client saw: round 2 must follow it with no gap and nothing else between.
+    let last_seen: Vec<Option<String>> = sse
+        .iter()
+        .map(|(_, key, decisions, _)| {
+            expected(&server, key, *decisions, None)
+                .last()
+                .map(|(id, _)| id.clone())
+        })
+        .collect();
+
+    a.kill();
+    three_pods_publish(&server, 2, 20);
+    for ((name, key, decisions, client), last) in sse.iter_mut().zip(&last_seen) {
+        if *name == "a" {
+            // Its instance is gone: reconnect to the other, resuming after the last id seen.
+            let last = last.as_deref().unwrap();
+            let query = if *decisions { "?filter=decision" } else { "" };
+            *client = AgentClient::connect(&b, query, &[("X-Optimizely-SDK-Key", key), ("Last-Event-ID", last)]);
+        }
+        let want = expected(&server, key, *decisions, last.as_deref());
+        assert_eq!(
+            want.len(),
+            [[30, 12], [30, 9]][usize::from(*key == "B")][usize::from(*decisions)]
+        );
+        assert_eq!(frames(client, want.len()), want, "round 2, client of {key} from {name}");
+    }
+}
