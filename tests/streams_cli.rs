@@ -381,6 +381,44 @@ fn dead_letters_list_replay_and_purge() {
     let signing = weir::redis::signing::SigningKey::from_hex(&key).unwrap();
     assert!(signing.verify("orders", &[("event", b"{\"name\":\"c d\"}")], &fields[1].1));
 
+    // Caracal's audit form: `sig` over `data` alone, key from AUDIT_HMAC_KEY.
+    dead_letter(
+        &server,
+        "pg_permanent_error",
+        "1-4",
+        &["id", "a-1", "data", "{\"id\":\"a-1\"}", "sig", "stale"],
+    );
+    let audit_key = "cd".repeat(32);
+    let output = Command::new(support::weir_binary())
+        .args([
+            "streams",
+            "dlq",
+            "replay",
+            "orders",
+            "--reason",
+            "pg_permanent_error",
+            "--sign=audit",
+        ])
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", server.port))
+        .env("AUDIT_HMAC_KEY", &audit_key)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let entries = server.xrange("orders");
+    let fields = &entries[2].1;
+    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["id", "data", "sig"]);
+    let expected = Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(bytes.fromhex(sys.argv[1]), sys.argv[2].encode(), hashlib.sha256).hexdigest())",
+            &audit_key,
+            "{\"id\":\"a-1\"}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(fields[2].1, String::from_utf8(expected.stdout).unwrap().trim());
+
     // Purge asks first; the foreign entry stays either way.
     dead_letter(&server, "max_deliveries", "1-3", &["event", "{}"]);
     let (code, _, err) = weir(&server, &["streams", "dlq", "purge", "orders"]);
@@ -497,4 +535,9 @@ fn caracal_s_environment_is_enough_to_provision_and_verify() {
     assert_eq!(code, 0, "{out}{err}");
     let groups = server.cli(&["XINFO", "GROUPS", "caracal.audit.events"]);
     assert!(groups.contains("audit-ingestor"), "{groups}");
+    // doctor connects the same way (3 would be "cannot connect"; the test server has no AOF,
+    // a WARN, so 1).
+    let (code, out, err) = run(&["doctor"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("OK      version"), "{out}");
 }

@@ -142,10 +142,10 @@ pub enum DlqCommand {
     Replay {
         #[command(flatten)]
         which: DlqArgs,
-        /// Sign the replayed entries afresh: `--sign` or `--sign stream` (`_sig`, key from
-        /// STREAMS_HMAC_KEY / STREAMS_HMAC_KEY_FILE), `--sign audit` (`sig` over `data`, key
+        /// Sign the replayed entries afresh: `--sign` or `--sign=stream` (`_sig`, key from
+        /// STREAMS_HMAC_KEY / STREAMS_HMAC_KEY_FILE), `--sign=audit` (`sig` over `data`, key
         /// from AUDIT_HMAC_KEY / AUDIT_HMAC_KEY_FILE).
-        #[arg(long, value_name = "SCHEME", num_args = 0..=1, default_missing_value = "stream")]
+        #[arg(long, value_name = "SCHEME", num_args = 0..=1, require_equals = true, default_missing_value = "stream")]
         sign: Option<String>,
         #[command(flatten)]
         redis: RedisArgs,
