@@ -133,7 +133,7 @@ pub fn build_flow(flow: &Flow) -> Result<BuiltFlow, ConfigErrors> {
                     errors.push(
                         format!("destinations.{}.config.settings.redis.streamKey", route.id()),
                         format!(
-                            "writes into stream(s) \"{stream}\", which source \"{}\" reads and hands back to it: every event would go round forever (list the destination's `sources`)",
+                            "writes into stream \"{stream}\", which source \"{}\" reads and hands back to it: every event would go round forever (list the destination's `sources`)",
                             source.id()
                         ),
                     );
@@ -427,7 +427,7 @@ mod tests {
         };
         let looping = flow(json!(["http", "agents"]));
         assert!(
-            looping.contains("writes into stream(s) \"stream:optimizely-sync-*\", which source \"agents\" reads"),
+            looping.contains("writes into stream \"stream:optimizely-sync-*\", which source \"agents\" reads"),
             "{looping}"
         );
         assert_eq!(flow(json!(["http"])), "");
