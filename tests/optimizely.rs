@@ -36,7 +36,19 @@ fn instance(server: &RedisServer, name: &str, source: Value) -> Weir {
                 "protocol": "optimizely-agent", "heartbeat": 200, "replay": {"url": server.url()}}}}
         }
     });
-    Weir::start(&toml::to_string(&flow).unwrap())
+    scanned(Weir::start(&toml::to_string(&flow).unwrap()))
+}
+
+/// `weir` once its first scan for Agent's streams is done: a stream created after that is
+/// read from its first entry (one the first scan finds starts at `startId`, `$`).
+fn scanned(weir: Weir) -> Weir {
+    assert!(
+        eventually(Duration::from_secs(10), || weir.log().contains("first scan done")
+            || weir.log().contains("subscribing (Pub/Sub")),
+        "{}",
+        weir.log()
+    );
+    weir
 }
 
 /// Agent's publisher, byte for byte: `XADD stream:optimizely-sync-<key> * data <json>
@@ -312,12 +324,12 @@ fn the_shipped_example_runs_two_instances_on_one_host() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/optimizely-agent.toml")).unwrap();
     let url = server.url();
     let start = |instance: &str| {
-        Weir::start_env(
+        scanned(Weir::start_env(
             "flow.toml",
             &example,
             &[],
             &[("REDIS_URL", url.as_str()), ("WEIR_INSTANCE", instance)],
-        )
+        ))
     };
     let (blue, green) = (start("blue"), start("green"));
     let mut clients = [

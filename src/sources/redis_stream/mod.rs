@@ -102,6 +102,12 @@ pub async fn run(config: RedisStreamConfig, runtime: Arc<Runtime>, stop: Cancell
                 }
             }
             metrics::gauge!("weir_stream_source_streams", "source" => config.id.clone()).set(known.len() as f64);
+            if first {
+                tracing::info!(
+                    source = %config.id, patterns = ?patterns, streams = known.len(),
+                    "first scan done: streams matching the patterns from now on are read from their first entry"
+                );
+            }
             first = false;
         }
     }
