@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check weir's CI runs, on a fresh machine: installs what is missing, then
-# formatting, clippy (-D warnings), all tests, and a build of the fuzz targets.
+# formatting, clippy (-D warnings), all tests, cargo deny (bans, licenses, sources), and a
+# build of the fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,15 @@ if ! "$WEIR_PYTHON" -c "import confluent_kafka, sys; sys.exit(confluent_kafka.__
   python3 -m venv "$tools/python-kafka"
   "$WEIR_PYTHON" -m pip install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
 fi
+# cargo-deny: the licenses, sources and bans check (built from crates.io once, into the cache:
+# about 2.5 minutes on 2 cores).
+CARGO_DENY_VERSION=0.20.2
+export WEIR_CARGO_DENY="$tools/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
+if ! "$WEIR_CARGO_DENY" --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+  echo "installing cargo-deny $CARGO_DENY_VERSION into $tools (once)"
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked \
+    --root "$tools/cargo-deny-$CARGO_DENY_VERSION" --quiet
+fi
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$component"
@@ -56,6 +66,9 @@ cargo clippy --all-targets --locked -- -D warnings
 
 say "cargo test"
 cargo test --all-targets --locked
+
+say "cargo deny check bans licenses sources"
+"$WEIR_CARGO_DENY" --frozen check bans licenses sources
 
 say "fuzz targets build"
 cargo build --manifest-path fuzz/Cargo.toml --bins --locked

@@ -119,6 +119,6 @@ pub fn parse_text(text: &str, format: Format) -> Result<Value, String> {
     match format {
         Format::Json => serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}")),
         Format::Toml => toml::from_str(text).map_err(|e| format!("invalid TOML: {e}")),
-        Format::Yaml => serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}")),
+        Format::Yaml => yaml_serde::from_str(text).map_err(|e| format!("invalid YAML: {e}")),
     }
 }
