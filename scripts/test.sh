@@ -70,7 +70,16 @@ cargo test --all-targets --locked
 say "cargo deny check bans licenses sources"
 "$WEIR_CARGO_DENY" --frozen check bans licenses sources
 
-say "fuzz targets build"
+say "fuzz targets build, and each run over its checked-in corpus (scripts/fuzz.sh fuzzes)"
 cargo build --manifest-path fuzz/Cargo.toml --bins --locked
+for corpus in fuzz/corpus/*/; do
+  target="$(basename "$corpus")"
+  if ! fuzz/target/debug/"$target" "$corpus"* >/tmp/weir-fuzz-regression.log 2>&1; then
+    tail -40 /tmp/weir-fuzz-regression.log
+    echo "fuzz target $target fails on an input of $corpus"
+    exit 1
+  fi
+  echo "$target: $(find "$corpus" -type f | wc -l) inputs ok"
+done
 
 say "all checks passed"

@@ -237,7 +237,7 @@ impl Consumer {
                     continue;
                 }
             }
-            match decode(&entry, &self.stream, &self.runtime) {
+            match decode(&entry, &self.stream, &self.runtime.collector()) {
                 Ok(mut event) => {
                     event.set_origin(crate::event::StreamOrigin {
                         stream: self.stream.clone(),

@@ -5,22 +5,22 @@
 
 use serde_json::Value;
 
+use crate::collector::Collector;
 use crate::event::Event;
 use crate::redis::optimizely;
 use crate::redis::replies::Entry;
 use crate::redis::signing::SIGNATURE_FIELD;
-use crate::runtime::Runtime;
 
 /// The event an entry carries: weir's and walkerOS's `event` field (JSON), walkerOS's flat
 /// fields (objects and arrays as JSON, scalars as text), or a `data` field (Optimizely
 /// Agent's, or an event's JSON). `stream` is the stream (or Pub/Sub channel) it came from.
-pub(super) fn decode(entry: &Entry, stream: &str, runtime: &Runtime) -> Result<Event, String> {
+pub fn decode(entry: &Entry, stream: &str, collector: &Collector) -> Result<Event, String> {
     let field = |name: &str| entry.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
     let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| "a field is not UTF-8".to_owned());
     let json = |bytes: &[u8]| -> Result<Event, String> {
         let json = text(bytes)?;
         serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| format!("not JSON: {e}"))?;
-        runtime.collector().enrich_json(&json).map_err(|e| e.to_string())
+        collector.enrich_json(&json).map_err(|e| e.to_string())
     };
     if let Some(event) = field("event") {
         return json(event);
@@ -42,10 +42,7 @@ pub(super) fn decode(entry: &Entry, stream: &str, runtime: &Runtime) -> Result<E
             };
             object.insert(name.clone(), parsed);
         }
-        return runtime
-            .collector()
-            .enrich(Value::Object(object))
-            .map_err(|e| e.to_string());
+        return collector.enrich(Value::Object(object)).map_err(|e| e.to_string());
     }
     if let Some(data) = field("data") {
         let agent = optimizely::sdk_key_of(stream).is_some()
@@ -54,7 +51,7 @@ pub(super) fn decode(entry: &Entry, stream: &str, runtime: &Runtime) -> Result<E
             return json(data);
         }
         let partial = optimizely::event_from(stream, data, field("timestamp")).map_err(|e| e.to_string())?;
-        return runtime.collector().enrich(partial).map_err(|e| e.to_string());
+        return collector.enrich(partial).map_err(|e| e.to_string());
     }
     Err("no `event`, `data` or walkerOS flat fields".to_owned())
 }

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::redis::retryable;
 use crate::runtime::Runtime;
+pub use decode::decode;
 pub use settings::{GroupMode, RedisStreamConfig};
 
 /// Reads one source until `stop`; a task per stream.

@@ -61,7 +61,7 @@ pub(super) async fn run(config: Arc<RedisStreamConfig>, runtime: Arc<Runtime>, s
                 id: String::new(),
                 fields: vec![(field.to_owned(), message.get_payload_bytes().to_vec())],
             };
-            match decode(&entry, channel, &runtime) {
+            match decode(&entry, channel, &runtime.collector()) {
                 Ok(event) => {
                     let events = [(0, Arc::new(event))];
                     if runtime.dispatch(&config.id, &events, None).is_ok() {
