@@ -14,6 +14,9 @@
 //! A listener of its own (no HTTP source on it) sends no CORS headers: a browser on another
 //! origin reaches an SSE hub through an HTTP source's listener, whose CORS settings apply.
 //!
+//! Each listener admits at most its `maxConnections` and times every connection's heads and
+//! idle waits ([`super::connection`]); hyper bounds header bytes and lines (431).
+//!
 //! Connections are served by hyper's HTTP/1 connection directly rather than `axum::serve`:
 //! weir speaks only HTTP/1.1, and skipping the HTTP/2 detection `axum::serve` does on every
 //! connection is measurably cheaper on the ingest path (BENCHMARKS.md).
@@ -35,7 +38,9 @@ use crate::config::typed::TlsServer;
 use crate::delivery::Endpoint;
 use crate::runtime::Runtime;
 use crate::sources::SourceConfig;
-use crate::sources::http::{HttpSource, HttpSourceConfig};
+use crate::sources::http::{ConnectionLimits, HttpSource, HttpSourceConfig};
+
+use super::connection::{Activity, Admitted, Gate, Guarded, Meter, Tracked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -66,6 +71,13 @@ impl Planned {
             .collect();
         parts.extend(self.endpoints.iter().map(|(id, _)| format!("destination \"{id}\"")));
         parts.join(", ")
+    }
+
+    /// Its connection limits: its source's, else the defaults.
+    fn limits(&self) -> ConnectionLimits {
+        self.source
+            .as_ref()
+            .map_or_else(ConnectionLimits::default, |source| source.limits.clone())
     }
 }
 
@@ -100,6 +112,10 @@ struct Serving {
     with_peer: bool,
     /// HTTPS: connections are TLS handshakes first.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Timeouts and header bounds for the connections it accepts from now on.
+    limits: Arc<ConnectionLimits>,
+    /// GET requests carry a [`crate::delivery::Hangup`] (it serves an SSE hub or the like).
+    with_hangup: bool,
 }
 
 fn acceptor(tls: Option<&TlsServer>) -> Option<tokio_rustls::TlsAcceptor> {
@@ -149,12 +165,47 @@ fn plan(
     (planned, readers)
 }
 
+/// A bound socket's address, for logs and metric labels.
+fn address_of(socket: &TcpListener, otherwise: &str) -> String {
+    socket
+        .local_addr()
+        .map_or_else(|_| otherwise.to_owned(), |local| local.to_string())
+}
+
+/// Pending connections a listener queues for `accept` (the kernel caps it at
+/// `net.core.somaxconn`). tokio's default of 1 024 overflows in a burst of connections, and a
+/// client whose handshake was dropped from a full queue may believe itself connected.
+const BACKLOG: u32 = 4096;
+
 async fn bind(address: &str, serves: impl FnOnce() -> String) -> Result<TcpListener, StartError> {
-    TcpListener::bind(address).await.map_err(|source| StartError::Bind {
+    let failed = |source| StartError::Bind {
         address: address.to_owned(),
         serves: serves(),
         source,
-    })
+    };
+    let resolved = match tokio::net::lookup_host(address).await {
+        Ok(resolved) => resolved,
+        Err(error) => return Err(failed(error)),
+    };
+    let mut last = None;
+    for resolved in resolved {
+        let socket = match resolved {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        let listening = socket.and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(resolved)?;
+            socket.listen(BACKLOG)
+        });
+        match listening {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(failed(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the address resolves to nothing")
+    })))
 }
 
 impl Listeners {
@@ -194,22 +245,38 @@ impl Listeners {
         for listener in planned {
             bound.push((bind(&listener.address, || listener.serves()).await?, listener));
         }
+        let mut caps: Vec<(String, usize)> = bound
+            .iter()
+            .map(|(socket, listener)| (address_of(socket, &listener.address), listener.limits().max_connections))
+            .collect();
+        if let Some((socket, _)) = &admin {
+            caps.push((address_of(socket, "admin"), super::connection::ADMIN_MAX_CONNECTIONS));
+        }
+        super::connection::fit_to_file_limit(&mut caps);
+        let mut caps = caps.into_iter().map(|(_, cap)| cap);
+        let bound: Vec<_> = bound
+            .into_iter()
+            .map(|(socket, listener)| (socket, listener, caps.next().expect("one cap per listener")))
+            .collect();
         if let Some((socket, admin)) = admin {
-            let address = socket
-                .local_addr()
-                .map_or_else(|_| "?".into(), |local| local.to_string());
+            let address = address_of(&socket, "?");
             let scheme = if admin.tls.is_some() { "https" } else { "http" };
             tracing::info!(scheme, address = %address, "admin listening (status page, /metrics, tap)");
             let serving = Arc::new(ArcSwap::from_pointee(Serving {
                 tls: acceptor(admin.tls.as_ref()),
                 router: super::admin::router(admin),
                 with_peer: false,
+                limits: Arc::new(ConnectionLimits::default()),
+                with_hangup: true,
             }));
             listeners.admin = Some(serving.clone());
-            listeners.tasks.spawn(serve_http(socket, serving, stop.clone()));
+            let gate = Gate::new(caps.next().expect("the admin listener's cap"), Meter::new(&address));
+            listeners
+                .tasks
+                .spawn(serve_http(socket, serving, gate, address, stop.clone()));
         }
-        for (socket, listener) in bound {
-            listeners.serve(socket, listener);
+        for (socket, listener, cap) in bound {
+            listeners.serve(socket, listener, Some(cap));
         }
         for reader in readers {
             listeners.read(reader, None);
@@ -223,14 +290,19 @@ impl Listeners {
         self.stop.cancel();
     }
 
-    fn serve(&mut self, socket: TcpListener, listener: Planned) {
-        let address = socket
-            .local_addr()
-            .map_or_else(|_| listener.address.clone(), |local| local.to_string());
+    /// Serves `listener` on `socket`, admitting `cap` connections at once (its
+    /// `maxConnections` when `None`).
+    fn serve(&mut self, socket: TcpListener, listener: Planned, cap: Option<usize>) {
+        let address = address_of(&socket, &listener.address);
         let configured = listener.address.clone();
+        let gate = Gate::new(
+            cap.unwrap_or_else(|| listener.limits().max_connections),
+            Meter::new(&address),
+        );
         let serving = Arc::new(ArcSwap::from_pointee(self.serving(listener, &address)));
         let stop = self.stop.child_token();
-        self.tasks.spawn(serve_http(socket, serving.clone(), stop.clone()));
+        self.tasks
+            .spawn(serve_http(socket, serving.clone(), gate, address, stop.clone()));
         self.live.push(Live {
             address: configured,
             serving,
@@ -258,6 +330,8 @@ impl Listeners {
     /// What `listener` serves: its source's routes, its endpoints, the health probes.
     fn serving(&self, listener: Planned, address: &str) -> Serving {
         let serves = listener.serves();
+        let limits = Arc::new(listener.limits());
+        let with_hangup = !listener.endpoints.is_empty();
         let mut shared = health_routes(self.runtime.clone());
         if listener.source.as_ref().is_some_and(|config| config.metrics) {
             shared = shared.route("/metrics", get(metrics_text));
@@ -279,7 +353,13 @@ impl Listeners {
                 shared.fallback(not_found)
             }
         };
-        Serving { router, with_peer, tls }
+        Serving {
+            router,
+            with_peer,
+            tls,
+            limits,
+            with_hangup,
+        }
     }
 
     /// The admin listener's certificate, read again by a reload (its address and token apply
@@ -294,6 +374,8 @@ impl Listeners {
                 router: now.router.clone(),
                 with_peer: now.with_peer,
                 tls: acceptor(Some(tls)),
+                limits: now.limits.clone(),
+                with_hangup: now.with_hangup,
             }));
         }
     }
@@ -336,7 +418,7 @@ impl Listeners {
         });
         for (socket, listener) in prepared.listeners {
             match socket {
-                Some(socket) => self.serve(socket, listener),
+                Some(socket) => self.serve(socket, listener, None),
                 None => {
                     let at = self
                         .live
@@ -426,13 +508,16 @@ pub(super) async fn not_found() -> Response {
 }
 
 /// Serves HTTP/1.1 connections until `stop`, then waits for in-flight requests to finish.
-/// Each connection is served by what `serving` holds when it is accepted.
+/// Each connection is served by what `serving` holds when it is accepted, if `gate` admits it.
 async fn serve_http(
     listener: TcpListener,
     serving: Arc<ArcSwap<Serving>>,
+    gate: Gate,
+    address: String,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let meter = gate.meter().clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -446,8 +531,18 @@ async fn serve_http(
             },
             () = stop.cancelled() => break,
         };
+        let Some(admitted) = gate.admit(&stream, serving.load().tls.is_some(), &address) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        spawn_connection(graceful.watcher(), stream, peer, serving.clone());
+        spawn_connection(
+            (graceful.watcher(), stop.clone()),
+            stream,
+            peer,
+            serving.clone(),
+            admitted,
+            meter.clone(),
+        );
     }
     drop(listener);
     graceful.shutdown().await;
@@ -460,41 +555,86 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one connection on a task of its own, watched by `watcher` for a graceful stop:
 /// the TLS handshake (for HTTPS) with the certificate `serving` holds when it is accepted,
 /// then each request with the routes `serving` holds when that request arrives (a reload
-/// reaches keep-alive connections too).
+/// reaches keep-alive connections too). The connection's reads are timed by [`Guarded`]
+/// under the limits `serving` holds when it is accepted; until its first byte it is not
+/// hyper's yet, and `stop` closes it.
 fn spawn_connection(
-    watcher: hyper_util::server::graceful::Watcher,
+    (watcher, stop): (hyper_util::server::graceful::Watcher, CancellationToken),
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     serving: Arc<ArcSwap<Serving>>,
+    admitted: Admitted,
+    meter: Meter,
 ) {
-    tokio::spawn(async move {
-        let tls = serving.load().tls.clone();
-        let result = match tls {
-            None => serve_connection(watcher, stream, peer, serving).await,
-            Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_connection(watcher, tls, peer, serving).await,
-                Ok(Err(error)) => {
-                    tracing::debug!(peer = %peer, error = %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %peer, "TLS handshake timed out");
-                    return;
-                }
-            },
+    let task = async move {
+        let _admitted = admitted;
+        let (tls, limits) = {
+            let now = serving.load();
+            (now.tls.clone(), now.limits.clone())
         };
-        if let Err(error) = result {
-            tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
+        // Until its first byte a connection is this small task and its socket: hyper's
+        // connection and buffers (tens of kB) are made, on the heap, once there is a request.
+        // Its first head is due `headerTimeout` after the accept. (A peek, not `readable()`:
+        // a fresh socket's readiness can be a false positive.)
+        let due = tokio::time::Instant::now() + limits.header_timeout;
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = tokio::time::timeout_at(due, stream.peek(&mut first)) => match peeked {
+                Err(_) => {
+                    meter.header_timed_out();
+                    return;
+                }
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(_)) => {}
+            },
+            // Stopping: a connection without a request is closed at once.
+            () = stop.cancelled() => return,
         }
-    });
+        let stream = Guarded::new(stream, due, &limits, meter);
+        Box::pin(serve_admitted(watcher, stream, peer, serving, tls, limits)).await;
+    };
+    tokio::spawn(task);
 }
 
-/// Serves HTTP/1.1 on `io` until the client or a graceful stop ends it.
+/// Serves an admitted connection that has sent its first byte: the TLS handshake (for
+/// HTTPS), then HTTP/1.1.
+async fn serve_admitted(
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: Guarded<tokio::net::TcpStream>,
+    peer: std::net::SocketAddr,
+    serving: Arc<ArcSwap<Serving>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Arc<ConnectionLimits>,
+) {
+    let activity = stream.activity().clone();
+    let result = match tls {
+        None => serve_connection(watcher, stream, peer, serving, activity, &limits).await,
+        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => serve_connection(watcher, tls, peer, serving, activity, &limits).await,
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %peer, error = %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    if let Err(error) = result {
+        tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the client, a graceful stop or a [`crate::delivery::Hangup`]
+/// ends it.
 async fn serve_connection<I>(
     watcher: hyper_util::server::graceful::Watcher,
     io: I,
     peer: std::net::SocketAddr,
     serving: Arc<ArcSwap<Serving>>,
+    activity: Arc<Activity>,
+    limits: &ConnectionLimits,
 ) -> Result<(), hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -502,17 +642,36 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        // Timed by `Guarded`, which tells idle time from header time.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes)
+        .max_header_size(limits.max_header_bytes);
+    if limits.max_headers != ConnectionLimits::default().max_headers {
+        // Only when set: hyper then parses headers into the heap instead of the stack.
+        builder.max_headers(limits.max_headers);
+    }
+    let hangup = CancellationToken::new();
+    let cut = hangup.clone();
     // hyper's own service calls through `&self`: nothing is cloned per request but the
     // router, as a tower service adapter would clone it too.
     let service = hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+        let answering = activity.start();
         let now = serving.load();
         if now.with_peer {
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         }
-        tower::ServiceExt::oneshot(now.router.clone(), request.map(axum::body::Body::new))
+        if now.with_hangup && request.method() == axum::http::Method::GET {
+            request.extensions_mut().insert(crate::delivery::Hangup(hangup.clone()));
+        }
+        let response = tower::ServiceExt::oneshot(now.router.clone(), request.map(axum::body::Body::new));
+        async move {
+            let response = response.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, answering }))
+        }
     });
-    watcher
-        .watch(builder.serve_connection(hyper_util::rt::TokioIo::new(io), service))
-        .await
+    let connection = watcher.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(io), service));
+    tokio::select! {
+        result = connection => result,
+        () = cut.cancelled() => Ok(()),
+    }
 }

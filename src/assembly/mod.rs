@@ -17,6 +17,7 @@
 //! sources and the destinations know none of each other.
 
 pub mod admin;
+pub mod connection;
 pub mod journal;
 pub mod listeners;
 pub mod running;

@@ -73,6 +73,13 @@ pub struct Endpoint {
     pub listen: Option<String>,
 }
 
+/// The connection a request came on, in the request's extensions (on listeners that serve
+/// an [`Endpoint`], for GET requests): cancelling it closes the connection at once. An SSE
+/// hub cuts off a client too slow to keep up this way, without waiting for it to read what
+/// is still buffered for it.
+#[derive(Clone, Debug)]
+pub struct Hangup(pub tokio_util::sync::CancellationToken);
+
 /// Whether sending again can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

@@ -47,7 +47,7 @@ use crate::redis::{Connection, parse_connection};
 pub const DEFAULT_PATH: &str = "/v1/notifications/event-stream";
 
 /// Frames joined into one write, up to about this many bytes.
-const COALESCE_BYTES: usize = 64 * 1024;
+const COALESCE_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -453,6 +453,7 @@ async fn forward(
     queue: tokio::sync::mpsc::Sender<Bytes>,
     wanted: Wanted,
     replayed_up_to: Option<(u64, u64)>,
+    hangup: Option<crate::delivery::Hangup>,
 ) {
     loop {
         let frame = tokio::select! {
@@ -477,6 +478,11 @@ async fn forward(
     }
     metrics::counter!("weir_sse_clients_dropped_total", "path" => hub.path.clone()).increment(1);
     tracing::warn!("SSE client too slow: disconnected (it can resume with Last-Event-ID)");
+    // Close its connection now: a client that stopped reading would otherwise hold what is
+    // buffered for it (and its socket) for as long as it stays connected.
+    if let Some(hangup) = hangup {
+        hangup.0.cancel();
+    }
 }
 
 /// What a request asks for, by the hub's protocol; `None` in Agent mode when it names no SDK
@@ -516,7 +522,12 @@ fn wanted(hub: &Hub, headers: &HeaderMap, query: Option<&str>) -> Option<Wanted>
     })
 }
 
-async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+async fn events(
+    State(hub): State<Arc<Hub>>,
+    hangup: Option<axum::Extension<crate::delivery::Hangup>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     if let Some(token) = &hub.bearer_token
         && !token.accepts(headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()))
     {
@@ -581,7 +592,8 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
     }
     // Raw lines are not SSE: a comment would be a line of garbage to a JSON-lines reader.
     let heartbeats = !wanted.raw;
-    tokio::spawn(forward(hub.clone(), live, queue, wanted, replayed_up_to));
+    let hangup = hangup.map(|axum::Extension(hangup)| hangup);
+    tokio::spawn(forward(hub.clone(), live, queue, wanted, replayed_up_to, hangup));
     let mut heartbeat = tokio::time::interval(hub.heartbeat);
     heartbeat.tick().await;
     let stream = futures_util::stream::unfold(
@@ -597,13 +609,20 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query)
             if more.is_none() {
                 return Some((Ok::<Bytes, std::io::Error>(bytes), (queued, heartbeat, guard)));
             }
-            let mut joined = Vec::with_capacity(COALESCE_BYTES);
-            joined.extend_from_slice(&bytes);
+            // Sized to what it carries: a client that stopped reading holds its last write
+            // for as long as it stays connected.
+            let mut frames = vec![bytes];
+            let mut size = frames[0].len();
             while let Some(frame) = more.take() {
-                joined.extend_from_slice(&frame);
-                if joined.len() < COALESCE_BYTES {
+                size += frame.len();
+                frames.push(frame);
+                if size < COALESCE_BYTES {
                     more = queued.try_recv().ok();
                 }
+            }
+            let mut joined = Vec::with_capacity(size);
+            for frame in &frames {
+                joined.extend_from_slice(frame);
             }
             Some((Ok(Bytes::from(joined)), (queued, heartbeat, guard)))
         },

@@ -23,6 +23,8 @@ pub struct Weir {
     args: Vec<String>,
     /// Environment variables set for it, for a restart.
     env: Vec<(String, String)>,
+    /// Its limit on open files (soft and hard), if not the test's own.
+    open_files: Option<u64>,
 }
 
 pub fn weir_binary() -> &'static str {
@@ -45,8 +47,23 @@ impl Weir {
         Weir::start_env(file, config, extra_args, &[])
     }
 
+    /// [`start`](Self::start) with at most `limit` open files (`ulimit -n`, soft and hard).
+    pub fn start_with_open_files(config: &str, limit: u64) -> Weir {
+        Weir::start_limited("flow.toml", config, &[], &[], Some(limit))
+    }
+
     /// [`start_file`](Self::start_file) with environment variables set.
     pub fn start_env(file: &str, config: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Weir {
+        Weir::start_limited(file, config, extra_args, env, None)
+    }
+
+    fn start_limited(
+        file: &str,
+        config: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let config = config.replace("{dir}", dir.path().to_str().unwrap());
         std::fs::write(dir.path().join(file), config).unwrap();
@@ -61,7 +78,7 @@ impl Weir {
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (child, base, admin) = launch(dir.path(), &args, &env, &log, &stdout);
+        let (child, base, admin) = launch(dir.path(), &args, &env, open_files, &log, &stdout);
         Weir {
             child,
             base,
@@ -71,6 +88,7 @@ impl Weir {
             stdout,
             args,
             env,
+            open_files,
         }
     }
 
@@ -90,7 +108,14 @@ impl Weir {
     pub fn restart(&mut self) {
         assert!(self.child.try_wait().unwrap().is_some(), "restart a stopped weir only");
         self.stderr.lock().unwrap().push_str("--- restart ---\n");
-        let (child, base, admin) = launch(self.dir.path(), &self.args, &self.env, &self.stderr, &self.stdout);
+        let (child, base, admin) = launch(
+            self.dir.path(),
+            &self.args,
+            &self.env,
+            self.open_files,
+            &self.stderr,
+            &self.stdout,
+        );
         self.child = child;
         self.base = base;
         self.admin = admin;
@@ -156,10 +181,26 @@ fn launch(
     dir: &Path,
     args: &[String],
     env: &[(String, String)],
+    open_files: Option<u64>,
     log: &Arc<Mutex<String>>,
     output: &Arc<Mutex<String>>,
 ) -> (Child, String, String) {
-    let mut child = Command::new(weir_binary())
+    let mut command = Command::new(weir_binary());
+    if let Some(limit) = open_files {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+    }
+    let mut child = command
         .arg("serve")
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))

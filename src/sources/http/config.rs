@@ -1,6 +1,7 @@
 //! The HTTP source's configuration: walkerOS's express source settings (`port`, `paths`,
 //! `maxBatchSize`, `cors`, `async`) plus weir's (`listen`, `ack`, `ackTimeout`,
-//! `maxBodyBytes`, `bearerToken`, `trustProxy`), and walkerOS's source-level `ingest`.
+//! `maxBodyBytes`, `bearerToken`, `trustProxy`, and the connection limits of
+//! [`ConnectionLimits`]), and walkerOS's source-level `ingest`.
 //!
 //! Everything a misconfiguration would only reveal at start-up (or never) is checked here,
 //! so `weir validate` catches it: paths that clash or that the router cannot take, listen
@@ -26,6 +27,45 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
 /// How long a request waits for its events' delivery before it is answered 202.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one listener lets a client hold, so that slow, idle or oversized clients cannot
+/// exhaust the process (`settings.headerTimeout` and its neighbours). Listeners without an
+/// HTTP source (an SSE hub's or the admin listener of its own) use the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a connection's first byte of a request (or from its accept) to the end of that
+    /// request's headers (slowloris). Node's is 60 s; 10 s is ample for a head.
+    pub header_timeout: Duration,
+    /// To read a request body whole once its headers are in (answered 408 after it).
+    pub body_timeout: Duration,
+    /// How long a connection may wait for its next request. Longer than the 60 s idle
+    /// timeout of the common load balancers, so that they, not weir, close idle
+    /// connections (a backend closing first makes them answer 502 now and then).
+    pub keep_alive_timeout: Duration,
+    /// Request line and headers together (431 beyond), as Node's `maxHeaderSize`.
+    pub max_header_bytes: usize,
+    /// Header lines (431 beyond), hyper's default.
+    pub max_headers: usize,
+    /// Connections open at once; beyond it a new one is answered 503 and closed. Lowered
+    /// at start to what the process's file limit allows.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(75),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// The smallest `maxHeaderBytes` (hyper reads in buffers of at least this many bytes).
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// When a request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +115,13 @@ struct Settings {
     /// weir: also serve `/metrics` here (it is on the admin listener; a public ingest port
     /// shows no internals unless asked).
     metrics: Option<bool>,
+    /// weir: connection limits ([`ConnectionLimits`]); milliseconds, bytes, counts.
+    header_timeout: Option<u64>,
+    body_timeout: Option<u64>,
+    keep_alive_timeout: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_connections: Option<usize>,
     /// Settings of older express sources that walkerOS's own example flows still carry
     /// (4.4 ignores them): weir always answers `/health` and `/ready`.
     #[serde(rename = "healthCheck")]
@@ -136,6 +183,8 @@ pub struct HttpSourceConfig {
     pub metrics: bool,
     /// HTTPS on this source's listener (`settings.tls`).
     pub tls: Option<typed::TlsServer>,
+    /// What a connection to this source's listener may hold.
+    pub limits: ConnectionLimits,
 }
 
 impl HttpSourceConfig {
@@ -157,6 +206,7 @@ impl HttpSourceConfig {
             errors,
         )?;
         let (get_ack, post_ack, ack_origin) = ack_modes(config_map, path, errors);
+        let limits = connection_limits(&settings, &settings_path, errors);
         let mut ack_timeout = DEFAULT_ACK_TIMEOUT;
         let mut ingest = None;
         for (key, value) in config_map {
@@ -228,7 +278,50 @@ impl HttpSourceConfig {
                 .tls
                 .as_ref()
                 .and_then(|tls| typed::TlsServer::parse(tls, &join(&settings_path, "tls"), errors)),
+            limits,
         })
+    }
+}
+
+/// The connection limits `settings` sets, over the defaults.
+fn connection_limits(settings: &Settings, settings_path: &str, errors: &mut ConfigErrors) -> ConnectionLimits {
+    let defaults = ConnectionLimits::default();
+    let mut at_least = |key: &str, value: Option<usize>, least: usize, default: usize, unit: &str| match value {
+        Some(value) if value < least => {
+            errors.push(join(settings_path, key), format!("must be at least {least}{unit}"));
+            default
+        }
+        Some(value) => value,
+        None => default,
+    };
+    let mut timeout = |key: &str, value: Option<u64>, default: Duration| {
+        let ms = value.map(|ms| usize::try_from(ms).unwrap_or(usize::MAX));
+        let default = usize::try_from(default.as_millis()).unwrap_or(usize::MAX);
+        Duration::from_millis(at_least(key, ms, 1, default, " ms") as u64)
+    };
+    ConnectionLimits {
+        header_timeout: timeout("headerTimeout", settings.header_timeout, defaults.header_timeout),
+        body_timeout: timeout("bodyTimeout", settings.body_timeout, defaults.body_timeout),
+        keep_alive_timeout: timeout(
+            "keepAliveTimeout",
+            settings.keep_alive_timeout,
+            defaults.keep_alive_timeout,
+        ),
+        max_header_bytes: at_least(
+            "maxHeaderBytes",
+            settings.max_header_bytes,
+            MIN_HEADER_BYTES,
+            defaults.max_header_bytes,
+            " bytes",
+        ),
+        max_headers: at_least("maxHeaders", settings.max_headers, 1, defaults.max_headers, ""),
+        max_connections: at_least(
+            "maxConnections",
+            settings.max_connections,
+            1,
+            defaults.max_connections,
+            "",
+        ),
     }
 }
 
@@ -378,6 +471,42 @@ mod tests {
         let mut errors = ConfigErrors::default();
         let parsed = HttpSourceConfig::from_step("http", &config, "sources.http.config", &mut errors);
         (parsed, errors.to_string())
+    }
+
+    #[test]
+    fn connection_limits_default_and_name_what_is_wrong() {
+        let (parsed, errors) = check(json!({}));
+        assert_eq!(errors, "");
+        assert_eq!(parsed.unwrap().limits, ConnectionLimits::default());
+        let (parsed, errors) = check(json!({"settings": {
+            "headerTimeout": 2000, "bodyTimeout": 5000, "keepAliveTimeout": 120000,
+            "maxHeaderBytes": 32768, "maxHeaders": 50, "maxConnections": 100
+        }}));
+        assert_eq!(errors, "");
+        assert_eq!(
+            parsed.unwrap().limits,
+            ConnectionLimits {
+                header_timeout: Duration::from_secs(2),
+                body_timeout: Duration::from_secs(5),
+                keep_alive_timeout: Duration::from_secs(120),
+                max_header_bytes: 32768,
+                max_headers: 50,
+                max_connections: 100,
+            }
+        );
+        let (_, errors) = check(json!({"settings": {"maxHeaderBytes": 4096, "maxConnections": 0, "headerTimeout": 0}}));
+        assert!(
+            errors.contains("sources.http.config.settings.maxHeaderBytes: must be at least 8192 bytes"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("sources.http.config.settings.maxConnections: must be at least 1"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("sources.http.config.settings.headerTimeout: must be at least 1 ms"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -34,7 +35,9 @@ use serde_json::{Value, json};
 mod config;
 mod request;
 
-pub use config::{AckMode, DEFAULT_LISTEN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, HttpSourceConfig};
+pub use config::{
+    AckMode, ConnectionLimits, DEFAULT_LISTEN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, HttpSourceConfig,
+};
 
 use super::cors::Cors;
 use super::query::parse_query;
@@ -402,8 +405,10 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, Response> {
     }
 }
 
-/// Reads the body within `limit` bytes, inflating gzip/deflate bodies (also within `limit`).
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+/// Reads the body within `limit` bytes and `timeout`, inflating gzip/deflate bodies (also
+/// within `limit`). A chunked body is counted as it arrives: one larger than `limit` is
+/// refused at the limit, never read whole.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
     let too_large = || {
         body_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -430,10 +435,22 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             &format!("unsupported content encoding \"{encoding}\""),
         ));
     }
-    let raw = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-        Err(_) => return Err(body_error(StatusCode::BAD_REQUEST, "request aborted")),
+    let collected = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await;
+    let raw = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(too_large());
+        }
+        Ok(Err(_)) => return Err(body_error(StatusCode::BAD_REQUEST, "request aborted")),
+        Err(_) => {
+            return Err(body_error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "request body not received within {} ms (bodyTimeout)",
+                    timeout.as_millis()
+                ),
+            ));
+        }
     };
     let inflate = |reader: &mut dyn Read| -> Result<Bytes, Response> {
         let mut out = Vec::new();
@@ -557,7 +574,8 @@ async fn post_events(State(source): State<Arc<HttpSource>>, request: Request) ->
         Ok(kind) => kind,
         Err(response) => return reject("content_type", response),
     };
-    let bytes = match read_body(body, headers, source.config.max_body_bytes).await {
+    let limits = &source.config.limits;
+    let bytes = match read_body(body, headers, source.config.max_body_bytes, limits.body_timeout).await {
         Ok(bytes) => bytes,
         Err(response) => return reject("body", response),
     };
