@@ -10,13 +10,15 @@ say() { printf '\n== %s\n' "$*"; }
 say "tools"
 # Debian packages beyond the Rust toolchain: C and C++ compilers (mimalloc, ring, libFuzzer)
 # and the real servers the tests start on loopback ports (redis-server, redis-cli), and the
-# headless browser the SSE test opens an EventSource in (chromium).
+# headless browser the SSE test opens an EventSource in (chromium), and the TLS terminator the
+# Kafka TLS test puts in front of the broker (stunnel4).
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v stunnel >/dev/null 2>&1 || missing+=(stunnel4)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

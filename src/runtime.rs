@@ -212,17 +212,26 @@ impl Runtime {
     /// Every destination connected and checked and the journal taking appends; otherwise
     /// the first problem.
     pub fn readiness(&self) -> Result<(), String> {
+        self.readiness_with_error().map_err(|(reason, _)| reason)
+    }
+
+    /// [`Runtime::readiness`], with the last error of the destination it names as not
+    /// connected (why it could not connect), if it tried.
+    pub fn readiness_with_error(&self) -> Result<(), (String, Option<String>)> {
         if let Some(journal) = self.journal.get() {
             if let Some(reason) = journal.fatal_reason() {
-                return Err(format!("the journal stopped: {reason}"));
+                return Err((format!("the journal stopped: {reason}"), None));
             }
             if journal.is_full() {
-                return Err("the journal is full".to_owned());
+                return Err(("the journal is full".to_owned(), None));
             }
         }
         match self.current.load().routes.iter().find(|route| !route.is_ready()) {
             None => Ok(()),
-            Some(route) => Err(format!("destination \"{}\" is not connected", route.id())),
+            Some(route) => Err((
+                format!("destination \"{}\" is not connected", route.id()),
+                route.health().last_error.map(|(_, error)| error),
+            )),
         }
     }
 

@@ -482,12 +482,15 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(runtime): State<Arc<Runtime>>) -> Response {
-    match runtime.readiness() {
+    match runtime.readiness_with_error() {
         Ok(()) => json_response(StatusCode::OK, "{\"status\":\"ready\"}".into()),
-        Err(reason) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "not_ready", "reason": reason}).to_string(),
-        ),
+        Err((reason, error)) => {
+            let mut body = serde_json::json!({"status": "not_ready", "reason": reason});
+            if let Some(error) = error {
+                body["error"] = error.into();
+            }
+            json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+        }
     }
 }
 

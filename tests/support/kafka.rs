@@ -77,6 +77,19 @@ pub struct KafkaBroker {
     extra: Vec<String>,
     /// SASL for the test's own clients: (mechanism, username, password).
     pub sasl: Option<(String, String, String)>,
+    /// TLS in front of it, if started with [`KafkaBroker::start_tls`].
+    tls: Option<Terminator>,
+}
+
+/// TLS in front of a broker: stunnel (Debian's `stunnel4`, installed by scripts/test.sh) on a
+/// port of its own, requiring a client certificate of the test's CA. tansu advertises that
+/// port, so every connection a client makes after the bootstrap goes through it too.
+struct Terminator {
+    child: Option<Child>,
+    port: u16,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 impl KafkaBroker {
@@ -88,6 +101,61 @@ impl KafkaBroker {
     /// A memory broker on a given port.
     pub fn start_on(port: u16) -> KafkaBroker {
         KafkaBroker::launch_new(port, |_| "memory://tansu/".to_owned(), &[])
+    }
+
+    /// A broker reached only over TLS with a client certificate of `pki`'s CA, through
+    /// stunnel on [`KafkaBroker::bootstrap`]; tansu itself listens on a loopback port that
+    /// only stunnel uses. It stores in SQLite, so that users and topics survive
+    /// [`KafkaBroker::restart_with_authentication`].
+    pub fn start_tls(pki: &super::pki::Pki) -> KafkaBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = KafkaBroker {
+            child: None,
+            port: free_port(),
+            storage: "sqlite://tansu.db".to_owned(),
+            dir,
+            extra: Vec::new(),
+            sasl: None,
+            tls: Some(Terminator {
+                child: None,
+                port: free_port(),
+                ca: pki.ca.clone(),
+                client_cert: pki.client_cert.clone(),
+                client_key: pki.client_key.clone(),
+            }),
+        };
+        let config = format!(
+            "foreground = yes\npid =\ndebug = notice\noutput = {dir}/stunnel.log\n[kafka]\naccept = 127.0.0.1:{tls}\n\
+             connect = 127.0.0.1:{plain}\ncert = {cert}\nkey = {key}\nCAfile = {ca}\nrequireCert = yes\nverifyChain = yes\n",
+            dir = broker.dir.path().display(),
+            tls = broker.tls.as_ref().unwrap().port,
+            plain = broker.port,
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            ca = pki.ca.display(),
+        );
+        std::fs::write(broker.dir.path().join("stunnel.conf"), config).unwrap();
+        broker.launch();
+        let child = Command::new("stunnel")
+            .arg(broker.dir.path().join("stunnel.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run stunnel (scripts/test.sh installs Debian's stunnel4)");
+        let tls = broker.tls.as_mut().unwrap();
+        tls.child = Some(child);
+        let port = tls.port;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "stunnel did not listen on {port}:\n{}",
+                std::fs::read_to_string(broker.dir.path().join("stunnel.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
     }
 
     /// A broker storing in SQLite in its directory: data and offsets survive a restart.
@@ -105,6 +173,7 @@ impl KafkaBroker {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             sasl: None,
+            tls: None,
         };
         broker.launch();
         broker
@@ -112,9 +181,19 @@ impl KafkaBroker {
 
     fn launch(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!(
+            "tcp://127.0.0.1:{}",
+            self.tls.as_ref().map_or(self.port, |tls| tls.port)
+        );
         let log = std::fs::File::create(self.dir.path().join("tansu.log")).unwrap();
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .args(["--storage-engine", &self.storage])
             .args(&self.extra)
             .current_dir(self.dir.path())
@@ -139,8 +218,14 @@ impl KafkaBroker {
         panic!("tansu on port {} did not listen:\n{}", self.port, self.log());
     }
 
+    /// Where clients bootstrap: the broker, or with TLS, stunnel in front of it.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.tls.as_ref().map_or(self.port, |tls| tls.port))
+    }
+
+    /// What stunnel logged (handshakes refused, clients without certificates).
+    pub fn tls_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stunnel.log")).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {
@@ -177,7 +262,7 @@ impl KafkaBroker {
             other => panic!("tansu has no {other} users"),
         };
         let output = Command::new(tansu_binary())
-            .args(["user", "create", "--broker", &format!("tcp://{}", self.bootstrap())])
+            .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
             .args(["--mechanism", mechanism, user, password])
             .output()
             .unwrap();
@@ -193,6 +278,14 @@ impl KafkaBroker {
                 .set("sasl.mechanism", mechanism)
                 .set("sasl.username", user)
                 .set("sasl.password", password);
+        }
+        if let Some(tls) = &self.tls {
+            let protocol = if self.sasl.is_some() { "sasl_ssl" } else { "ssl" };
+            config
+                .set("security.protocol", protocol)
+                .set("ssl.ca.location", tls.ca.display().to_string())
+                .set("ssl.certificate.location", tls.client_cert.display().to_string())
+                .set("ssl.key.location", tls.client_key.display().to_string());
         }
         config
     }
@@ -295,5 +388,9 @@ impl KafkaBroker {
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         self.kill();
+        if let Some(mut child) = self.tls.as_mut().and_then(|tls| tls.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -311,6 +311,7 @@ pub fn client() -> reqwest::blocking::Client {
 }
 
 pub mod kafka;
+pub mod pki;
 pub mod recorder;
 pub mod redis;
 

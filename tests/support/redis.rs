@@ -200,27 +200,8 @@ impl Drop for RedisServer {
 
 /// A CA and a server certificate for 127.0.0.1, written as PEM files into `dir`.
 pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "weir test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let mut server_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    server_params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let server = server_params.signed_by(&server_key, &issuer).unwrap();
-    let ca_file = dir.join("ca.pem");
-    let cert_file = dir.join("server.pem");
-    let key_file = dir.join("server.key");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    std::fs::write(&cert_file, server.pem()).unwrap();
-    std::fs::write(&key_file, server_key.serialize_pem()).unwrap();
-    (ca_file, cert_file, key_file)
+    let pki = super::pki::Pki::make(dir, "weir test CA");
+    (pki.ca, pki.server_cert, pki.server_key)
 }
 
 /// Three redis-server masters joined into a cluster on loopback ports.

@@ -56,6 +56,8 @@ pub enum KafkaFailure {
     Canceled,
     #[error("Kafka client: {0}")]
     Client(KafkaError),
+    #[error("cannot reach the Kafka cluster: {error}; the last broker error: {cause}")]
+    Unreachable { error: KafkaError, cause: String },
     #[error("not connected to Kafka yet")]
     NotConnected,
 }
@@ -66,6 +68,10 @@ pub enum KafkaFailure {
 struct KafkaContext {
     topic: String,
     brokers: String,
+    /// The last broker connection error librdkafka reported (an SSL handshake that failed,
+    /// an authentication refused): a failed metadata request says only "timed out", this
+    /// says why.
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl ClientContext for KafkaContext {
@@ -86,6 +92,10 @@ impl ClientContext for KafkaContext {
         // Broker connection trouble: librdkafka reconnects and retries by itself; the
         // messages it cannot deliver in time come back through their delivery reports.
         tracing::warn!(target: "weir::kafka", error = %error, "{reason}");
+        // "1/1 brokers are down" sums up the errors before it; it does not replace them.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.to_owned());
+        }
     }
 
     /// Every `statistics.interval.ms` (5 s): the producer's queue, and per broker whether it
@@ -196,6 +206,7 @@ impl KafkaDestination {
         KafkaContext {
             topic: self.settings.topic.clone(),
             brokers: self.brokers(),
+            last_error: Arc::default(),
         }
     }
 
@@ -310,12 +321,18 @@ impl Destination for KafkaDestination {
         let topic = self.settings.topic.clone();
         let brokers = self.brokers();
         // Creating the client and asking for metadata block: off the async threads.
+        let last_error = context.last_error.clone();
         let producer = tokio::task::spawn_blocking(move || -> Result<Client, KafkaFailure> {
             let producer: Client = client.create_with_context(context).map_err(KafkaFailure::Client)?;
             let metadata = producer
                 .client()
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(KafkaFailure::Client)?;
+                .map_err(|error| {
+                    match last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+                        Some(cause) => KafkaFailure::Unreachable { error, cause },
+                        None => KafkaFailure::Client(error),
+                    }
+                })?;
             let known = metadata
                 .topics()
                 .iter()
@@ -464,7 +481,9 @@ impl Destination for KafkaDestination {
         let error = match failure {
             KafkaFailure::UnknownTopic { .. } => return ErrorClass::Fatal,
             KafkaFailure::Canceled | KafkaFailure::NotConnected => return ErrorClass::Retryable,
-            KafkaFailure::Produce { error, .. } | KafkaFailure::Client(error) => error,
+            KafkaFailure::Produce { error, .. }
+            | KafkaFailure::Client(error)
+            | KafkaFailure::Unreachable { error, .. } => error,
         };
         match error.rdkafka_error_code() {
             Some(

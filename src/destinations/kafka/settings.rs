@@ -552,6 +552,12 @@ fn tls_settings(client: &mut ClientConfig, ssl: Option<&Value>, path: &str, erro
                     client.set("ssl.key.password", passphrase);
                 }
                 if options.reject_unauthorized == Some(false) {
+                    // Accepted, as kafkajs does, but never silently: Node itself warns when
+                    // certificate checks are off.
+                    errors.warn(
+                        join(&ssl_path, "rejectUnauthorized"),
+                        "false: the broker's certificate is not verified, so anyone between weir and the broker can read and change what weir sends; set `ca` to the broker's CA instead",
+                    );
                     client.set("enable.ssl.certificate.verification", "false");
                 }
             }
