@@ -203,10 +203,10 @@ fn launch(
     let mut child = command
         .arg("serve")
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
