@@ -280,6 +280,17 @@ fn idle_connections(address: SocketAddr, processes: usize, each: usize, per_tick
 #[test]
 fn twenty_thousand_idle_connections_meet_the_cap() {
     let _alone = alone();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct given, alive for the call.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    assert!(
+        limit.rlim_max >= 11_000,
+        "weir needs 10 000 connections and 768 files more here, and each helper 10 000: raise `ulimit -Hn` to 11 000 at least (it is {})",
+        limit.rlim_max
+    );
     let weir = Weir::start(&flow(json!({})));
     let pid = weir.child.id();
     let baseline = rss_bytes(pid);

@@ -261,7 +261,7 @@ fn the_status_page_in_headless_chromium() {
     use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
     use headless_chrome::{Browser, LaunchOptions};
 
-    let chromium = std::path::PathBuf::from("/usr/bin/chromium");
+    let chromium = std::path::PathBuf::from(support::CHROMIUM);
     assert!(
         chromium.exists(),
         "{} is missing: scripts/test.sh installs it (Debian package chromium)",

@@ -361,11 +361,6 @@ fn the_shipped_example_runs_two_instances_on_one_host() {
 /// through weir's collect path, and shows the message that came back.
 #[test]
 fn a_browser_subscribes_with_the_sdk_key_as_a_query_parameter() {
-    let chromium = "/usr/bin/chromium";
-    assert!(
-        std::path::Path::new(chromium).exists(),
-        "{chromium} is missing: scripts/test.sh installs it (Debian package chromium)"
-    );
     let server = RedisServer::start();
     let weir = instance(&server, "host-a", json!({}));
     let page = weir.dir.path().join("page.html");
@@ -391,31 +386,12 @@ source.onmessage = (event) => {{
         ),
     )
     .unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let (dom, stderr) = support::chromium_dump_dom(&page);
     let entries = server.xrange("stream:optimizely-sync-web");
     assert_eq!(entries.len(), 1, "the browser's POST reached Agent's stream: {dom}");
     assert!(
         dom.contains(&format!(r#"<li id="received">{} from-chromium</li>"#, entries[0].0)),
-        "{dom}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        "{dom}\n{stderr}"
     );
 }
 

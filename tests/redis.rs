@@ -237,16 +237,7 @@ fn audit_signed_entries_carry_caracal_s_sig_over_data() {
     assert_eq!(names, ["id", "data", "sig"]);
     let data = fields[1].1;
     assert_eq!(serde_json::from_str::<Value>(data).unwrap()["zone_id"], "z1");
-    let expected = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import hmac,hashlib,sys; print(hmac.new(bytes.fromhex(sys.argv[1]), sys.argv[2].encode(), hashlib.sha256).hexdigest())",
-            &key,
-            data,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(fields[2].1, String::from_utf8(expected.stdout).unwrap().trim());
+    assert_eq!(fields[2].1, support::python_hmac(&key, data));
     // An event whose entry has no `data` field cannot be audit-signed: dead-lettered, with
     // the field named in the answer.
     let weir = serve_with_redis(

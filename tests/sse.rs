@@ -452,11 +452,6 @@ fn raise_open_files_limit(wanted: u64) {
 /// collect path itself, and shows what arrived (scripts/test.sh installs Debian's chromium).
 #[test]
 fn a_browser_receives_events_through_event_source() {
-    let chromium = "/usr/bin/chromium";
-    assert!(
-        std::path::Path::new(chromium).exists(),
-        "{chromium} is missing: scripts/test.sh installs it (Debian package chromium)"
-    );
     let server = RedisServer::start();
     let weir = hub(&server, json!({}));
     let page = weir.dir.path().join("page.html");
@@ -483,30 +478,11 @@ source.addEventListener('browser check', (event) => {{
         ),
     )
     .unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let (dom, stderr) = support::chromium_dump_dom(&page);
     let ids = stream_ids(&server);
     assert_eq!(ids.len(), 1, "the browser's POST reached the stream: {dom}");
     assert!(
         dom.contains(&format!(r#"<li id="received">{} chromium</li>"#, ids[0])),
-        "{dom}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        "{dom}\n{stderr}"
     );
 }

@@ -408,16 +408,7 @@ fn dead_letters_list_replay_and_purge() {
     let fields = &entries[2].1;
     let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["id", "data", "sig"]);
-    let expected = Command::new("python3")
-        .args([
-            "-c",
-            "import hmac,hashlib,sys; print(hmac.new(bytes.fromhex(sys.argv[1]), sys.argv[2].encode(), hashlib.sha256).hexdigest())",
-            &audit_key,
-            "{\"id\":\"a-1\"}",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(fields[2].1, String::from_utf8(expected.stdout).unwrap().trim());
+    assert_eq!(fields[2].1, support::python_hmac(&audit_key, "{\"id\":\"a-1\"}"));
 
     // Purge asks first; the foreign entry stays either way.
     dead_letter(&server, "max_deliveries", "1-3", &["event", "{}"]);

@@ -21,20 +21,14 @@ use serde_json::{Map, Value};
 use crate::config::typed::{self, Secret};
 use crate::config::{ConfigErrors, join};
 
-/// The connection keys of a Redis settings block; the other keys belong to its user.
-pub const CONNECTION_KEYS: [&str; 10] = [
-    "url",
-    "options",
-    "cluster",
-    "passwordFile",
-    // Optimizely Agent's.
-    "host",
-    "database",
-    "auth_token",
-    "redis_secret",
-    "password",
-    "connection_timeout",
-];
+/// weir's own connection keys of a Redis settings block.
+const WEIR_KEYS: [&str; 4] = ["url", "options", "cluster", "passwordFile"];
+
+/// Whether `key` of a Redis settings block is a connection key (weir's or Optimizely
+/// Agent's); the other keys belong to its user.
+pub fn is_connection_key(key: &str) -> bool {
+    WEIR_KEYS.contains(&key) || AGENT_KEYS.contains(&key)
+}
 
 /// Optimizely Agent's connection keys (`synchronization.pubsub.redis`).
 const AGENT_KEYS: [&str; 6] = [
@@ -210,7 +204,7 @@ pub fn without_connection_keys(settings: &Value) -> Value {
     };
     let rest: Map<String, Value> = settings
         .iter()
-        .filter(|(key, _)| !CONNECTION_KEYS.contains(&key.as_str()))
+        .filter(|(key, _)| !is_connection_key(key))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     Value::Object(rest)
@@ -220,13 +214,13 @@ pub fn without_connection_keys(settings: &Value) -> Value {
 /// `own`: for users whose own keys are too few to be worth a typed struct.
 pub fn report_unknown_keys(block: &Value, own: &[&str], path: &str, errors: &mut ConfigErrors) {
     for key in block.as_object().into_iter().flatten().map(|(key, _)| key) {
-        if !CONNECTION_KEYS.contains(&key.as_str()) && !own.contains(&key.as_str()) {
+        if !is_connection_key(key) && !own.contains(&key.as_str()) {
             errors.push(join(path, key), "unknown key");
         }
     }
 }
 
-/// Parses the connection keys of a Redis settings block at `path` ([`CONNECTION_KEYS`]; the
+/// Parses the connection keys of a Redis settings block at `path` ([`is_connection_key`]; the
 /// others are left to the block's user); `env` looks up environment variables.
 pub fn parse_connection(
     value: &Value,
@@ -238,7 +232,7 @@ pub fn parse_connection(
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(key, _)| CONNECTION_KEYS.contains(&key.as_str()))
+        .filter(|(key, _)| is_connection_key(key))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     if let Some(options) = agent_options(&keys, path, errors) {

@@ -302,6 +302,56 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// HMAC-SHA256 of `data` under the hex `key`, in hex, as Python's standard library computes
+/// it: an implementation independent of weir's, for checking its signatures.
+pub fn python_hmac(key_hex: &str, data: &str) -> String {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(bytes.fromhex(sys.argv[1]), sys.argv[2].encode(), hashlib.sha256).hexdigest())",
+            key_hex,
+            data,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Debian's chromium, which scripts/test.sh installs.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Opens `page` in headless Chromium, lets its scripts run (10 s of virtual time) and returns
+/// the DOM it ends with, and what Chromium said on standard error.
+pub fn chromium_dump_dom(page: &Path) -> (String, String) {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: scripts/test.sh installs it (Debian package chromium)"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A blocking HTTP client for the tests.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
