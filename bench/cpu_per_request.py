@@ -57,10 +57,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5)
     args = parser.parse_args()
+    # The servers run in a scratch directory: the binaries as given from here.
+    args.before, args.after = os.path.abspath(args.before), os.path.abspath(args.after)
     figures = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as workdir:
         for round_ in range(args.rounds):
-            for name in ("before", "after"):
+            # Each round in the other order, so that neither always runs first.
+            for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
                 rps, cpu = measure(getattr(args, name), args.duration, Path(workdir))
                 figures[name].append((rps, cpu))
                 print(f"round {round_ + 1} {name}: {rps:,.0f} req/s, {cpu:.1f} µs CPU a request", flush=True)

@@ -216,7 +216,7 @@ impl Runtime {
     }
 
     /// [`Runtime::readiness`], with the last error of the destination it names as not
-    /// connected (why it could not connect), if it tried.
+    /// connected (why it could not connect), if it tried since it was last up.
     pub fn readiness_with_error(&self) -> Result<(), (String, Option<String>)> {
         if let Some(journal) = self.journal.get() {
             if let Some(reason) = journal.fatal_reason() {
@@ -228,10 +228,16 @@ impl Runtime {
         }
         match self.current.load().routes.iter().find(|route| !route.is_ready()) {
             None => Ok(()),
-            Some(route) => Err((
-                format!("destination \"{}\" is not connected", route.id()),
-                route.health().last_error.map(|(_, error)| error),
-            )),
+            Some(route) => {
+                // The last error, if it came after the destination last changed state (an
+                // error from before a recovery is not why it is down now).
+                let health = route.health();
+                let error = health
+                    .last_error
+                    .filter(|(at, _)| health.since.is_none_or(|since| *at >= since))
+                    .map(|(_, error)| error);
+                Err((format!("destination \"{}\" is not connected", route.id()), error))
+            }
         }
     }
 

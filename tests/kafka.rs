@@ -416,10 +416,11 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         "{}",
         weir.log()
     );
-    // /readyz names the destination and, once its first attempt failed (a metadata request
-    // waits 10 s), says why: librdkafka's own words on the handshake.
+    // /readyz names the destination and, on the admin listener, once its first attempt
+    // failed (a metadata request waits 10 s), says why: librdkafka's own words on the
+    // handshake. The public port does not show them.
     let readyz = || -> Value {
-        let ready = client().get(weir.url("/readyz")).send().unwrap();
+        let ready = client().get(weir.admin_url("/readyz")).send().unwrap();
         assert_eq!(ready.status(), 503);
         ready.json().unwrap()
     };
@@ -432,6 +433,11 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         readyz()
     );
     eprintln!("/readyz with the wrong CA: {}", readyz());
+    let public: Value = client().get(weir.url("/readyz")).send().unwrap().json().unwrap();
+    assert_eq!(
+        public,
+        json!({"status": "not_ready", "reason": "destination \"kafka\" is not connected"})
+    );
     assert!(
         !weir
             .metrics()
@@ -475,7 +481,7 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
     assert_eq!(response.status(), 202, "not confirmed: {}", response.text().unwrap());
     assert!(
         eventually(Duration::from_secs(30), || {
-            let ready: Value = client().get(weir.url("/readyz")).send().unwrap().json().unwrap();
+            let ready: Value = client().get(weir.admin_url("/readyz")).send().unwrap().json().unwrap();
             ready["error"]
                 .as_str()
                 .is_some_and(|error| error.contains("SASL PLAIN mechanism handshake failed"))

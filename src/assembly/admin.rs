@@ -61,7 +61,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/tap", get(tap))
         .route_layer(axum::middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin.clone());
-    super::listeners::health_routes(admin.runtime.clone())
+    super::listeners::health_routes(admin.runtime.clone(), true)
         .merge(guarded)
         .fallback(super::listeners::not_found)
 }

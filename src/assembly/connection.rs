@@ -14,7 +14,8 @@
 //! `tokio::time::Sleep` per connection, reset lazily: one reset per request on the hot path.
 //!
 //! [`Gate`] caps a listener's open connections with a semaphore: beyond `maxConnections` a
-//! new connection gets a fixed 503 and is closed, so a flood of connections never runs the
+//! new connection gets a fixed 503 and is closed (gracefully, so that a client still sending
+//! its request reads the answer, not a reset), so a flood of connections never runs the
 //! process out of file descriptors ([`fit_to_file_limit`] lowers the caps to what the limit
 //! allows, after raising the soft limit to the hard one as servers do).
 
@@ -38,6 +39,11 @@ pub struct Activity {
     busy: AtomicBool,
     /// Responses finished; the reader starts the idle timer when it sees this change.
     answered: AtomicU64,
+    /// The reader, while it waits on a busy connection. hyper reads during a request (to see
+    /// a client hang up) and, once the response is out, does not read again by itself until
+    /// the socket says so: the end of a response wakes the reader so that it starts the idle
+    /// timer.
+    reader: futures_util::task::AtomicWaker,
 }
 
 impl Activity {
@@ -56,6 +62,7 @@ impl Drop for Answering {
     fn drop(&mut self) {
         self.0.answered.fetch_add(1, Ordering::Relaxed);
         self.0.busy.store(false, Ordering::Relaxed);
+        self.0.reader.wake();
     }
 }
 
@@ -164,6 +171,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.activity.busy.load(Ordering::Relaxed) {
+            this.activity.reader.register(cx.waker());
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
         let answered = this.activity.answered.load(Ordering::Relaxed);
@@ -241,6 +249,8 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 /// A listener's connection cap.
 pub struct Gate {
     open: Arc<Semaphore>,
+    /// Refused connections being answered and closed gracefully.
+    lingering: Arc<Semaphore>,
     meter: Meter,
     cap: usize,
     /// When the last "at its cap" warning was logged (seconds since `started`).
@@ -264,6 +274,7 @@ impl Gate {
     pub fn new(cap: usize, meter: Meter) -> Gate {
         Gate {
             open: Arc::new(Semaphore::new(cap)),
+            lingering: Arc::new(Semaphore::new(LINGERING)),
             meter,
             cap,
             warned: AtomicU64::new(u64::MAX),
@@ -277,40 +288,92 @@ impl Gate {
 
     /// Admits `stream`, or answers it 503 (on plain HTTP; a TLS client just sees the close)
     /// and closes it when the listener is at its cap.
-    pub fn admit(&self, stream: &tokio::net::TcpStream, tls: bool, address: &str) -> Option<Admitted> {
-        match self.open.clone().try_acquire_owned() {
+    pub fn admit(
+        &self,
+        stream: tokio::net::TcpStream,
+        tls: bool,
+        address: &str,
+    ) -> Option<(tokio::net::TcpStream, Admitted)> {
+        let Ok(permit) = self.open.clone().try_acquire_owned() else {
+            self.refuse(stream, tls, address);
+            return None;
+        };
+        self.meter.open.increment(1.0);
+        let admitted = Admitted {
+            _permit: permit,
+            meter: self.meter.clone(),
+        };
+        Some((stream, admitted))
+    }
+
+    fn refuse(&self, stream: tokio::net::TcpStream, tls: bool, address: &str) {
+        self.meter.refused.increment(1);
+        let now = self.started.elapsed().as_secs();
+        let last = self.warned.swap(now, Ordering::Relaxed);
+        if last == u64::MAX || now >= last + 10 {
+            tracing::warn!(
+                listener = %address,
+                max_connections = self.cap,
+                "listener at its maxConnections: new connections are answered 503 (weir_http_connections_closed_total{{reason=\"refused\"}})"
+            );
+        } else {
+            self.warned.store(last, Ordering::Relaxed);
+        }
+        if tls {
+            return;
+        }
+        match self.lingering.clone().try_acquire_owned() {
             Ok(permit) => {
-                self.meter.open.increment(1.0);
-                Some(Admitted {
-                    _permit: permit,
-                    meter: self.meter.clone(),
-                })
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    linger_refused(stream).await;
+                });
             }
+            // Too many refusals in flight: the answer goes out, the close may reset it.
             Err(_) => {
-                self.meter.refused.increment(1);
-                if !tls {
-                    // The socket is fresh: its send buffer takes the whole answer.
-                    let _ = stream.try_write(REFUSED);
-                }
-                let now = self.started.elapsed().as_secs();
-                let last = self.warned.swap(now, Ordering::Relaxed);
-                if last == u64::MAX || now >= last + 10 {
-                    tracing::warn!(
-                        listener = %address,
-                        max_connections = self.cap,
-                        "listener at its maxConnections: new connections are answered 503 (weir_http_connections_closed_total{{reason=\"refused\"}})"
-                    );
-                } else {
-                    self.warned.store(last, Ordering::Relaxed);
-                }
-                None
+                let _ = stream.try_write(REFUSED);
             }
         }
     }
 }
 
+/// Refusals answered at once, each holding its socket for up to twice [`LINGER`].
+const LINGERING: usize = 128;
+
+/// How long a refused connection is read from after its answer.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a refused connection 503 and closes it gracefully: its request head is read first
+/// (for at most [`LINGER`]: an answer that comes before the request confuses HTTP clients),
+/// then the answer goes out, then weir's side is closed, and whatever else the client sends
+/// is read and dropped until it closes, for at most [`LINGER`] more. Closing a socket with
+/// unread input resets the connection, and a client would see the reset, not the answer.
+async fn linger_refused(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 2048];
+    let _ = tokio::time::timeout(LINGER, async {
+        while memchr::memmem::find(&head, b"\r\n\r\n").is_none() && head.len() < 16 * 1024 {
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 {
+                break;
+            }
+            head.extend_from_slice(&buffer[..read]);
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await;
+    let _ = tokio::time::timeout(LINGER, async {
+        stream.write_all(REFUSED).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut buffer).await? > 0 {}
+        Ok::<(), io::Error>(())
+    })
+    .await;
+}
+
 /// File descriptors kept for everything that is not a listener's connection: Redis and
-/// Kafka connections, the journal's files, outgoing HTTP.
+/// Kafka connections, the journal's files, outgoing HTTP, refusals being answered.
 const RESERVED_FILES: usize = 512;
 
 /// Raises the soft limit on open files to the hard one, then lowers `caps` (each listener's

@@ -332,7 +332,7 @@ impl Listeners {
         let serves = listener.serves();
         let limits = Arc::new(listener.limits());
         let with_hangup = !listener.endpoints.is_empty();
-        let mut shared = health_routes(self.runtime.clone());
+        let mut shared = health_routes(self.runtime.clone(), false);
         if listener.source.as_ref().is_some_and(|config| config.metrics) {
             shared = shared.route("/metrics", get(metrics_text));
         }
@@ -459,8 +459,11 @@ pub struct Prepared {
 }
 
 /// `/healthz` and `/readyz` (and walkerOS's runner's `/health`, `/ready`, answered alike),
-/// on every listener.
-pub(super) fn health_routes<S>(runtime: Arc<Runtime>) -> Router<S> {
+/// on every listener. With `detailed` (the admin listener), a `/readyz` that is not ready
+/// also says why the destination it names could not connect (`error`): the error text of a
+/// client library names hosts and certificates, which a public port does not show.
+pub(super) fn health_routes<S>(runtime: Arc<Runtime>, detailed: bool) -> Router<S> {
+    let readyz = move |State(runtime): State<Arc<Runtime>>| readyz(runtime, detailed);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -481,12 +484,12 @@ async fn healthz() -> Response {
     json_response(StatusCode::OK, "{\"status\":\"ok\"}".into())
 }
 
-async fn readyz(State(runtime): State<Arc<Runtime>>) -> Response {
+async fn readyz(runtime: Arc<Runtime>, detailed: bool) -> Response {
     match runtime.readiness_with_error() {
         Ok(()) => json_response(StatusCode::OK, "{\"status\":\"ready\"}".into()),
         Err((reason, error)) => {
             let mut body = serde_json::json!({"status": "not_ready", "reason": reason});
-            if let Some(error) = error {
+            if let (true, Some(error)) = (detailed, error) {
                 body["error"] = error.into();
             }
             json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
@@ -534,7 +537,7 @@ async fn serve_http(
             },
             () = stop.cancelled() => break,
         };
-        let Some(admitted) = gate.admit(&stream, serving.load().tls.is_some(), &address) else {
+        let Some((stream, admitted)) = gate.admit(stream, serving.load().tls.is_some(), &address) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
