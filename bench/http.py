@@ -8,7 +8,12 @@ and drives both with wrk: single-event POSTs and 100-event batch POSTs. Rounds a
 between the two servers; every figure reported is the median over the rounds. Peak RSS is
 VmHWM of the server process at the end of a round.
 
+`--reference minimal` measures against the floor of weir's own stack instead:
+examples/minimal_http.rs (tokio + hyper's HTTP/1 + mimalloc, reads the body, answers 200,
+nothing else); `--ack journaled` answers once the events are on disk instead of delivered.
+
 Usage: bench/http.py [--rounds 3] [--duration 10] [--connections 64] [--no-reference]
+                     [--reference walkeros|minimal] [--ack delivered|journaled]
 Installs wrk (apt-get) and the reference's npm packages when missing.
 """
 
@@ -35,8 +40,8 @@ EVENT = {
 }
 
 
-def start_weir(port, workdir):
-    config = (ROOT / "bench/blackhole.toml").read_text()
+def start_weir(port, workdir, ack="delivered"):
+    config = (ROOT / "bench/blackhole.toml").read_text().replace('\nack = "delivered"', f'\nack = "{ack}"')
     flow = workdir / "flow.toml"
     flow.write_text(config)
     process = subprocess.Popen(
@@ -50,6 +55,15 @@ def start_weir(port, workdir):
 def start_reference(port):
     process = subprocess.Popen(
         ["node", "server.mjs", str(port)], cwd=ROOT / "bench/walkeros-reference",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return process
+
+
+def start_minimal(port):
+    process = subprocess.Popen(
+        [str(ROOT / "target/release/examples/minimal_http"), f"127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_port(port)
@@ -96,13 +110,19 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--reference", choices=["walkeros", "minimal"], default="walkeros")
+    parser.add_argument("--ack", choices=["delivered", "journaled"], default="delivered")
     args = parser.parse_args()
+    minimal = args.reference == "minimal"
+    reference_name = "minimal hyper server" if minimal else "walkerOS reference"
 
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if minimal:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "minimal_http"], cwd=ROOT, check=True)
     reference = not args.no_reference
-    if reference and not (ROOT / "bench/walkeros-reference/node_modules").exists():
+    if reference and not minimal and not (ROOT / "bench/walkeros-reference/node_modules").exists():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=ROOT / "bench/walkeros-reference", check=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,18 +134,18 @@ def main():
         for round_number in range(args.rounds):
             weir_dir = tmp / f"weir-{round_number}"
             weir_dir.mkdir()
-            weir_rounds.append(measure(lambda port: start_weir(port, weir_dir), args, tmp, bodies))
+            weir_rounds.append(measure(lambda port: start_weir(port, weir_dir, args.ack), args, tmp, bodies))
             print(f"round {round_number + 1} weir: {json.dumps(weir_rounds[-1])}", file=sys.stderr)
             if reference:
-                reference_rounds.append(measure(start_reference, args, tmp, bodies))
-                print(f"round {round_number + 1} walkerOS: {json.dumps(reference_rounds[-1])}", file=sys.stderr)
+                reference_rounds.append(measure(start_minimal if minimal else start_reference, args, tmp, bodies))
+                print(f"round {round_number + 1} {reference_name}: {json.dumps(reference_rounds[-1])}", file=sys.stderr)
 
     single_bytes = len(json.dumps(EVENT))
-    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rounds, medians; "
+    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rounds, medians, ack = {args.ack}; "
           f"event {single_bytes} B, batch 100 events; {os.cpu_count()} cores shared by client and server\n")
     print("| workload | server | req/s | events/s | p50 ms | p99 ms | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    servers = [("weir", weir_rounds)] + ([("walkerOS reference", reference_rounds)] if reference else [])
+    servers = [("weir", weir_rounds)] + ([(reference_name, reference_rounds)] if reference else [])
     for workload, events in [("single event", 1), ("100-event batch", 100)]:
         key = "single" if events == 1 else "batch"
         for name, rounds in servers:
@@ -135,7 +155,7 @@ def main():
     if reference:
         for workload, key in [("single event", "single"), ("100-event batch", "batch")]:
             ratio = median(weir_rounds, key, "rps") / median(reference_rounds, key, "rps")
-            print(f"\n{workload}: weir ÷ walkerOS = {ratio:.1f}× requests/s")
+            print(f"\n{workload}: weir ÷ {reference_name} = {ratio:.2f} (requests/s)")
 
 
 if __name__ == "__main__":
