@@ -24,7 +24,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -105,7 +104,6 @@ pub struct Hub {
     frames: broadcast::Sender<Arc<Frame>>,
     /// Frames the ring holds (`clientQueue`).
     capacity: usize,
-    clients: AtomicUsize,
     /// Cancelled when the hub stops (shutdown, or a reload retired it): every client's
     /// stream ends, and a client reconnects (with `Last-Event-ID`) to whoever serves the path
     /// then.
@@ -220,7 +218,6 @@ impl Destination for SseDestination {
                 replay,
                 frames,
                 capacity: queue,
-                clients: AtomicUsize::new(0),
                 closed: tokio_util::sync::CancellationToken::new(),
             }),
         })
@@ -440,8 +437,9 @@ struct ClientGuard(Arc<Hub>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        let now = self.0.clients.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("weir_sse_clients", "path" => self.0.path.clone()).set(now as f64);
+        // Counted up and down, never set: two clients connecting at once would set the
+        // gauge from values read in either order.
+        metrics::gauge!("weir_sse_clients", "path" => self.0.path.clone()).decrement(1.0);
     }
 }
 
@@ -578,8 +576,7 @@ async fn events(
             }
         }
     }
-    let connected = hub.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    metrics::gauge!("weir_sse_clients", "path" => hub.path.clone()).set(connected as f64);
+    metrics::gauge!("weir_sse_clients", "path" => hub.path.clone()).increment(1.0);
     let guard = ClientGuard(hub.clone());
     // The client's own bounded queue, filled by a forwarder that never waits on the client's
     // socket: when the queue is full the client is too slow, and it is cut off right then
