@@ -10,10 +10,14 @@ VmHWM of the server process at the end of a round.
 
 `--reference minimal` measures against the floor of weir's own stack instead:
 examples/minimal_http.rs (tokio + hyper's HTTP/1 + mimalloc, reads the body, answers 200,
-nothing else); `--ack journaled` answers once the events are on disk instead of delivered.
+nothing else); `--reference durable` against the same server writing each body to a file
+with group-committed fdatasync and parsing it as JSON before answering (`--durable FILE
+--parse`): the floor of any server whose 200 means the events are on disk. Several
+references may be given (`--reference minimal durable`). `--ack journaled` answers once the
+events are on disk instead of delivered.
 
 Usage: bench/http.py [--rounds 3] [--duration 10] [--connections 64] [--no-reference]
-                     [--reference walkeros|minimal] [--ack delivered|journaled]
+                     [--reference walkeros|minimal|durable ...] [--ack delivered|journaled]
 Installs wrk (apt-get) and the reference's npm packages when missing.
 """
 
@@ -61,13 +65,20 @@ def start_reference(port):
     return process
 
 
-def start_minimal(port):
+def start_minimal(port, *options):
     process = subprocess.Popen(
-        [str(ROOT / "target/release/examples/minimal_http"), f"127.0.0.1:{port}"],
+        [str(ROOT / "target/release/examples/minimal_http"), f"127.0.0.1:{port}", *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_port(port)
     return process
+
+
+REFERENCES = {
+    "walkeros": "walkerOS reference",
+    "minimal": "minimal hyper server",
+    "durable": "minimal + fdatasync + JSON parse",
+}
 
 
 def stop(process):
@@ -110,19 +121,17 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--no-reference", action="store_true")
-    parser.add_argument("--reference", choices=["walkeros", "minimal"], default="walkeros")
+    parser.add_argument("--reference", choices=list(REFERENCES), nargs="+", default=["walkeros"])
     parser.add_argument("--ack", choices=["delivered", "journaled"], default="delivered")
     args = parser.parse_args()
-    minimal = args.reference == "minimal"
-    reference_name = "minimal hyper server" if minimal else "walkerOS reference"
+    references = [] if args.no_reference else args.reference
 
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    if minimal:
+    if {"minimal", "durable"} & set(references):
         subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "minimal_http"], cwd=ROOT, check=True)
-    reference = not args.no_reference
-    if reference and not minimal and not (ROOT / "bench/walkeros-reference/node_modules").exists():
+    if "walkeros" in references and not (ROOT / "bench/walkeros-reference/node_modules").exists():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=ROOT / "bench/walkeros-reference", check=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,32 +139,38 @@ def main():
         bodies = {"single": tmp / "single.json", "batch": tmp / "batch.json"}
         bodies["single"].write_text(json.dumps(EVENT))
         bodies["batch"].write_text(json.dumps([EVENT] * 100))
-        weir_rounds, reference_rounds = [], []
+        starters = {
+            "walkeros": start_reference,
+            "minimal": start_minimal,
+            "durable": lambda port: start_minimal(port, "--durable", str(tmp / "durable.bin"), "--parse"),
+        }
+        rounds = {name: [] for name in ["weir", *references]}
         for round_number in range(args.rounds):
             weir_dir = tmp / f"weir-{round_number}"
             weir_dir.mkdir()
-            weir_rounds.append(measure(lambda port: start_weir(port, weir_dir, args.ack), args, tmp, bodies))
-            print(f"round {round_number + 1} weir: {json.dumps(weir_rounds[-1])}", file=sys.stderr)
-            if reference:
-                reference_rounds.append(measure(start_minimal if minimal else start_reference, args, tmp, bodies))
-                print(f"round {round_number + 1} {reference_name}: {json.dumps(reference_rounds[-1])}", file=sys.stderr)
+            rounds["weir"].append(measure(lambda port: start_weir(port, weir_dir, args.ack), args, tmp, bodies))
+            print(f"round {round_number + 1} weir: {json.dumps(rounds['weir'][-1])}", file=sys.stderr)
+            for name in references:
+                (tmp / "durable.bin").unlink(missing_ok=True)
+                rounds[name].append(measure(starters[name], args, tmp, bodies))
+                print(f"round {round_number + 1} {REFERENCES[name]}: {json.dumps(rounds[name][-1])}", file=sys.stderr)
 
     single_bytes = len(json.dumps(EVENT))
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rounds, medians, ack = {args.ack}; "
           f"event {single_bytes} B, batch 100 events; {os.cpu_count()} cores shared by client and server\n")
     print("| workload | server | req/s | events/s | p50 ms | p99 ms | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    servers = [("weir", weir_rounds)] + ([(reference_name, reference_rounds)] if reference else [])
     for workload, events in [("single event", 1), ("100-event batch", 100)]:
         key = "single" if events == 1 else "batch"
-        for name, rounds in servers:
-            rps = median(rounds, key, "rps")
-            print(f"| {workload} | {name} | {rps:,.0f} | {rps * events:,.0f} | {median(rounds, key, 'p50'):.2f} | "
-                  f"{median(rounds, key, 'p99'):.2f} | {median(rounds, 'rss'):.0f} |")
-    if reference:
+        for name, measured in rounds.items():
+            rps = median(measured, key, "rps")
+            label = "weir" if name == "weir" else REFERENCES[name]
+            print(f"| {workload} | {label} | {rps:,.0f} | {rps * events:,.0f} | {median(measured, key, 'p50'):.2f} | "
+                  f"{median(measured, key, 'p99'):.2f} | {median(measured, 'rss'):.0f} |")
+    for name in references:
         for workload, key in [("single event", "single"), ("100-event batch", "batch")]:
-            ratio = median(weir_rounds, key, "rps") / median(reference_rounds, key, "rps")
-            print(f"\n{workload}: weir ÷ {reference_name} = {ratio:.2f} (requests/s)")
+            ratio = median(rounds["weir"], key, "rps") / median(rounds[name], key, "rps")
+            print(f"\n{workload}: weir ÷ {REFERENCES[name]} = {ratio:.2f} (requests/s)")
 
 
 if __name__ == "__main__":

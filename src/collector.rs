@@ -154,6 +154,8 @@ fn place(
     }
     if scan.canonical {
         builder.text(index, text);
+    } else if scan.spaced {
+        builder.write(index, |out| crate::json::compact(text, out));
     } else {
         builder.value(index, serde_json::from_str(text).map_err(malformed)?);
     }
@@ -424,6 +426,12 @@ impl Collector {
                 let mut spliced = false;
                 if scan.canonical {
                     builder.write(key::SOURCE, |out| spliced = self.stamp_source_into(text, out, trace));
+                } else if scan.spaced {
+                    let mut compacted = String::with_capacity(text.len());
+                    crate::json::compact(text, &mut compacted);
+                    builder.write(key::SOURCE, |out| {
+                        spliced = self.stamp_source_into(&compacted, out, trace)
+                    });
                 }
                 if !spliced {
                     let own: Object = serde_json::from_str(text).map_err(malformed)?;
@@ -616,6 +624,26 @@ mod tests {
             String::from_utf8(event.to_json()).unwrap(),
             r#"{"name":"page view","data":{"title":"Home","n":1},"context":{},"globals":{},"custom":{},"user":{"id":"u1"},"nested":[],"consent":{},"id":"aaaaaaaaaaaaaaaa","trigger":"","entity":"page","action":"view","timestamp":1700000000000,"timing":0.01,"source":{"type":"express","count":7,"trace":"0123456789abcdef0123456789abcdef","release":{"default":"4.4.0"}}}"#
         );
+    }
+
+    /// An event written with whitespace (a pretty-printer, Python's `json.dumps`) enriches to
+    /// the same bytes as its compact form, its objects kept as text rather than parsed.
+    #[test]
+    fn a_spaced_event_enriches_to_the_compact_events_bytes_without_trees() {
+        let compact = r#"{"name":"page view","data":{"title":"Home","n":1,"tags":["a","b"]},"user":{"id":"u1"},"timestamp":1700000000000,"id":"aaaaaaaaaaaaaaaa","timing":0.01,"source":{"type":"express","count":7,"trace":"0123456789abcdef0123456789abcdef"}}"#;
+        let value: Value = serde_json::from_str(compact).unwrap();
+        let spaced = serde_json::to_string_pretty(&value).unwrap();
+        assert_ne!(spaced, compact);
+        let collector = collector(json!({}));
+        let expected = collector.enrich_json(compact).unwrap().to_json();
+        let event = collector.enrich_json(&spaced).unwrap();
+        assert_eq!(
+            String::from_utf8(event.to_json()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+        for (name, field) in event.fields() {
+            assert!(matches!(field, crate::event::FieldRef::Text(_)), "{name} kept as text");
+        }
     }
 
     /// The `in` events of the Redis vectors enrich to the exact JSON walkerOS stored.

@@ -376,6 +376,9 @@ pub struct Scan {
     /// The text is exactly what `JSON.stringify(JSON.parse(text))` writes, so it can be
     /// stored as it is, byte for byte, without building a tree.
     pub canonical: bool,
+    /// Not canonical only for the whitespace between its tokens (what pretty-printers and
+    /// Python's `json.dumps` write): [`compact`] makes the canonical text without a tree.
+    pub spaced: bool,
     /// Deepest nesting of objects and arrays (a scalar is 0).
     pub depth: usize,
 }
@@ -395,8 +398,36 @@ pub fn scan(text: &str) -> Scan {
     let (end, mut found) = scan_at(text, 0);
     if end != text.len() {
         found.canonical = false;
+        found.spaced = false;
     }
     found
+}
+
+/// Appends `text` — JSON that [`scan`] found `spaced` — to `out` without the whitespace
+/// between its tokens, which is then canonical JSON.
+pub fn compact(text: &str, out: &mut String) {
+    let bytes = text.as_bytes();
+    let mut ignored = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'"' => {
+                let end = string_end(bytes, i, &mut ignored);
+                out.push_str(&text[i..end]);
+                i = end;
+            }
+            _ => {
+                // A run of tokens up to the next string or whitespace, copied whole.
+                let run = bytes[i..]
+                    .iter()
+                    .position(|b| matches!(b, b'"' | b' ' | b'\t' | b'\n' | b'\r'))
+                    .map_or(bytes.len(), |offset| i + offset);
+                out.push_str(&text[i..run]);
+                i = run;
+            }
+        }
+    }
 }
 
 /// Keys of the open objects and the frame stack of [`scan_value`].
@@ -421,6 +452,7 @@ pub fn scan_at(text: &str, start: usize) -> (usize, Scan) {
 fn scan_value(text: &str, start: usize, keys: &mut Vec<(usize, usize)>, frames: &mut Vec<usize>) -> (usize, Scan) {
     let bytes = text.as_bytes();
     let mut canonical = true;
+    let mut spaced = false;
     let mut depth = 0usize;
     let mut max_depth = 0usize;
     // Keys of the open objects (offsets without the quotes), with a frame marker per open
@@ -505,7 +537,11 @@ fn scan_value(text: &str, start: usize, keys: &mut Vec<(usize, usize)>, frames: 
                 started = true;
                 i += 5;
             }
-            // Whitespace (or anything else) between tokens: JSON.stringify writes none.
+            // Whitespace between tokens: JSON.stringify writes none.
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                spaced = true;
+                i += 1;
+            }
             _ => {
                 canonical = false;
                 i += 1;
@@ -515,7 +551,8 @@ fn scan_value(text: &str, start: usize, keys: &mut Vec<(usize, usize)>, frames: 
     (
         i.min(bytes.len()),
         Scan {
-            canonical,
+            canonical: canonical && !spaced,
+            spaced: canonical && spaced,
             depth: max_depth,
         },
     )
@@ -631,6 +668,35 @@ mod scan_tests {
     }
 
     #[test]
+    fn whitespace_alone_is_compacted_anything_else_is_parsed() {
+        for (text, compacted) in [
+            (r#"{ "a": 1, "b": [true, null] }"#, r#"{"a":1,"b":[true,null]}"#),
+            (
+                "{\n  \"s\": \"a b\\\" c\",\r\n\t\"n\": -2.5\n}",
+                r#"{"s":"a b\" c","n":-2.5}"#,
+            ),
+            (r#"[ "x" , { } ]"#, r#"["x",{}]"#),
+        ] {
+            let found = scan(text);
+            assert!(found.spaced && !found.canonical, "{text}");
+            let mut out = String::new();
+            compact(text, &mut out);
+            assert_eq!(out, compacted);
+            assert!(scan(&out).canonical);
+        }
+        for text in [
+            r#"{"a": 1.0}"#,
+            r#"{"a": 1, "a": 2}"#,
+            r#"{ "a":"\u0061"}"#,
+            "{\"a\":1}\n",
+        ] {
+            let found = scan(text);
+            assert!(!found.spaced && !found.canonical, "{text}");
+        }
+        assert!(!scan(r#"{"a":1}"#).spaced, "canonical text is not also spaced");
+    }
+
+    #[test]
     fn members_walks_the_top_level_of_an_object() {
         let members: Vec<(&str, &str)> =
             members(r#"{"type":"browser","release":{"web":"1","x":[1,{"a":"}"}]},"n":-1.5,"s":"a\"b","t":true}"#)
@@ -683,6 +749,30 @@ mod scan_properties {
         })
     }
 
+    /// `text` as a pretty-printer writes it: whitespace after every `{`, `[`, `:` and `,`
+    /// outside strings, and before every `}` and `]`.
+    fn spread(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let (mut out, mut i, mut ignored) = (String::new(), 0, true);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'"' => {
+                    let end = string_end(bytes, i, &mut ignored);
+                    out.push_str(&text[i..end]);
+                    i = end;
+                    continue;
+                }
+                b'{' | b'[' => out.push_str(&format!("{}\n  ", bytes[i] as char)),
+                b':' => out.push_str(": "),
+                b',' => out.push_str(",\r\n\t"),
+                b'}' | b']' => out.push_str(&format!(" {}", bytes[i] as char)),
+                _ => out.push_str(&text[i..i + 1]),
+            }
+            i += 1;
+        }
+        out
+    }
+
     /// Ways a client may write the same value differently from JSON.stringify.
     fn perturb(text: &str, choice: u8) -> String {
         match choice % 5 {
@@ -704,6 +794,23 @@ mod scan_properties {
                 && scan(&text).canonical
             {
                 prop_assert_eq!(to_string(&parsed), text);
+            }
+        }
+
+        /// Text the scanner calls spaced compacts to exactly what the writer produces.
+        #[test]
+        fn spaced_text_compacts_to_the_canonical_text(value in json_value(), choice in any::<u8>()) {
+            let canonical = to_string(&value);
+            let text = perturb(&spread(&canonical), choice);
+            if let Ok(parsed) = serde_json::from_str::<Value>(&text)
+                && scan(&text).spaced
+            {
+                let mut out = String::new();
+                compact(&text, &mut out);
+                prop_assert_eq!(out, to_string(&parsed));
+            }
+            if scan(&canonical).canonical && canonical != spread(&canonical) {
+                prop_assert!(scan(&spread(&canonical)).spaced, "{}", spread(&canonical));
             }
         }
 

@@ -1,6 +1,7 @@
 //! The hand-written JSON scanner against serde_json: on any valid JSON text `scan` never
 //! panics, its depth is the real nesting depth, and text it calls canonical is exactly what
-//! weir writes for the parsed value (so storing it unparsed is safe). `members` splits any
+//! weir writes for the parsed value (so storing it unparsed is safe), and text it calls
+//! spaced compacts to exactly that. `members` splits any
 //! object into the members serde_json sees.
 #![no_main]
 
@@ -45,6 +46,15 @@ fuzz_target!(|data: &[u8]| {
             "canonical text is what weir writes"
         );
     }
+    if scan.spaced {
+        let mut compacted = String::new();
+        weir::json::compact(text, &mut compacted);
+        assert_eq!(
+            weir::json::to_string(&value),
+            compacted,
+            "spaced text compacts to what weir writes"
+        );
+    }
     if let Value::Object(object) = &value {
         let members: Vec<(String, Value)> = weir::json::members(text.trim())
             .map(|(key, raw, scan)| {
@@ -56,6 +66,11 @@ fuzz_target!(|data: &[u8]| {
                         raw,
                         "a canonical member is what weir writes"
                     );
+                }
+                if scan.spaced {
+                    let mut compacted = String::new();
+                    weir::json::compact(raw, &mut compacted);
+                    assert_eq!(weir::json::to_string(&member), compacted, "a spaced member compacts");
                 }
                 (key, member)
             })

@@ -299,6 +299,8 @@ fn round<T>(shared: &Shared<T>) {
             .unwrap_or(committed);
         remove_passed(shared, passed);
     }
+    // Between commits too: when appends stop, delivered records do not stay in memory.
+    shared.trim_resolved();
 
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -180,6 +180,31 @@ impl<T> Shared<T> {
         format!("{base:020}{SEGMENT_SUFFIX}")
     }
 
+    /// The last record every open consumer has resolved, once every consumer is open (before
+    /// that, a consumer not yet open may still need any record).
+    fn resolved_by_all(&self) -> Option<u64> {
+        if !self.collect.load(Ordering::Acquire) {
+            return None;
+        }
+        let cursors = self.cursors.lock().expect("journal lock").clone();
+        cursors.iter().map(|cursor| cursor.position().0).min()
+    }
+
+    /// Drops the cached records every open consumer has resolved. None of them is read from
+    /// memory again (a consumer reopened starts after its resolved prefix), and an in-memory
+    /// record — the event's parsed tree — is several times its bytes on disk: kept until the
+    /// cache's byte bound pushed it out, a 64 MiB cache held some 320 MiB.
+    fn trim_resolved(&self) {
+        let Some(resolved) = self.resolved_by_all() else {
+            return;
+        };
+        let mut cache = self.cache.lock().expect("journal lock");
+        while cache.entries.front().is_some_and(|entry| entry.0 <= resolved) {
+            let dropped = cache.entries.pop_front().expect("front exists");
+            cache.bytes -= dropped.3;
+        }
+    }
+
     /// Counts a damaged region once, however many readers meet it.
     fn damage(&self, segment: u64, offset: usize, what: &str) {
         if self.damage_seen.lock().expect("journal lock").insert((segment, offset)) {

@@ -114,6 +114,69 @@ async fn appends_are_read_in_order_resumed_after_a_restart_and_passed_segments_g
     );
 }
 
+fn cached_seqs(journal: &Journal<String>) -> (Vec<u64>, usize) {
+    let cache = journal.shared.cache.lock().unwrap();
+    (cache.entries.iter().map(|entry| entry.0).collect(), cache.bytes)
+}
+
+/// The memory cache holds records some open consumer has not resolved yet, and nothing
+/// every consumer is done with (once every consumer is open).
+#[tokio::test]
+async fn records_every_consumer_resolved_leave_the_memory_cache() {
+    let storage = Faulty::new(3);
+    let (journal, _) = open(&storage, config());
+    let mut fast = journal.consumer("fast").unwrap();
+    let mut slow = journal.consumer("slow").unwrap();
+    let texts: Vec<String> = (1..=10).map(|i| format!("event {i}")).collect();
+    journal
+        .append(texts.iter().map(|text| item(text)).collect())
+        .await
+        .unwrap();
+    assert_eq!(read_all(&journal, &mut fast).await.len(), 10);
+    assert_eq!(read_all(&journal, &mut slow).await.len(), 10);
+    for seq in 1..=10 {
+        fast.handle().resolve(seq);
+    }
+    for seq in 1..=5 {
+        slow.handle().resolve(seq);
+    }
+    // Not every consumer is open yet: a consumer still to come may need any of them.
+    journal.append(vec![item("event 11")]).await.unwrap();
+    assert_eq!(cached_seqs(&journal).0, (1..=11).collect::<Vec<_>>());
+
+    journal.consumers_opened();
+    journal.append(vec![item("event 12")]).await.unwrap();
+    let (seqs, bytes) = cached_seqs(&journal);
+    assert_eq!(seqs, (6..=12).collect::<Vec<_>>(), "the slow consumer resolved up to 5");
+    let expected: usize = (6..=12).map(|i| format!("event {i}").len()).sum();
+    assert_eq!(bytes, expected, "the cache's byte count follows what it holds");
+
+    // Without further appends the keeper trims too.
+    read_all(&journal, &mut fast).await;
+    read_all(&journal, &mut slow).await;
+    for seq in 6..=12 {
+        slow.handle().resolve(seq);
+    }
+    for seq in 11..=12 {
+        fast.handle().resolve(seq);
+    }
+    eventually("the keeper drops what both resolved", || {
+        cached_seqs(&journal) == (Vec::new(), 0)
+    })
+    .await;
+
+    // What a reopened consumer reads next is still served from memory.
+    drop(slow);
+    let mut slow = journal.reopen_consumer("slow").unwrap();
+    journal.append(vec![item("event 13")]).await.unwrap();
+    let records = slow.read(10).await.unwrap();
+    assert_eq!(records.iter().map(|record| record.seq).collect::<Vec<_>>(), vec![13]);
+    assert!(
+        matches!(records[0].body, Body::Memory(_)),
+        "read from memory, not from disk"
+    );
+}
+
 /// A reload hands a consumer to a new reader: it continues from the resolved prefix, the
 /// segments it needs stay meanwhile; a closed consumer holds nothing back any more.
 #[tokio::test]

@@ -210,6 +210,7 @@ fn commit<T>(
         metrics::gauge!("weir_journal_bytes").set(table.bytes as f64);
     }
     let last = *next_seq - 1;
+    shared.trim_resolved();
     {
         let mut cache = shared.cache.lock().expect("journal lock");
         for entry in pending.items.drain(..) {
