@@ -7,11 +7,12 @@ Starts a private redis-server (no persistence) on a free loopback port, then per
   * weir from the collector: `cargo bench --bench collector` (in-process: enrichment,
     mapping, XADD rendering, delivery machinery, pipelined XADD, acknowledgement);
   * weir over HTTP: `weir serve` into the same Redis, wrk with single events and with
-    100-event batches, `ack = "delivered"`.
+    100-event batches, `ack = "journaled"` (answered once on disk; the issue's measure)
+    or `--ack delivered` (answered once in Redis).
 Every figure is the median over the rounds; ratios divide by redis-benchmark's median.
 The stream is deleted between runs. Installs wrk when missing.
 
-Usage: bench/redis.py [--rounds 3] [--events 500000] [--duration 10]
+Usage: bench/redis.py [--rounds 3] [--events 500000] [--duration 10] [--ack journaled|delivered]
 """
 
 import argparse
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import ROOT, collector, free_port, peak_rss_mib, wait_port, wrk
@@ -33,12 +35,12 @@ def cli(port, *args):
     return subprocess.run(["redis-cli", "-p", str(port), *args], check=True, capture_output=True, text=True).stdout
 
 
-def flow(port, path, listen=None):
+def flow(port, path, listen=None, ack="delivered"):
     text = f"""
 [sources.http]
 type = "http"
 [sources.http.config]
-ack = "delivered"
+ack = "{ack}"
 [sources.http.config.settings]
 maxBatchSize = 100
 {f'listen = "{listen}"' if listen else ''}
@@ -62,9 +64,27 @@ def redis_benchmark(port, payload, requests):
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
 
 
-def http(port, workdir, bodies, duration):
+def drain(port):
+    """Waits until weir has delivered what it holds (the stream stops growing), then empties
+    the stream."""
+    last = -1
+    for _ in range(600):
+        length = int(cli(port, "XLEN", "bench:weir").strip() or 0)
+        if length == last:
+            break
+        last = length
+        time.sleep(0.5)
+    cli(port, "DEL", "bench:weir")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http(port, server_pid, workdir, bodies, duration, ack):
     listen_port = free_port()
-    flow_path = flow(port, workdir / "http.toml", listen=f"127.0.0.1:{listen_port}")
+    flow_path = flow(port, workdir / "http.toml", listen=f"127.0.0.1:{listen_port}", ack=ack)
     process = subprocess.Popen([str(ROOT / "target/release/weir"), "serve", "--config", str(flow_path)],
                                cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "RUST_LOG": "warn"})
@@ -72,16 +92,24 @@ def http(port, workdir, bodies, duration):
         wait_port(listen_port)
         url = f"http://127.0.0.1:{listen_port}/collect"
         wrk(url, bodies["single"], 2, 64, workdir)
-        cli(port, "DEL", "bench:weir")
-        single = wrk(url, bodies["single"], duration, 64, workdir)["rps"]
-        cli(port, "DEL", "bench:weir")
-        batch = wrk(url, bodies["batch"], duration, 64, workdir)["rps"] * 100
+        # With `ack = "journaled"` a request is answered before its events reach Redis, so
+        # what counts is what is in the stream when the run ends (delivered within it).
+        in_redis = lambda: int(cli(port, "XLEN", "bench:weir").strip() or 0) / duration
+        drain(port)
+        single = min(wrk(url, bodies["single"], duration, 64, workdir)["rps"], in_redis())
+        drain(port)
+        # Who takes the two cores during the batch run: weir, redis-server, and (the rest) wrk.
+        before = cpu_seconds(process.pid), cpu_seconds(server_pid)
+        batch = min(wrk(url, bodies["batch"], duration, 64, workdir)["rps"] * 100, in_redis())
+        weir_cores = (cpu_seconds(process.pid) - before[0]) / duration
+        redis_cores = (cpu_seconds(server_pid) - before[1]) / duration
         rss = peak_rss_mib(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=20)
     cli(port, "DEL", "bench:weir")
-    return {"single": single, "batch": batch, "rss": rss}
+    return {"single": single, "batch": batch, "rss": rss, "batch_weir_cores": weir_cores,
+            "batch_redis_cores": redis_cores}
 
 
 def main():
@@ -89,6 +117,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--ack", choices=["journaled", "delivered"], default="journaled")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
@@ -120,7 +149,7 @@ def main():
                 cli(port, "DEL", "bench:reference")
                 from_collector = collector(collector_flow, args.events, 16)
                 cli(port, "DEL", "bench:weir")
-                over_http = http(port, tmp, bodies, args.duration)
+                over_http = http(port, server.pid, tmp, bodies, args.duration, args.ack)
                 rounds.append({"reference": reference, "collector": from_collector["events_per_second"],
                                "collector_rss": from_collector["peak_rss_mib"], **{f"http_{k}": v for k, v in over_http.items()}})
                 print(f"round {number + 1}: {json.dumps(rounds[-1])}", file=sys.stderr)
@@ -131,7 +160,7 @@ def main():
     median = lambda key: statistics.median(r[key] for r in rounds)
     reference = median("reference")
     print(f"\n{args.rounds} rounds, medians; entry {len(stored)} B (weir's stored event), "
-          f"redis-benchmark -c 50 -P 16; {os.cpu_count()} cores shared by everything\n")
+          f"redis-benchmark -c 50 -P 16; HTTP ack = {args.ack}; {os.cpu_count()} cores shared by everything\n")
     print("| path | events/s | ÷ redis-benchmark | peak RSS MiB |")
     print("|---|---:|---:|---:|")
     print(f"| redis-benchmark XADD (reference) | {reference:,.0f} | 1.00 | |")
@@ -139,6 +168,9 @@ def main():
                             ("weir over HTTP, single events", "http_single", "http_rss"),
                             ("weir over HTTP, 100-event batches", "http_batch", "http_rss")]:
         print(f"| {label} | {median(key):,.0f} | {median(key) / reference:.2f} | {median(rss):.0f} |")
+    weir_cores, redis_cores = median("http_batch_weir_cores"), median("http_batch_redis_cores")
+    print(f"\n100-event batches over HTTP: weir took {weir_cores:.2f} cores, redis-server {redis_cores:.2f}, "
+          f"wrk and the rest {os.cpu_count() - weir_cores - redis_cores:.2f} (of {os.cpu_count()})")
 
 
 if __name__ == "__main__":
