@@ -283,17 +283,7 @@ type = "blackhole"
         server.url()
     ));
     let profile = tempfile::tempdir().unwrap();
-    let args: Vec<&std::ffi::OsStr> = [
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
-    .iter()
-    .map(std::ffi::OsStr::new)
-    .collect();
+    let args: Vec<&std::ffi::OsStr> = support::CHROMIUM_FLAGS.iter().map(std::ffi::OsStr::new).collect();
     let browser = Browser::new(
         LaunchOptions::default_builder()
             .path(Some(chromium))

@@ -100,6 +100,25 @@ pub fn looks_like_payload(value: &Value) -> bool {
     value.get("name").is_none() && value.get("type").is_some_and(Value::is_string) && value.get("message").is_some()
 }
 
+/// [`looks_like_payload`] of valid JSON text, read from its top level without building a
+/// tree (a key written with escapes is left to the tree).
+pub fn looks_like_payload_text(text: &str) -> bool {
+    let object = text.trim_start();
+    let (mut name, mut kind, mut message) = (false, None, false);
+    for (key, raw, _) in crate::json::members(object) {
+        match key {
+            _ if key.contains('\\') => {
+                return serde_json::from_str::<Value>(text).is_ok_and(|value| looks_like_payload(&value));
+            }
+            "name" => name = true,
+            "type" => kind = Some(raw.starts_with('"')),
+            "message" => message = true,
+            _ => {}
+        }
+    }
+    !name && kind == Some(true) && message
+}
+
 /// The notification type of an event named `notification <type>`.
 pub fn notification_type(event_name: &str) -> Option<&str> {
     event_name
@@ -122,6 +141,28 @@ pub fn payload(kind: &str, message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text check agrees with the tree's on Agent's payloads and on everything near them.
+    #[test]
+    fn a_payload_is_recognised_from_its_text_as_from_its_tree() {
+        for (text, agent) in [
+            (r#"{"type":"decision","message":{"a":1}}"#, true),
+            (r#" { "type" : "track", "message" : null } "#, true),
+            (r#"{"message":"m","type":"x"}"#, true),
+            (r#"{"\u0074ype":"x","message":1}"#, true),
+            (r#"{"type":1,"message":{}}"#, false),
+            (r#"{"type":"x"}"#, false),
+            (r#"{"type":"x","message":1,"name":"page view"}"#, false),
+            (r#"{"type":"x","message":1,"type":2}"#, false),
+            (r#"{"name":"page view","data":{"type":"x","message":1}}"#, false),
+            (r#"["type","message"]"#, false),
+            (r#""type""#, false),
+        ] {
+            let tree: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(looks_like_payload(&tree), agent, "tree: {text}");
+            assert_eq!(looks_like_payload_text(text), agent, "text: {text}");
+        }
+    }
 
     #[test]
     fn names_are_agent_s() {

@@ -321,6 +321,17 @@ pub fn python_hmac(key_hex: &str, data: &str) -> String {
 /// Debian's chromium, which scripts/test.sh installs.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// Chromium as the tests run it: no GPU, no network of its own (QUIC, updates, sync), no
+/// first-run pages.
+pub const CHROMIUM_FLAGS: [&str; 6] = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// Opens `page` in headless Chromium, lets its scripts run (10 s of virtual time) and returns
 /// the DOM it ends with, and what Chromium said on standard error.
 pub fn chromium_dump_dom(page: &Path) -> (String, String) {
@@ -330,18 +341,9 @@ pub fn chromium_dump_dom(page: &Path) -> (String, String) {
     );
     let profile = tempfile::tempdir().unwrap();
     let output = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-        ])
+        .args(["--headless", "--no-sandbox"])
+        .args(CHROMIUM_FLAGS)
+        .args(["--virtual-time-budget=10000", "--dump-dom"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("file://{}", page.display()))
         .output()

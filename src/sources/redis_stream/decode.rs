@@ -45,10 +45,14 @@ pub fn decode(entry: &Entry, stream: &str, collector: &Collector) -> Result<Even
         return collector.enrich(Value::Object(object)).map_err(|e| e.to_string());
     }
     if let Some(data) = field("data") {
-        let agent = optimizely::sdk_key_of(stream).is_some()
-            || serde_json::from_slice::<Value>(data).is_ok_and(|value| optimizely::looks_like_payload(&value));
-        if !agent {
-            return json(data);
+        // Off Agent's streams, a `data` field is Agent's only if it has Agent's shape; the
+        // text is checked and read once either way.
+        if optimizely::sdk_key_of(stream).is_none() {
+            let json = text(data)?;
+            serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| format!("not JSON: {e}"))?;
+            if !optimizely::looks_like_payload_text(&json) {
+                return collector.enrich_json(&json).map_err(|e| e.to_string());
+            }
         }
         let partial = optimizely::event_from(stream, data, field("timestamp")).map_err(|e| e.to_string())?;
         return collector.enrich(partial).map_err(|e| e.to_string());
