@@ -5,9 +5,12 @@
 //!
 //! Each event is rendered once into its frame — `id:` (the stream entry id when a stream
 //! source read it, else the event id), `event:` (the event name), `data:` (the event JSON, or
-//! the mapped `data`) — and handed to every connected client through one broadcast ring of
-//! `clientQueue` frames. A client too slow to keep up falls off the ring and is disconnected
-//! (counted), never slowing the others. `?filter=a,b` (or repeated) keeps only those event
+//! the mapped `data`). The hub fans a delivered batch out itself: its frames are joined into
+//! one buffer once, shared by every client that takes them all, and pushed into each client's
+//! queue — one push, and at most one wake-up of the client's connection, per client per batch
+//! (a task per client moving frames one by one cost two wake-ups per frame per client). A
+//! client with more than `clientQueue` frames still queued is too slow: it is disconnected
+//! (counted) at that push, never slowing the others. `?filter=a,b` (or repeated) keeps only those event
 //! names; `Last-Event-ID` replays what a client missed from the stream (`replay` settings),
 //! then continues live without gaps or repeats; comment lines every `heartbeat` keep proxies
 //! from closing idle connections; an optional bearer token guards it all.
@@ -23,7 +26,8 @@
 //! cannot set headers on an EventSource.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -33,7 +37,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::broadcast;
 
 use crate::config::typed::{self, BearerToken};
 use crate::config::{ConfigErrors, join};
@@ -101,8 +104,9 @@ pub struct Hub {
     heartbeat: Duration,
     bearer_token: Option<BearerToken>,
     replay: Option<Replay>,
-    frames: broadcast::Sender<Arc<Frame>>,
-    /// Frames the ring holds (`clientQueue`).
+    /// The connected clients.
+    clients: Mutex<Vec<Arc<Client>>>,
+    /// Frames a client may have queued (`clientQueue`).
     capacity: usize,
     /// Cancelled when the hub stops (shutdown, or a reload retired it): every client's
     /// stream ends, and a client reconnects (with `Last-Event-ID`) to whoever serves the path
@@ -207,7 +211,6 @@ impl Destination for SseDestination {
             })
         });
         let queue = raw.client_queue.unwrap_or(1024).max(1);
-        let (frames, _) = broadcast::channel(queue);
         Some(SseDestination {
             hub: Arc::new(Hub {
                 path: endpoint,
@@ -216,7 +219,7 @@ impl Destination for SseDestination {
                 heartbeat: Duration::from_millis(raw.heartbeat.unwrap_or(15_000).max(10)),
                 bearer_token,
                 replay,
-                frames,
+                clients: Mutex::new(Vec::new()),
                 capacity: queue,
                 closed: tokio_util::sync::CancellationToken::new(),
             }),
@@ -225,8 +228,8 @@ impl Destination for SseDestination {
 
     fn delivery_defaults(&self) -> DeliveryDefaults {
         DeliveryDefaults {
-            // A batch goes into the ring at once: a quarter of it leaves clients room to
-            // keep up between batches.
+            // A batch goes into every client's queue at once: a quarter of the queue leaves
+            // clients room to keep up between batches.
             batch_size: (self.hub.capacity / 4).clamp(1, 256),
             concurrency: 1,
             ..DeliveryDefaults::default()
@@ -281,9 +284,7 @@ impl Destination for SseDestination {
     async fn send(&self, batch: &[&Arc<Frame>]) -> Result<Vec<Result<(), SseError>>, SseError> {
         // Handed to the hub is delivered: every client connected now gets it or, too slow to
         // take it, is disconnected. No client connected is not an error.
-        for frame in batch {
-            let _ = self.hub.frames.send(Arc::clone(frame));
-        }
+        self.hub.fan_out(batch);
         Ok(batch.iter().map(|_| Ok(())).collect())
     }
 
@@ -292,12 +293,12 @@ impl Destination for SseDestination {
     }
 
     async fn shutdown(&self) -> Result<(), SseError> {
-        self.hub.closed.cancel();
+        self.hub.close();
         Ok(())
     }
 
     fn closing(&self) {
-        self.hub.closed.cancel();
+        self.hub.close();
     }
 
     fn http_endpoint(&self) -> Option<Endpoint> {
@@ -357,6 +358,11 @@ struct Wanted {
 }
 
 impl Wanted {
+    /// Every frame, as it is: the batch's shared buffer will do.
+    fn takes_everything(&self) -> bool {
+        self.all && self.sdk_key.is_none() && !self.raw
+    }
+
     fn accepts(&self, frame: &Frame) -> bool {
         frame.sdk_key == self.sdk_key && (self.all || self.names.contains(&frame.name))
     }
@@ -432,54 +438,139 @@ async fn missed(replay: &Replay, stream: &str, last: &str, sdk_key: Option<&str>
     }
 }
 
-/// Counts a connected client for as long as it lives.
-struct ClientGuard(Arc<Hub>);
+/// What a client's connection takes from its queue.
+enum Item {
+    /// Frames of one batch, joined: (bytes, frames).
+    Joined(Bytes, usize),
+    /// One frame, pushed while the client's replay runs: its connection skips it if the
+    /// replay already sent it.
+    Frame(Arc<Frame>),
+}
 
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        // Counted up and down, never set: two clients connecting at once would set the
-        // gauge from values read in either order.
-        metrics::gauge!("weir_sse_clients", "path" => self.0.path.clone()).decrement(1.0);
+/// A connected client, as the hub pushes to it.
+struct Client {
+    wanted: Wanted,
+    queue: tokio::sync::mpsc::UnboundedSender<Item>,
+    /// Frames pushed and not yet taken by its connection: past the hub's `capacity` the
+    /// client is too slow.
+    queued: AtomicUsize,
+    /// Its `Last-Event-ID` replay is still being read: frames go to it one by one.
+    replaying: AtomicBool,
+    /// The last stream id its replay sent (set before `replaying` is cleared): live frames
+    /// up to it are repeats.
+    replayed_up_to: Mutex<Option<(u64, u64)>>,
+    hangup: Option<crate::delivery::Hangup>,
+    /// Cancelled when it is cut off or the hub closes (a child of the hub's `closed`): its
+    /// connection writes what is queued, then ends.
+    ended: tokio_util::sync::CancellationToken,
+}
+
+/// The frames of `frames`, joined into one buffer.
+fn joined<'a>(frames: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let mut joined = Vec::with_capacity(frames.clone().map(Bytes::len).sum());
+    for bytes in frames {
+        joined.extend_from_slice(bytes);
+    }
+    Bytes::from(joined)
+}
+
+impl Hub {
+    /// Pushes `batch` into every client's queue, each client's frames as one item; cuts off
+    /// the clients whose queues would pass `capacity`.
+    fn fan_out(&self, batch: &[&Arc<Frame>]) {
+        let clients = self.clients.lock().expect("sse lock").clone();
+        if clients.is_empty() || batch.is_empty() {
+            return;
+        }
+        // The batch's frames joined once, for every client that takes them all.
+        let mut shared: Option<Bytes> = None;
+        // The oldest stream id in the batch: a client whose replay went past it gets the
+        // batch filtered.
+        let oldest = batch.iter().filter_map(|frame| stream_id(&frame.id)).min();
+        let mut slow = Vec::new();
+        for client in &clients {
+            let replaying = client.replaying.load(Ordering::Acquire);
+            let up_to = *client.replayed_up_to.lock().expect("sse lock");
+            let repeat = |frame: &Frame| up_to.is_some_and(|up_to| stream_id(&frame.id).is_some_and(|id| id <= up_to));
+            let mut items = Vec::new();
+            if replaying {
+                items.extend(
+                    batch
+                        .iter()
+                        .filter(|frame| client.wanted.accepts(frame))
+                        .map(|frame| (Item::Frame(Arc::clone(frame)), 1)),
+                );
+            } else if client.wanted.takes_everything() && up_to.is_none_or(|up_to| oldest.is_none_or(|o| o > up_to)) {
+                let bytes = shared.get_or_insert_with(|| joined(batch.iter().map(|frame| &frame.bytes)));
+                items.push((Item::Joined(bytes.clone(), batch.len()), batch.len()));
+            } else {
+                let taken: Vec<Bytes> = batch
+                    .iter()
+                    .filter(|frame| client.wanted.accepts(frame) && !repeat(frame))
+                    .map(|frame| client.wanted.bytes(frame))
+                    .collect();
+                if !taken.is_empty() {
+                    items.push((Item::Joined(joined(taken.iter()), taken.len()), taken.len()));
+                }
+            }
+            let count: usize = items.iter().map(|(_, count)| count).sum();
+            if count == 0 {
+                continue;
+            }
+            if client.queued.fetch_add(count, Ordering::AcqRel) + count > self.capacity {
+                slow.push(client.clone());
+                continue;
+            }
+            for (item, _) in items {
+                let _ = client.queue.send(item);
+            }
+        }
+        for client in slow {
+            self.cut_off(&client);
+        }
+    }
+
+    /// A client too slow to keep up: taken out of the fan-out and its connection closed. It
+    /// can resume with `Last-Event-ID`.
+    fn cut_off(&self, client: &Arc<Client>) {
+        if !self.remove(client) {
+            return;
+        }
+        client.ended.cancel();
+        metrics::counter!("weir_sse_clients_dropped_total", "path" => self.path.clone()).increment(1);
+        tracing::warn!("SSE client too slow: disconnected (it can resume with Last-Event-ID)");
+        // Close its connection now: a client that stopped reading would otherwise hold what is
+        // buffered for it (and its socket) for as long as it stays connected.
+        if let Some(hangup) = &client.hangup {
+            hangup.0.cancel();
+        }
+    }
+
+    /// Takes `client` out of the fan-out; whether it was in it.
+    fn remove(&self, client: &Arc<Client>) -> bool {
+        let mut clients = self.clients.lock().expect("sse lock");
+        let before = clients.len();
+        clients.retain(|other| !Arc::ptr_eq(other, client));
+        clients.len() != before
+    }
+
+    /// Every client's stream ends (once it has what is queued for it); no new one starts.
+    fn close(&self) {
+        self.closed.cancel();
+        self.clients.lock().expect("sse lock").clear();
     }
 }
 
-/// Moves frames from the hub's ring into one client's queue until the client is gone or too
-/// slow (its queue full, or it fell off the ring).
-async fn forward(
-    hub: Arc<Hub>,
-    mut live: broadcast::Receiver<Arc<Frame>>,
-    queue: tokio::sync::mpsc::Sender<Bytes>,
-    wanted: Wanted,
-    replayed_up_to: Option<(u64, u64)>,
-    hangup: Option<crate::delivery::Hangup>,
-) {
-    loop {
-        let frame = tokio::select! {
-            received = live.recv() => received,
-            () = queue.closed() => return,
-            () = hub.closed.cancelled() => return,
-        };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(broadcast::error::RecvError::Closed) => return,
-            Err(broadcast::error::RecvError::Lagged(_)) => break,
-        };
-        let repeat = replayed_up_to.is_some_and(|up_to| stream_id(&frame.id).is_some_and(|id| id <= up_to));
-        if repeat || !wanted.accepts(&frame) {
-            continue;
-        }
-        match queue.try_send(wanted.bytes(&frame)) {
-            Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break,
-        }
-    }
-    metrics::counter!("weir_sse_clients_dropped_total", "path" => hub.path.clone()).increment(1);
-    tracing::warn!("SSE client too slow: disconnected (it can resume with Last-Event-ID)");
-    // Close its connection now: a client that stopped reading would otherwise hold what is
-    // buffered for it (and its socket) for as long as it stays connected.
-    if let Some(hangup) = hangup {
-        hangup.0.cancel();
+/// Counts a connected client for as long as it lives, and takes it out of the fan-out when
+/// its connection ends.
+struct ClientGuard(Arc<Hub>, Arc<Client>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+        // Counted up and down, never set: two clients connecting at once would set the
+        // gauge from values read in either order.
+        metrics::gauge!("weir_sse_clients", "path" => self.0.path.clone()).decrement(1.0);
     }
 }
 
@@ -544,17 +635,29 @@ async fn events(
         )
             .into_response();
     };
-    // Subscribe before replaying, so nothing published meanwhile is missed; live frames the
-    // replay already sent are skipped by id.
-    let live = hub.frames.subscribe();
+    // Join the fan-out before replaying, so nothing published meanwhile is missed; live
+    // frames the replay already sent are skipped by id.
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    let replaying = hub.replay.is_some() && last_event_id.is_some();
+    let (queue, queued) = tokio::sync::mpsc::unbounded_channel::<Item>();
+    let client = Arc::new(Client {
+        wanted,
+        queue,
+        queued: AtomicUsize::new(0),
+        replaying: AtomicBool::new(replaying),
+        replayed_up_to: Mutex::new(last_event_id.as_deref().and_then(stream_id)),
+        hangup: hangup.map(|axum::Extension(hangup)| hangup),
+        ended: hub.closed.child_token(),
+    });
+    hub.clients.lock().expect("sse lock").push(client.clone());
+    metrics::gauge!("weir_sse_clients", "path" => hub.path.clone()).increment(1.0);
+    let guard = ClientGuard(hub.clone(), client.clone());
     let mut backlog: Vec<Bytes> = Vec::new();
-    let mut replayed_up_to = last_event_id.as_deref().and_then(stream_id);
     if let (Some(replay), Some(last)) = (&hub.replay, &last_event_id) {
-        let sdk_key = wanted.sdk_key.as_deref();
+        let sdk_key = client.wanted.sdk_key.as_deref();
         let stream = match (&replay.stream, sdk_key) {
             (Some(stream), _) => stream.clone(),
             (None, Some(sdk_key)) => optimizely::stream_for(sdk_key),
@@ -562,12 +665,13 @@ async fn events(
         };
         match missed(replay, &stream, last, sdk_key).await {
             Ok(frames) => {
+                let mut up_to = client.replayed_up_to.lock().expect("sse lock");
                 for missed in frames {
                     if let Some(id) = stream_id(&missed.id) {
-                        replayed_up_to = replayed_up_to.max(Some(id));
+                        *up_to = (*up_to).max(Some(id));
                     }
-                    if wanted.accepts(&missed) {
-                        backlog.push(wanted.bytes(&missed));
+                    if client.wanted.accepts(&missed) && backlog.len() < hub.capacity {
+                        backlog.push(client.wanted.bytes(&missed));
                     }
                 }
             }
@@ -575,53 +679,78 @@ async fn events(
                 tracing::warn!(error = %error, "cannot replay missed events; the client continues live");
             }
         }
+        client.replaying.store(false, Ordering::Release);
     }
-    metrics::gauge!("weir_sse_clients", "path" => hub.path.clone()).increment(1.0);
-    let guard = ClientGuard(hub.clone());
-    // The client's own bounded queue, filled by a forwarder that never waits on the client's
-    // socket: when the queue is full the client is too slow, and it is cut off right then
-    // (its response ends once it reads what it has). Nobody else waits for it.
-    let (queue, queued) = tokio::sync::mpsc::channel::<Bytes>(hub.capacity);
-    for bytes in backlog {
-        if queue.try_send(bytes).is_err() {
-            break;
-        }
-    }
+    let replayed_up_to = *client.replayed_up_to.lock().expect("sse lock");
     // Raw lines are not SSE: a comment would be a line of garbage to a JSON-lines reader.
-    let heartbeats = !wanted.raw;
-    let hangup = hangup.map(|axum::Extension(hangup)| hangup);
-    tokio::spawn(forward(hub.clone(), live, queue, wanted, replayed_up_to, hangup));
+    let heartbeats = !client.wanted.raw;
     let mut heartbeat = tokio::time::interval(hub.heartbeat);
     heartbeat.tick().await;
+    // What a client's connection writes next: its replay, then whatever its queue holds —
+    // frames pushed during the replay that it did not already send, then joined batches.
+    let next = move |item: Item, client: &Client| -> Option<Bytes> {
+        match item {
+            Item::Joined(bytes, count) => {
+                client.queued.fetch_sub(count, Ordering::AcqRel);
+                Some(bytes)
+            }
+            Item::Frame(frame) => {
+                client.queued.fetch_sub(1, Ordering::AcqRel);
+                let repeat = replayed_up_to.is_some_and(|up_to| stream_id(&frame.id).is_some_and(|id| id <= up_to));
+                (!repeat).then(|| client.wanted.bytes(&frame))
+            }
+        }
+    };
+    let ended = client.ended.clone();
     let stream = futures_util::stream::unfold(
-        (queued, heartbeat, guard),
-        move |(mut queued, mut heartbeat, guard)| async move {
-            let bytes = tokio::select! {
-                received = queued.recv() => received?,
-                _ = heartbeat.tick(), if heartbeats => Bytes::from_static(b": heartbeat\n\n"),
-            };
-            // Whatever else is queued goes in the same write: under load one write carries
-            // many frames instead of one system call each.
-            let mut more = queued.try_recv().ok();
-            if more.is_none() {
-                return Some((Ok::<Bytes, std::io::Error>(bytes), (queued, heartbeat, guard)));
-            }
-            // Sized to what it carries: a client that stopped reading holds its last write
-            // for as long as it stays connected.
-            let mut frames = vec![bytes];
-            let mut size = frames[0].len();
-            while let Some(frame) = more.take() {
-                size += frame.len();
-                frames.push(frame);
-                if size < COALESCE_BYTES {
-                    more = queued.try_recv().ok();
+        (backlog.into_iter(), queued, heartbeat, guard),
+        move |(mut backlog, mut queued, mut heartbeat, guard)| {
+            let ended = ended.clone();
+            async move {
+                let client = guard.1.clone();
+                let mut frames: Vec<Bytes> = backlog.next().into_iter().collect();
+                if frames.is_empty() {
+                    let first = loop {
+                        let item = tokio::select! {
+                            biased;
+                            received = queued.recv() => received?,
+                            // Cut off, or the hub closed: what is queued still goes out.
+                            () = ended.cancelled() => queued.try_recv().ok()?,
+                            _ = heartbeat.tick(), if heartbeats => {
+                                break Bytes::from_static(b": heartbeat\n\n");
+                            }
+                        };
+                        if let Some(bytes) = next(item, &client) {
+                            break bytes;
+                        }
+                    };
+                    frames.push(first);
                 }
+                // Whatever else is ready goes in the same write, up to about COALESCE_BYTES:
+                // under load one write carries many frames instead of one system call each.
+                // Sized to what it carries: a client that stopped reading holds its last
+                // write for as long as it stays connected.
+                let mut size = frames[0].len();
+                while size < COALESCE_BYTES {
+                    let more = match backlog.next() {
+                        Some(bytes) => Some(bytes),
+                        None => match queued.try_recv() {
+                            Ok(item) => next(item, &client),
+                            Err(_) => break,
+                        },
+                    };
+                    if let Some(bytes) = more {
+                        size += bytes.len();
+                        frames.push(bytes);
+                    }
+                }
+                let bytes = if frames.len() == 1 {
+                    frames.pop().expect("one frame")
+                } else {
+                    joined(frames.iter())
+                };
+                Some((Ok::<Bytes, std::io::Error>(bytes), (backlog, queued, heartbeat, guard)))
             }
-            let mut joined = Vec::with_capacity(size);
-            for frame in &frames {
-                joined.extend_from_slice(frame);
-            }
-            Some((Ok(Bytes::from(joined)), (queued, heartbeat, guard)))
         },
     );
     let mut response = (
