@@ -199,6 +199,41 @@ fn last_event_id_replays_what_was_missed_then_goes_live() {
     assert_eq!(live.id, stream_ids(&server)[3]);
 }
 
+/// More missed than `clientQueue`: a page of them, then the stream ends; the client resumes
+/// from the last one it got and gets the rest, then live — nothing skipped, nothing twice.
+#[test]
+fn a_replay_longer_than_the_client_queue_comes_a_page_at_a_time() {
+    let server = RedisServer::start();
+    let weir = hub(&server, json!({"clientQueue": 4}));
+    let events: Vec<Value> = (0..10).map(|n| json!({"name": "a missed", "data": {"n": n}})).collect();
+    post(&weir, Value::Array(events));
+    assert!(eventually(Duration::from_secs(5), || stream_ids(&server).len() == 10));
+    let ids = stream_ids(&server);
+    let mut received = Vec::new();
+    let mut last = ids[0].clone();
+    // 9 missed: two full pages, each ending its stream (read to the end), then the last one,
+    // after which the stream stays open for live events.
+    for page in 0..3 {
+        let mut client = Client::connect(&weir, "", &[("last-event-id", &last)]);
+        let mut got = Vec::new();
+        let mut line = String::new();
+        while (page < 2 || got.is_empty()) && client.lines.read_line(&mut line).unwrap() > 0 {
+            if let Some(id) = line.strip_prefix("id: ") {
+                got.push(id.trim_end().to_owned());
+            }
+            line.clear();
+        }
+        assert_eq!(got.len(), [4, 4, 1][page], "page {page}: {got:?}");
+        last = got.last().cloned().unwrap();
+        received.extend(got);
+    }
+    assert_eq!(received, ids[1..].to_vec(), "every missed entry once, in order");
+    // Caught up: the next connection goes live.
+    let mut client = Client::connect(&weir, "", &[("last-event-id", &last)]);
+    post(&weir, json!({"name": "a live"}));
+    assert_eq!(client.frame().event, "a live");
+}
+
 #[test]
 fn a_bearer_token_guards_the_stream() {
     let server = RedisServer::start();

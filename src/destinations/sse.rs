@@ -554,7 +554,8 @@ impl Hub {
         clients.len() != before
     }
 
-    /// Every client's stream ends (once it has what is queued for it); no new one starts.
+    /// Every client's stream ends (once it has what is queued for it); a client that
+    /// connects afterwards ends at once.
     fn close(&self) {
         self.closed.cancel();
         self.clients.lock().expect("sse lock").clear();
@@ -656,6 +657,10 @@ async fn events(
     metrics::gauge!("weir_sse_clients", "path" => hub.path.clone()).increment(1.0);
     let guard = ClientGuard(hub.clone(), client.clone());
     let mut backlog: Vec<Bytes> = Vec::new();
+    // More missed frames than `clientQueue`: the connection ends after that many, and the
+    // client resumes from the last one it got (its `Last-Event-ID`) — a page at a time, no
+    // gap.
+    let mut truncated = false;
     if let (Some(replay), Some(last)) = (&hub.replay, &last_event_id) {
         let sdk_key = client.wanted.sdk_key.as_deref();
         let stream = match (&replay.stream, sdk_key) {
@@ -665,21 +670,29 @@ async fn events(
         };
         match missed(replay, &stream, last, sdk_key).await {
             Ok(frames) => {
-                let mut up_to = client.replayed_up_to.lock().expect("sse lock");
+                let mut up_to = *client.replayed_up_to.lock().expect("sse lock");
                 for missed in frames {
-                    if let Some(id) = stream_id(&missed.id) {
-                        *up_to = (*up_to).max(Some(id));
-                    }
-                    if client.wanted.accepts(&missed) && backlog.len() < hub.capacity {
+                    if client.wanted.accepts(&missed) {
+                        if backlog.len() == hub.capacity {
+                            truncated = true;
+                            break;
+                        }
                         backlog.push(client.wanted.bytes(&missed));
                     }
+                    if let Some(id) = stream_id(&missed.id) {
+                        up_to = up_to.max(Some(id));
+                    }
                 }
+                *client.replayed_up_to.lock().expect("sse lock") = up_to;
             }
             Err(error) => {
                 tracing::warn!(error = %error, "cannot replay missed events; the client continues live");
             }
         }
         client.replaying.store(false, Ordering::Release);
+        if truncated {
+            hub.remove(&client);
+        }
     }
     let replayed_up_to = *client.replayed_up_to.lock().expect("sse lock");
     // Raw lines are not SSE: a comment would be a line of garbage to a JSON-lines reader.
@@ -710,6 +723,9 @@ async fn events(
                 let client = guard.1.clone();
                 let mut frames: Vec<Bytes> = backlog.next().into_iter().collect();
                 if frames.is_empty() {
+                    if truncated {
+                        return None;
+                    }
                     let first = loop {
                         let item = tokio::select! {
                             biased;
@@ -734,6 +750,7 @@ async fn events(
                 while size < COALESCE_BYTES {
                     let more = match backlog.next() {
                         Some(bytes) => Some(bytes),
+                        None if truncated => break,
                         None => match queued.try_recv() {
                             Ok(item) => next(item, &client),
                             Err(_) => break,

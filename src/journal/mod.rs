@@ -186,7 +186,9 @@ impl<T> Shared<T> {
         if !self.collect.load(Ordering::Acquire) {
             return None;
         }
-        let cursors = self.cursors.lock().expect("journal lock").clone();
+        // Not waited for: a reload holds the list while it saves a cursor (a synced write),
+        // and a commit must not wait on that; the keeper trims on its next round.
+        let cursors = self.cursors.try_lock().ok()?.clone();
         cursors.iter().map(|cursor| cursor.position().0).min()
     }
 
