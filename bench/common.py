@@ -1,6 +1,7 @@
-"""Helpers shared by the benchmark scripts: loopback ports, peak RSS, wrk."""
+"""Helpers shared by the benchmark scripts: loopback ports, processes (stop, CPU, RSS), wrk."""
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -27,11 +28,35 @@ def wait_port(port, limit=30):
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def peak_rss_mib(pid):
+def _status_mib(pid, key):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid):
+    return _status_mib(pid, "VmHWM:")
+
+
+def rss_mib(pid):
+    return _status_mib(pid, "VmRSS:")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has taken so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop(process):
+    """SIGTERM, then SIGKILL after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def to_ms(text):

@@ -19,14 +19,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import ROOT, free_port, wait_port, wrk
+from common import ROOT, cpu_seconds, free_port, wait_port, wrk
 
 EVENT = '{"name":"page view","data":{"title":"Home","url":"https://shop.example/"}}'
 
-
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(binary, duration, workdir):

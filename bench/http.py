@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, free_port, peak_rss_mib, wait_port, wrk
+from common import ROOT, free_port, peak_rss_mib, stop, wait_port, wrk
 
 EVENT = {
     "name": "page view",
@@ -80,14 +80,6 @@ REFERENCES = {
     "durable": "minimal + fdatasync + JSON parse",
 }
 
-
-def stop(process):
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def measure(start, args, scripts, bodies):

@@ -32,7 +32,7 @@ _here = sys.path.pop(0)
 import http.client  # noqa: E402
 
 sys.path.insert(0, _here)
-from common import ROOT, free_port, wait_port, wrk  # noqa: E402
+from common import ROOT, free_port, stop, wait_port, wrk  # noqa: E402
 
 RECORD = 600
 
@@ -84,14 +84,6 @@ def serve(flow, workdir):
     return subprocess.Popen([str(ROOT / "target/release/weir"), "serve", "--config", str(flow)], cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
 
-
-def stop(process):
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def http_round(ack, workdir, bodies, duration):

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, collector, free_port, peak_rss_mib, wait_port, wrk
+from common import ROOT, collector, cpu_seconds, free_port, peak_rss_mib, wait_port, wrk
 
 
 
@@ -76,10 +76,6 @@ def drain(port):
         time.sleep(0.5)
     cli(port, "DEL", "bench:weir")
 
-
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def http(port, server_pid, workdir, bodies, duration, ack):

@@ -36,7 +36,7 @@ _here = sys.path.pop(0)
 import http.client  # noqa: E402
 
 sys.path.insert(0, _here)
-from common import ROOT, free_port, peak_rss_mib, wait_port, wrk  # noqa: E402
+from common import ROOT, cpu_seconds, free_port, peak_rss_mib, rss_mib, stop, wait_port, wrk  # noqa: E402
 
 BASE_EVENT = {
     "name": "page view",
@@ -96,25 +96,7 @@ def serve(flow_text, workdir):
     )
 
 
-def stop(process):
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
-
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def throughput(workdir, duration, destinations=1, size=300, batch=100):

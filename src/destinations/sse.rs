@@ -465,6 +465,11 @@ struct Client {
     ended: tokio_util::sync::CancellationToken,
 }
 
+/// Whether a live `frame` is one a client's replay, which went up to `up_to`, already sent.
+fn replayed(up_to: Option<(u64, u64)>, frame: &Frame) -> bool {
+    up_to.is_some_and(|up_to| stream_id(&frame.id).is_some_and(|id| id <= up_to))
+}
+
 /// The frames of `frames`, joined into one buffer.
 fn joined<'a>(frames: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
     let mut joined = Vec::with_capacity(frames.clone().map(Bytes::len).sum());
@@ -491,7 +496,6 @@ impl Hub {
         for client in &clients {
             let replaying = client.replaying.load(Ordering::Acquire);
             let up_to = *client.replayed_up_to.lock().expect("sse lock");
-            let repeat = |frame: &Frame| up_to.is_some_and(|up_to| stream_id(&frame.id).is_some_and(|id| id <= up_to));
             let mut items = Vec::new();
             if replaying {
                 items.extend(
@@ -506,7 +510,7 @@ impl Hub {
             } else {
                 let taken: Vec<Bytes> = batch
                     .iter()
-                    .filter(|frame| client.wanted.accepts(frame) && !repeat(frame))
+                    .filter(|frame| client.wanted.accepts(frame) && !replayed(up_to, frame))
                     .map(|frame| client.wanted.bytes(frame))
                     .collect();
                 if !taken.is_empty() {
@@ -709,8 +713,7 @@ async fn events(
             }
             Item::Frame(frame) => {
                 client.queued.fetch_sub(1, Ordering::AcqRel);
-                let repeat = replayed_up_to.is_some_and(|up_to| stream_id(&frame.id).is_some_and(|id| id <= up_to));
-                (!repeat).then(|| client.wanted.bytes(&frame))
+                (!replayed(replayed_up_to, &frame)).then(|| client.wanted.bytes(&frame))
             }
         }
     };

@@ -188,7 +188,7 @@ impl<T> Shared<T> {
         }
         // Not waited for: a reload holds the list while it saves a cursor (a synced write),
         // and a commit must not wait on that; the keeper trims on its next round.
-        let cursors = self.cursors.try_lock().ok()?.clone();
+        let cursors = self.cursors.try_lock().ok()?;
         cursors.iter().map(|cursor| cursor.position().0).min()
     }
 
