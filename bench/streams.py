@@ -7,8 +7,11 @@ and XADD → SSE latency with many clients (benches/streams.rs does the measurin
     `blackhole` (decode, enrich, dispatch, acknowledgement, XACK). Ratio per round.
   * latency: a fresh `weir serve` per setting (`redis_stream` → `sse`), C SSE clients in the
     bench process, R events/s XADDed for S seconds carrying their send time; send → frame
-    received, measured on 50 of the clients. And after quiet: one client, one event every
-    3 s (longer than the source's 1 s `block`), 5 of them.
+    received, measured on 50 of the clients spread over the connection order. The same load
+    against the minimal fan-out (examples/minimal_sse.rs: one task reads the group and writes
+    each batch to every socket in turn) is the floor: weir's p99 ÷ its p99, and the cores the
+    server and the load generator took. And after quiet: one client, one event every 3 s
+    (longer than the source's 1 s `block`), 5 of them.
 
 Usage: bench/streams.py [--rounds 3] [--entries 200000] [--seconds 4]
 """
@@ -23,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, free_port, wait_port
+from common import ROOT, free_port, stop, wait_port
 
 SETTINGS = [(100, 1_000), (1_000, 1_000), (100, 10_000), (1_000, 10_000)]
 # After quiet: (clients, None) sends one event every IDLE_GAP_MS instead of a rate.
@@ -57,13 +60,39 @@ sources = ["ticks"]
     return path
 
 
+def latency_run(name, tmp, redis_port, clients, rate, seconds):
+    """One latency run against a fresh server: weir (`redis_stream` → `sse`) or the minimal
+    fan-out (examples/minimal_sse.rs), with the server's share of the cores added."""
+    subprocess.run(["redis-cli", "-p", str(redis_port), "DEL", "ticks"], check=True, capture_output=True)
+    http_port = free_port()
+    if name == "weir":
+        flow = weir_flow(tmp / "sse.toml", redis_port, http_port)
+        command = [str(ROOT / "target/release/weir"), "serve", "--config", str(flow)]
+    else:
+        command = [str(ROOT / "target/release/examples/minimal_sse"), f"127.0.0.1:{http_port}",
+                   f"redis://127.0.0.1:{redis_port}", "ticks"]
+    process = subprocess.Popen(command, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(http_port)
+        time.sleep(0.5)
+        load = (["--rate", str(rate), "--seconds", str(seconds)] if rate
+                else ["--gap", str(IDLE_GAP_MS), "--seconds", "5"])
+        result = bench("latency", "--url", f"redis://127.0.0.1:{redis_port}", "--sse",
+                       f"http://127.0.0.1:{http_port}/v1/notifications/event-stream",
+                       "--clients", str(clients), "--pid", str(process.pid), *load)
+    finally:
+        stop(process)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--seconds", type=int, default=4)
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "weir", "--example", "minimal_sse"], cwd=ROOT,
+                   check=True)
     subprocess.run(["cargo", "bench", "--quiet", "--bench", "streams", "--no-run"], cwd=ROOT, check=True,
                    capture_output=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,30 +105,17 @@ def main():
         try:
             wait_port(port)
             throughput = []
-            latency = {setting: [] for setting in SETTINGS + [IDLE]}
+            latency = {name: {setting: [] for setting in SETTINGS + [IDLE]} for name in ["weir", "minimal"]}
             for number in range(args.rounds):
                 result = bench("throughput", "--url", url, "--entries", str(args.entries))
                 throughput.append(result)
                 print(f"round {number + 1} throughput: {json.dumps(result)}", file=sys.stderr)
                 for clients, rate in SETTINGS + [IDLE]:
-                    subprocess.run(["redis-cli", "-p", str(port), "DEL", "ticks"], check=True, capture_output=True)
-                    http_port = free_port()
-                    flow = weir_flow(tmp / "sse.toml", port, http_port)
-                    weir = subprocess.Popen([str(ROOT / "target/release/weir"), "serve", "--config", str(flow)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    try:
-                        wait_port(http_port)
-                        time.sleep(0.5)
-                        load = (["--rate", str(rate), "--seconds", str(args.seconds)] if rate
-                                else ["--gap", str(IDLE_GAP_MS), "--seconds", "5"])
-                        result = bench("latency", "--url", url, "--sse",
-                                       f"http://127.0.0.1:{http_port}/v1/notifications/event-stream",
-                                       "--clients", str(clients), *load)
-                    finally:
-                        weir.terminate()
-                        weir.wait(timeout=30)
-                    latency[(clients, rate)].append(result)
-                    print(f"round {number + 1} latency: {json.dumps(result)}", file=sys.stderr)
+                    servers = ["weir", "minimal"] if rate else ["weir"]
+                    for name in servers:
+                        result = latency_run(name, tmp, port, clients, rate, args.seconds)
+                        latency[name][(clients, rate)].append(result)
+                        print(f"round {number + 1} latency {name}: {json.dumps(result)}", file=sys.stderr)
         finally:
             server.terminate()
             server.wait(timeout=20)
@@ -114,14 +130,20 @@ def main():
     print(f"| minimal XREADGROUP + XACK loop (reference) | {minimal:,.0f} | 1.00 |")
     print(f"| weir `redis_stream` → `blackhole` | {weir:,.0f} | **{median(ratios):.2f}** |")
     print()
-    print("| SSE clients | events/s | frames/s | p50 ms | p99 ms | frames received |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| SSE clients | events/s | frames/s | weir p50 ms | weir p99 ms | minimal p99 ms | weir ÷ minimal (p99) "
+          "| frames received | cores: weir / minimal / load generator |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for clients, rate in SETTINGS:
-        runs = latency[(clients, rate)]
+        runs, floor = latency["weir"][(clients, rate)], latency["minimal"][(clients, rate)]
         received = median(r["samples"] / r["expected"] for r in runs)
+        weir_p99, minimal_p99 = median(r["p99_ms"] for r in runs), median(r["p99_ms"] for r in floor)
+        ratio = median(w["p99_ms"] / m["p99_ms"] for w, m in zip(runs, floor))
+        cores = (f"{median(r['server_cores'] for r in runs):.2f} / {median(r['server_cores'] for r in floor):.2f} / "
+                 f"{median(r['load_generator_cores'] for r in runs):.2f}")
         print(f"| {clients:,} | {rate:,} | {clients * rate:,} | {median(r['p50_ms'] for r in runs):.1f} "
-              f"| {median(r['p99_ms'] for r in runs):.1f} | {received:.1%} |")
-    runs = latency[IDLE]
+              f"| {weir_p99:.1f} | {minimal_p99:.1f} | {ratio:.2f} | {received:.1%} "
+              f"(minimal {median(r['samples'] / r['expected'] for r in floor):.1%}) | {cores} |")
+    runs = latency["weir"][IDLE]
     print()
     print(f"After quiet (one event every {IDLE_GAP_MS / 1000:g} s, 5 per round, 1 client): "
           f"p50 {median(r['p50_ms'] for r in runs):.1f} ms, "

@@ -11,7 +11,9 @@
 //! `cargo bench --bench streams -- latency --url URL --sse URL --clients C --rate R --seconds S`
 //!   Opens C SSE connections to a running weir (`redis_stream` → `sse`), XADDs R events per
 //!   second for S seconds, each carrying its send time, and measures send → frame received
-//!   on 50 of the clients (every client gets every frame). One JSON line with p50/p99/max.
+//!   on 50 of the clients, spread evenly over the connection order so that neither the first
+//!   nor the last served stand for all (every client gets every frame). One JSON line with p50/p99/max.
+//!   `--pid PID` adds the server's share of the cores over the same time.
 //!   With `--gap MS` instead of a rate: one event every MS milliseconds (after MS of quiet
 //!   first), `--seconds` of them — how soon an entry arrives after the stream sat idle longer
 //!   than the source's `block`.
@@ -235,8 +237,11 @@ async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ready = Arc::new(tokio::sync::Barrier::new(clients as usize + 1));
     let mut tasks = Vec::new();
+    // Every `spacing`-th client measures: a fan-out serves clients in some order, and the
+    // first 50 connected would see only its start.
+    let spacing = (clients / 50).max(1);
     for index in 0..clients {
-        let sampled = (index < 50).then(|| samples.clone());
+        let sampled = (index % spacing == 0 && index / spacing < 50).then(|| samples.clone());
         tasks.push(tokio::spawn(client(
             address.clone(),
             path.clone(),
@@ -246,6 +251,9 @@ async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::
     }
     ready.wait().await;
     let mut redis = connect(url).await;
+    let server = argument("--pid");
+    let server_cpu = || server.as_deref().map_or(0.0, cpu_seconds);
+    let (cpu_before, server_before, load_started) = (cpu_seconds("self"), server_cpu(), Instant::now());
     let (total, shown) = match load {
         Load::Rate { rate, seconds } => {
             let total = rate * seconds;
@@ -294,6 +302,11 @@ async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::
     while (samples.lock().unwrap().len() as u64) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let elapsed = load_started.elapsed().as_secs_f64();
+    let (cores, server_cores) = (
+        (cpu_seconds("self") - cpu_before) / elapsed,
+        (server_cpu() - server_before) / elapsed,
+    );
     let mut all = std::mem::take(&mut *samples.lock().unwrap());
     for task in tasks {
         task.abort();
@@ -309,7 +322,19 @@ async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::
         "samples": all.len(), "expected": expected,
         "p50_ms": quantile(0.50) as f64 / 1000.0, "p99_ms": quantile(0.99) as f64 / 1000.0,
         "max_ms": all.last().copied().unwrap_or(0) as f64 / 1000.0,
+        "load_generator_cores": cores, "server_cores": server_cores,
     })
+}
+
+/// User + system CPU a process (`self` or a pid) has taken (`/proc/…/stat`, in clock ticks of
+/// 1/100 s): the load generator shares the machine with the server it measures.
+fn cpu_seconds(process: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 counted from 0 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn main() {
