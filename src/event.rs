@@ -302,6 +302,31 @@ impl Event {
         })
     }
 
+    /// Only the members named in `names` (those the event has), as one JSON object: for a
+    /// reader that needs a few members, where [`tree`](Self::tree) would parse them all. The
+    /// tree itself when it is built already.
+    pub fn subtree(&self, names: &[String]) -> Cow<'_, Value> {
+        if let Some(tree) = self.tree.get() {
+            return Cow::Borrowed(tree);
+        }
+        let mut map = Map::with_capacity(names.len());
+        for name in names {
+            let value = match key::of(name) {
+                Some(index) => match self.field(index) {
+                    Some(FieldRef::Text(text)) => parse_canonical(text),
+                    Some(FieldRef::Value(value)) => value.clone(),
+                    None => continue,
+                },
+                None => match self.extra.iter().find(|(key, _)| key == name) {
+                    Some((_, Some(value))) => value.clone(),
+                    _ => continue,
+                },
+            };
+            map.insert(name.clone(), value);
+        }
+        Cow::Owned(Value::Object(map))
+    }
+
     /// The event as an object (built from [`tree`](Self::tree)).
     pub fn as_object(&self) -> &Object {
         self.tree().as_object().expect("an event is an object")

@@ -296,6 +296,20 @@ impl ValueSpec {
         self.resolve(input, context).map(|r| r.value)
     }
 
+    /// Adds to `members` the event's top-level members this spec reads, when it is evaluated
+    /// on the event; `false` when it may read more than named members: a function, a
+    /// condition or a validation (they see the whole input), a loop, an `ingest` or `*` path,
+    /// or a config that yields its input. A destination that evaluates only such specs can
+    /// then parse those members instead of the whole event.
+    pub fn event_members(&self, members: &mut Vec<String>) -> bool {
+        match self {
+            ValueSpec::Nothing(_) => true,
+            ValueSpec::Key(key) => key_member(key, members),
+            ValueSpec::Alternatives(items) => items.iter().all(|item| item.event_members(members)),
+            ValueSpec::Config(config) => config.event_members(members),
+        }
+    }
+
     /// walkerOS `processMappingValue(input, spec)`: one alternative.
     fn process(&self, input: &Value, context: &ValueContext<'_>) -> Option<Resolved> {
         match self {
@@ -320,7 +334,40 @@ impl ValueSpec {
     }
 }
 
+/// The top-level member a path starts at, added to `members`; `false` for paths that do not
+/// name one (empty, `*`) or that may read the request's ingest instead.
+fn key_member(key: &str, members: &mut Vec<String>) -> bool {
+    let first = key.split('.').next().unwrap_or_default();
+    if first.is_empty() || first == "*" || ingest_path(key).is_some() {
+        return false;
+    }
+    if !members.iter().any(|member| member == first) {
+        members.push(first.to_owned());
+    }
+    true
+}
+
 impl ValueConfig {
+    /// See [`ValueSpec::event_members`].
+    fn event_members(&self, members: &mut Vec<String>) -> bool {
+        if self.empty {
+            return true;
+        }
+        if self.condition.is_some() || self.function.is_some() || self.validate.is_some() || self.loop_over.is_some() {
+            return false;
+        }
+        // Without a key, map or set the result starts from the static value, else the input.
+        if self.key.is_none() && self.map.is_none() && self.set.is_none() && self.value.is_none() {
+            return false;
+        }
+        if self.consent.is_some() && !members.iter().any(|member| member == "consent") {
+            members.push("consent".to_owned());
+        }
+        self.key.as_deref().is_none_or(|key| key_member(key, members))
+            && self.map.iter().flatten().all(|(_, spec)| spec.event_members(members))
+            && self.set.iter().flatten().all(|spec| spec.event_members(members))
+    }
+
     fn parse(map: &Map<String, Value>, path: &str, errors: &mut ConfigErrors) -> Option<ValueConfig> {
         let mut config = ValueConfig {
             empty: map.is_empty(),
@@ -572,6 +619,69 @@ mod tests {
             "user": {"email": "E@X.COM"},
             "consent": {"marketing": false, "functional": true}
         })
+    }
+
+    /// What a spec says it reads is all it reads: evaluated on only those members of the
+    /// event, it gives what it gives on the whole event.
+    #[test]
+    fn a_spec_reads_only_the_members_it_names() {
+        let event = ev();
+        let cases = [
+            (json!("data.id"), Some(vec!["data"])),
+            (json!("user.email"), Some(vec!["user"])),
+            (json!("nothing.here"), Some(vec!["nothing"])),
+            (json!(["data.nope", "user.email"]), Some(vec!["data", "user"])),
+            (json!({"key": "data.nope", "value": "fallback"}), Some(vec!["data"])),
+            (json!({"value": "USD"}), Some(vec![])),
+            (json!({}), Some(vec![])),
+            (json!(true), Some(vec![])),
+            (
+                json!({"map": {"id": "data.id", "mail": {"key": "user.email"}}, "consent": {"marketing": true}}),
+                Some(vec!["consent", "data", "user"]),
+            ),
+            (json!({"set": ["data.total", "user.email"]}), Some(vec!["data", "user"])),
+            (
+                json!({"consent": {"functional": true}, "key": "data.id"}),
+                Some(vec!["consent", "data"]),
+            ),
+            // Read more than named members: the whole event is needed.
+            (json!(""), None),
+            (json!("*.id"), None),
+            (json!("ingest.ip"), None),
+            (json!({"consent": {"functional": true}}), None),
+            (json!({"loop": ["data.items", "id"]}), None),
+            (json!({"fn": "$code:(value) => value.data.id"}), None),
+            (
+                json!({"key": "data.id", "condition": "$code:(value) => !!value.user"}),
+                None,
+            ),
+            (json!(["user.email", {"fn": "$code:(value) => 1"}]), None),
+        ];
+        for (mapping, expected) in cases {
+            let parsed = spec(mapping.clone());
+            let mut members = Vec::new();
+            let named = parsed.event_members(&mut members).then_some(members);
+            let mut sorted = named.clone();
+            if let Some(members) = &mut sorted {
+                members.sort();
+            }
+            let expected: Option<Vec<String>> = expected.map(|m| m.into_iter().map(String::from).collect());
+            assert_eq!(sorted, expected, "{mapping}");
+            if let Some(members) = named {
+                let only: Map<String, Value> = event
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(key, _)| members.contains(key))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
+                assert_eq!(
+                    eval(&Value::Object(only), mapping.clone()),
+                    eval(&event, mapping.clone()),
+                    "{mapping}"
+                );
+            }
+        }
     }
 
     /// `mapping` in vectors/walkeros-destinations-and-mapping.json, inputs from walkerOS's;

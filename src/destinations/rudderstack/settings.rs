@@ -97,19 +97,50 @@ pub struct RudderRuleSettings {
     pub page: Option<NamedCall>,
     pub screen: Option<NamedCall>,
     pub alias: Option<ValueSpec>,
+    /// The event members a push under this rule reads (see
+    /// [`RudderSettings::event_members`]), worked out on first use.
+    #[serde(skip)]
+    pub members: std::sync::OnceLock<Option<Vec<String>>>,
+}
+
+impl RudderRuleSettings {
+    fn specs(&self) -> [Option<&ValueSpec>; 5] {
+        [
+            self.identify.as_ref(),
+            self.group.as_ref(),
+            self.alias.as_ref(),
+            self.page.as_ref().and_then(NamedCall::spec),
+            self.screen.as_ref().and_then(NamedCall::spec),
+        ]
+    }
+}
+
+impl RudderSettings {
+    /// The top-level event members walkerOS's push reads with these settings and `rule`'s:
+    /// `timestamp`, `name` and what the identity, identify and group specs (and the rule's
+    /// specs) name; `None` when a spec may read more (see [`ValueSpec::event_members`]).
+    pub fn event_members(&self, rule: Option<&RudderRuleSettings>) -> Option<Vec<String>> {
+        let mut members = vec!["timestamp".to_owned(), "name".to_owned()];
+        let own = [
+            Some(&self.user_id),
+            Some(&self.anonymous_id),
+            self.identify.as_ref(),
+            self.group.as_ref(),
+        ];
+        let rules = rule.map(RudderRuleSettings::specs).into_iter().flatten();
+        own.into_iter()
+            .chain(rules)
+            .flatten()
+            .all(|spec| spec.event_members(&mut members))
+            .then_some(members)
+    }
 }
 
 impl crate::mapping::RuleSettings for RudderRuleSettings {
     /// A spec that yields nothing (`alias = true`...) makes no call, as in walkerOS: said.
     fn check(&self, path: &str, errors: &mut ConfigErrors) {
-        let specs = [
-            ("identify", self.identify.as_ref()),
-            ("group", self.group.as_ref()),
-            ("alias", self.alias.as_ref()),
-            ("page", self.page.as_ref().and_then(NamedCall::spec)),
-            ("screen", self.screen.as_ref().and_then(NamedCall::spec)),
-        ];
-        for (key, spec) in specs {
+        let keys = ["identify", "group", "alias", "page", "screen"];
+        for (key, spec) in keys.into_iter().zip(self.specs()) {
             if let Some(spec) = spec {
                 spec.warn_ignored(&join(path, key), errors);
             }
