@@ -237,11 +237,12 @@ async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ready = Arc::new(tokio::sync::Barrier::new(clients as usize + 1));
     let mut tasks = Vec::new();
-    // Every `spacing`-th client measures: a fan-out serves clients in some order, and the
-    // first 50 connected would see only its start.
-    let spacing = (clients / 50).max(1);
+    // 50 clients spread evenly over the spawn (and so connection) order measure: a fan-out
+    // serves clients in some order, and the first 50 would see only its start.
+    let measured = clients.min(50);
+    let sampled_indices: std::collections::HashSet<u64> = (0..measured).map(|i| i * clients / measured).collect();
     for index in 0..clients {
-        let sampled = (index % spacing == 0 && index / spacing < 50).then(|| samples.clone());
+        let sampled = sampled_indices.contains(&index).then(|| samples.clone());
         tasks.push(tokio::spawn(client(
             address.clone(),
             path.clone(),
@@ -297,16 +298,24 @@ async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::
             (count, json!({"gap_ms": gap.as_millis() as u64, "count": count}))
         }
     };
-    let expected = total * clients.min(50);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (samples.lock().unwrap().len() as u64) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let expected = total * measured;
+    // Wait for every sample, or until none has come for a second (frames lost to a cut-off
+    // never come). The CPU window ends when the last one came, so waiting does not dilute it.
+    let (mut seen, mut last_growth) = (0, Instant::now());
+    let (mut cpu_end, mut server_end) = (cpu_seconds("self"), server_cpu());
+    loop {
+        let count = samples.lock().unwrap().len() as u64;
+        if count > seen {
+            (seen, last_growth) = (count, Instant::now());
+            (cpu_end, server_end) = (cpu_seconds("self"), server_cpu());
+        }
+        if count >= expected || last_growth.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let elapsed = load_started.elapsed().as_secs_f64();
-    let (cores, server_cores) = (
-        (cpu_seconds("self") - cpu_before) / elapsed,
-        (server_cpu() - server_before) / elapsed,
-    );
+    let elapsed = last_growth.duration_since(load_started).as_secs_f64().max(1e-3);
+    let (cores, server_cores) = ((cpu_end - cpu_before) / elapsed, (server_end - server_before) / elapsed);
     let mut all = std::mem::take(&mut *samples.lock().unwrap());
     for task in tasks {
         task.abort();
@@ -326,10 +335,12 @@ async fn latency(url: &str, sse: &str, clients: u64, load: Load) -> serde_json::
     })
 }
 
-/// User + system CPU a process (`self` or a pid) has taken (`/proc/…/stat`, in clock ticks of
-/// 1/100 s): the load generator shares the machine with the server it measures.
+/// User + system CPU a process (`self` or a pid) has taken (`/proc/…/stat`): the load
+/// generator shares the machine with the server it measures. 0 when it is gone.
 fn cpu_seconds(process: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{process}/stat")) else {
+        return 0.0;
+    };
     // The fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -337,8 +348,10 @@ fn cpu_seconds(process: &str) -> f64 {
         .split_whitespace()
         .collect();
     let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     // utime and stime: fields 14 and 15 of the line, 11 and 12 counted from 0 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) + ticks(12)) / per_second
 }
 
 fn main() {

@@ -1,5 +1,5 @@
-//! The floor of Redis Streams → SSE fan-out on this machine, for `bench/streams.py`'s latency
-//! reference (issue: performance). It does only what no fan-out can skip:
+//! A minimal Redis Streams → SSE fan-out, the reference of `bench/streams.py`'s latency runs
+//! (issue: performance). It does little more than no fan-out can skip:
 //! - one task reads the stream through a consumer group: XREADGROUP BLOCK, COUNT 100, and an
 //!   XACK per batch, with the same redis-rs client as weir;
 //! - it frames each entry as `id:`, `event:`, `data:` (the entry's `event` field), joins a
@@ -7,9 +7,10 @@
 //!
 //! There is no hyper, no task per client, no chunked encoding and no queue: one `write` per
 //! socket per batch, from the reading task itself. A client whose socket cannot take a whole
-//! batch at once is dropped, which the bench would see as missing frames. What is left is the
-//! kernel's cost of the writes and the load generator's, so weir's p99 ÷ this one's says how
-//! much of the latency is weir's.
+//! batch at once is dropped, which the bench would see as missing frames. What is left is
+//! mostly the kernel's cost of the writes, so weir's p99 ÷ this one's says how much of the
+//! latency is weir's. It is not a strict floor: it waits for each XACK before reading again,
+//! and one task writing every socket in turn lets the last ones wait for the first.
 //!
 //! `cargo run --release --example minimal_sse -- 127.0.0.1:8080 redis://127.0.0.1:6379 STREAM`
 

@@ -628,6 +628,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_subtree_is_the_tree_cut_to_the_named_members() {
+        let text = br#"{"name":"page view","data":{"a":1},"user":{"id":"u"},"timestamp":17,"extraKey":[1,2]}"#;
+        let names: Vec<String> = ["user", "extraKey", "missing", "timestamp", "consent"]
+            .map(String::from)
+            .to_vec();
+        let cut = |event: &Event| {
+            let whole = Event::from_written_json(&event.to_json()).unwrap();
+            let expected: Object = whole
+                .as_object()
+                .iter()
+                .filter(|(key, _)| names.contains(key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            Value::Object(expected)
+        };
+        // Members kept as text, as a written event has them.
+        let written = Event::from_written_json(text).unwrap();
+        let sub = written.subtree(&names);
+        assert!(matches!(sub, Cow::Owned(_)));
+        assert_eq!(*sub, cut(&written));
+        // Members held as values, and one a policy removed.
+        let mut changed = Event::from_written_json(text).unwrap();
+        changed.set("user", Some(serde_json::json!({"id": "v"})));
+        changed.set("timestamp", None);
+        assert_eq!(*changed.subtree(&names), cut(&changed));
+        assert_eq!(changed.subtree(&names)["user"]["id"], "v");
+        assert!(changed.subtree(&names).get("timestamp").is_none());
+        // Once the tree is built, it is the answer.
+        let tree = written.tree().clone();
+        assert!(matches!(written.subtree(&names), Cow::Borrowed(value) if *value == tree));
+    }
+
+    #[test]
     fn names_split_like_walkeros() {
         assert_eq!(split_name("page view"), Some(("page", "view")));
         assert_eq!(split_name("a b c"), Some(("a", "b")));

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use settings::{RudderRuleSettings, RudderSettings};
 
@@ -51,6 +51,13 @@ const SENT_AT_LENGTH: usize = 36;
 const ERROR_BODY_LIMIT: usize = 1024;
 
 /// The namespace of weir's message ids.
+/// The start of every message's `context`: the library that sent it (the SDK names itself).
+const LIBRARY_CONTEXT: &str = concat!(
+    ",\"context\":{\"library\":{\"name\":\"weir\",\"version\":\"",
+    env!("CARGO_PKG_VERSION"),
+    "\"}"
+);
+
 static MESSAGE_ID_NAMESPACE: LazyLock<uuid::Uuid> =
     LazyLock::new(|| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"https://weir.dev/rudderstack/messageId"));
 
@@ -95,6 +102,8 @@ pub struct RudderStackDestination {
     dedup: Mutex<Dedup>,
     /// The event members a push outside any rule reads (`None`: the whole event).
     members: Option<Vec<String>>,
+    /// `integrations` as JSON text, written into every message.
+    integrations_json: Option<Vec<u8>>,
     gzip: gzip::Gzip,
     /// For rate-limited warnings about events without identity: when the last was logged
     /// (ms since the epoch), and how many were skipped since.
@@ -114,6 +123,10 @@ impl RudderStackDestination {
         let capacity = NonZeroUsize::new(DEDUP_CAPACITY).expect("capacity is not zero");
         Ok(RudderStackDestination {
             members: settings.event_members(None),
+            integrations_json: settings
+                .integrations
+                .as_ref()
+                .map(|integrations| crate::json::to_vec(&Value::Object(integrations.clone()))),
             settings,
             client,
             dedup: Mutex::new(Dedup {
@@ -130,35 +143,35 @@ impl RudderStackDestination {
     /// (library, and an identify's traits), `type`, `channel`, `originalTimestamp`,
     /// `messageId`; `sentAt` follows at send time.
     fn message(&self, call: Call, event_id: &str, original_timestamp: &str) -> Message {
-        let Call {
-            kind,
-            mut params,
-            dedup,
-        } = call;
-        if let Some(integrations) = &self.settings.integrations {
-            params.insert("integrations".into(), Value::Object(integrations.clone()));
+        let Call { kind, params, dedup } = call;
+        // The parameters are written as they are, then the fields every message has, in the
+        // SDK's order, straight into the text: none of them can be among the parameters.
+        // An identify's traits go into its context too.
+        let traits = match kind {
+            CallKind::Identify => params.get("traits").map(crate::json::to_vec),
+            _ => None,
+        };
+        let mut json = crate::json::to_vec(&Value::Object(params));
+        json.pop(); // the closing brace
+        if let Some(integrations) = &self.integrations_json {
+            json.extend_from_slice(b",\"integrations\":");
+            json.extend_from_slice(integrations);
         }
-        let mut context = Map::new();
-        context.insert(
-            "library".into(),
-            serde_json::json!({"name": "weir", "version": env!("CARGO_PKG_VERSION")}),
-        );
-        if kind == CallKind::Identify
-            && let Some(traits) = params.get("traits")
-        {
-            context.insert("traits".into(), traits.clone());
+        json.extend_from_slice(LIBRARY_CONTEXT.as_bytes());
+        if let Some(text) = &traits {
+            json.extend_from_slice(b",\"traits\":");
+            json.extend_from_slice(text);
         }
-        params.insert("context".into(), Value::Object(context));
-        params.insert("type".into(), Value::from(kind.name()));
-        params.insert("channel".into(), Value::from("server"));
-        params.insert("originalTimestamp".into(), Value::from(original_timestamp));
         let id = uuid::Uuid::new_v5(&MESSAGE_ID_NAMESPACE, format!("{event_id}/{}", kind.name()).as_bytes());
-        params.insert("messageId".into(), Value::from(id.to_string()));
-        Message {
-            kind,
-            json: crate::json::to_vec(&Value::Object(params)),
-            dedup,
-        }
+        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        write!(
+            json,
+            "}},\"type\":\"{}\",\"channel\":\"server\",\"originalTimestamp\":\"{original_timestamp}\",\"messageId\":\"{}\"}}",
+            kind.name(),
+            id.hyphenated().encode_lower(&mut id_text),
+        )
+        .expect("writing to a Vec cannot fail");
+        Message { kind, json, dedup }
     }
 
     /// Decides which of a wire's messages go out: identify and group only when their traits
@@ -535,7 +548,7 @@ mod tests {
     }
 
     fn call(kind: CallKind, user: &str, traits: u64) -> Call {
-        let mut params = Map::new();
+        let mut params = serde_json::Map::new();
         params.insert("userId".into(), Value::from(user));
         Call {
             kind,
@@ -545,6 +558,41 @@ mod tests {
                 value: traits,
             }),
         }
+    }
+
+    #[test]
+    fn a_message_is_its_parameters_then_the_sdks_fields_in_order() {
+        let configured = destination(json!({"writeKey": "k", "dataPlaneUrl": "http://127.0.0.1:1",
+            "integrations": {"All": false, "Amplitude": true}}));
+        let mut identify = call(CallKind::Identify, "u1", 7);
+        identify
+            .params
+            .insert("timestamp".into(), json!("2026-12-07T10:00:00.000Z"));
+        identify
+            .params
+            .insert("traits".into(), json!({"email": "a@b.c", "plan": {"tier": 2}}));
+        let message = configured.message(identify, "e1", "2026-12-07T10:00:01.000Z");
+        let id = uuid::Uuid::new_v5(&MESSAGE_ID_NAMESPACE, b"e1/identify");
+        let expected = format!(
+            concat!(
+                r#"{{"userId":"u1","timestamp":"2026-12-07T10:00:00.000Z","traits":{{"email":"a@b.c","plan":{{"tier":2}}}},"#,
+                r#""integrations":{{"All":false,"Amplitude":true}},"#,
+                r#""context":{{"library":{{"name":"weir","version":"{}"}},"traits":{{"email":"a@b.c","plan":{{"tier":2}}}}}},"#,
+                r#""type":"identify","channel":"server","originalTimestamp":"2026-12-07T10:00:01.000Z","messageId":"{}"}}"#
+            ),
+            env!("CARGO_PKG_VERSION"),
+            id
+        );
+        assert_eq!(String::from_utf8(message.json).unwrap(), expected);
+        // A track has no traits in its context, and no integrations unless configured.
+        let plain = destination(json!({"writeKey": "k", "dataPlaneUrl": "http://127.0.0.1:1"}));
+        let track = plain.message(call(CallKind::Track, "u1", 0), "e1", "2026-12-07T10:00:01.000Z");
+        let parsed: Value = serde_json::from_slice(&track.json).unwrap();
+        assert_eq!(
+            parsed["context"],
+            json!({"library": {"name": "weir", "version": env!("CARGO_PKG_VERSION")}})
+        );
+        assert!(parsed.get("integrations").is_none());
     }
 
     #[test]

@@ -103,33 +103,25 @@ pub struct RudderRuleSettings {
     pub members: std::sync::OnceLock<Option<Vec<String>>>,
 }
 
-impl RudderRuleSettings {
-    fn specs(&self) -> [Option<&ValueSpec>; 5] {
-        [
-            self.identify.as_ref(),
-            self.group.as_ref(),
-            self.alias.as_ref(),
-            self.page.as_ref().and_then(NamedCall::spec),
-            self.screen.as_ref().and_then(NamedCall::spec),
-        ]
-    }
-}
-
 impl RudderSettings {
     /// The top-level event members walkerOS's push reads with these settings and `rule`'s:
     /// `timestamp`, `name` and what the identity, identify and group specs (and the rule's
     /// specs) name; `None` when a spec may read more (see [`ValueSpec::event_members`]).
     pub fn event_members(&self, rule: Option<&RudderRuleSettings>) -> Option<Vec<String>> {
         let mut members = vec!["timestamp".to_owned(), "name".to_owned()];
-        let own = [
-            Some(&self.user_id),
-            Some(&self.anonymous_id),
-            self.identify.as_ref(),
-            self.group.as_ref(),
-        ];
-        let rules = rule.map(RudderRuleSettings::specs).into_iter().flatten();
-        own.into_iter()
-            .chain(rules)
+        // A rule's identify and group replace the destination's (calls.rs, steps 4 and 5).
+        let identify = rule.and_then(|rule| rule.identify.as_ref()).or(self.identify.as_ref());
+        let group = rule.and_then(|rule| rule.group.as_ref()).or(self.group.as_ref());
+        let rule_only = rule.map_or([None; 3], |rule| {
+            [
+                rule.alias.as_ref(),
+                rule.page.as_ref().and_then(NamedCall::spec),
+                rule.screen.as_ref().and_then(NamedCall::spec),
+            ]
+        });
+        [Some(&self.user_id), Some(&self.anonymous_id), identify, group]
+            .into_iter()
+            .chain(rule_only)
             .flatten()
             .all(|spec| spec.event_members(&mut members))
             .then_some(members)
@@ -139,8 +131,14 @@ impl RudderSettings {
 impl crate::mapping::RuleSettings for RudderRuleSettings {
     /// A spec that yields nothing (`alias = true`...) makes no call, as in walkerOS: said.
     fn check(&self, path: &str, errors: &mut ConfigErrors) {
-        let keys = ["identify", "group", "alias", "page", "screen"];
-        for (key, spec) in keys.into_iter().zip(self.specs()) {
+        let specs = [
+            ("identify", self.identify.as_ref()),
+            ("group", self.group.as_ref()),
+            ("alias", self.alias.as_ref()),
+            ("page", self.page.as_ref().and_then(NamedCall::spec)),
+            ("screen", self.screen.as_ref().and_then(NamedCall::spec)),
+        ];
+        for (key, spec) in specs {
             if let Some(spec) = spec {
                 spec.warn_ignored(&join(path, key), errors);
             }
@@ -292,6 +290,38 @@ mod tests {
         let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
         let parsed = RudderSettings::parse(Some(&settings), "d.config.settings", &lookup, &mut errors);
         (parsed, errors.to_string())
+    }
+
+    #[test]
+    fn a_push_reads_the_members_its_specs_name_and_a_rules_spec_replaces_the_destinations() {
+        let (parsed, errors) = parse(
+            json!({"writeKey": "k", "dataPlaneUrl": "https://dp.example/",
+                "identify": {"fn": "$code:(event) => ({traits: event.globals})"},
+                "group": {"map": {"groupId": "globals.company"}}}),
+            &[],
+        );
+        assert_eq!(errors, "");
+        let settings = parsed.unwrap();
+        let rule = |value: Value| serde_json::from_value::<RudderRuleSettings>(value).unwrap();
+        // The destination's identify is a function: it may read anything.
+        assert_eq!(settings.event_members(None), None);
+        let members = |rule_value: Value| settings.event_members(Some(&rule(rule_value)));
+        // A rule's own identify replaces it; the rule's page is read too.
+        assert_eq!(
+            members(
+                json!({"identify": {"map": {"traits": {"map": {"email": "data.email"}}}},
+                "page": {"map": {"name": "context.page", "properties": "custom"}}})
+            ),
+            Some(
+                ["timestamp", "name", "user", "data", "globals", "context", "custom"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        assert_eq!(
+            members(json!({"identify": "user", "alias": {"fn": "$code:() => 1"}})),
+            None
+        );
     }
 
     #[test]

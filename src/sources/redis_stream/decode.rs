@@ -17,10 +17,11 @@ use crate::redis::signing::SIGNATURE_FIELD;
 pub fn decode(entry: &Entry, stream: &str, collector: &Collector) -> Result<Event, String> {
     let field = |name: &str| entry.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
     let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| "a field is not UTF-8".to_owned());
+    // Read in place: the entry's bytes are not copied.
     let json = |bytes: &[u8]| -> Result<Event, String> {
-        let json = text(bytes)?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| format!("not JSON: {e}"))?;
-        collector.enrich_json(&json).map_err(|e| e.to_string())
+        let json = std::str::from_utf8(bytes).map_err(|_| "a field is not UTF-8".to_owned())?;
+        serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|e| format!("not JSON: {e}"))?;
+        collector.enrich_json(json).map_err(|e| e.to_string())
     };
     if let Some(event) = field("event") {
         return json(event);
