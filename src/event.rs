@@ -83,6 +83,16 @@ pub enum FieldRef<'a> {
     Value(&'a Value),
 }
 
+impl FieldRef<'_> {
+    /// The field as a tree of its own (text is parsed, a value copied).
+    pub fn to_value(&self) -> Value {
+        match self {
+            FieldRef::Text(text) => parse_canonical(text),
+            FieldRef::Value(value) => (*value).clone(),
+        }
+    }
+}
+
 /// A full walkerOS v4 event.
 #[derive(Clone)]
 pub struct Event {
@@ -283,14 +293,8 @@ impl Event {
         self.tree.get_or_init(|| {
             let mut map = Map::with_capacity(15 + self.extra.len());
             for (index, name) in EVENT_KEYS.iter().enumerate() {
-                match self.field(index) {
-                    Some(FieldRef::Text(text)) => {
-                        map.insert((*name).to_owned(), parse_canonical(text));
-                    }
-                    Some(FieldRef::Value(value)) => {
-                        map.insert((*name).to_owned(), value.clone());
-                    }
-                    None => {}
+                if let Some(field) = self.field(index) {
+                    map.insert((*name).to_owned(), field.to_value());
                 }
             }
             for (name, value) in &self.extra {
@@ -313,8 +317,7 @@ impl Event {
         for name in names {
             let value = match key::of(name) {
                 Some(index) => match self.field(index) {
-                    Some(FieldRef::Text(text)) => parse_canonical(text),
-                    Some(FieldRef::Value(value)) => value.clone(),
+                    Some(field) => field.to_value(),
                     None => continue,
                 },
                 None => match self.extra.iter().find(|(key, _)| key == name) {

@@ -341,10 +341,14 @@ fn key_member(key: &str, members: &mut Vec<String>) -> bool {
     if first.is_empty() || first == "*" || ingest_path(key).is_some() {
         return false;
     }
-    if !members.iter().any(|member| member == first) {
-        members.push(first.to_owned());
-    }
+    add_member(members, first);
     true
+}
+
+fn add_member(members: &mut Vec<String>, name: &str) {
+    if !members.iter().any(|member| member == name) {
+        members.push(name.to_owned());
+    }
 }
 
 impl ValueConfig {
@@ -360,8 +364,8 @@ impl ValueConfig {
         if self.key.is_none() && self.map.is_none() && self.set.is_none() && self.value.is_none() {
             return false;
         }
-        if self.consent.is_some() && !members.iter().any(|member| member == "consent") {
-            members.push("consent".to_owned());
+        if self.consent.is_some() {
+            add_member(members, "consent");
         }
         self.key.as_deref().is_none_or(|key| key_member(key, members))
             && self.map.iter().flatten().all(|(_, spec)| spec.event_members(members))
